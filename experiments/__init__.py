@@ -1,0 +1,1 @@
+"""The controller: experiment matrices, the runner, results, reports and the `wanlab` CLI."""

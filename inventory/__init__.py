@@ -1,0 +1,1 @@
+"""Who the hosts are and how to reach them: models, loaders, the SSH layer, the local fleet."""

@@ -1,0 +1,104 @@
+"""CLI verbs of the inventory package: `wanlab fleet ...` and `wanlab inventory ...`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inventory.check import check_fleet
+from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
+
+fleet_app = typer.Typer(help="The local fleet: hosts as network namespaces with real sshd.")
+inventory_app = typer.Typer(help="Read and check a fleet inventory.")
+console = Console()
+
+InventoryOption = Annotated[
+    str, typer.Option("-i", "--inventory", help="Inventory file, or 'local' for the local fleet.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """Print rows of dicts as a rich table with the given columns."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console.print(table)
+
+
+@fleet_app.command("up")
+def fleet_up(hosts: Annotated[int, typer.Option("--hosts", "-n", help="Number of hosts.")] = 4):
+    """Create (or repair) the local fleet with exactly HOSTS hosts and write its inventory."""
+    path = LocalFleet().up(hosts)
+    console.print(f"local fleet up: {hosts} hosts; inventory {path} (use -i local)")
+
+
+@fleet_app.command("down")
+def fleet_down():
+    """Remove every namespace, link, process and file of the local fleet."""
+    LocalFleet().down()
+    console.print("local fleet down")
+
+
+@fleet_app.command("status")
+def fleet_status(as_json: JsonOption = False):
+    """Show the local fleet's hosts, their sshd and whether SSH answers."""
+    status = LocalFleet().status()
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    columns = ["name", "address", "netns", "netns_exists", "sshd_pid", "ssh_port_open"]
+    print_table(f"local fleet (bridge {status['bridge']})", status["hosts"], columns)
+
+
+@inventory_app.command("show")
+def inventory_show(inventory: InventoryOption, as_json: JsonOption = False):
+    """Print the hosts of an inventory as read and validated."""
+    fleet = load_inventory(inventory, check_keys=False)
+    if as_json:
+        print(fleet.model_dump_json(indent=2))
+        return
+    rows = [
+        {**host.model_dump(), "labels": ", ".join(f"{k}={v}" for k, v in host.labels.items())}
+        for host in fleet.hosts
+    ]
+    columns = ["name", "address", "user", "port", "interface", "python", "labels"]
+    print_table(f"{fleet.name} ({fleet.source})", rows, columns)
+
+
+@inventory_app.command("check")
+def inventory_check(
+    inventory: InventoryOption,
+    as_json: JsonOption = False,
+    timeout: Annotated[float, typer.Option(help="Seconds each host may take.")] = 20.0,
+):
+    """SSH into every host in parallel: reachability, round trip, versions, qdisc support."""
+    reports = check_fleet(load_inventory(inventory), timeout=timeout)
+    if as_json:
+        print(json.dumps(reports, indent=2))
+    else:
+        columns = [
+            "name",
+            "address",
+            "reachable",
+            "ssh_rtt_ms",
+            "hostname",
+            "kernel",
+            "python",
+            "torch",
+            "interface",
+            "netem",
+            "htb",
+            "tbf",
+            "error",
+        ]
+        print_table("inventory check", reports, columns)
+    if not all(report["reachable"] for report in reports):
+        raise typer.Exit(1)

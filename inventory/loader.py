@@ -1,0 +1,112 @@
+"""Read a fleet inventory from TOML, with errors that name the file and the field."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from inventory.errors import ConfigError
+from inventory.models import Fleet
+
+LOCAL = "local"
+_TOP_LEVEL = {"fleet", "defaults", "hosts"}
+_PATH_FIELDS = ("key_file",)
+
+
+def field_path(loc: tuple) -> str:
+    """Render a pydantic error location as `hosts[3].port`."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def first_error(error: ValidationError, file: str, prefix: str = "") -> ConfigError:
+    """Turn pydantic's first complaint into a ConfigError naming file and field."""
+    detail = error.errors()[0]
+    field = field_path(tuple(detail["loc"]))
+    message = detail["msg"].removeprefix("Value error, ")
+    if not field and ": " in message and message.split(": ", 1)[0].startswith("hosts["):
+        field, message = message.split(": ", 1)
+    if prefix:
+        field = f"{prefix}.{field}" if field else prefix
+    return ConfigError(file, field or None, message)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning a missing file or a syntax error into a ConfigError."""
+    if not path.is_file():
+        raise ConfigError(str(path), None, "no such file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), None, f"not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), None, "not a text file") from None
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if not isinstance(value, str):
+        return value
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
+    """Load an inventory file, or the local fleet's own inventory when `spec` is 'local'."""
+    if str(spec) == LOCAL:
+        from inventory.localfleet import LocalFleet
+
+        path = LocalFleet().inventory_path
+        if not path.is_file():
+            raise ConfigError(LOCAL, None, "the local fleet is not up; run `wanlab fleet up`")
+    else:
+        path = Path(spec)
+    file = str(path)
+    data = read_toml(path)
+    unknown = sorted(set(data) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(file, unknown[0], "unknown section (expected fleet, defaults, hosts)")
+    fleet_table = data.get("fleet", {})
+    defaults = data.get("defaults", {})
+    hosts = data.get("hosts")
+    for name, value, kind in (("fleet", fleet_table, dict), ("defaults", defaults, dict)):
+        if not isinstance(value, kind):
+            raise ConfigError(file, name, "must be a table")
+    if not isinstance(hosts, list) or not hosts:
+        raise ConfigError(file, "hosts", "at least one [[hosts]] entry is required")
+    base = path.parent
+    merged_hosts = []
+    for index, host in enumerate(hosts):
+        if not isinstance(host, dict):
+            raise ConfigError(file, f"hosts[{index}]", "must be a table")
+        merged = {**defaults, **host}
+        for key in _PATH_FIELDS:
+            if key in merged:
+                merged[key] = _resolve(merged[key], base)
+        merged_hosts.append(merged)
+    fleet_fields = dict(fleet_table)
+    if "known_hosts" in fleet_fields:
+        fleet_fields["known_hosts"] = _resolve(fleet_fields["known_hosts"], base)
+    try:
+        fleet = Fleet(**fleet_fields, hosts=merged_hosts, source=path.resolve())
+    except ValidationError as error:
+        detail_loc = error.errors()[0]["loc"]
+        prefix = "fleet" if detail_loc and detail_loc[0] not in ("hosts",) else ""
+        raise first_error(error, file, prefix) from None
+    if check_keys:
+        check_key_files(fleet)
+    return fleet
+
+
+def check_key_files(fleet: Fleet) -> None:
+    """Raise a ConfigError for the first host whose key file or the known_hosts file is missing."""
+    file = str(fleet.source)
+    if fleet.known_hosts is not None and not fleet.known_hosts.is_file():
+        raise ConfigError(file, "fleet.known_hosts", f"{fleet.known_hosts} does not exist")
+    for index, host in enumerate(fleet.hosts):
+        if host.key_file is not None and not host.key_file.is_file():
+            raise ConfigError(file, f"hosts[{index}].key_file", f"{host.key_file} does not exist")

@@ -1,0 +1,400 @@
+"""The local fleet: N hosts on this machine, each a network namespace with its own real sshd.
+
+Hosts hang off one bridge; host i has address <prefix>.(10+i) on its `eth0`, its own host key and
+its own hostname (a private UTS namespace) and /run (a private tmpfs). The fleet writes an
+inventory and a known_hosts that pin every host key, so strict host-key checking just works.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FIRST_HOST_OCTET = 10
+MAX_HOSTS = 200
+SSHD = "/usr/sbin/sshd"
+
+
+def wanlab_home() -> Path:
+    """Where wanlab keeps its state: $WANLAB_HOME, else ~/.wanlab."""
+    return Path(os.environ.get("WANLAB_HOME", Path.home() / ".wanlab"))
+
+
+def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, check=check)
+
+
+def _netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def _link_exists(name: str) -> bool:
+    return _ip("link", "show", "dev", name, check=False).returncode == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not Path(f"/proc/{pid}/status").read_text().count("State:\tZ")
+
+
+@dataclass(frozen=True)
+class LocalHost:
+    """One local host: its name, namespace, addresses and files."""
+
+    index: int
+    name: str
+    netns: str
+    address: str
+    bridge_port: str
+    directory: Path
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.directory / "sshd_config"
+
+    @property
+    def host_key(self) -> Path:
+        return self.directory / "ssh_host_ed25519_key"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "sshd.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "sshd.log"
+
+    def sshd_pid(self) -> int | None:
+        """PID of this host's sshd if it is running, else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if not _pid_alive(pid):
+            return None
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        return pid if str(self.sshd_config).encode() in cmdline else None
+
+
+class LocalFleet:
+    """Create, inspect and remove the local fleet; every step is idempotent.
+
+    Several fleets can coexist: each has its own name prefix (namespaces `<prefix>-h0`…, bridge
+    `<prefix>-br0`) and /24 inside 198.18.0.0/15. The defaults come from $WANLAB_FLEET_PREFIX and
+    $WANLAB_FLEET_SUBNET, else `wl` and 198.18.0.0/24.
+    """
+
+    def __init__(
+        self, prefix: str | None = None, subnet: str | None = None, home: Path | None = None
+    ):
+        self.prefix = prefix or os.environ.get("WANLAB_FLEET_PREFIX", "wl")
+        subnet = subnet or os.environ.get("WANLAB_FLEET_SUBNET", "198.18.0.0/24")
+        self.network = ipaddress.ip_network(subnet)
+        if not self.network.subnet_of(ipaddress.ip_network("198.18.0.0/15")):
+            raise ValueError(f"local fleet subnet {subnet} must lie inside 198.18.0.0/15")
+        self.directory = (home or wanlab_home()) / f"fleet-{self.prefix}"
+        self.bridge = f"{self.prefix}-br0"
+        self.gateway = str(self.network.network_address + 1)
+
+    # -- layout -----------------------------------------------------------------------------
+    @property
+    def inventory_path(self) -> Path:
+        return self.directory / "inventory.toml"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.directory / "known_hosts"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "id_ed25519"
+
+    @property
+    def empty_home(self) -> Path:
+        """HOME for SSH sessions: empty, so no shell start-up file slows every command."""
+        return self.directory / "home"
+
+    def host(self, index: int) -> LocalHost:
+        """The layout of host number `index`."""
+        name = f"h{index}"
+        return LocalHost(
+            index=index,
+            name=name,
+            netns=f"{self.prefix}-{name}",
+            address=str(self.network.network_address + FIRST_HOST_OCTET + index),
+            bridge_port=f"{self.prefix}-{name}",
+            directory=self.directory / name,
+        )
+
+    def existing_hosts(self) -> list[LocalHost]:
+        """Hosts that have a namespace or a state folder now, in index order."""
+        indices = set()
+        netns_dir = Path("/run/netns")
+        for path in netns_dir.glob(f"{self.prefix}-h*") if netns_dir.exists() else []:
+            suffix = path.name.removeprefix(f"{self.prefix}-h")
+            if suffix.isdigit():
+                indices.add(int(suffix))
+        if self.directory.exists():
+            for path in self.directory.glob("h*"):
+                if path.name[1:].isdigit():
+                    indices.add(int(path.name[1:]))
+        return [self.host(i) for i in sorted(indices)]
+
+    # -- up ---------------------------------------------------------------------------------
+    def up(self, n_hosts: int) -> Path:
+        """Bring the fleet to exactly `n_hosts` running hosts; return the inventory path."""
+        capacity = self.network.num_addresses - FIRST_HOST_OCTET - 1
+        if not 1 <= n_hosts <= min(MAX_HOSTS, capacity):
+            raise ValueError(f"--hosts must be between 1 and {min(MAX_HOSTS, capacity)}")
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.empty_home.mkdir(exist_ok=True)
+        self._ensure_client_key()
+        self._ensure_bridge()
+        for host in self.existing_hosts():
+            if host.index >= n_hosts:
+                self._remove_host(host)
+        hosts = [self.host(i) for i in range(n_hosts)]
+        for host in hosts:
+            self._ensure_host_network(host)
+            self._ensure_sshd(host)
+        self._wait_listening(hosts)
+        self._write_known_hosts(hosts)
+        self._write_inventory(hosts)
+        return self.inventory_path
+
+    def _ensure_client_key(self) -> None:
+        if not self.client_key.exists():
+            subprocess.run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "wanlab-local",
+                    "-f",
+                    str(self.client_key),
+                ],
+                check=True,
+            )
+        authorized = self.directory / "authorized_keys"
+        authorized.write_text(self.client_key.with_suffix(".pub").read_text())
+        authorized.chmod(0o600)
+
+    def _ensure_bridge(self) -> None:
+        if not _link_exists(self.bridge):
+            _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "replace", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+
+    def _ensure_host_network(self, host: LocalHost) -> None:
+        if not _netns_exists(host.netns):
+            _ip("netns", "add", host.netns)
+        if not _link_exists(host.bridge_port):
+            _ip(
+                "link",
+                "add",
+                host.bridge_port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                host.netns,
+            )
+        _ip("link", "set", host.bridge_port, "master", self.bridge, "up")
+        _ip("link", "set", "lo", "up", netns=host.netns)
+        address = f"{host.address}/{self.network.prefixlen}"
+        _ip("addr", "replace", address, "dev", "eth0", netns=host.netns)
+        _ip("link", "set", "eth0", "up", netns=host.netns)
+
+    def _ensure_sshd(self, host: LocalHost) -> None:
+        if host.sshd_pid() is not None:
+            return
+        host.directory.mkdir(parents=True, exist_ok=True)
+        if not host.host_key.exists():
+            subprocess.run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    host.name,
+                    "-f",
+                    str(host.host_key),
+                ],
+                check=True,
+            )
+        host.sshd_config.write_text(self._sshd_config(host))
+        script = (
+            f"hostname {host.name}"
+            " && mount -t tmpfs -o size=16m,mode=755 run /run"
+            " && mkdir -p -m 755 /run/sshd"
+            f" && exec {SSHD} -f {host.sshd_config} -E {host.log_file}"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", host.netns, "unshare", "--uts", "sh", "-c", script],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    def _sshd_config(self, host: LocalHost) -> str:
+        return "\n".join(
+            [
+                f"ListenAddress {host.address}",
+                "Port 22",
+                f"HostKey {host.host_key}",
+                f"PidFile {host.pid_file}",
+                f"AuthorizedKeysFile {self.directory / 'authorized_keys'}",
+                "PermitRootLogin prohibit-password",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "UseDNS no",
+                "StrictModes no",
+                "MaxStartups 200",
+                "MaxSessions 64",
+                f"SetEnv HOME={self.empty_home}",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+
+    def _wait_listening(self, hosts: list[LocalHost], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(hosts)
+        while waiting:
+            waiting = [h for h in waiting if not _port_open(h.address, 22)]
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(h.name for h in waiting)
+                raise RuntimeError(f"sshd did not start on {names}; see {waiting[0].log_file}")
+            if waiting:
+                time.sleep(0.05)
+
+    def _write_known_hosts(self, hosts: list[LocalHost]) -> None:
+        lines = []
+        for host in hosts:
+            key_type, key_data = host.host_key.with_suffix(".pub").read_text().split()[:2]
+            lines.append(f"{host.address} {key_type} {key_data}")
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def _write_inventory(self, hosts: list[LocalHost]) -> None:
+        python = sys.executable
+        lines = [
+            "# Written by `wanlab fleet up`: the local fleet, one network namespace per host.",
+            "[fleet]",
+            f'name = "local-{self.prefix}"',
+            f'known_hosts = "{self.known_hosts}"',
+            "connect_timeout = 5.0",
+            "",
+            "[defaults]",
+            'user = "root"',
+            f'key_file = "{self.client_key}"',
+            'interface = "eth0"',
+            f'python = "{python}"',
+            f'workdir = "{self.directory / "work"}"',
+            "",
+        ]
+        for host in hosts:
+            lines += [
+                "[[hosts]]",
+                f'name = "{host.name}"',
+                f'address = "{host.address}"',
+                f'labels = {{ netns = "{host.netns}" }}',
+                "",
+            ]
+        self.inventory_path.write_text("\n".join(lines))
+
+    # -- down -------------------------------------------------------------------------------
+    def down(self) -> None:
+        """Stop every process, remove every namespace, link and file the fleet made."""
+        for host in self.existing_hosts():
+            self._remove_host(host)
+        if _link_exists(self.bridge):
+            _ip("link", "del", self.bridge)
+        if self.directory.exists():
+            shutil.rmtree(self.directory)
+
+    def _remove_host(self, host: LocalHost) -> None:
+        if _netns_exists(host.netns):
+            pids = subprocess.run(
+                ["ip", "netns", "pids", host.netns], capture_output=True, text=True
+            ).stdout.split()
+            _terminate([int(pid) for pid in pids])
+            _ip("netns", "del", host.netns)
+        if _link_exists(host.bridge_port):
+            _ip("link", "del", host.bridge_port)
+        if host.directory.exists():
+            shutil.rmtree(host.directory)
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What exists now: bridge, and per host its namespace, sshd PID and open SSH port."""
+        hosts = []
+        for host in self.existing_hosts():
+            pid = host.sshd_pid()
+            hosts.append(
+                {
+                    "name": host.name,
+                    "address": host.address,
+                    "netns": host.netns,
+                    "netns_exists": _netns_exists(host.netns),
+                    "sshd_pid": pid,
+                    "ssh_port_open": pid is not None and _port_open(host.address, 22),
+                }
+            )
+        return {
+            "prefix": self.prefix,
+            "bridge": self.bridge,
+            "bridge_exists": _link_exists(self.bridge),
+            "inventory": str(self.inventory_path) if self.inventory_path.exists() else None,
+            "hosts": hosts,
+        }
+
+
+def _port_open(address: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _terminate(pids: list[int], grace: float = 3.0) -> None:
+    """SIGTERM the given PIDs, then SIGKILL whichever is still alive after `grace` seconds."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while any(_pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if _pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

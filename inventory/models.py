@@ -1,0 +1,109 @@
+"""Pydantic models of one host and of a fleet of hosts."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def is_valid_address(text: str) -> bool:
+    """True for an IPv4/IPv6 address or a DNS host name (not an all-numeric pseudo-IP)."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if not text or len(text) > 253 or all(label.isdigit() for label in labels):
+        return False
+    return all(_HOST_LABEL.match(label) for label in labels)
+
+
+class Host(BaseModel):
+    """One machine of the fleet and everything needed to reach it over SSH."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    address: str
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    key_file: Path | None = None
+    interface: str | None = None
+    python: str = "python3"
+    workdir: str = "/tmp/wanlab"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError("must be 1-63 letters, digits, '-', '_' or '.', starting alphanumeric")
+        return name
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_valid(cls, address: str) -> str:
+        if not is_valid_address(address):
+            raise ValueError(f"{address!r} is neither an IP address nor a host name")
+        return address
+
+    @field_validator("user")
+    @classmethod
+    def _user_is_valid(cls, user: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", user):
+            raise ValueError(f"{user!r} is not a valid user name")
+        return user
+
+    @field_validator("interface")
+    @classmethod
+    def _interface_is_valid(cls, interface: str | None) -> str | None:
+        if interface is not None and not re.match(r"^[A-Za-z0-9_.@-]{1,15}$", interface):
+            raise ValueError(f"{interface!r} is not a valid interface name (1-15 characters)")
+        return interface
+
+
+class Fleet(BaseModel):
+    """A named set of hosts, how to verify their host keys, and where it was read from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "fleet"
+    hosts: list[Host] = Field(min_length=1)
+    known_hosts: Path | None = None
+    strict_host_keys: bool = True
+    connect_timeout: float = Field(default=10.0, gt=0)
+    source: Path | None = None
+
+    @model_validator(mode="after")
+    def _names_and_addresses_unique(self) -> Fleet:
+        for attribute in ("name", "address"):
+            seen: dict[str, int] = {}
+            for index, host in enumerate(self.hosts):
+                value = getattr(host, attribute)
+                key = (value, host.port) if attribute == "address" else value
+                if key in seen:
+                    first = seen[key]
+                    raise ValueError(
+                        f"hosts[{index}].{attribute}: {value!r} is already used by hosts[{first}]"
+                    )
+                seen[key] = index
+        return self
+
+    def host(self, name: str) -> Host:
+        """The host called `name`; KeyError if there is none."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        """Host names in inventory order."""
+        return [host.name for host in self.hosts]

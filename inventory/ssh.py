@@ -1,0 +1,171 @@
+"""The one SSH layer: run a command on every host in parallel, upload files.
+
+Connections are opened once per host and reused; every host gets its own timeout and its own
+result, so one dead host never hides the answers of the others. Host keys are checked strictly
+against the fleet's known_hosts (or the user's) unless the inventory turns that off.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
+from inventory.models import Fleet, Host
+
+Command = list[str] | Callable[[Host], list[str]]
+
+
+@dataclass
+class HostResult:
+    """What one host answered: exit code, output, seconds taken, or the error that stopped it."""
+
+    host: str
+    ok: bool
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for JSON output."""
+        return asdict(self)
+
+
+def quote_command(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Build a remote command line from an argument vector, quoting every word."""
+    words = [f"{key}={value}" for key, value in (env or {}).items()]
+    prefix = ["env", *words] if words else []
+    return shlex.join([*prefix, *argv])
+
+
+class FleetSSH:
+    """Parallel SSH over a fleet, one reusable connection per host; use as a context manager."""
+
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+        self._connections: dict[str, Connection] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(64, len(fleet.hosts))))
+
+    def __enter__(self) -> FleetSSH:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection and the worker threads."""
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+        self._pool.shutdown(wait=True)
+
+    def _connection(self, host: Host) -> Connection:
+        connection = self._connections.get(host.name)
+        if connection is None:
+            connect_kwargs = {"allow_agent": True, "look_for_keys": host.key_file is None}
+            if host.key_file is not None:
+                connect_kwargs["key_filename"] = str(host.key_file)
+            connection = Connection(
+                host.address,
+                user=host.user,
+                port=host.port,
+                connect_timeout=self.fleet.connect_timeout,
+                connect_kwargs=connect_kwargs,
+                config=Config(overrides={"run": {"in_stream": False}}),
+            )
+            client = connection.client
+            if self.fleet.known_hosts is not None:
+                client.load_host_keys(str(self.fleet.known_hosts))
+            else:
+                client.load_system_host_keys()
+            if self.fleet.strict_host_keys:
+                client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            self._connections[host.name] = connection
+        return connection
+
+    def _drop(self, host: Host) -> None:
+        connection = self._connections.pop(host.name, None)
+        if connection is not None:
+            connection.close()
+
+    def _run_one(
+        self, host: Host, argv: list[str], timeout: float, env: dict[str, str] | None
+    ) -> HostResult:
+        started = time.monotonic()
+        command = quote_command(argv, env)
+        try:
+            result = self._connection(host).run(command, hide=True, warn=True, timeout=timeout)
+        except CommandTimedOut as error:
+            self._drop(host)
+            return HostResult(
+                host.name,
+                False,
+                None,
+                error.result.stdout,
+                error.result.stderr,
+                time.monotonic() - started,
+                f"timed out after {timeout:g} s",
+            )
+        except Exception as error:  # noqa: BLE001 - any connect/transport failure is per host
+            self._drop(host)
+            reason = f"{type(error).__name__}: {error}".strip()
+            return HostResult(host.name, False, None, "", "", time.monotonic() - started, reason)
+        return HostResult(
+            host.name,
+            result.exited == 0,
+            result.exited,
+            result.stdout,
+            result.stderr,
+            time.monotonic() - started,
+        )
+
+    def _selected(self, hosts: Iterable[str] | None) -> list[Host]:
+        wanted = set(hosts) if hosts is not None else None
+        return [host for host in self.fleet.hosts if wanted is None or host.name in wanted]
+
+    def run(
+        self,
+        command: Command,
+        timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+        hosts: Iterable[str] | None = None,
+    ) -> dict[str, HostResult]:
+        """Run `command` (an argv, or a function of the host giving one) on every host at once.
+
+        `hosts` limits the run to those host names; the default is the whole fleet.
+        """
+        futures = {
+            host.name: self._pool.submit(
+                self._run_one, host, command(host) if callable(command) else command, timeout, env
+            )
+            for host in self._selected(hosts)
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+    def put(
+        self, local_path: str | Path, remote_path: str, hosts: Iterable[str] | None = None
+    ) -> dict[str, HostResult]:
+        """Upload one file to the same path on every host, in parallel."""
+
+        def upload(host: Host) -> HostResult:
+            started = time.monotonic()
+            try:
+                self._connection(host).put(str(local_path), remote=remote_path)
+            except Exception as error:  # noqa: BLE001 - per-host failure is reported, not raised
+                self._drop(host)
+                return HostResult(
+                    host.name, False, None, "", "", time.monotonic() - started, str(error)
+                )
+            return HostResult(host.name, True, 0, "", "", time.monotonic() - started)
+
+        futures = {host.name: self._pool.submit(upload, host) for host in self._selected(hosts)}
+        return {name: future.result() for name, future in futures.items()}

@@ -1,0 +1,62 @@
+"""The local fleet: up, up again (idempotent), down leaves the machine as it was, up once more."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
+    return {entry["name"] for entry in json.loads(out or "[]")}
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
+    return {entry["ifname"] for entry in json.loads(out)}
+
+
+def test_up_down_up_again(wanlab_env, tmp_path):
+    fleet = LocalFleet(prefix="wly", subnet="198.18.3.0/24", home=tmp_path)
+    namespaces_before, links_before = _namespaces(), _links()
+    try:
+        fleet.up(3)
+        first_pids = [h["sshd_pid"] for h in fleet.status()["hosts"]]
+        assert _namespaces() - namespaces_before == {"wly-h0", "wly-h1", "wly-h2"}
+        fleet.up(3)  # idempotent: same sshd processes, nothing duplicated
+        assert [h["sshd_pid"] for h in fleet.status()["hosts"]] == first_pids
+        fleet.up(2)  # shrinking removes the extra host
+        assert [h["name"] for h in fleet.status()["hosts"]] == ["h0", "h1"]
+        inventory = load_inventory(fleet.inventory_path)
+        assert [h.address for h in inventory.hosts] == ["198.18.3.10", "198.18.3.11"]
+        fleet.down()
+        assert _namespaces() == namespaces_before
+        assert _links() == links_before
+        assert not fleet.directory.exists()
+        assert all(not _pid_alive(pid) for pid in first_pids)
+        fleet.down()  # safe to run twice
+        fleet.up(2)
+        status = fleet.status()
+        assert all(h["ssh_port_open"] for h in status["hosts"]) and status["bridge_exists"]
+    finally:
+        fleet.down()
+    assert _namespaces() == namespaces_before and _links() == links_before
+
+
+def test_fleet_cli_status_json(local_fleet, wanlab):
+    result = wanlab("fleet", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert [h["name"] for h in status["hosts"]] == ["h0", "h1", "h2", "h3"]
+    assert all(h["ssh_port_open"] and h["sshd_pid"] for h in status["hosts"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "State:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False

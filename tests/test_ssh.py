@@ -1,0 +1,105 @@
+"""The SSH layer and `inventory check` against real sshd processes in namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from inventory.loader import load_inventory
+from inventory.ssh import FleetSSH
+
+
+def test_check_reports_every_host(local_fleet, wanlab):
+    result = wanlab("inventory", "check", "-i", "local", "--json")
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert [r["name"] for r in reports] == ["h0", "h1", "h2", "h3"]
+    for report in reports:
+        assert report["reachable"] and report["hostname"] == report["name"]
+        assert report["interface"] == "eth0" and report["interface_exists"]
+        assert report["kernel"] == os.uname().release
+        assert report["ssh_rtt_ms"] > 0
+        # The kernel's own answer, read independently of the check script:
+        assert report["htb"] is _kernel_accepts("htb") and report["tbf"] is True
+        assert report["netem"] is _kernel_accepts("netem", "delay", "1ms")
+
+
+def _kernel_accepts(kind: str, *options: str) -> bool:
+    """Ask this (the hosts') kernel directly, in a throwaway namespace, with the tc command."""
+    trial = ["unshare", "--net", "tc", "qdisc", "add", "dev", "lo", "root", kind, *options]
+    return subprocess.run(trial, capture_output=True).returncode == 0
+
+
+def test_each_host_runs_in_its_own_namespace(local_fleet):
+    fleet = load_inventory("local")
+    with FleetSSH(fleet) as ssh:
+        results = ssh.run(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+    for host in fleet.hosts:
+        assert results[host.name].ok
+        assert f"inet {host.address}/24" in results[host.name].stdout
+
+
+def test_arguments_are_quoted_not_interpreted(local_fleet):
+    tricky = "a b; echo injected $HOME 'q' \"dq\" `id`"
+    with FleetSSH(load_inventory("local")) as ssh:
+        results = ssh.run(["printf", "%s", tricky], env={"X": "1 2"})
+    assert {r.stdout for r in results.values()} == {tricky}
+
+
+def test_per_host_commands_and_upload(local_fleet, tmp_path):
+    fleet = load_inventory("local")
+    payload = tmp_path / "payload.txt"
+    payload.write_text("wanlab upload\n")
+    with FleetSSH(fleet) as ssh:
+        uploaded = ssh.put(payload, f"/run/payload-{os.getpid()}.txt")
+        assert all(r.ok for r in uploaded.values())
+        read = ssh.run(lambda host: ["sh", "-c", f"cat /run/payload-{os.getpid()}.txt; hostname"])
+    for name, result in read.items():
+        # /run is private per host: each host got its own copy
+        assert result.stdout.split("\n")[:2] == ["wanlab upload", name]
+
+
+def test_wrong_host_key_is_rejected(local_fleet, tmp_path):
+    fleet = load_inventory("local")
+    other = tmp_path / "known_hosts"
+    lines = local_fleet.known_hosts.read_text().splitlines()
+    keys = [line.split(" ", 1)[1] for line in lines]
+    other.write_text("\n".join(f"{line.split()[0]} {keys[-1 - i]}" for i, line in enumerate(lines)))
+    wrong = fleet.model_copy(update={"known_hosts": other})
+    with FleetSSH(wrong) as ssh:
+        results = ssh.run(["true"])
+    assert not any(r.ok for r in results.values())
+    assert all("BadHostKeyException" in r.error for r in results.values()), results
+
+
+def test_stopped_sshd_is_unreachable_others_answer(local_fleet, wanlab):
+    victim = local_fleet.host(2)
+    pid = victim.sshd_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + 5
+        while victim.sshd_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = wanlab("inventory", "check", "-i", "local", "--json", "--timeout", "5")
+        assert result.returncode == 1
+        reports = {r["name"]: r for r in json.loads(result.stdout)}
+        assert (
+            not reports["h2"]["reachable"] and "unable to connect" in reports["h2"]["error"].lower()
+        )
+        assert all(reports[name]["reachable"] for name in ("h0", "h1", "h3"))
+    finally:
+        local_fleet.up(4)
+    assert local_fleet.host(2).sshd_pid() is not None
+
+
+def test_strict_host_keys_reject_unknown_host(local_fleet, tmp_path):
+    fleet = load_inventory("local")
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with FleetSSH(fleet.model_copy(update={"known_hosts": empty})) as ssh:
+        results = ssh.run(["true"])
+    assert all(not r.ok and "not found in known_hosts" in r.error for r in results.values())
