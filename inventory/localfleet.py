@@ -344,8 +344,12 @@ class LocalFleet:
             ).stdout.split()
             _terminate([int(pid) for pid in pids])
             _ip("netns", "del", host.netns)
+        # The kernel removes the bridge end of the veth pair with the namespace, asynchronously.
+        deadline = time.monotonic() + 2.0
+        while _link_exists(host.bridge_port) and time.monotonic() < deadline:
+            time.sleep(0.02)
         if _link_exists(host.bridge_port):
-            _ip("link", "del", host.bridge_port)
+            _ip("link", "del", host.bridge_port, check=False)
         if host.directory.exists():
             shutil.rmtree(host.directory)
 

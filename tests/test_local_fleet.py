@@ -9,23 +9,29 @@ from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 
 
+PREFIX = "wly"
+
+
 def _namespaces() -> set[str]:
+    """This test's namespaces (other fleets may come and go on the machine meanwhile)."""
     out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
-    return {entry["name"] for entry in json.loads(out or "[]")}
+    return {e["name"] for e in json.loads(out or "[]") if e["name"].startswith(PREFIX)}
 
 
 def _links() -> set[str]:
+    """This test's links in the root namespace."""
     out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
-    return {entry["ifname"] for entry in json.loads(out)}
+    return {e["ifname"] for e in json.loads(out) if e["ifname"].startswith(PREFIX)}
 
 
 def test_up_down_up_again(wanlab_env, tmp_path):
-    fleet = LocalFleet(prefix="wly", subnet="198.18.3.0/24", home=tmp_path)
+    fleet = LocalFleet(prefix=PREFIX, subnet="198.18.3.0/24", home=tmp_path)
     namespaces_before, links_before = _namespaces(), _links()
     try:
         fleet.up(3)
         first_pids = [h["sshd_pid"] for h in fleet.status()["hosts"]]
-        assert _namespaces() - namespaces_before == {"wly-h0", "wly-h1", "wly-h2"}
+        assert _namespaces() == {"wly-h0", "wly-h1", "wly-h2"}
+        assert _links() == {"wly-br0", "wly-h0", "wly-h1", "wly-h2"}
         fleet.up(3)  # idempotent: same sshd processes, nothing duplicated
         assert [h["sshd_pid"] for h in fleet.status()["hosts"]] == first_pids
         fleet.up(2)  # shrinking removes the extra host
