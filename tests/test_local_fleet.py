@@ -8,7 +8,6 @@ import subprocess
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 
-
 PREFIX = "wly"
 
 
