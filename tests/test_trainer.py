@@ -1,0 +1,194 @@
+"""The trainer against independent references, in real processes over gloo on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+from trainer_workers import finish, launch_cli, one_data_parallel_step, pipeline_gradients, spawn
+
+from inventory.errors import ConfigError
+from trainer.config import TrainerConfig, check_world, load_config
+from trainer.data import TokenSource
+from trainer.model import CONFIGS, GPT
+from trainer.netif import choose_iface, route_iface
+from trainer.partition import build_stage, split_layers
+
+SEED = 3
+
+
+def reference_gradients(cfg: TrainerConfig, batches):
+    """Loss and gradients of the unpartitioned model on the concatenation of `batches`."""
+    model = GPT(cfg.gpt, seed=cfg.seed)
+    tokens = torch.cat([b[0] for b in batches])
+    targets = torch.cat([b[1] for b in batches])
+    _, loss = model(tokens, targets)
+    loss.backward()
+    return model, loss.item()
+
+
+def test_layers_split_evenly_or_as_given():
+    assert split_layers(24, 12) == [range(2 * s, 2 * s + 2) for s in range(12)]
+    assert split_layers(5, 3) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert split_layers(4, 3, [1, 1, 2]) == [range(0, 1), range(1, 2), range(2, 4)]
+    with pytest.raises(ValueError):
+        split_layers(4, 2, [1, 1])
+
+
+def test_stages_hold_the_full_models_weights_under_its_names():
+    cfg = CONFIGS["tiny"]
+    full = dict(GPT(cfg, seed=SEED).named_parameters())
+    seen = {}
+    for s in range(3):
+        stage = build_stage(cfg, s, 3, seed=SEED)
+        assert (stage.embed is not None) == (s == 0)
+        assert (stage.head is not None) == (s == 2)
+        seen |= dict(stage.named_parameters())
+    assert seen.keys() == full.keys()
+    for name, p in seen.items():
+        assert torch.equal(p, full[name]), name
+    assert sum(p.numel() for p in full.values()) == cfg.n_params()
+
+
+@pytest.mark.parametrize("n_stages", [3])
+def test_pipelined_loss_and_gradients_equal_the_full_models(tmp_path, n_stages):
+    base = dict(model="tiny", pipeline=n_stages, batch=2 * n_stages, seed=SEED, seq_len=16)
+    micro_counts = [1, n_stages, 2 * n_stages]
+    spawn(pipeline_gradients, n_stages, str(tmp_path), base, micro_counts)
+
+    cfg = TrainerConfig(**base)
+    batch = TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed).batch(0, 0, cfg.batch)
+    model, loss = reference_gradients(cfg, [batch])
+    expected = {name: p.grad for name, p in model.named_parameters()}
+    for n_micro in micro_counts:
+        parts = [torch.load(tmp_path / f"m{n_micro}-r{r}.pt") for r in range(n_stages)]
+        assert parts[-1]["loss"] == pytest.approx(loss, rel=1e-6)
+        grads = {name: g for part in parts for name, g in part["grads"].items()}
+        assert grads.keys() == expected.keys()
+        for name, grad in grads.items():
+            assert grad.abs().sum() > 0, name
+            torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(tmp_path):
+    base = dict(
+        model="tiny", pipeline=2, data=2, batch=4, micro_batch=2, seed=SEED, seq_len=16,
+        optimizer="sgd", lr=0.5,
+    )  # fmt: skip
+    modes = ["ps", "allreduce"]
+    spawn(one_data_parallel_step, 4, str(tmp_path), base, modes)
+
+    cfg = TrainerConfig(**base)
+    source = TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed)
+    model, _ = reference_gradients(cfg, [source.batch(0, r, cfg.batch) for r in range(2)])
+    expected_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    torch.optim.SGD(model.parameters(), lr=cfg.lr).step()
+    expected = dict(model.named_parameters())
+    for mode in modes:
+        ranks = [torch.load(tmp_path / f"{mode}-r{r}.pt") for r in range(4)]
+        for stage in range(2):
+            replica0, replica1 = ranks[stage], ranks[2 + stage]
+            for name, param in replica0["params"].items():
+                torch.testing.assert_close(param, replica1["params"][name], rtol=0, atol=0)
+                torch.testing.assert_close(
+                    replica0["grads"][name], expected_grads[name], rtol=1e-5, atol=1e-7
+                )
+                torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6)
+        names = {name for r in ranks for name in r["params"]}
+        assert names == expected.keys()
+
+
+def test_cli_trains_with_pipeline_and_parameter_server_and_writes_results(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--model", "tiny", "--pipeline", "2", "--data", "2", "--batch", "4",
+             "--micro-batch", "1", "--iterations", "12", "--warmup", "2", "--lr", "3e-3",
+             "--seq-len", "16", "--iface", "lo", "--out", str(out)]  # fmt: skip
+    results = finish(launch_cli(4, flags), timeout=120)
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], results
+
+    summary = json.loads(results[0][1].strip().splitlines()[-1])
+    assert summary == json.loads((out / "summary.json").read_text())
+    losses = summary["losses"]
+    assert len(losses) == 12
+    assert max(losses[-3:]) < min(losses[:3]) - 0.05, losses
+    assert summary["config"]["pipeline"] == 2 and summary["config"]["dp_mode"] == "ps"
+    assert summary["backend"] == "gloo" and summary["timed_iterations"] == 10
+    assert summary["versions"]["torch"] == torch.__version__
+    assert sorted((s["stage"], s["replica"]) for s in summary["stages"]) == [
+        (0, 0), (0, 1), (1, 0), (1, 1)
+    ]  # fmt: skip
+    lines = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == list(range(2, 12))
+    for line in lines:
+        parts = sum(line[k] for k in ("forward_s", "backward_s", "comm_wait_s", "optimizer_s"))
+        assert 0 < parts <= line["total_s"]
+        assert line["ps_sync_s"] > 0
+    assert sorted(p.name for p in out.glob("rank-*.jsonl")) == [f"rank-{r}.jsonl" for r in range(4)]
+    for name, stats in summary["phases"].items():
+        assert stats["min"] <= stats["median"] <= stats["max"], name
+
+
+@pytest.mark.parametrize(
+    ("flags", "world_size", "field"),
+    [
+        (["--batch", "6", "--micro-batch", "4"], 2, "micro_batch"),
+        (["--pipeline", "5"], 2, "pipeline"),
+        (["--pipeline", "2", "--data", "2"], 2, "WORLD_SIZE"),
+        (["--model", "gpt-9"], 2, "model"),
+    ],
+)
+def test_bad_configs_fail_fast_on_every_rank(flags, world_size, field):
+    started = time.monotonic()
+    results = finish(launch_cli(world_size, flags), timeout=60)
+    for code, _, err in results:
+        assert code == 2, err
+        assert f": {field}: " in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert time.monotonic() - started < 50
+
+
+def test_a_bad_field_in_a_config_file_names_the_file_and_field(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "tiny"\npipeline = 2\nbatch = 4\nmicro_batch = 3\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert (caught.value.file, caught.value.field) == (str(path), "micro_batch")
+    assert load_config(path, {"micro_batch": 2}).n_micro == 2
+    with pytest.raises(ConfigError, match="WORLD_SIZE"):
+        check_world(load_config(path, {"micro_batch": 2}), 3)
+    path.write_text("pipeline = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_a_killed_rank_makes_the_others_exit_within_the_timeout():
+    flags = ["--model", "tiny", "--pipeline", "3", "--batch", "3", "--iterations", "100000",
+             "--seq-len", "16", "--timeout-s", "20"]  # fmt: skip
+    procs = launch_cli(3, flags)
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("iteration 3:"):
+                break
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        survivors = finish([procs[0], procs[2]], timeout=45)
+        waited = time.monotonic() - killed_at
+    finally:
+        finish(procs, timeout=1)
+    for code, _, err in survivors:
+        assert code == 1, err
+        assert "failed" in err, err
+    assert waited < 40
+
+
+def test_the_interface_is_the_flag_else_the_route_to_the_master(monkeypatch):
+    monkeypatch.delenv("WANLAB_IFACE", raising=False)
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    assert route_iface("127.0.0.1") == "lo"
+    assert choose_iface(None, "127.0.0.1") == "lo"
+    assert choose_iface("veth7", "127.0.0.1") == "veth7"
+    monkeypatch.setenv("WANLAB_IFACE", "eth9")
+    assert choose_iface(None, "127.0.0.1") == "eth9"

@@ -1,0 +1,127 @@
+"""`python -m trainer`: start one rank. Config from `--config FILE` (TOML) and/or flags.
+
+The rank reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the environment. Bad input
+exits with code 2 and one message before any connection is tried; a failure during training
+(a peer died, a timeout) exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import timedelta
+
+from inventory.errors import ConfigError
+from trainer.config import TrainerConfig, check_world, load_config
+
+ENVIRONMENT = "environment"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags: `--config FILE` plus one flag per TrainerConfig field (flags win over the file)."""
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser.add_argument("--config", help="TOML file with TrainerConfig fields")
+    for name, field in TrainerConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "recompute":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif name == "layers":
+            parser.add_argument(flag, help="layers per stage, comma-separated, e.g. 2,1,1")
+        else:
+            parser.add_argument(flag, help=f"default {field.default!r}")
+    return parser.parse_args(argv)
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """The fields given as flags."""
+    given = {name: getattr(args, name) for name in TrainerConfig.model_fields}
+    if given["layers"] is not None:
+        given["layers"] = [part.strip() for part in given["layers"].split(",")]
+    return given
+
+
+def read_environment() -> tuple[int, int, str, int]:
+    """RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (defaults: a single local rank)."""
+    values = {}
+    for var, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_PORT", "29500")):
+        raw = os.environ.get(var, default)
+        try:
+            values[var] = int(raw)
+        except ValueError:
+            raise ConfigError(ENVIRONMENT, var, f"{raw!r} is not an integer") from None
+    if not 0 <= values["RANK"] < values["WORLD_SIZE"]:
+        raise ConfigError(
+            ENVIRONMENT, "RANK", f"{values['RANK']} is outside 0..{values['WORLD_SIZE'] - 1}"
+        )
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    return values["RANK"], values["WORLD_SIZE"], addr, values["MASTER_PORT"]
+
+
+def prepare(argv: list[str] | None):
+    """Validate everything and set the process up; raises ConfigError on bad input."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, overrides_from(args))
+    rank, world_size, addr, port = read_environment()
+    check_world(cfg, world_size)
+
+    import torch
+
+    from trainer.netif import choose_iface, default_threads, export_iface
+
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise ConfigError(args.config or "command line", "device", "CUDA is not available")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and cuda)
+    if cfg.dtype == "fp16" and not use_cuda:
+        raise ConfigError(args.config or "command line", "dtype", "fp16 needs a CUDA device")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    try:
+        iface = choose_iface(cfg.iface, addr)
+    except OSError as exc:
+        raise ConfigError(ENVIRONMENT, "MASTER_ADDR", f"no route to {addr!r}: {exc}") from None
+    export_iface(iface)
+    torch.set_num_threads(cfg.threads or default_threads(addr, world_size))
+    return cfg, rank, world_size, addr, port, device
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one rank; returns the exit code."""
+    try:
+        cfg, rank, world_size, addr, port, device = prepare(argv)
+    except ConfigError as exc:
+        print(f"trainer: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+    import torch.distributed as dist
+
+    from trainer.train import train
+
+    try:
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            init_method=f"tcp://{addr}:{port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=cfg.timeout_s),
+        )
+        summary = train(cfg, rank, device)
+    except Exception as exc:  # a peer died or timed out: report and leave without hanging
+        print(f"trainer: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
+    dist.destroy_process_group()
+    if summary is not None:
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The trainer's configuration: one pydantic model, read from a TOML file and/or flags.
+
+Every validation failure is an `inventory.errors.ConfigError` naming the source and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inventory.errors import ConfigError
+from trainer.model import CONFIGS, GPTConfig
+
+COMMAND_LINE = "command line"
+
+
+class FieldProblem(ValueError):
+    """A cross-field check failed; carries the field to blame."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+class TrainerConfig(BaseModel):
+    """One training run. `batch` is sequences per pipeline per iteration (global = batch × data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "tiny"
+    batch: int = Field(8, ge=1)
+    micro_batch: int = Field(1, ge=1)
+    pipeline: int = Field(1, ge=1)
+    data: int = Field(1, ge=1)
+    dp_mode: Literal["ps", "allreduce"] = "ps"
+    layers: list[int] | None = None
+    seq_len: int | None = Field(None, ge=1)
+    iterations: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+    seed: int = 0
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    loss_scale: float = Field(1024.0, gt=0)
+    recompute: bool = False
+    dataset: str = "synthetic"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: Path | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    threads: int | None = Field(None, ge=1)
+    iface: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainerConfig:
+        if self.model not in CONFIGS:
+            raise FieldProblem("model", f"unknown model {self.model!r}; known: {sorted(CONFIGS)}")
+        gpt = CONFIGS[self.model]
+        if self.batch % self.micro_batch:
+            raise FieldProblem(
+                "micro_batch", f"micro-batch {self.micro_batch} does not divide batch {self.batch}"
+            )
+        if self.pipeline > gpt.n_layer:
+            raise FieldProblem(
+                "pipeline",
+                f"{self.pipeline} stages but model {self.model!r} has {gpt.n_layer} layers",
+            )
+        if self.layers is not None and (
+            len(self.layers) != self.pipeline
+            or sum(self.layers) != gpt.n_layer
+            or min(self.layers) < 1
+        ):
+            raise FieldProblem(
+                "layers",
+                f"{self.layers} must list {self.pipeline} positive counts summing to {gpt.n_layer}",
+            )
+        if self.seq_len is not None and self.seq_len > gpt.block_size:
+            raise FieldProblem(
+                "seq_len", f"{self.seq_len} exceeds model {self.model!r}'s {gpt.block_size}"
+            )
+        if self.warmup >= self.iterations:
+            raise FieldProblem(
+                "warmup", f"warm-up {self.warmup} leaves none of {self.iterations} iterations timed"
+            )
+        if self.dataset != "synthetic":
+            if not Path(self.dataset).is_file():
+                raise FieldProblem("dataset", f"{self.dataset!r} is neither 'synthetic' nor a file")
+            if gpt.vocab_size < 256:
+                raise FieldProblem("dataset", "a text file needs a model vocabulary of ≥ 256 bytes")
+        return self
+
+    @property
+    def gpt(self) -> GPTConfig:
+        """The model's shape."""
+        return CONFIGS[self.model]
+
+    @property
+    def seq(self) -> int:
+        """Tokens per sequence."""
+        return self.seq_len or self.gpt.block_size
+
+    @property
+    def n_micro(self) -> int:
+        """Micro-batches per iteration."""
+        return self.batch // self.micro_batch
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the run needs: pipeline × data."""
+        return self.pipeline * self.data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None):
+    """Build a TrainerConfig from a TOML file (optional) with `overrides` on top."""
+    values: dict[str, Any] = {}
+    source = str(path) if path is not None else COMMAND_LINE
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(source, None, "no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, None, f"not valid TOML: {exc}") from None
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if given:
+        source = COMMAND_LINE if path is None else f"{path} (+ command line)"
+    try:
+        return TrainerConfig(**(values | given))
+    except ValidationError as exc:
+        raise _as_config_error(source, exc) from None
+
+
+def _as_config_error(source: str, exc: ValidationError) -> ConfigError:
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldProblem):
+        return ConfigError(source, cause.field, str(cause))
+    field = ".".join(str(part) for part in error["loc"]) or None
+    return ConfigError(source, field, error["msg"])
+
+
+def check_world(cfg: TrainerConfig, world_size: int, source: str = "environment") -> None:
+    """The launched world must hold exactly pipeline × data ranks."""
+    if world_size != cfg.world_size:
+        raise ConfigError(
+            source,
+            "WORLD_SIZE",
+            f"{world_size} ranks launched but pipeline {cfg.pipeline} × data {cfg.data} "
+            f"needs {cfg.world_size}",
+        )

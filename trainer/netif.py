@@ -1,0 +1,52 @@
+"""Which network interface torch.distributed should use, and how many threads a rank gets."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from pyroute2 import IPRoute
+
+SOCKET_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+
+def route_iface(address: str) -> str:
+    """The interface the kernel routes `address` (a name or an IPv4 address) through."""
+    ip = socket.gethostbyname(address)
+    with IPRoute() as ipr:
+        route = ipr.route("get", dst=ip)[0]
+        index = route.get_attr("RTA_OIF")
+        return ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+
+
+def choose_iface(flag: str | None, master_addr: str) -> str:
+    """`--iface`, else $WANLAB_IFACE, else $GLOO_SOCKET_IFNAME, else the route to the master."""
+    return (
+        flag
+        or os.environ.get("WANLAB_IFACE")
+        or os.environ.get("GLOO_SOCKET_IFNAME")
+        or route_iface(master_addr)
+    )
+
+
+def export_iface(iface: str) -> None:
+    """Tell gloo and NCCL to use `iface` (else gloo may resolve the hostname to 127.0.0.1)."""
+    for var in SOCKET_IFNAME_VARS:
+        os.environ[var] = iface
+
+
+def local_ranks(master_addr: str, world_size: int) -> int:
+    """Ranks sharing this machine: $LOCAL_WORLD_SIZE, else all of them when the master is local."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(master_addr)).is_loopback
+    except (OSError, ValueError):
+        loopback = False
+    return world_size if loopback else 1
+
+
+def default_threads(master_addr: str, world_size: int) -> int:
+    """max(1, cores // ranks on this machine)."""
+    return max(1, (os.cpu_count() or 1) // local_ranks(master_addr, world_size))

@@ -1,0 +1,72 @@
+"""Split the decoder's layers into pipeline stages and build one stage's module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from trainer.model import Block, Embedding, GPTConfig, Head, init_parameters, lm_loss
+
+
+def split_layers(n_layer: int, n_stages: int, layers: list[int] | None = None) -> list[range]:
+    """Global layer indices of each stage: `layers` counts per stage, else as even as possible."""
+    if layers is None:
+        base, extra = divmod(n_layer, n_stages)
+        layers = [base + (1 if s < extra else 0) for s in range(n_stages)]
+    if len(layers) != n_stages or sum(layers) != n_layer or min(layers) < 1:
+        raise ValueError(f"layer split {layers} does not give {n_stages} stages of {n_layer}")
+    starts = [sum(layers[:s]) for s in range(n_stages)]
+    return [range(start, start + count) for start, count in zip(starts, layers, strict=True)]
+
+
+class Stage(nn.Module):
+    """One pipeline stage: the embedding on the first, the final norm and head on the last.
+
+    Parameter names are those of the full model (`embed.*`, `h.<global index>.*`, `head.*`).
+    """
+
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        stage: int,
+        n_stages: int,
+        layers: list[int] | None = None,
+        seed: int = 0,
+        recompute: bool = False,
+    ):
+        super().__init__()
+        self.stage, self.n_stages, self.recompute = stage, n_stages, recompute
+        self.is_first, self.is_last = stage == 0, stage == n_stages - 1
+        own = split_layers(cfg.n_layer, n_stages, layers)[stage]
+        self.embed = Embedding(cfg) if self.is_first else None
+        self.h = nn.ModuleDict({str(i): Block(cfg) for i in own})
+        self.head = Head(cfg) if self.is_last else None
+        init_parameters(self, cfg, seed)
+
+    def _run(self, fn, *args):
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (first stage) or activations in; activations out, or the loss on the last."""
+        if self.embed is not None:
+            x = self.embed(x)
+        for block in self.h.values():
+            x = self._run(block, x)
+        if self.head is None:
+            return x
+        return self._run(lambda y, t: lm_loss(self.head(y), t), x, targets)
+
+
+def build_stage(
+    cfg: GPTConfig,
+    stage: int,
+    n_stages: int,
+    layers: list[int] | None = None,
+    seed: int = 0,
+    recompute: bool = False,
+) -> Stage:
+    """The module of pipeline stage `stage` of `n_stages` (weights as the full model's)."""
+    return Stage(cfg, stage, n_stages, layers, seed, recompute)

@@ -1,0 +1,121 @@
+"""The GPipe schedule over torch.distributed point-to-point.
+
+All micro-batches go forward, then all go backward (last first). Every receive of an
+iteration's phase is posted up front with `irecv`, and every send is an `isend`, so transfers
+run while the stage computes; a stage blocks only when the tensor it needs next has not arrived.
+Gradients accumulate in the stage's parameters over the micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from trainer.layout import rank_of
+from trainer.partition import Stage
+from trainer.timing import Clock
+
+
+@dataclass
+class PipelineTimes:
+    """Seconds one stage spent computing and blocked on transfers in one iteration."""
+
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    comm_wait_s: float = 0.0
+
+
+class GPipe:
+    """Runs one iteration of the GPipe schedule for one stage of one pipeline."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        replica: int,
+        micro_batch: int,
+        seq: int,
+        n_embd: int,
+        device: torch.device,
+        compute_dtype: torch.dtype = torch.float32,
+        loss_scale: float = 1.0,
+    ):
+        self.stage, self.device = stage, device
+        self.act_shape = (micro_batch, seq, n_embd)
+        self.wire_dtype = compute_dtype
+        self.loss_scale = loss_scale
+        s, n = stage.stage, stage.n_stages
+        self.prev = rank_of(s - 1, replica, n) if not stage.is_first else None
+        self.next = rank_of(s + 1, replica, n) if not stage.is_last else None
+        self.autocast = (
+            torch.autocast(device.type, dtype=compute_dtype)
+            if compute_dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        self.clock = Clock(device)
+
+    def _post_receives(self, peer: int | None, n_micro: int, tag_base: int, order):
+        if peer is None:
+            return {}
+        posted = {}
+        for m in order:
+            buf = torch.empty(self.act_shape, dtype=self.wire_dtype, device=self.device)
+            posted[m] = (buf, dist.irecv(buf, src=peer, tag=tag_base + m))
+        return posted
+
+    def _wait(self, work, times: PipelineTimes) -> None:
+        start = self.clock()
+        work.wait()
+        times.comm_wait_s += self.clock() - start
+
+    def run(
+        self, tokens: list[torch.Tensor] | None, targets: list[torch.Tensor] | None, n_micro: int
+    ) -> tuple[float | None, PipelineTimes]:
+        """Forward and backward `n_micro` micro-batches; returns the batch loss (last stage)."""
+        times = PipelineTimes()
+        sends = []
+        inputs, outputs = [], []
+        received = self._post_receives(self.prev, n_micro, 0, range(n_micro))
+        for m in range(n_micro):
+            if self.prev is None:
+                x = tokens[m]
+            else:
+                buf, work = received.pop(m)
+                self._wait(work, times)
+                x = buf.float().requires_grad_()
+            start = self.clock()
+            with self.autocast:
+                if self.next is None:
+                    y = self.stage(x, targets[m]) / n_micro
+                else:
+                    y = self.stage(x)
+            if self.next is not None:
+                wire = y.detach().to(self.wire_dtype)
+                sends.append((wire, dist.isend(wire, dst=self.next, tag=m)))
+            times.forward_s += self.clock() - start
+            inputs.append(x)
+            outputs.append(y)
+
+        backward_order = range(n_micro - 1, -1, -1)
+        grads = self._post_receives(self.next, n_micro, n_micro, backward_order)
+        loss = torch.zeros((), device=self.device) if self.next is None else None
+        for m in backward_order:
+            if self.next is None:
+                loss += outputs[m].detach().float()
+                start = self.clock()
+                (outputs[m] * self.loss_scale).backward()
+            else:
+                buf, work = grads.pop(m)
+                self._wait(work, times)
+                start = self.clock()
+                torch.autograd.backward(outputs[m], buf.to(outputs[m].dtype))
+            if self.prev is not None:
+                wire = inputs[m].grad.to(self.wire_dtype)
+                sends.append((wire, dist.isend(wire, dst=self.prev, tag=n_micro + m)))
+            times.backward_s += self.clock() - start
+            inputs[m] = outputs[m] = None
+        for _, work in sends:
+            self._wait(work, times)
+        return (loss.item() if loss is not None else None), times

@@ -1,0 +1,198 @@
+"""One rank's training run: build its stage, run the iterations, time them, report on rank 0."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+
+from trainer.config import TrainerConfig
+from trainer.data import TokenSource
+from trainer.dataparallel import make_gradient_sync
+from trainer.layout import position_of
+from trainer.partition import build_stage
+from trainer.pipeline import GPipe
+from trainer.timing import Clock, IterationTimes, summarize
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
+    """The optimizer every replica of a stage runs on the averaged gradients."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+
+class RankTrainer:
+    """The stage, schedule, gradient sync and optimizer of one rank."""
+
+    def __init__(self, cfg: TrainerConfig, rank: int, device: torch.device):
+        self.cfg, self.rank, self.device = cfg, rank, device
+        self.stage_index, self.replica = position_of(rank, cfg.pipeline)
+        self.module = build_stage(
+            cfg.gpt, self.stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute
+        ).to(device)
+        self.params = list(self.module.parameters())
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        self.loss_scale = cfg.loss_scale if cfg.dtype == "fp16" else 1.0
+        self.pipe = GPipe(
+            self.module,
+            self.replica,
+            cfg.micro_batch,
+            cfg.seq,
+            cfg.gpt.n_embd,
+            device,
+            DTYPES[cfg.dtype],
+            self.loss_scale,
+        )
+        self.sync = make_gradient_sync(
+            cfg.dp_mode, self.module, self.stage_index, self.replica, cfg.pipeline, cfg.data
+        )
+        self.optimizer = make_optimizer(cfg, self.params)
+        needs_data = self.module.is_first or self.module.is_last
+        self.source = (
+            TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed) if needs_data else None
+        )
+        self.clock = Clock(device)
+
+    def micro_batches(self, iteration: int):
+        """This rank's tokens and targets of `iteration`, split into micro-batches."""
+        if self.source is None:
+            return None, None
+        tokens, targets = self.source.batch(iteration, self.replica, self.cfg.batch)
+        split = self.cfg.micro_batch
+        return (
+            [t.to(self.device) for t in tokens.split(split)],
+            [t.to(self.device) for t in targets.split(split)],
+        )
+
+    def step(self, iteration: int) -> IterationTimes:
+        """One timed iteration: pipeline, gradient sync, optimizer step."""
+        tokens, targets = self.micro_batches(iteration)
+        for p in self.params:
+            p.grad.zero_()
+        dist.barrier()
+        start = self.clock()
+        loss, piped = self.pipe.run(tokens, targets, self.cfg.n_micro)
+        synced = self.clock()
+        self.sync.sync()
+        stepped = self.clock()
+        if self.loss_scale != 1.0:
+            for p in self.params:
+                p.grad.div_(self.loss_scale)
+        self.optimizer.step()
+        done = self.clock()
+        dist.barrier()
+        end = self.clock()
+        return IterationTimes(
+            iteration=iteration,
+            total_s=end - start,
+            forward_s=piped.forward_s,
+            backward_s=piped.backward_s,
+            comm_wait_s=piped.comm_wait_s,
+            ps_sync_s=stepped - synced,
+            optimizer_s=done - stepped,
+            loss=loss,
+        )
+
+
+def train(cfg: TrainerConfig, rank: int, device: torch.device) -> dict | None:
+    """Run every iteration on this rank (process group already up); rank 0 returns the summary."""
+    trainer = RankTrainer(cfg, rank, device)
+    rank_log = None
+    if cfg.out is not None:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        rank_log = (cfg.out / f"rank-{rank}.jsonl").open("w")
+    records = []
+    for iteration in range(cfg.iterations):
+        record = trainer.step(iteration)
+        records.append(record)
+        if rank_log is not None:
+            rank_log.write(json.dumps(record.as_dict()) + "\n")
+            rank_log.flush()
+        if rank == 0:
+            print(f"iteration {iteration}: {record.total_s:.4f} s", flush=True)
+    if rank_log is not None:
+        rank_log.close()
+    mine = {
+        "rank": rank,
+        "stage": trainer.stage_index,
+        "replica": trainer.replica,
+        "hostname": socket.gethostname(),
+        "records": [r.as_dict() for r in records],
+    }
+    everyone: list[dict] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if rank != 0:
+        return None
+    summary = build_summary(cfg, everyone, device)
+    if cfg.out is not None:
+        write_results(cfg, summary, everyone)
+    return summary
+
+
+def iteration_losses(cfg: TrainerConfig, everyone: list[dict]) -> list[float]:
+    """Per iteration, the batch loss averaged over the pipelines' last stages."""
+    last = [r for r in everyone if r["stage"] == cfg.pipeline - 1]
+    return [sum(r["records"][i]["loss"] for r in last) / len(last) for i in range(cfg.iterations)]
+
+
+def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device) -> dict:
+    """Rank 0's summary: phase spreads, per-stage times, the exact config and versions."""
+    timed = [IterationTimes(**r) for r in everyone[0]["records"][cfg.warmup :]]
+    phases = summarize(timed)
+    stages = []
+    for r in everyone:
+        own = [IterationTimes(**x) for x in r["records"][cfg.warmup :]]
+        means = {phase: s["mean"] for phase, s in summarize(own).items()}
+        stages.append(
+            {
+                "rank": r["rank"],
+                "stage": r["stage"],
+                "replica": r["replica"],
+                "hostname": r["hostname"],
+                "forward_per_micro_s": means["forward_s"] / cfg.n_micro,
+                "backward_per_micro_s": means["backward_s"] / cfg.n_micro,
+                "mean_s": means,
+            }
+        )
+    tokens = cfg.batch * cfg.data * cfg.seq
+    flops = cfg.gpt.flops_per_token(cfg.seq) * tokens
+    return {
+        "config": json.loads(cfg.model_dump_json()),
+        "world_size": cfg.world_size,
+        "backend": dist.get_backend(),
+        "device": _device_name(device),
+        "hostname": socket.gethostname(),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "timed_iterations": len(timed),
+        "phases": phases,
+        "stages": stages,
+        "losses": iteration_losses(cfg, everyone),
+        "tokens_per_iteration": tokens,
+        "model_flops_per_iteration": flops,
+        "model_tflops_per_s": flops / phases["total_s"]["mean"] / 1e12,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def write_results(cfg: TrainerConfig, summary: dict, everyone: list[dict]) -> None:
+    """`iterations.jsonl` (rank 0's timed iterations with the batch loss) and `summary.json`."""
+    losses = summary["losses"]
+    with (cfg.out / "iterations.jsonl").open("w") as f:
+        for record in everyone[0]["records"][cfg.warmup :]:
+            line = record | {"loss": losses[record["iteration"]]}
+            f.write(json.dumps(line) + "\n")
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"results in {cfg.out}", file=sys.stderr)
