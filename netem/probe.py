@@ -1,0 +1,171 @@
+"""Measure what a network really does: RTT (median of many TCP round trips) and bulk throughput.
+
+`python -m netem.probe serve` runs on every host; `python -m netem.probe measure --to ADDR`
+runs on the sending host and prints one JSON object. Standard library only, so it starts fast
+on slow hosts (inside user-mode Linux too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+DEFAULT_PORT = 5399
+_ECHO, _SINK = b"e", b"s"
+_CHUNK = 256 * 1024
+_REPORT = struct.Struct("!dQ")  # seconds measured, bytes received after the warm-up
+
+
+def _serve_echo(conn: socket.socket) -> None:
+    while data := conn.recv(64):
+        conn.sendall(data)
+
+
+def _serve_sink(conn: socket.socket, warmup_s: float) -> None:
+    start = time.monotonic()
+    total, warm_bytes, warm_at = 0, None, None
+    while data := conn.recv(_CHUNK):
+        total += len(data)
+        if warm_at is None and time.monotonic() - start >= warmup_s:
+            warm_at, warm_bytes = time.monotonic(), total
+    end = time.monotonic()
+    if warm_at is None:
+        warm_at, warm_bytes = start, 0
+    conn.sendall(_REPORT.pack(end - warm_at, total - warm_bytes))
+
+
+def _handle(conn: socket.socket, warmup_s: float) -> None:
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        mode = conn.recv(1)
+        if mode == _ECHO:
+            _serve_echo(conn)
+        elif mode == _SINK:
+            _serve_sink(conn, warmup_s)
+
+
+def serve(bind: str, port: int, for_s: float, warmup_s: float) -> None:
+    """Answer echo (RTT) and sink (throughput) connections for `for_s` seconds."""
+    with socket.create_server((bind, port)) as server:
+        server.settimeout(0.5)
+        deadline = time.monotonic() + for_s
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=_handle, args=(conn, warmup_s), daemon=True).start()
+
+
+def measure_rtt(address: str, port: int, count: int = 50) -> dict[str, float]:
+    """Median/min/max of `count` 1-byte TCP round trips (after one unmeasured warm-up)."""
+    with socket.create_connection((address, port), timeout=30) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(_ECHO)
+        samples = []
+        for i in range(count + 1):
+            t0 = time.perf_counter()
+            conn.sendall(b"x")
+            if conn.recv(1) != b"x":
+                raise ConnectionError("echo server closed the connection")
+            if i:
+                samples.append((time.perf_counter() - t0) * 1000)
+    return {
+        "rtt_ms_median": statistics.median(samples),
+        "rtt_ms_min": min(samples),
+        "rtt_ms_max": max(samples),
+        "samples": count,
+    }
+
+
+def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[str, float]:
+    """Bulk TCP goodput in bit/s as the receiver counted it after its warm-up."""
+    payload = b"\0" * _CHUNK
+    with socket.create_connection((address, port), timeout=30) as conn:
+        conn.sendall(_SINK)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        report = b""
+        while len(report) < _REPORT.size:
+            chunk = conn.recv(_REPORT.size - len(report))
+            if not chunk:
+                raise ConnectionError("sink closed before reporting")
+            report += chunk
+    measured_s, received = _REPORT.unpack(report)
+    return {"throughput_bps": received * 8 / measured_s if measured_s > 0 else 0.0}
+
+
+def start_server_detached(bind: str, port: int, for_s: float, warmup_s: float) -> int:
+    """Start `serve` as a detached process (it outlives an SSH session); returns its PID."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "netem.probe", "serve", "--bind", bind, "--port", str(port)]
+    proc = subprocess.Popen(
+        [*argv, "--for", str(for_s), "--warmup", str(warmup_s)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd="/",
+    )
+    return proc.pid
+
+
+def wait_listening(address: str, port: int, timeout_s: float = 30.0) -> None:
+    """Block until a TCP server accepts on address:port."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`serve [--detach]` or `measure --to ADDR`; measure prints one JSON object."""
+    parser = argparse.ArgumentParser(prog="python -m netem.probe")
+    parser.add_argument("command", choices=["serve", "measure"])
+    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--to", help="address to measure against")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--for", dest="for_s", type=float, default=120.0, help="serve seconds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="sink warm-up seconds")
+    parser.add_argument("--detach", action="store_true", help="serve in the background")
+    parser.add_argument("--count", type=int, default=50, help="round trips")
+    parser.add_argument("--seconds", type=float, default=3.0, help="bulk transfer seconds")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        if args.detach:
+            pid = start_server_detached(args.bind, args.port, args.for_s, args.warmup)
+            print(json.dumps({"ok": True, "pid": pid, "port": args.port}))
+        else:
+            serve(args.bind, args.port, args.for_s, args.warmup)
+        return 0
+    if not args.to:
+        parser.error("measure needs --to ADDRESS")
+    result = {"ok": True, "to": args.to}
+    result.update(measure_rtt(args.to, args.port, args.count))
+    if args.seconds > 0:
+        result.update(measure_throughput(args.to, args.port, args.seconds))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

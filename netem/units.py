@@ -1,0 +1,63 @@
+"""Parse the units people write in profiles: times, rates and percentages."""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = r"(?P<num>[0-9]+(?:\.[0-9]+)?)"
+_TIME = re.compile(_NUMBER + r"\s*(?P<unit>us|ms|s)$")
+_RATE = re.compile(_NUMBER + r"\s*(?P<unit>[kmgt]?)(?:bit|bps)$")
+_PERCENT = re.compile(_NUMBER + r"\s*%?$")
+
+_TIME_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_RATE_BPS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_time_ms(value: str | int | float) -> float:
+    """A time like "10ms", "500us" or "1s" (a bare number means milliseconds) in ms."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _TIME.match(str(value).strip().lower())
+    if not match:
+        raise ValueError(f"not a time: {value!r} (write it like 10ms, 500us or 1s)")
+    return float(match["num"]) * _TIME_MS[match["unit"]]
+
+
+def parse_rate_bps(value: str | int) -> int:
+    """A rate like "1gbit", "790mbit" or "2.5gbit" (a bare integer means bit/s) in bit/s."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a rate: {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _RATE.match(str(value).strip().lower())
+    if not match:
+        raise ValueError(f"not a rate: {value!r} (write it like 100mbit, 1gbit or 2.5gbit)")
+    return round(float(match["num"]) * _RATE_BPS[match["unit"]])
+
+
+def parse_percent(value: str | int | float) -> float:
+    """A percentage like "0.1%" or 0.1 as a float in percent."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a percentage: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _PERCENT.match(str(value).strip())
+    if not match:
+        raise ValueError(f"not a percentage: {value!r} (write it like 0.1%)")
+    return float(match["num"])
+
+
+def format_time(ms: float) -> str:
+    """Milliseconds as the shortest exact string, e.g. 10ms or 250us."""
+    us = round(ms * 1000)
+    return f"{us // 1000}ms" if us % 1000 == 0 else f"{us}us"
+
+
+def format_rate(bps: int) -> str:
+    """bit/s as the largest exact unit, e.g. 1gbit, 790mbit."""
+    for unit, scale in (("tbit", 10**12), ("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bps % scale == 0:
+            return f"{bps // scale}{unit}"
+    return f"{bps}bit"
