@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.to:
         parser.error("measure needs --to ADDRESS")
+    wait_listening(args.to, args.port)
     result = {"ok": True, "to": args.to}
     result.update(measure_rtt(args.to, args.port, args.count))
     if args.seconds > 0:

@@ -1,0 +1,234 @@
+"""Fleet-wide netem: apply / show / reset / renew / probe on every host in parallel over SSH.
+
+The controller resolves each host's tree here and ships it to `python -m netem.agent` on the
+host. The agent's code travels as one zip file per host (Python imports packages from a zip),
+so hosts only need Python with pyroute2 and pydantic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from inventory.errors import ConfigError
+from inventory.models import Fleet, Host
+from inventory.ssh import FleetSSH, HostResult
+from netem.agent import DEFAULT_LEASE_S
+from netem.matrix import PairMatrix, is_matrix_document, load_matrix_file
+from netem.probe import DEFAULT_PORT
+from netem.profile import Profile, load_profile_file, parse_profile
+from netem.tree import Tree, tree_for_profile, tree_for_routes
+
+Target = Profile | PairMatrix
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_SHIPPED = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py")
+
+
+def load_target(spec: str) -> Target:
+    """A profile name / short form, or a TOML file holding a profile or a pair matrix."""
+    path = Path(spec)
+    if spec.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(spec, None, "no such profile or matrix file")
+        return load_matrix_file(path) if is_matrix_document(path) else load_profile_file(path)
+    return parse_profile(spec, source="profile")
+
+
+def trees_for(target: Target, hosts: list[Host], exempt_ssh: bool = True) -> dict[str, Tree | None]:
+    """Each host's tree; None where the host stays unshaped (the default profile, empty rows)."""
+    if isinstance(target, Profile):
+        tree = None if target.is_default else tree_for_profile(target, exempt_ssh)
+        return {host.name: tree for host in hosts}
+    rows = target.resolve(hosts)
+    return {name: tree_for_routes(row, exempt_ssh) if row else None for name, row in rows.items()}
+
+
+def agent_zip() -> bytes:
+    """The agent's code (the netem package and the input-error type) as a zip archive."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for pattern in _SHIPPED:
+            for path in sorted(_REPO_ROOT.glob(pattern)):
+                archive.write(path, path.relative_to(_REPO_ROOT).as_posix())
+    return buffer.getvalue()
+
+
+def _answer(result: HostResult) -> dict[str, Any]:
+    try:
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        reason = result.error or result.stderr.strip()[-500:] or f"exit code {result.exit_code}"
+        answer = {"ok": False, "error": reason, "error_kind": "transport"}
+    answer["host"] = result.host
+    answer["seconds"] = round(result.seconds, 3)
+    return answer
+
+
+class FleetNetem:
+    """One SSH session over the fleet with the agent shipped; use as a context manager."""
+
+    def __init__(self, fleet: Fleet, timeout_s: float = 60.0):
+        self.fleet = fleet
+        self.timeout_s = timeout_s
+        self.ssh = FleetSSH(fleet)
+        self._code: dict[str, str] = {}
+
+    def __enter__(self) -> FleetNetem:
+        self._ship()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.ssh.close()
+
+    def _ship(self) -> None:
+        def mkdir(host: Host) -> list[str]:
+            code = "import os, sys; os.makedirs(sys.argv[1], exist_ok=True)"
+            return [host.python, "-c", code, host.workdir]
+
+        self._raise_on_failure(self.ssh.run(mkdir, timeout=self.timeout_s), "cannot make workdir")
+        with tempfile.TemporaryDirectory(prefix="wanlab-netem-") as tmp:
+            archive = Path(tmp) / "agent.zip"
+            archive.write_bytes(agent_zip())
+            for host in self.fleet.hosts:
+                self._code[host.name] = f"{host.workdir}/wanlab-netem-{host.name}.zip"
+
+            def upload(host: Host) -> dict[str, HostResult]:
+                return self.ssh.put(archive, self._code[host.name], hosts=[host.name])
+
+            with ThreadPoolExecutor(max_workers=len(self.fleet.hosts)) as pool:
+                for put in pool.map(upload, self.fleet.hosts):
+                    self._raise_on_failure(put, "cannot upload the agent")
+
+    @staticmethod
+    def _raise_on_failure(results: dict[str, HostResult], what: str) -> None:
+        bad = {name: r.error or r.stderr.strip() for name, r in results.items() if not r.ok}
+        if bad:
+            details = "; ".join(f"{name}: {reason}" for name, reason in sorted(bad.items()))
+            raise ConnectionError(f"{what} on {len(bad)} host(s): {details}")
+
+    def _python(self, host: Host, module: str, *args: str) -> list[str]:
+        env = ["env", f"PYTHONPATH={self._code[host.name]}"]
+        return [*env, host.python, "-m", module, *args]
+
+    def _agent(self, host: Host, command: str, *args: str) -> list[str]:
+        extra = ["--interface", host.interface] if host.interface else []
+        return self._python(host, "netem.agent", command, *extra, *args)
+
+    def _run_agent(
+        self, command: str, *args: str, trees: dict[str, Tree] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        def argv(host: Host) -> list[str]:
+            tree_args = ["--tree", trees[host.name].model_dump_json()] if trees else []
+            return self._agent(host, command, *args, *tree_args)
+
+        names = list(trees) if trees is not None else None
+        results = self.ssh.run(argv, timeout=self.timeout_s, hosts=names)
+        return {name: _answer(result) for name, result in results.items()}
+
+    def apply(
+        self,
+        target: Target,
+        lease_s: float = DEFAULT_LEASE_S,
+        exempt_ssh: bool = True,
+        dry_run: bool = False,
+    ) -> dict[str, dict[str, Any]]:
+        """Shape every host (hosts with nothing to shape are reset); read back and lease.
+
+        If any host fails, the hosts this call shaped are reset again, so the fleet is never
+        left half-shaped.
+        """
+        trees = trees_for(target, self.fleet.hosts, exempt_ssh)
+        shaped = {name: tree for name, tree in trees.items() if tree is not None}
+        unshaped = [name for name, tree in trees.items() if tree is None]
+        answers: dict[str, dict[str, Any]] = {}
+        if shaped:
+            args = ["--dry-run"] if dry_run else ["--lease", str(lease_s)]
+            answers.update(self._run_agent("apply", *args, trees=shaped))
+        if unshaped and not dry_run:
+            results = self.ssh.run(lambda h: self._agent(h, "reset"), hosts=unshaped)
+            answers.update({name: _answer(r) for name, r in results.items()})
+        if not dry_run and not all(a["ok"] for a in answers.values()):
+            applied = [n for n, a in answers.items() if a["ok"] and n in shaped]
+            if applied:
+                self.ssh.run(lambda h: self._agent(h, "reset"), hosts=applied)
+                for name in applied:
+                    answers[name]["rolled_back"] = True
+        return dict(sorted(answers.items()))
+
+    def show(self) -> dict[str, dict[str, Any]]:
+        """What every host's kernel holds, with counters and lease."""
+        return self._run_agent("show")
+
+    def reset(self) -> dict[str, dict[str, Any]]:
+        """Restore every host's interface to what it was before wanlab; safe to repeat."""
+        return self._run_agent("reset")
+
+    def renew(self, lease_s: float = DEFAULT_LEASE_S) -> dict[str, dict[str, Any]]:
+        """Extend every host's lease by `lease_s` seconds from now."""
+        return self._run_agent("renew", "--lease", str(lease_s))
+
+    def probe(
+        self,
+        pairs: list[tuple[str, str]] | None = None,
+        seconds: float = 3.0,
+        count: int = 50,
+        port: int = DEFAULT_PORT,
+    ) -> list[dict[str, Any]]:
+        """RTT and throughput for each (src, dst) pair, one pair at a time (default: a ring)."""
+        hosts = {host.name: host for host in self.fleet.hosts}
+        names = list(hosts)
+        if pairs is None:
+            pairs = [(a, b) for a, b in zip(names, names[1:] + names[:1], strict=True) if a != b]
+        serve_for = str(60 + len(pairs) * (seconds + 10))
+        dsts = sorted({dst for _, dst in pairs})
+        started = self.ssh.run(
+            lambda h: self._python(
+                h,
+                "netem.probe",
+                "serve",
+                "--detach",
+                "--bind",
+                h.address,
+                "--port",
+                str(port),
+                "--for",
+                serve_for,
+            ),
+            hosts=dsts,
+        )
+        pids = {name: _answer(result).get("pid") for name, result in started.items()}
+        out = []
+        try:
+            for src, dst in pairs:
+                result = self.ssh.run(
+                    self._python(
+                        hosts[src],
+                        "netem.probe",
+                        "measure",
+                        "--to",
+                        hosts[dst].address,
+                        "--port",
+                        str(port),
+                        "--count",
+                        str(count),
+                        "--seconds",
+                        str(seconds),
+                    ),
+                    timeout=self.timeout_s + seconds,
+                    hosts=[src],
+                )[src]
+                answer = _answer(result)
+                answer.update(src=src, dst=dst)
+                answer.pop("host", None)
+                out.append(answer)
+        finally:
+            stop = "import os,sys; os.kill(int(sys.argv[1]), 15)"
+            for name, pid in pids.items():
+                if pid:
+                    self.ssh.run([hosts[name].python, "-c", stop, str(pid)], hosts=[name])
+        return out
