@@ -1,0 +1,76 @@
+"""Fleet-wide netem over real sshd: a 2-host local fleet of our own (prefix wlt, 198.19.0.0/16).
+
+Rate-only profiles (the host kernel has no sch_netem); what each host's kernel holds is read
+back with `tc` inside the host's namespace, independently of the agent's own answer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import netem_tc
+import pytest
+from typer.testing import CliRunner
+
+from inventory.errors import ConfigError
+from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
+from netem.cli import app
+from netem.fleet import FleetNetem, load_target
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the local fleet")
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    local = LocalFleet(prefix=f"wlt{secrets.token_hex(2)}", subnet="198.19.44.0/24")
+    try:
+        yield load_inventory(local.up(2)), local
+    finally:
+        local.down()
+
+
+def _kinds(local: LocalFleet) -> list[str]:
+    return [netem_tc.qdiscs(local.host(i).netns, "eth0")[0]["kind"] for i in range(2)]
+
+
+def test_apply_show_reset_across_the_fleet(fleet, tmp_path):
+    inventory, local = fleet
+    matrix = tmp_path / "pairs.toml"
+    matrix.write_text('[[link]]\nsrc = "h0"\ndst = "h1"\nrate = "50mbit"\nboth_ways = false\n')
+    with FleetNetem(inventory) as netem:
+        applied = netem.apply(load_target("200mbit"), lease_s=120)
+        assert all(a["ok"] and a["matches"] for a in applied.values())
+        for i in range(2):
+            assert netem_tc.classes(local.host(i).netns, "eth0")["1:20"] == (200e6, 200e6)
+        shown = netem.show()
+        assert {a["shaping"]["profile"] for a in shown.values()} == {"200mbit"}
+        switched = netem.apply(load_target(str(matrix)), lease_s=120)
+        assert switched["h0"]["shaping"]["routes"] == {local.host(1).address: "50mbit"}
+        assert switched["h1"]["result"] == "restored"  # nothing to shape there: reset
+        assert _kinds(local) == ["htb", "noqueue"]
+        assert {a["result"] for a in netem.reset().values()} == {"restored", "clean"}
+        assert _kinds(local) == ["noqueue", "noqueue"]
+        assert {a["result"] for a in netem.reset().values()} == {"clean"}
+
+
+def test_delay_fails_everywhere_and_leaves_nothing_shaped(fleet):
+    inventory, local = fleet
+    with FleetNetem(inventory) as netem:
+        answers = netem.apply(load_target("d10b1"))
+    assert {a["error_kind"] for a in answers.values()} == {"netem_unavailable"}
+    assert _kinds(local) == ["noqueue", "noqueue"]
+
+
+def test_cli_dry_run_and_bad_input(fleet):
+    inventory, local = fleet
+    runner = CliRunner()
+    result = runner.invoke(app, ["apply", "d50b1", "-i", str(inventory.source), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "netem delay 50ms limit 12500" in result.output
+    assert _kinds(local) == ["noqueue", "noqueue"]
+    result = runner.invoke(app, ["apply", "10ms/loss=200%", "-i", str(inventory.source)])
+    assert isinstance(result.exception, ConfigError)
+    assert result.exception.field == "loss"
+    assert _kinds(local) == ["noqueue", "noqueue"]
