@@ -8,11 +8,12 @@ import time
 
 import pytest
 import torch
-from trainer_workers import finish, launch_cli, one_data_parallel_step, pipeline_gradients, spawn
+from trainer_workers import launch_cli, one_data_parallel_step, pipeline_gradients, spawn
 
 from inventory.errors import ConfigError
 from trainer.config import TrainerConfig, check_world, load_config
 from trainer.data import TokenSource
+from trainer.local import finish
 from trainer.model import CONFIGS, GPT
 from trainer.netif import choose_iface, route_iface
 from trainer.partition import build_stage, split_layers

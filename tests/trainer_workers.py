@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,17 +9,10 @@ import torch
 import torch.distributed as dist
 
 from trainer.config import TrainerConfig
+from trainer.local import free_port, launch_local
 from trainer.train import RankTrainer
 
-REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _join(rank: int, world_size: int, port: int) -> None:
@@ -71,41 +60,6 @@ def spawn(fn, world_size: int, *args) -> None:
     )
 
 
-def launch_cli(
-    world_size: int, flags: list[str], env: dict | None = None, port: int | None = None
-) -> list[subprocess.Popen]:
-    """Start `python -m trainer FLAGS` once per rank, as an operator would."""
-    port = port or free_port()
-    procs = []
-    for rank in range(world_size):
-        rank_env = os.environ | {
-            "PYTHONPATH": str(REPO),
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "trainer", "--threads", "1", *flags],
-                cwd=REPO,
-                env=rank_env | (env or {}),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    return procs
-
-
-def finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
-    """(exit code, stdout, stderr) of every process; kills the ones still running at `timeout`."""
-    results = []
-    for proc in procs:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        results.append((proc.returncode, out, err))
-    return results
+def launch_cli(world_size: int, flags: list[str]):
+    """`python -m trainer` per rank on 127.0.0.1, one thread each."""
+    return launch_local(world_size, ["--threads", "1", *flags])

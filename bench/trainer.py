@@ -1,0 +1,118 @@
+"""Iteration time and its phases for pipeline degree 2 and 4 on this machine, against the bound.
+
+Every rank is a `python -m trainer` process on 127.0.0.1 with one thread. The GPipe bound is
+(M + S − 1)·(t_f + t_b) with t_f, t_b the slowest stage's forward and backward time per
+micro-batch, measured in the same run; the optimizer step, which follows the pipeline, is added
+to it. Goal: the mean iteration time is within 1.10× of that bound. With unequal stages that
+bound charges every slot at the slowest stage's pace; the critical path with each stage's own
+times, Σ_s(t_f,s + t_b,s) + (M − 1)·(t_f + t_b) + optimizer, is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+# This file is named like the package it measures: keep its own folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from trainer.local import finish, launch_local  # noqa: E402
+
+GOAL_RATIO = 1.10
+PHASES = ("forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s")
+
+
+def run(stages: int, args: argparse.Namespace, out: Path) -> dict:
+    """One run with `stages` pipeline stages; its summary."""
+    flags = [
+        "--model", args.model, "--pipeline", str(stages), "--batch", str(args.batch),
+        "--micro-batch", str(args.micro_batch), "--iterations", str(args.iterations),
+        "--warmup", str(args.warmup), "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    results = finish(launch_local(stages, flags), timeout=args.timeout)
+    for rank, (code, _, err) in enumerate(results):
+        if code != 0:
+            sys.exit(f"rank {rank} of the {stages}-stage run exited {code}:\n{err}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def figures(summary: dict) -> dict:
+    """Measured time, its phases on rank 0, and the GPipe bound from per-stage times."""
+    cfg = summary["config"]
+    n_micro = cfg["batch"] // cfg["micro_batch"]
+    n_stages = cfg["pipeline"]
+    t_f = max(s["forward_per_micro_s"] for s in summary["stages"])
+    t_b = max(s["backward_per_micro_s"] for s in summary["stages"])
+    t_opt = max(s["mean_s"]["optimizer_s"] for s in summary["stages"])
+    bound = (n_micro + n_stages - 1) * (t_f + t_b) + t_opt
+    forwards = [s["forward_per_micro_s"] for s in summary["stages"]]
+    backwards = [s["backward_per_micro_s"] for s in summary["stages"]]
+    critical = sum(forwards) + sum(backwards) + (n_micro - 1) * (t_f + t_b) + t_opt
+    measured = summary["phases"]["total_s"]["mean"]
+    return {
+        "stages": n_stages,
+        "micro_batches": n_micro,
+        "iteration_s": measured,
+        "iteration_median_s": summary["phases"]["total_s"]["median"],
+        "iteration_std_s": summary["phases"]["total_s"]["std"],
+        "rank0_phases_s": {p: summary["phases"][p]["mean"] for p in PHASES},
+        "t_f_s": t_f,
+        "t_b_s": t_b,
+        "optimizer_s": t_opt,
+        "per_stage_forward_s": forwards,
+        "per_stage_backward_s": backwards,
+        "bound_s": bound,
+        "ratio": measured / bound,
+        "critical_path_s": critical,
+        "ratio_to_critical_path": measured / critical,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="cpu-small")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--stages", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--json", action="store_true", help="print the goal JSON last")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="wanlab-bench-trainer-") as tmp:
+        for stages in args.stages:
+            rows.append(figures(run(stages, args, Path(tmp) / f"p{stages}")))
+    print(
+        f"model {args.model}, batch {args.batch}, micro-batch {args.micro_batch}, "
+        f"{args.iterations} iterations ({args.warmup} warm-up), one thread per rank, 127.0.0.1"
+    )
+    columns = ["S", "M", "iter s", "bound s", "ratio", "crit s", "t_f ms", "t_b ms"]
+    print(" ".join(f"{c:>8}" for c in columns + [p[:-2] for p in PHASES]))
+    for r in rows:
+        cells = [
+            r["stages"], r["micro_batches"], f"{r['iteration_s']:.4f}", f"{r['bound_s']:.4f}",
+            f"{r['ratio']:.3f}", f"{r['critical_path_s']:.4f}", f"{r['t_f_s'] * 1e3:.2f}",
+            f"{r['t_b_s'] * 1e3:.2f}", *(f"{r['rank0_phases_s'][p]:.4f}" for p in PHASES),
+        ]  # fmt: skip
+        print(" ".join(f"{c:>8}" for c in cells))
+    if args.json:
+        goal = f"mean iteration ≤ {GOAL_RATIO}× ((M+S−1)·(t_f+t_b) + optimizer), unshaped"
+        report = {
+            "bench": "trainer",
+            "goal": goal,
+            "met": all(r["ratio"] <= GOAL_RATIO for r in rows),
+            "model": args.model,
+            "batch": args.batch,
+            "micro_batch": args.micro_batch,
+            "runs": rows,
+        }
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
