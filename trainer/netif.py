@@ -8,15 +8,22 @@ import socket
 
 from pyroute2 import IPRoute
 
+RTN_LOCAL = 2
+
 SOCKET_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 def route_iface(address: str) -> str:
-    """The interface the kernel routes `address` (a name or an IPv4 address) through."""
+    """The interface the kernel routes `address` (a name or an IPv4 address) through.
+
+    When `address` is one of this host's own (the master is here), the interface holding it.
+    """
     ip = socket.gethostbyname(address)
     with IPRoute() as ipr:
         route = ipr.route("get", dst=ip)[0]
         index = route.get_attr("RTA_OIF")
+        if route["type"] == RTN_LOCAL and not ipaddress.ip_address(ip).is_loopback:
+            index = ipr.get_addr(address=ip)[0]["index"]
         return ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
 
 
