@@ -1,4 +1,4 @@
-"""CLI verbs of the inventory package: `wanlab fleet ...` and `wanlab inventory ...`."""
+"""CLI verbs of the inventory package: `wanlab inventory show|check`, and shared options."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from rich.table import Table
 
 from inventory.check import check_fleet
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 
-fleet_app = typer.Typer(help="The local fleet: hosts as network namespaces with real sshd.")
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
 console = Console()
 
@@ -31,31 +29,6 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     console.print(table)
-
-
-@fleet_app.command("up")
-def fleet_up(hosts: Annotated[int, typer.Option("--hosts", "-n", help="Number of hosts.")] = 4):
-    """Create (or repair) the local fleet with exactly HOSTS hosts and write its inventory."""
-    path = LocalFleet().up(hosts)
-    console.print(f"local fleet up: {hosts} hosts; inventory {path} (use -i local)")
-
-
-@fleet_app.command("down")
-def fleet_down():
-    """Remove every namespace, link, process and file of the local fleet."""
-    LocalFleet().down()
-    console.print("local fleet down")
-
-
-@fleet_app.command("status")
-def fleet_status(as_json: JsonOption = False):
-    """Show the local fleet's hosts, their sshd and whether SSH answers."""
-    status = LocalFleet().status()
-    if as_json:
-        print(json.dumps(status, indent=2))
-        return
-    columns = ["name", "address", "netns", "netns_exists", "sshd_pid", "ssh_port_open"]
-    print_table(f"local fleet (bridge {status['bridge']})", status["hosts"], columns)
 
 
 @inventory_app.command("show")

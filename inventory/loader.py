@@ -29,8 +29,9 @@ def first_error(error: ValidationError, file: str, prefix: str = "") -> ConfigEr
     detail = error.errors()[0]
     field = field_path(tuple(detail["loc"]))
     message = detail["msg"].removeprefix("Value error, ")
-    if not field and ": " in message and message.split(": ", 1)[0].startswith("hosts["):
+    if not field and ": " in message and message.split(": ", 1)[0].startswith(("hosts[", "delay")):
         field, message = message.split(": ", 1)
+        field = field if field.startswith("hosts[") else f"fleet.{field}"
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
     return ConfigError(file, field or None, message)
@@ -91,6 +92,9 @@ def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
     fleet_fields = dict(fleet_table)
     if "known_hosts" in fleet_fields:
         fleet_fields["known_hosts"] = _resolve(fleet_fields["known_hosts"], base)
+    node = fleet_fields.get("delay_node")
+    if isinstance(node, dict) and "mailbox" in node:
+        fleet_fields["delay_node"] = {**node, "mailbox": _resolve(node["mailbox"], base)}
     try:
         fleet = Fleet(**fleet_fields, hosts=merged_hosts, source=path.resolve())
     except ValidationError as error:

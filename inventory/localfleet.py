@@ -8,6 +8,7 @@ inventory and a known_hosts that pin every host key, so strict host-key checking
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FIRST_HOST_OCTET = 10
+TOPOLOGIES = ("bridge", "delay-node")
 MAX_HOSTS = 200
 SSHD = "/usr/sbin/sshd"
 
@@ -60,6 +62,8 @@ class LocalHost:
     netns: str
     address: str
     bridge_port: str
+    own_bridge: str
+    tap: str
     directory: Path
 
     @property
@@ -108,6 +112,7 @@ class LocalFleet:
             raise ValueError(f"local fleet subnet {subnet} must lie inside 198.18.0.0/15")
         self.directory = (home or wanlab_home()) / f"fleet-{self.prefix}"
         self.bridge = f"{self.prefix}-br0"
+        self.controller_tap = f"{self.prefix}-tc"
         self.gateway = str(self.network.network_address + 1)
 
     # -- layout -----------------------------------------------------------------------------
@@ -118,6 +123,27 @@ class LocalFleet:
     @property
     def known_hosts(self) -> Path:
         return self.directory / "known_hosts"
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "fleet.json"
+
+    @property
+    def node_directory(self) -> Path:
+        """The delay node's folder (mailbox, logs), used by the delay-node topology."""
+        return self.directory / "node"
+
+    @property
+    def topology(self) -> str | None:
+        """`bridge` or `delay-node` while the fleet is up, else None."""
+        try:
+            return json.loads(self.state_file.read_text())["topology"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def taps(self, n_hosts: int) -> list[str]:
+        """The delay node's taps in its interface order: the hosts', then the controller's."""
+        return [self.host(i).tap for i in range(n_hosts)] + [self.controller_tap]
 
     @property
     def client_key(self) -> Path:
@@ -137,6 +163,8 @@ class LocalFleet:
             netns=f"{self.prefix}-{name}",
             address=str(self.network.network_address + FIRST_HOST_OCTET + index),
             bridge_port=f"{self.prefix}-{name}",
+            own_bridge=f"{self.prefix}-b{index}",
+            tap=f"{self.prefix}-t{index}",
             directory=self.directory / name,
         )
 
@@ -155,71 +183,86 @@ class LocalFleet:
         return [self.host(i) for i in sorted(indices)]
 
     # -- up ---------------------------------------------------------------------------------
-    def up(self, n_hosts: int) -> Path:
-        """Bring the fleet to exactly `n_hosts` running hosts; return the inventory path."""
+    def up(self, n_hosts: int, topology: str = "bridge") -> Path:
+        """Bring the fleet to exactly `n_hosts` running hosts; return the inventory path.
+
+        `bridge`: every host on one bridge of this kernel, shaped on its own interface.
+        `delay-node`: host i's link ends in tap `<prefix>-t<i>` and the controller's in
+        `<prefix>-tc`, for a delay node to forward and shape between them; sshd is started but
+        not waited for, since nothing is reachable until the node runs (see `wait_ready`).
+        """
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}")
         capacity = self.network.num_addresses - FIRST_HOST_OCTET - 1
         if not 1 <= n_hosts <= min(MAX_HOSTS, capacity):
             raise ValueError(f"--hosts must be between 1 and {min(MAX_HOSTS, capacity)}")
+        if self.topology not in (None, topology):
+            self.down()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state_file.write_text(json.dumps({"topology": topology}))
         self.empty_home.mkdir(exist_ok=True)
         self._ensure_client_key()
-        self._ensure_bridge()
         for host in self.existing_hosts():
             if host.index >= n_hosts:
                 self._remove_host(host)
         hosts = [self.host(i) for i in range(n_hosts)]
+        if topology == "bridge":
+            self._ensure_bridge(self.bridge, address=True)
+        else:
+            self._ensure_tap(self.controller_tap)
+            _ip("addr", "replace", f"{self.gateway}/{self.network.prefixlen}", "dev",
+                self.controller_tap)  # fmt: skip
         for host in hosts:
-            self._ensure_host_network(host)
+            self._ensure_host_network(host, topology)
             self._ensure_sshd(host)
-        self._wait_listening(hosts)
         self._write_known_hosts(hosts)
-        self._write_inventory(hosts)
+        self._write_inventory(hosts, topology)
+        if topology == "bridge":
+            self.wait_ready()
         return self.inventory_path
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until every host's sshd answers on port 22."""
+        self._wait_listening([h for h in self.existing_hosts() if h.directory.exists()], timeout)
 
     def _ensure_client_key(self) -> None:
         if not self.client_key.exists():
-            subprocess.run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "wanlab-local",
-                    "-f",
-                    str(self.client_key),
-                ],
-                check=True,
-            )
+            _keygen(self.client_key, comment="wanlab-local")
         authorized = self.directory / "authorized_keys"
         authorized.write_text(self.client_key.with_suffix(".pub").read_text())
         authorized.chmod(0o600)
 
-    def _ensure_bridge(self) -> None:
-        if not _link_exists(self.bridge):
-            _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "replace", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+    def _ensure_bridge(self, name: str, address: bool = False) -> None:
+        if not _link_exists(name):
+            _ip("link", "add", name, "type", "bridge")
+        if address:
+            _ip("addr", "replace", f"{self.gateway}/{self.network.prefixlen}", "dev", name)
+        _ip("link", "set", name, "up")
 
-    def _ensure_host_network(self, host: LocalHost) -> None:
+    @staticmethod
+    def _ensure_tap(name: str) -> None:
+        if not _link_exists(name):
+            _ip("tuntap", "add", name, "mode", "tap")
+        _no_offloads(name)
+        _ip("link", "set", name, "up")
+
+    def _ensure_host_network(self, host: LocalHost, topology: str) -> None:
         if not _netns_exists(host.netns):
             _ip("netns", "add", host.netns)
         if not _link_exists(host.bridge_port):
-            _ip(
-                "link",
-                "add",
-                host.bridge_port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                host.netns,
-            )
-        _ip("link", "set", host.bridge_port, "master", self.bridge, "up")
+            veth = ["link", "add", host.bridge_port, "type", "veth", "peer", "name", "eth0"]
+            _ip(*veth, "netns", host.netns)
+        if topology == "bridge":
+            _ip("link", "set", host.bridge_port, "master", self.bridge, "up")
+        else:
+            # A frame that crosses the delay node must be a real frame: no segmentation
+            # offload on any hop, or the node drops the oversized packets.
+            self._ensure_bridge(host.own_bridge)
+            self._ensure_tap(host.tap)
+            _ip("link", "set", host.tap, "master", host.own_bridge)
+            _ip("link", "set", host.bridge_port, "master", host.own_bridge, "up")
+            _no_offloads(host.bridge_port)
+            _no_offloads("eth0", netns=host.netns)
         _ip("link", "set", "lo", "up", netns=host.netns)
         address = f"{host.address}/{self.network.prefixlen}"
         _ip("addr", "replace", address, "dev", "eth0", netns=host.netns)
@@ -230,21 +273,7 @@ class LocalFleet:
             return
         host.directory.mkdir(parents=True, exist_ok=True)
         if not host.host_key.exists():
-            subprocess.run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    host.name,
-                    "-f",
-                    str(host.host_key),
-                ],
-                check=True,
-            )
+            _keygen(host.host_key, comment=host.name)
         host.sshd_config.write_text(self._sshd_config(host))
         script = (
             f"hostname {host.name}"
@@ -300,7 +329,7 @@ class LocalFleet:
             lines.append(f"{host.address} {key_type} {key_data}")
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
-    def _write_inventory(self, hosts: list[LocalHost]) -> None:
+    def _write_inventory(self, hosts: list[LocalHost], topology: str) -> None:
         python = sys.executable
         lines = [
             "# Written by `wanlab fleet up`: the local fleet, one network namespace per host.",
@@ -317,6 +346,14 @@ class LocalFleet:
             f'workdir = "{self.directory / "work"}"',
             "",
         ]
+        if topology == "delay-node":
+            interfaces = ", ".join(f'{h.name} = "ifb{h.index}"' for h in hosts)
+            lines[5:5] = [
+                "",
+                "[fleet.delay_node]  # the hosts' egress is shaped on this node, not on the hosts",
+                f'mailbox = "{self.node_directory}"',
+                f"interfaces = {{ {interfaces} }}",
+            ]
         for host in hosts:
             lines += [
                 "[[hosts]]",
@@ -332,8 +369,9 @@ class LocalFleet:
         """Stop every process, remove every namespace, link and file the fleet made."""
         for host in self.existing_hosts():
             self._remove_host(host)
-        if _link_exists(self.bridge):
-            _ip("link", "del", self.bridge)
+        for link in (self.bridge, self.controller_tap):
+            if _link_exists(link):
+                _ip("link", "del", link)
         if self.directory.exists():
             shutil.rmtree(self.directory)
 
@@ -350,6 +388,9 @@ class LocalFleet:
             time.sleep(0.02)
         if _link_exists(host.bridge_port):
             _ip("link", "del", host.bridge_port, check=False)
+        for link in (host.tap, host.own_bridge):
+            if _link_exists(link):
+                _ip("link", "del", link)
         if host.directory.exists():
             shutil.rmtree(host.directory)
 
@@ -371,11 +412,25 @@ class LocalFleet:
             )
         return {
             "prefix": self.prefix,
+            "topology": self.topology,
             "bridge": self.bridge,
             "bridge_exists": _link_exists(self.bridge),
             "inventory": str(self.inventory_path) if self.inventory_path.exists() else None,
             "hosts": hosts,
         }
+
+
+def _keygen(path: Path, comment: str) -> None:
+    """Make a new ed25519 key pair at `path` (and `path`.pub), without a passphrase."""
+    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
+    subprocess.run(argv, check=True)
+
+
+def _no_offloads(ifname: str, netns: str | None = None) -> None:
+    """Turn off segmentation and receive offloads and checksum offload on an interface."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    features = ["tso", "off", "gso", "off", "gro", "off", "tx", "off"]
+    subprocess.run([*prefix, "ethtool", "-K", ifname, *features], capture_output=True, check=True)
 
 
 def _port_open(address: str, port: int, timeout: float = 0.2) -> bool:

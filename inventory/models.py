@@ -69,6 +69,19 @@ class Host(BaseModel):
         return interface
 
 
+class DelayNode(BaseModel):
+    """A kernel that forwards between the hosts and shapes each host's egress on their behalf.
+
+    Used where the hosts' own kernel has no netem (the local fleet on such a machine):
+    `interfaces` maps each host name to the node's interface that carries that host's egress.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mailbox: Path
+    interfaces: dict[str, str]
+
+
 class Fleet(BaseModel):
     """A named set of hosts, how to verify their host keys, and where it was read from."""
 
@@ -79,6 +92,7 @@ class Fleet(BaseModel):
     known_hosts: Path | None = None
     strict_host_keys: bool = True
     connect_timeout: float = Field(default=10.0, gt=0)
+    delay_node: DelayNode | None = None
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -94,6 +108,14 @@ class Fleet(BaseModel):
                         f"hosts[{index}].{attribute}: {value!r} is already used by hosts[{first}]"
                     )
                 seen[key] = index
+        if self.delay_node is not None:
+            unknown = sorted(set(self.delay_node.interfaces) - {h.name for h in self.hosts})
+            missing = [h.name for h in self.hosts if h.name not in self.delay_node.interfaces]
+            if unknown or missing:
+                which = (
+                    f"unknown host {unknown[0]!r}" if unknown else f"no entry for {missing[0]!r}"
+                )
+                raise ValueError(f"delay_node.interfaces: {which}")
         return self
 
     def host(self, name: str) -> Host:

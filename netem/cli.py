@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from inventory.cli import InventoryOption, JsonOption
 from inventory.loader import load_inventory
 from netem.agent import DEFAULT_LEASE_S
 from netem.fleet import FleetNetem, load_target
@@ -21,10 +22,6 @@ from netem.units import format_rate
 app = typer.Typer(help="Shape the fleet's network: apply a profile or pair matrix, show, reset.")
 console = Console()
 
-InventoryOption = Annotated[
-    str, typer.Option("-i", "--inventory", help="Inventory file, or 'local' for the local fleet.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _report(title: str, answers: dict[str, dict[str, Any]], as_json: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ from inventory.errors import ConfigError
 from inventory.models import Fleet, Host
 from inventory.ssh import FleetSSH, HostResult
 from netem.agent import DEFAULT_LEASE_S
+from netem.delaynode import DelayNode
 from netem.matrix import PairMatrix, is_matrix_document, load_matrix_file
 from netem.probe import DEFAULT_PORT
 from netem.profile import Profile, load_profile_file, parse_profile
@@ -76,6 +78,8 @@ class FleetNetem:
         self.fleet = fleet
         self.timeout_s = timeout_s
         self.ssh = FleetSSH(fleet)
+        self.node = DelayNode(fleet.delay_node.mailbox) if fleet.delay_node else None
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts)))
         self._code: dict[str, str] = {}
 
     def __enter__(self) -> FleetNetem:
@@ -84,6 +88,7 @@ class FleetNetem:
 
     def __exit__(self, *exc_info) -> None:
         self.ssh.close()
+        self._pool.shutdown()
 
     def _ship(self) -> None:
         def mkdir(host: Host) -> list[str]:
@@ -115,20 +120,52 @@ class FleetNetem:
         env = ["env", f"PYTHONPATH={self._code[host.name]}"]
         return [*env, host.python, "-m", module, *args]
 
-    def _agent(self, host: Host, command: str, *args: str) -> list[str]:
-        extra = ["--interface", host.interface] if host.interface else []
-        return self._python(host, "netem.agent", command, *extra, *args)
-
     def _run_agent(
-        self, command: str, *args: str, trees: dict[str, Tree] | None = None
+        self,
+        command: str,
+        *args: str,
+        trees: dict[str, Tree] | None = None,
+        hosts: list[str] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        def argv(host: Host) -> list[str]:
-            tree_args = ["--tree", trees[host.name].model_dump_json()] if trees else []
-            return self._agent(host, command, *args, *tree_args)
+        """Run one agent command for every host (or `hosts`, or the hosts `trees` names).
 
-        names = list(trees) if trees is not None else None
+        The agent runs on the host itself, over SSH; on a fleet with a delay node it runs on
+        the node instead, against the node's interface that carries the host's egress.
+        """
+        names = list(trees) if trees is not None else hosts
+        if names is None:
+            names = [host.name for host in self.fleet.hosts]
+
+        def agent_args(host: Host, interface: str | None) -> list[str]:
+            tree_args = ["--tree", trees[host.name].model_dump_json()] if trees else []
+            where = ["--interface", interface] if interface else []
+            return [command, *where, *args, *tree_args]
+
+        if self.node is not None:
+            interfaces = self.fleet.delay_node.interfaces
+            calls = {
+                name: self._pool.submit(
+                    self._node_call, name, agent_args(self.fleet.host(name), interfaces[name])
+                )
+                for name in names
+            }
+            return {
+                name: {**_answer(c.result()), "shaped_on": "delay-node"}
+                for name, c in calls.items()
+            }
+
+        def argv(host: Host) -> list[str]:
+            return self._python(host, "netem.agent", *agent_args(host, host.interface))
+
         results = self.ssh.run(argv, timeout=self.timeout_s, hosts=names)
         return {name: _answer(result) for name, result in results.items()}
+
+    def _node_call(self, name: str, args: list[str]) -> HostResult:
+        started = time.monotonic()
+        exit_code, stdout, stderr = self.node.call(args, self.timeout_s)
+        error = None if exit_code is not None else stderr
+        seconds = time.monotonic() - started
+        return HostResult(name, exit_code == 0, exit_code, stdout, stderr, seconds, error)
 
     def apply(
         self,
@@ -150,12 +187,11 @@ class FleetNetem:
             args = ["--dry-run"] if dry_run else ["--lease", str(lease_s)]
             answers.update(self._run_agent("apply", *args, trees=shaped))
         if unshaped and not dry_run:
-            results = self.ssh.run(lambda h: self._agent(h, "reset"), hosts=unshaped)
-            answers.update({name: _answer(r) for name, r in results.items()})
+            answers.update(self._run_agent("reset", hosts=unshaped))
         if not dry_run and not all(a["ok"] for a in answers.values()):
             applied = [n for n, a in answers.items() if a["ok"] and n in shaped]
             if applied:
-                self.ssh.run(lambda h: self._agent(h, "reset"), hosts=applied)
+                self._run_agent("reset", hosts=applied)
                 for name in applied:
                     answers[name]["rolled_back"] = True
         return dict(sorted(answers.items()))

@@ -1,0 +1,233 @@
+"""The delay node: a user-mode Linux kernel that forwards between the local fleet's hosts and
+shapes every host's egress for it, for machines whose own kernel has no sch_netem.
+
+The hosts stay network namespaces on the host kernel (fast, every core). Host i's link ends in a
+tap that the node sees as `vec<i>`; the node bridges all of them (and the controller's tap), and
+redirects what arrives on `vec<i>` (host i's egress) through `ifb<i>`. Shaping host i means
+building on `ifb<i>` exactly the tree that would sit on host i's own interface, with the same
+agent code: the node runs `netem.agent` in process for every request it receives.
+
+Requests travel through a mailbox folder on the host's files (the node's root is hostfs):
+`requests/<id>.json` holds an agent argv, `responses/<id>.json` its exit code and output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from netem import uml
+
+NODE_MODULES = (
+    "lib/crc-ccitt.ko",
+    "net/ipv6/ipv6.ko",
+    "net/llc/llc.ko",
+    "net/802/stp.ko",
+    "net/bridge/bridge.ko",
+    "net/sched/sch_ingress.ko",
+    "net/sched/act_mirred.ko",
+    "net/sched/sch_netem.ko",
+    "net/sched/sch_htb.ko",
+    "net/sched/sch_tbf.ko",
+    "net/sched/cls_u32.ko",
+)
+"""Load order matters: ipv6 needs crc-ccitt, the bridge needs llc and stp."""
+BRIDGE = "br0"
+POLL_S = 0.01
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+class DelayNodeError(RuntimeError):
+    """The delay node did not start, or did not answer in time."""
+
+
+def host_vec(index: int) -> str:
+    """The node's interface facing host `index`."""
+    return f"vec{index}"
+
+
+def host_ifb(index: int) -> str:
+    """The node's interface that carries host `index`'s egress, where its shaping is built."""
+    return f"ifb{index}"
+
+
+# -- the controller's side -------------------------------------------------------------------
+class DelayNode:
+    """Boot, call and stop the node; `directory` holds its mailbox, init script and logs."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.requests = self.directory / "requests"
+        self.responses = self.directory / "responses"
+        self.pid_file = self.directory / "uml.pid"
+
+    def pid(self) -> int | None:
+        """PID of the running node's kernel process, else None."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if str(self.directory).encode() in cmdline else None
+
+    def start(self, taps: list[str], mem: str = "1G", timeout: float = 120.0) -> None:
+        """Boot the node with one vector interface per tap (hosts first, controller last)."""
+        if self.pid() is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for folder in (self.requests, self.responses):
+            folder.mkdir(exist_ok=True)
+        for stale in ("ready.json", "stop", "returncode"):
+            (self.directory / stale).unlink(missing_ok=True)
+        init = self.directory / "init.sh"
+        init.write_text(self._init_script(n_vecs=len(taps)))
+        init.chmod(0o755)
+        vectors = [f"vec{i}:transport=tap,ifname={tap}" for i, tap in enumerate(taps)]
+        argv = [uml.UML_BINARY, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
+                f"init={init}", "con=null", "con0=fd:0,fd:1", f"umid=wanlab-node-{os.getpid()}",
+                f"uml_dir={self.directory}", *vectors, "quiet"]  # fmt: skip
+        with open(self.directory / "console.log", "w") as console:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.pid_file.write_text(str(process.pid))
+        deadline = time.monotonic() + timeout
+        while not (self.directory / "ready.json").exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log = (self.directory / "node.log").read_text(errors="replace")[-2000:]
+                raise DelayNodeError(f"the delay node did not come up; its log ends:\n{log}")
+            time.sleep(0.1)
+
+    def _init_script(self, n_vecs: int) -> str:
+        modules = " ".join(str(uml.module_dir() / m) for m in NODE_MODULES)
+        ifb = uml.module_dir() / "drivers/net/ifb.ko"
+        path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin:/usr/bin:/sbin:/bin"])
+        serve = [sys.executable, "-m", "netem.delaynode", str(self.directory), str(n_vecs)]
+        return f"""#!/bin/sh
+export PATH={shlex.quote(path)}
+export HOME={shlex.quote(str(self.directory))}
+export PYTHONPATH={shlex.quote(str(_PACKAGE_ROOT))}
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs -o mode=755 run /run
+for m in {modules}; do insmod "$m"; done
+insmod {ifb} numifbs={n_vecs}
+ip link set lo up
+{shlex.join(serve)} > {self.directory}/node.log 2>&1 &
+pid=$!
+wait $pid
+echo $? > {self.directory}/returncode
+halt -f
+"""
+
+    def call(self, argv: list[str], timeout: float = 60.0) -> tuple[int | None, str, str]:
+        """Run `python -m netem.agent ARGV` on the node; (exit code, stdout, stderr)."""
+        if self.pid() is None:
+            return None, "", "the delay node is not running"
+        request_id = uuid.uuid4().hex
+        response = self.responses / f"{request_id}.json"
+        staging = self.requests / f".{request_id}.tmp"
+        staging.write_text(json.dumps({"argv": argv}))
+        staging.rename(self.requests / f"{request_id}.json")
+        deadline = time.monotonic() + timeout
+        while not response.exists():
+            if time.monotonic() > deadline or self.pid() is None:
+                (self.requests / f"{request_id}.json").unlink(missing_ok=True)
+                return None, "", f"the delay node did not answer within {timeout:g} s"
+            time.sleep(POLL_S)
+        answer = json.loads(response.read_text())
+        response.unlink()
+        return answer["exit_code"], answer["stdout"], answer["stderr"]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Halt the node (its kernel forgets every qdisc); kill it by PID if it will not halt."""
+        pid = self.pid()
+        if pid is None:
+            return
+        (self.directory / "stop").touch()
+        deadline = time.monotonic() + timeout
+        while self.pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.pid() is not None:
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        self.pid_file.unlink(missing_ok=True)
+
+
+# -- the node's side (runs inside user-mode Linux) -------------------------------------------
+def _set_up_forwarding(n_vecs: int) -> list[dict]:
+    """Bridge every vector interface; redirect each host's ingress through its ifb."""
+    from pyroute2 import IPRoute
+
+    hosts = []
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=BRIDGE, kind="bridge")
+        bridge = ipr.link_lookup(ifname=BRIDGE)[0]
+        for index in range(n_vecs):
+            vec = ipr.link_lookup(ifname=host_vec(index))[0]
+            ipr.link("set", index=vec, master=bridge, state="up")
+        ipr.link("set", index=bridge, state="up")
+        for index in range(n_vecs - 1):  # the last vector interface is the controller's
+            vec = ipr.link_lookup(ifname=host_vec(index))[0]
+            ifb = ipr.link_lookup(ifname=host_ifb(index))[0]
+            ipr.link("set", index=ifb, state="up")
+            ipr.tc("add", "ingress", vec, 0xFFFF0000)
+            ipr.tc("add-filter", "u32", vec, parent=0xFFFF0000, protocol=0x0003, prio=1,
+                   keys=["0x0/0x0+0"], target=0x10020,
+                   action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                           "ifindex": ifb})  # fmt: skip
+            hosts.append({"index": index, "vec": host_vec(index), "ifb": host_ifb(index)})
+    return hosts
+
+
+def _answer(argv: list[str]) -> dict:
+    from netem import agent
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            exit_code = agent.main(argv)
+        except SystemExit as exit_:
+            exit_code = exit_.code if isinstance(exit_.code, int) else 2
+        except Exception as error:  # noqa: BLE001 - reported to the controller, node stays up
+            print(f"{type(error).__name__}: {error}", file=sys.stderr)
+            exit_code = 1
+    return {"exit_code": exit_code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def serve(directory: Path, n_vecs: int) -> None:
+    """Set up forwarding, then answer mailbox requests until the `stop` file appears."""
+    hosts = _set_up_forwarding(n_vecs)
+    import netem.agent  # noqa: F401 - import once, before saying ready
+
+    requests, responses = directory / "requests", directory / "responses"
+    (directory / "ready.json").write_text(json.dumps({"hosts": hosts}))
+    while not (directory / "stop").exists():
+        pending = sorted(requests.glob("*.json"))
+        for request in pending:
+            argv = json.loads(request.read_text())["argv"]
+            staging = responses / f".{request.stem}.tmp"
+            staging.write_text(json.dumps(_answer(argv)))
+            staging.rename(responses / request.name)
+            request.unlink()
+        if not pending:
+            time.sleep(POLL_S)
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]), int(sys.argv[2]))

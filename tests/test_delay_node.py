@@ -1,0 +1,85 @@
+"""The delay node: a local fleet whose links run through a user-mode Linux kernel with netem.
+
+Shaping is applied on the node by the same agent code; what it does is checked independently by
+a measured transfer between two hosts (RTT and throughput), and SSH stays unshaped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from experiments.lab import lab_down, lab_status, lab_up
+from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
+from netem import uml
+from netem.fleet import FleetNetem, load_target
+
+pytestmark = pytest.mark.skipif(not uml.available(), reason="user-mode Linux is not installed")
+PREFIX = "wln"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    fleet = LocalFleet(prefix=PREFIX, subnet="198.18.7.0/24", home=tmp_path_factory.mktemp("dn"))
+    try:
+        inventory = lab_up(3, shaping="delay-node", fleet=fleet)
+        yield fleet, load_inventory(inventory)
+    finally:
+        lab_down(fleet)
+
+
+def test_shaping_on_the_node_is_what_hosts_measure(lab):
+    fleet, inventory = lab
+    assert inventory.delay_node is not None
+    with FleetNetem(inventory) as netem:
+        before = netem.probe(pairs=[("h0", "h1")], seconds=1.0, count=30)[0]
+        applied = netem.apply(load_target("10ms/50mbit"), lease_s=120)
+        assert all(a["ok"] and a["matches"] for a in applied.values()), applied
+        assert {a["shaped_on"] for a in applied.values()} == {"delay-node"}
+        shaped = netem.probe(pairs=[("h0", "h1")], seconds=2.0, count=30)[0]
+        reset = netem.reset()
+        assert all(a["ok"] for a in reset.values())
+        after = netem.probe(pairs=[("h0", "h1")], seconds=1.0, count=30)[0]
+    # One-way 10 ms on each host's egress: the round trip grows by 2 x 10 ms.
+    added = shaped["rtt_ms_median"] - before["rtt_ms_median"]
+    assert 19.0 <= added <= 23.0, (before, shaped)
+    assert 0.80 * 50e6 <= shaped["throughput_bps"] <= 1.05 * 50e6, shaped
+    assert after["rtt_ms_median"] < before["rtt_ms_median"] + 2.0, after
+    assert after["throughput_bps"] > 1.5 * 50e6, after
+
+
+def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
+    fleet, inventory = lab
+    with FleetNetem(inventory) as netem:
+        netem.apply(load_target("50ms/20mbit"), lease_s=120)
+        shown = netem.show()
+        ssh_ms = [netem.ssh.run(["true"])["h0"].seconds * 1000 for _ in range(5)]
+        netem.reset()
+        cleared = netem.show()
+    assert {a["shaping"]["profile"] for a in shown.values()} == {"50ms/20mbit/limit=1000"}
+    # A shaped SSH round trip would take at least 100 ms (50 ms each way).
+    assert sorted(ssh_ms)[2] < 60, ssh_ms
+    assert not any(a["shaped"] for a in cleared.values())
+
+
+def test_lab_down_leaves_nothing(tmp_path):
+    fleet = LocalFleet(prefix="wlm", subnet="198.18.8.0/24", home=tmp_path)
+    lab_up(2, shaping="delay-node", fleet=fleet)
+    pid = lab_status(fleet)["delay_node_pid"]
+    assert pid is not None and all(h["ssh_port_open"] for h in lab_status(fleet)["hosts"])
+    lab_down(fleet)
+    assert lab_status(fleet)["delay_node_pid"] is None
+    assert not any(name.startswith("wlm") for name in _links_and_namespaces())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def _links_and_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
+    links = {e["ifname"] for e in json.loads(out)}
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
+    return links | {e["name"] for e in json.loads(out or "[]")}
