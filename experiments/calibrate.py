@@ -1,0 +1,316 @@
+"""Where the cost model's compute times come from: one measured cell, or a FLOP rate.
+
+A measured cell of our GPipe engine gives each stage's forward and backward time per
+micro-batch and its optimizer step; they are reused for cells of the same partition (scaled
+by the micro-batch size) and turned into an effective FLOP rate for any other. A cell that
+gives only its iteration time (a library engine, or the reference experiment) is fitted: the
+one FLOP rate at which the model predicts exactly that time on that cell's network.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from experiments.costmodel import (
+    DEFAULT_FLOPS,
+    DEFAULT_MEMORY_BYTES_PER_S,
+    OPTIMIZER_BYTES_PER_PARAM,
+    StageCompute,
+    compute_from_flops,
+    predict,
+)
+from experiments.netmodel import DEFAULT_NATIVE, Native, Network, uniform_network
+from experiments.workload import Workload, make_workload
+from inventory.errors import ConfigError
+from netem.profile import BUILTIN, Profile
+from trainer.config import TrainerConfig
+
+REFERENCE_FILE = Path(__file__).with_name("reference.toml")
+FIT_TOLERANCE = 1e-6
+FIT_ROUNDS = 100
+
+
+def workload_of(config: TrainerConfig) -> Workload:
+    """The cost model's view of a trainer configuration."""
+    return make_workload(
+        config.gpt,
+        pipeline=config.pipeline,
+        data=config.data,
+        batch=config.batch,
+        micro_batch=config.micro_batch,
+        seq=config.seq,
+        dtype=config.dtype,
+        recompute=config.recompute,
+        dp_mode=config.dp_mode,
+        schedule="1f1b" if config.engine == "pipelining-1f1b" else "gpipe",
+        layers=config.layers,
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Compute rates for the model, the native network, and where both came from."""
+
+    source: str
+    flops_per_s: float
+    memory_bytes_per_s: float
+    native: Native
+    stages: StageCompute | None = None
+    measured: Workload | None = None
+
+    def compute_for(self, workload: Workload) -> StageCompute:
+        """Stage times of `workload`: the measured ones when the partition matches, else FLOPs."""
+        if self.stages is not None and _same_partition(self.measured, workload):
+            return self.stages.scaled(workload.micro_batch / self.measured.micro_batch)
+        return compute_from_flops(workload, self.flops_per_s, self.memory_bytes_per_s)
+
+    def describe(self) -> dict:
+        """What a prediction was calibrated on, for JSON."""
+        return {
+            "source": self.source,
+            "per_stage_times": self.stages is not None,
+            "flops_per_s": self.flops_per_s,
+            "memory_bytes_per_s": self.memory_bytes_per_s,
+            "native_latency_s": self.native.latency_s,
+            "native_rate_bps": self.native.rate_bps,
+        }
+
+
+def _same_partition(measured: Workload | None, target: Workload) -> bool:
+    if measured is None or measured.n_stages != target.n_stages or measured.seq != target.seq:
+        return False
+    per_sequence = measured.forward_flops / measured.micro_batch
+    return bool(np.allclose(per_sequence, target.forward_flops / target.micro_batch))
+
+
+def from_flops(
+    flops_per_s: float = DEFAULT_FLOPS,
+    memory_bytes_per_s: float = DEFAULT_MEMORY_BYTES_PER_S,
+    native: Native = DEFAULT_NATIVE,
+) -> Calibration:
+    """No measurement: one assumed FLOP rate for every device."""
+    source = f"assumed {flops_per_s / 1e12:g} TFLOP/s per device"
+    return Calibration(source, flops_per_s, memory_bytes_per_s, native)
+
+
+def from_stage_times(
+    workload: Workload, stages: StageCompute, source: str, native: Native
+) -> Calibration:
+    """Measured per-stage times, with the FLOP and memory rates they imply."""
+    work = workload.n_micro * (workload.forward_flops + workload.backward_flops)
+    busy = workload.n_micro * (stages.forward_s + stages.backward_s)
+    moved = workload.stage_params.sum() * OPTIMIZER_BYTES_PER_PARAM
+    optimizer = stages.optimizer_s.sum()
+    memory = moved / optimizer if optimizer > 0 else DEFAULT_MEMORY_BYTES_PER_S
+    return Calibration(
+        source, float(work.sum() / busy.sum()), float(memory), native, stages, workload
+    )
+
+
+def fit_flops(
+    workload: Workload,
+    network: Network,
+    measured_s: float,
+    memory_bytes_per_s: float = DEFAULT_MEMORY_BYTES_PER_S,
+) -> float:
+    """The FLOP rate at which the model predicts `measured_s` for `workload` on `network`.
+
+    The compute-bound share of the prediction scales as 1/rate; iterate until it matches.
+    """
+    rate = DEFAULT_FLOPS
+    for _ in range(FIT_ROUNDS):
+        prediction = predict(
+            workload, compute_from_flops(workload, rate, memory_bytes_per_s), network
+        )
+        scaled = prediction.parts["compute"] + prediction.parts["bubble"]
+        fixed = prediction.iteration_s - scaled
+        if measured_s <= fixed:
+            raise ValueError(
+                f"{measured_s:g} s is below what the network and optimizer alone take ({fixed:g} s)"
+            )
+        if abs(prediction.iteration_s - measured_s) <= FIT_TOLERANCE * measured_s:
+            return rate
+        rate *= scaled / (measured_s - fixed)
+    raise ValueError(f"the FLOP rate fit for {measured_s:g} s did not converge")
+
+
+def from_total(
+    config: TrainerConfig,
+    profile: Profile,
+    measured_s: float,
+    source: str,
+    native: Native,
+    memory_bytes_per_s: float = DEFAULT_MEMORY_BYTES_PER_S,
+) -> Calibration:
+    """Fit the FLOP rate to one cell's measured iteration time (its network uniform `profile`)."""
+    workload = workload_of(config)
+    network = uniform_network(config.world_size, profile, native)
+    rate = fit_flops(workload, network, measured_s, memory_bytes_per_s)
+    return Calibration(f"{source} (fitted)", rate, memory_bytes_per_s, native)
+
+
+@dataclass(frozen=True)
+class ReferenceMeasurement:
+    """One measured cell of the reference experiment."""
+
+    name: str
+    source: str
+    device: str
+    profile: str
+    iteration_s: float
+    config: TrainerConfig
+
+
+def load_reference(path: Path = REFERENCE_FILE) -> list[ReferenceMeasurement]:
+    """The reference measurements (see reference.toml)."""
+    file = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(file, None, f"cannot read: {error}") from None
+    found = []
+    for index, entry in enumerate(data.get("measurement", [])):
+        where = f"measurement[{index}]"
+        try:
+            config = TrainerConfig(**entry["trainer"])
+            found.append(
+                ReferenceMeasurement(
+                    name=entry["name"],
+                    source=entry["source"],
+                    device=entry["device"],
+                    profile=entry["profile"],
+                    iteration_s=float(entry["iteration_s"]),
+                    config=config,
+                )
+            )
+        except KeyError as missing:
+            raise ConfigError(file, f"{where}.{missing.args[0]}", "missing") from None
+        except ValidationError as error:
+            raise ConfigError(file, f"{where}.trainer", str(error.errors()[0]["msg"])) from None
+    if not found:
+        raise ConfigError(file, "measurement", "no measurement")
+    return found
+
+
+def reference_calibration(native: Native = DEFAULT_NATIVE) -> Calibration:
+    """Calibrated on the reference experiment's first measurement."""
+    ref = load_reference()[0]
+    if ref.profile not in BUILTIN:
+        raise ConfigError(str(REFERENCE_FILE), "measurement[0].profile", "not a built-in profile")
+    source = f"{ref.source}: {ref.name}, {ref.iteration_s:g} s"
+    return from_total(ref.config, BUILTIN[ref.profile], ref.iteration_s, source, native)
+
+
+def native_from_probe(probe: list[dict] | None, fallback: Native) -> Native:
+    """Native latency (half the median RTT) and rate from an unshaped cell's probe."""
+    rtts = [p["rtt_ms_median"] for p in probe or [] if p.get("rtt_ms_median")]
+    rates = [p["throughput_bps"] for p in probe or [] if p.get("throughput_bps")]
+    latency = statistics.median(rtts) / 2 / 1000 if rtts else fallback.latency_s
+    rate = statistics.median(rates) if rates else fallback.rate_bps
+    return Native(latency_s=latency, rate_bps=rate)
+
+
+def _profile_of(record: dict) -> Profile | None:
+    setting = (record.get("network") or {}).get("setting") or {}
+    if setting.get("kind") != "profile":
+        return None
+    fields = {k: v for k, v in setting.items() if k in Profile.model_fields}
+    return Profile(**fields)
+
+
+def _stage_times(summary: dict, n_stages: int) -> StageCompute | None:
+    """Per-stage means over replicas, or None when the engine did not time its steps."""
+    if "forward_s" not in summary.get("phases_measured", ["forward_s"]):
+        return None
+    rows = [[] for _ in range(n_stages)]
+    for entry in summary["stages"]:
+        rows[entry["stage"]].append(entry)
+    if any(not row for row in rows):
+        return None
+
+    def mean(row: list[dict], get) -> float:
+        return statistics.fmean(get(entry) for entry in row)
+
+    forward = np.array([mean(row, lambda e: e["forward_per_micro_s"]) for row in rows])
+    backward = np.array([mean(row, lambda e: e["backward_per_micro_s"]) for row in rows])
+    optimizer = np.array([mean(row, lambda e: e["mean_s"]["optimizer_s"]) for row in rows])
+    if (forward <= 0).any() or (backward <= 0).any():
+        return None
+    return StageCompute(forward, backward, optimizer)
+
+
+class ResultsCalibration:
+    """Calibrations from a results folder's cells, chosen per predicted cell.
+
+    For a cell, the measured cell used is: the one named by `cell_id`; else an unshaped cell
+    with the same DP degree, micro-batch, engine and DP mode; else one with the same DP degree
+    and micro-batch; else the first usable cell. Its probe gives the native network.
+    """
+
+    def __init__(
+        self, records: list[dict], fallback: Native = DEFAULT_NATIVE, cell_id: str | None = None
+    ):
+        self.records = [r for r in records if _usable(r)]
+        self.fallback = fallback
+        if not self.records:
+            raise ConfigError(
+                "--calibrate", None, "the results hold no finished cell to calibrate on"
+            )
+        if cell_id is not None and cell_id not in {r["cell_id"] for r in self.records}:
+            raise ConfigError("--calibrate-cell", None, f"no finished cell {cell_id!r}")
+        self.cell_id = cell_id
+        self._cache: dict[str, Calibration] = {}
+
+    def choose(self, params: dict) -> dict:
+        """The measured record to calibrate a cell with coordinates `params` on."""
+        if self.cell_id is not None:
+            return next(r for r in self.records if r["cell_id"] == self.cell_id)
+        unshaped = [
+            r for r in self.records if _profile_of(r) is not None and _profile_of(r).is_default
+        ]
+        for keys in (("dp", "micro_batch", "engine", "dp_mode"), ("dp", "micro_batch")):
+            for record in unshaped:
+                if all(record["params"].get(k) == params.get(k) for k in keys):
+                    return record
+        return self.records[0]
+
+    def for_cell(self, params: dict) -> Calibration:
+        """The calibration for a cell with coordinates `params` (profile, dp, micro_batch, …)."""
+        record = self.choose(params)
+        if record["cell_id"] not in self._cache:
+            self._cache[record["cell_id"]] = self._calibrate(record)
+        return self._cache[record["cell_id"]]
+
+    def _calibrate(self, record: dict) -> Calibration:
+        config = TrainerConfig(**record["trainer"])
+        summary = record["summary"]
+        profile = _profile_of(record)
+        native = self.fallback
+        if profile is not None and profile.is_default:
+            native = native_from_probe(record["network"].get("probe"), self.fallback)
+        source = f"measured cell {record['cell_id']}"
+        stages = _stage_times(summary, config.pipeline)
+        if stages is not None:
+            return from_stage_times(workload_of(config), stages, source, native)
+        if profile is None:
+            raise ConfigError(
+                source, "network", "a pair-matrix cell cannot be fitted; name another"
+            )
+        measured = summary["phases"]["total_s"]["mean"]
+        return from_total(config, profile, measured, source, native)
+
+
+def _is_unshaped(record: dict) -> bool:
+    profile = _profile_of(record)
+    return profile is not None and profile.is_default
+
+
+def _usable(record: dict) -> bool:
+    summary = record.get("summary") or {}
+    return record.get("status") == "ok" and "phases" in summary and "stages" in summary

@@ -1,0 +1,93 @@
+"""The network as the cost model sees it: per ordered host pair a latency α and a bandwidth β.
+
+A profile's delay is one-way on the sender's egress, so the hop src → dst has
+α = native latency + the sender's delay and β = min(native rate, the sender's shaped rate).
+Shaping is on egress only: a host's ingress runs at its native rate. Loss, duplication and
+reordering are not modelled (the prediction assumes a clean, if slow, link).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from netem.matrix import PairMatrix
+from netem.profile import Profile
+
+DEFAULT_NATIVE_LATENCY_S = 50e-6
+"""One-way latency of an unshaped hop when nothing better is known (a LAN: 0.05 ms)."""
+DEFAULT_NATIVE_RATE_BPS = 10e9
+"""Line rate of an unshaped host when nothing better is known: 10 Gbit/s."""
+LOOPBACK_BYTES_PER_S = 1e12
+"""A host talking to itself: no latency, practically unlimited bandwidth."""
+
+
+@dataclass(frozen=True)
+class Native:
+    """What the fleet does with no shaping: one-way latency (s) and line rate (bit/s)."""
+
+    latency_s: float = DEFAULT_NATIVE_LATENCY_S
+    rate_bps: float = DEFAULT_NATIVE_RATE_BPS
+
+
+DEFAULT_NATIVE = Native()
+
+
+@dataclass(frozen=True)
+class Network:
+    """Per ordered host pair: latency_s[i, j] and bytes_per_s[i, j]; each host's ingress rate."""
+
+    latency_s: np.ndarray
+    bytes_per_s: np.ndarray
+    ingress_bytes_per_s: np.ndarray
+
+    @property
+    def n_hosts(self) -> int:
+        """Hosts the network spans."""
+        return len(self.ingress_bytes_per_s)
+
+
+def _egress(native: Native, shape: Profile | None) -> tuple[float, float]:
+    """(α in s, β in bytes/s) of a hop whose sender's egress has `shape`."""
+    latency = native.latency_s + (shape.delay_ms / 1000 if shape else 0.0)
+    rate = native.rate_bps if shape is None or shape.rate_bps is None else shape.rate_bps
+    return latency, min(rate, native.rate_bps) / 8
+
+
+def _with_loopback(latency: np.ndarray, rate: np.ndarray, native: Native) -> Network:
+    np.fill_diagonal(latency, 0.0)
+    np.fill_diagonal(rate, LOOPBACK_BYTES_PER_S)
+    ingress = np.full(len(latency), native.rate_bps / 8)
+    return Network(latency_s=latency, bytes_per_s=rate, ingress_bytes_per_s=ingress)
+
+
+def uniform_network(n_hosts: int, profile: Profile, native: Native = DEFAULT_NATIVE) -> Network:
+    """Every host's egress shaped with `profile` (`default` leaves the native network)."""
+    latency, rate = _egress(native, None if profile.is_default else profile)
+    return _with_loopback(
+        np.full((n_hosts, n_hosts), latency), np.full((n_hosts, n_hosts), rate), native
+    )
+
+
+def pair_network(
+    keys: Sequence[str], matrix: PairMatrix, native: Native = DEFAULT_NATIVE
+) -> Network:
+    """Host i → host j shaped by the matrix's link (keys[i], keys[j]); unlisted pairs unshaped.
+
+    `keys` holds each host's name in the matrix: its host name, or its label's value when the
+    matrix is keyed by a label such as the region.
+    """
+    names = sorted(set(keys))
+    index = {name: i for i, name in enumerate(names)}
+    base_latency, base_rate = _egress(native, None)
+    latency = np.full((len(names), len(names)), base_latency)
+    rate = np.full((len(names), len(names)), base_rate)
+    for link in matrix.links:
+        if link.src in index and link.dst in index:
+            a, b = index[link.src], index[link.dst]
+            latency[a, b], rate[a, b] = _egress(native, link.shape)
+    host_index = np.array([index[key] for key in keys])
+    grid = np.ix_(host_index, host_index)
+    return _with_loopback(latency[grid], rate[grid], native)

@@ -1,0 +1,88 @@
+"""Predictions per matrix cell: the cost model on each cell's configuration and network.
+
+Each cell's ranks sit one per host in rank order (as the runner places them). A profile shapes
+every host alike; a pair matrix needs the hosts' names and labels from the inventory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from experiments.calibrate import Calibration, workload_of
+from experiments.costmodel import predict
+from experiments.matrix import MatrixSpec
+from experiments.netmodel import Network, pair_network, uniform_network
+from inventory.errors import ConfigError
+from netem.fleet import Target
+from netem.matrix import Addressable, PairMatrix
+from trainer.config import TrainerConfig
+
+PREDICTIONS = "predictions.jsonl"
+
+
+def network_for(
+    target: Target, world_size: int, calibration: Calibration, hosts: Sequence[Addressable] | None
+) -> Network:
+    """The cell's network: a uniform profile, or a pair matrix over the first hosts."""
+    if not isinstance(target, PairMatrix):
+        return uniform_network(world_size, target, calibration.native)
+    if hosts is None:
+        raise ConfigError(target.source, None, "a pair matrix needs the inventory's hosts (-i)")
+    if len(hosts) < world_size:
+        raise ConfigError(
+            target.source, None, f"needs {world_size} hosts, the inventory has {len(hosts)}"
+        )
+    keys = [target.key_of(host) for host in hosts[:world_size]]
+    return pair_network(keys, target, calibration.native)
+
+
+def predict_config(
+    config: TrainerConfig,
+    target: Target,
+    calibration: Calibration,
+    hosts: Sequence[Addressable] | None = None,
+) -> dict:
+    """`{"predicted_iteration_s", "parts", "slowest_hop_s", ...}` for one configuration."""
+    workload = workload_of(config)
+    network = network_for(target, config.world_size, calibration, hosts)
+    prediction = predict(workload, calibration.compute_for(workload), network)
+    return prediction.as_dict() | {"calibration": calibration.describe()}
+
+
+def predict_matrix(
+    spec: MatrixSpec,
+    calibration_for: Callable[[dict], Calibration],
+    hosts: Sequence[Addressable] | None = None,
+    measured: dict[str, dict] | None = None,
+) -> list[dict]:
+    """One row per cell: its coordinates, prediction, and the measurement when there is one."""
+    rows = []
+    for cell in spec.cells():
+        params = cell.params()
+        row = {"cell_id": cell.cell_id, "params": params}
+        row |= predict_config(
+            spec.trainer_config(cell), spec.targets[cell.profile], calibration_for(params), hosts
+        )
+        record = (measured or {}).get(cell.cell_id)
+        if record is not None:
+            actual = record["summary"]["phases"]["total_s"]["mean"]
+            row["measured_iteration_s"] = actual
+            row["error"] = row["predicted_iteration_s"] / actual - 1
+        rows.append(row)
+    return rows
+
+
+def measured_cells(records: list[dict]) -> dict[str, dict]:
+    """Finished cells by id (the last record of a cell wins)."""
+    return {
+        r["cell_id"]: r for r in records if r.get("status") == "ok" and (r.get("summary") or {})
+    }
+
+
+def store_predictions(directory: Path, rows: list[dict]) -> Path:
+    """Write `predictions.jsonl` next to the cells, one row per cell, replacing an older one."""
+    path = directory / PREDICTIONS
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

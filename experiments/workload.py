@@ -1,0 +1,97 @@
+"""What one training iteration computes and moves, stage by stage, derived from its configuration.
+
+FLOPs are counted per token as matrix multiplies: a block's forward is 2·(12·d²) for its
+weights plus 4·d·T for attention scores and their weighted sum; the head's forward is 2·V·d;
+the embedding is a lookup and counts nothing. Backward is twice the forward; activation
+recompute adds one more forward to the backward. Summed over the stages this is the usual
+6·N + 12·L·d·T less the embedding's share of 6·N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.model import GPTConfig
+from trainer.partition import split_layers
+
+WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+"""Bytes per activation element on the wire: activations travel in the compute dtype."""
+GRAD_BYTES = 4
+"""Bytes per gradient element in the sync: parameters (and so gradients) stay fp32."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One iteration of one configuration: shapes, sizes in bytes and FLOPs per stage."""
+
+    n_stages: int
+    n_replicas: int
+    n_micro: int
+    micro_batch: int
+    seq: int
+    dp_mode: str
+    schedule: str
+    activation_bytes: float
+    stage_params: np.ndarray
+    forward_flops: np.ndarray
+    backward_flops: np.ndarray
+
+    @property
+    def grad_bytes(self) -> np.ndarray:
+        """Bytes of each stage's gradients, what its sync moves per replica and direction."""
+        return self.stage_params * GRAD_BYTES
+
+
+def stage_params(gpt: GPTConfig, layers: list[range]) -> np.ndarray:
+    """Parameter count of each stage (embedding on the first, final norm and head on the last)."""
+    d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
+    per_block = 12 * d * d + (13 * d if gpt.bias else 2 * d)
+    counts = np.array([len(own) * per_block for own in layers], dtype=float)
+    counts[0] += v * d + t * d
+    counts[-1] += (2 * d if gpt.bias else d) + v * d
+    return counts
+
+
+def stage_forward_flops_per_token(gpt: GPTConfig, layers: list[range], seq: int) -> np.ndarray:
+    """Forward FLOPs per token of each stage."""
+    d = gpt.n_embd
+    per_block = 2 * 12 * d * d + 4 * d * seq
+    flops = np.array([len(own) * per_block for own in layers], dtype=float)
+    flops[-1] += 2 * gpt.vocab_size * d
+    return flops
+
+
+def make_workload(
+    gpt: GPTConfig,
+    *,
+    pipeline: int,
+    data: int,
+    batch: int,
+    micro_batch: int,
+    seq: int,
+    dtype: str = "fp32",
+    recompute: bool = False,
+    dp_mode: str = "ps",
+    schedule: str = "gpipe",
+    layers: list[int] | None = None,
+) -> Workload:
+    """The workload of `pipeline` stages × `data` replicas, `batch` sequences per pipeline."""
+    split = split_layers(gpt.n_layer, pipeline, layers)
+    tokens = micro_batch * seq
+    forward = stage_forward_flops_per_token(gpt, split, seq) * tokens
+    backward = forward * (3.0 if recompute else 2.0)
+    return Workload(
+        n_stages=pipeline,
+        n_replicas=data,
+        n_micro=batch // micro_batch,
+        micro_batch=micro_batch,
+        seq=seq,
+        dp_mode=dp_mode,
+        schedule=schedule,
+        activation_bytes=float(micro_batch * seq * gpt.n_embd * WIRE_BYTES[dtype]),
+        stage_params=stage_params(gpt, split),
+        forward_flops=forward,
+        backward_flops=backward,
+    )
