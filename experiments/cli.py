@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from experiments.lab import SHAPING_MODES, lab_down, lab_status, lab_up
+from experiments.matrix import MatrixSpec, load_matrix
+from experiments.plan import plan_rows, tc_preview
+from experiments.results import ResultsStore
+from experiments.runner import MatrixRunner
 from inventory.cli import JsonOption, console, inventory_app, print_table
 from inventory.errors import ConfigError
+from inventory.loader import LOCAL, load_inventory
+from inventory.models import Fleet
 from netem.cli import app as netem_app
 from netem.cli import probe
 
@@ -62,6 +69,55 @@ def fleet_status(as_json: JsonOption = False):
     columns = ["name", "address", "netns", "netns_exists", "sshd_pid", "ssh_port_open"]
     node = f", delay node PID {status['delay_node_pid']}" if status["delay_node_pid"] else ""
     print_table(f"local fleet ({status['topology']}{node})", status["hosts"], columns)
+
+
+@app.command("run")
+def run(
+    matrix: Annotated[Path, typer.Argument(help="Matrix spec (TOML).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Results folder.")],
+    inventory: Annotated[
+        str | None,
+        typer.Option(
+            "-i", "--inventory", help="Inventory file or 'local'; default: the matrix's own."
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Skip cells already done in OUT.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+):
+    """Run every cell of MATRIX on the fleet: shape, verify, probe, train, collect, reset."""
+    spec = load_matrix(matrix)
+    fleet = load_inventory(resolve_inventory(inventory, spec))
+    if dry_run:
+        print_plan(spec, fleet)
+        return
+    outcome = MatrixRunner(spec, fleet, ResultsStore(out), console).run(resume=resume)
+    console.print(
+        f"{len(outcome.ran)} cell(s) run, {len(outcome.failed)} failed, "
+        f"{len(outcome.skipped)} already done; results in {out}/cells.jsonl"
+    )
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def resolve_inventory(option: str | None, spec: MatrixSpec) -> str:
+    """The -i option, else the matrix's inventory (a path relative to the matrix file)."""
+    chosen = option or spec.header.inventory
+    if chosen == LOCAL or option is not None:
+        return chosen
+    return str(spec.source.parent / chosen)
+
+
+def print_plan(spec: MatrixSpec, fleet: Fleet) -> None:
+    """The cells, where their ranks go, and the tc commands of every profile."""
+    rows = plan_rows(spec, fleet)
+    print_table(f"plan: {spec.header.name} on {fleet.name}", rows, list(rows[0]))
+    for profile, per_host in tc_preview(spec, fleet).items():
+        console.print(f"[bold]{profile}[/bold]")
+        for host, commands in per_host.items():
+            for command in commands:
+                console.print(f"  {host}: {command}", soft_wrap=True, highlight=False)
 
 
 def main() -> None:

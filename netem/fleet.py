@@ -7,17 +7,15 @@ so hosts only need Python with pyroute2 and pydantic.
 
 from __future__ import annotations
 
-import io
 import json
-import tempfile
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from inventory.errors import ConfigError
 from inventory.models import Fleet, Host
+from inventory.ship import ship_code
 from inventory.ssh import FleetSSH, HostResult
 from netem.agent import DEFAULT_LEASE_S
 from netem.delaynode import DelayNode
@@ -27,8 +25,7 @@ from netem.profile import Profile, load_profile_file, parse_profile
 from netem.tree import Tree, tree_for_profile, tree_for_routes
 
 Target = Profile | PairMatrix
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-_SHIPPED = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py")
+AGENT_CODE = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py")
 
 
 def load_target(spec: str) -> Target:
@@ -48,16 +45,6 @@ def trees_for(target: Target, hosts: list[Host], exempt_ssh: bool = True) -> dic
         return {host.name: tree for host in hosts}
     rows = target.resolve(hosts)
     return {name: tree_for_routes(row, exempt_ssh) if row else None for name, row in rows.items()}
-
-
-def agent_zip() -> bytes:
-    """The agent's code (the netem package and the input-error type) as a zip archive."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for pattern in _SHIPPED:
-            for path in sorted(_REPO_ROOT.glob(pattern)):
-                archive.write(path, path.relative_to(_REPO_ROOT).as_posix())
-    return buffer.getvalue()
 
 
 def _answer(result: HostResult) -> dict[str, Any]:
@@ -91,30 +78,7 @@ class FleetNetem:
         self._pool.shutdown()
 
     def _ship(self) -> None:
-        def mkdir(host: Host) -> list[str]:
-            code = "import os, sys; os.makedirs(sys.argv[1], exist_ok=True)"
-            return [host.python, "-c", code, host.workdir]
-
-        self._raise_on_failure(self.ssh.run(mkdir, timeout=self.timeout_s), "cannot make workdir")
-        with tempfile.TemporaryDirectory(prefix="wanlab-netem-") as tmp:
-            archive = Path(tmp) / "agent.zip"
-            archive.write_bytes(agent_zip())
-            for host in self.fleet.hosts:
-                self._code[host.name] = f"{host.workdir}/wanlab-netem-{host.name}.zip"
-
-            def upload(host: Host) -> dict[str, HostResult]:
-                return self.ssh.put(archive, self._code[host.name], hosts=[host.name])
-
-            with ThreadPoolExecutor(max_workers=len(self.fleet.hosts)) as pool:
-                for put in pool.map(upload, self.fleet.hosts):
-                    self._raise_on_failure(put, "cannot upload the agent")
-
-    @staticmethod
-    def _raise_on_failure(results: dict[str, HostResult], what: str) -> None:
-        bad = {name: r.error or r.stderr.strip() for name, r in results.items() if not r.ok}
-        if bad:
-            details = "; ".join(f"{name}: {reason}" for name, reason in sorted(bad.items()))
-            raise ConnectionError(f"{what} on {len(bad)} host(s): {details}")
+        self._code = ship_code(self.ssh, self.fleet, AGENT_CODE, "wanlab-netem")
 
     def _python(self, host: Host, module: str, *args: str) -> list[str]:
         env = ["env", f"PYTHONPATH={self._code[host.name]}"]

@@ -1,0 +1,238 @@
+"""The experiment matrix: a TOML spec of trainer settings and axes, validated before anything runs.
+
+```toml
+[matrix]
+name = "local-demo"
+inventory = "local"        # default inventory; `wanlab run -i` overrides it
+repeats = 1
+
+[trainer]                  # TrainerConfig fields shared by every cell
+model = "cpu-small"
+batch = 8
+pipeline = 2
+iterations = 4
+warmup = 1
+
+[axes]
+profiles = ["default", "d10b1", "10ms/100mbit", "geo.toml"]   # names, short forms, files
+dp_degrees = [1, 2]
+micro_batches = [1]
+engines = ["gpipe"]
+dp_modes = ["ps"]
+
+[probe]                    # the brief network measurement stored with every cell
+seconds = 1.0
+count = 20
+
+[timeouts]
+cell_s = 600
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inventory.errors import ConfigError
+from inventory.loader import first_error, read_toml
+from netem.fleet import Target, load_target
+from trainer.config import TrainerConfig, load_config
+
+_TOP_LEVEL = ("matrix", "trainer", "axes", "probe", "timeouts")
+_CELL_FIELDS = ("micro_batch", "data", "engine", "dp_mode", "out", "iface")
+
+
+class MatrixHeader(BaseModel):
+    """The [matrix] table."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "matrix"
+    inventory: str = "local"
+    repeats: int = Field(1, ge=1, le=100)
+
+
+class Axes(BaseModel):
+    """The [axes] table: every combination of these is one cell."""
+
+    model_config = ConfigDict(extra="forbid")
+    profiles: list[str] = Field(min_length=1)
+    dp_degrees: list[int] = Field(default=[1], min_length=1)
+    micro_batches: list[int] = Field(default=[1], min_length=1)
+    engines: list[str] = Field(default=["gpipe"], min_length=1)
+    dp_modes: list[str] = Field(default=["ps"], min_length=1)
+
+
+class ProbeSettings(BaseModel):
+    """The [probe] table: how long to measure the network in every cell (0 s: RTT only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(1.0, ge=0, le=60)
+    count: int = Field(20, ge=1, le=1000)
+
+
+class Timeouts(BaseModel):
+    """The [timeouts] table, in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+    cell_s: float = Field(600.0, gt=0)
+    apply_s: float = Field(60.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix."""
+
+    profile: str
+    dp: int
+    micro_batch: int
+    engine: str
+    dp_mode: str
+    repeat: int
+
+    @property
+    def cell_id(self) -> str:
+        """Stable identifier, used to resume."""
+        return (
+            f"{self.profile}|dp{self.dp}|mb{self.micro_batch}|{self.engine}|"
+            f"{self.dp_mode}|r{self.repeat}"
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The cell's coordinates as a plain dict."""
+        return {
+            "profile": self.profile,
+            "dp": self.dp,
+            "micro_batch": self.micro_batch,
+            "engine": self.engine,
+            "dp_mode": self.dp_mode,
+            "repeat": self.repeat,
+        }
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """A validated matrix: its header, trainer settings, axes and the resolved network targets."""
+
+    source: Path
+    header: MatrixHeader
+    trainer: dict[str, Any]
+    axes: Axes
+    probe: ProbeSettings
+    timeouts: Timeouts
+    targets: dict[str, Target]
+
+    def cells(self) -> list[Cell]:
+        """Every cell, profiles outermost (so a profile is applied once for its cells)."""
+        a = self.axes
+        product = itertools.product(
+            a.profiles,
+            a.dp_degrees,
+            a.micro_batches,
+            a.engines,
+            a.dp_modes,
+            range(self.header.repeats),
+        )
+        return [Cell(*values) for values in product]
+
+    def trainer_config(self, cell: Cell) -> TrainerConfig:
+        """The full trainer configuration of one cell."""
+        return TrainerConfig(
+            **self.trainer,
+            micro_batch=cell.micro_batch,
+            data=cell.dp,
+            engine=cell.engine,
+            dp_mode=cell.dp_mode,
+        )
+
+    @property
+    def max_world_size(self) -> int:
+        """The most ranks any cell needs."""
+        return max(self.trainer_config(cell).world_size for cell in self.cells())
+
+
+def _section(data: dict, name: str, model: type[BaseModel], file: str) -> BaseModel:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(file, name, "must be a table")
+    try:
+        return model(**table)
+    except ValidationError as error:
+        raise first_error(error, file, prefix=name) from None
+
+
+def _resolve_profile(spec: str, base: Path, file: str, index: int) -> Target:
+    candidate = base / spec
+    path_like = spec.endswith(".toml") or "/" in spec and candidate.is_file()
+    try:
+        return load_target(str(candidate) if path_like else spec)
+    except ConfigError as error:
+        where = f"axes.profiles[{index}]"
+        raise ConfigError(file, where, f"{spec!r}: {error}") from None
+
+
+def load_matrix(path: str | Path) -> MatrixSpec:
+    """Read and validate a matrix file: every cell's trainer config and profile is checked."""
+    path = Path(path)
+    file = str(path)
+    data = read_toml(path)
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise ConfigError(file, unknown[0], f"unknown section (expected {', '.join(_TOP_LEVEL)})")
+    header = _section(data, "matrix", MatrixHeader, file)
+    axes = _section(data, "axes", Axes, file)
+    probe = _section(data, "probe", ProbeSettings, file)
+    timeouts = _section(data, "timeouts", Timeouts, file)
+    trainer = data.get("trainer", {})
+    if not isinstance(trainer, dict):
+        raise ConfigError(file, "trainer", "must be a table")
+    for key in trainer:
+        if key in _CELL_FIELDS:
+            raise ConfigError(file, f"trainer.{key}", "is set per cell by the matrix; remove it")
+    try:
+        load_config(None, trainer)
+    except ConfigError as error:
+        raise ConfigError(file, f"trainer.{error.field}", error.message) from None
+    for axis in ("dp_degrees", "micro_batches"):
+        for index, value in enumerate(getattr(axes, axis)):
+            if value < 1:
+                raise ConfigError(file, f"axes.{axis}[{index}]", "must be at least 1")
+    for axis in ("profiles", "dp_degrees", "micro_batches", "engines", "dp_modes"):
+        values = getattr(axes, axis)
+        if len(set(values)) != len(values):
+            raise ConfigError(file, f"axes.{axis}", "lists a value twice")
+    targets = {
+        spec: _resolve_profile(spec, path.parent, file, i) for i, spec in enumerate(axes.profiles)
+    }
+    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets)
+    _check_cells(spec, file)
+    return spec
+
+
+def _check_cells(spec: MatrixSpec, file: str) -> None:
+    axis_of = {
+        "micro_batch": "micro_batches",
+        "data": "dp_degrees",
+        "engine": "engines",
+        "dp_mode": "dp_modes",
+    }
+    for cell in spec.cells():
+        overrides = {
+            "micro_batch": cell.micro_batch,
+            "data": cell.dp,
+            "engine": cell.engine,
+            "dp_mode": cell.dp_mode,
+        }
+        try:
+            load_config(None, {**spec.trainer, **overrides})
+        except ConfigError as error:
+            field = error.field or ""
+            if field in axis_of:
+                values = getattr(spec.axes, axis_of[field])
+                index = values.index(overrides[field])
+                raise ConfigError(file, f"axes.{axis_of[field]}[{index}]", error.message) from None
+            raise ConfigError(file, f"trainer.{field}", error.message) from None

@@ -1,0 +1,206 @@
+"""Run an experiment matrix on a fleet, cell by cell.
+
+For every cell: shape every host with the cell's profile, read the shaping back and compare,
+probe the network briefly, launch the trainer over SSH, collect rank 0's timings, and reset.
+Each finished cell is appended to the results store at once; a failed cell is recorded with its
+reason and the matrix goes on. Whatever happens (failure, Ctrl-C), every host's qdisc is reset
+and every rank started is stopped before the runner returns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from experiments.launch import TrainerLauncher, place_ranks
+from experiments.matrix import Cell, MatrixSpec
+from experiments.results import ResultsStore
+from inventory.check import check_fleet
+from inventory.models import Fleet
+from inventory.ssh import FleetSSH
+from netem.fleet import FleetNetem, Target
+from netem.profile import Profile
+
+LEASE_MARGIN_S = 120.0
+
+
+@dataclass
+class RunOutcome:
+    """How a matrix run ended."""
+
+    ran: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def describe_target(target: Target) -> dict:
+    """The network setting as stored with a cell: a profile's fields, or the matrix's file."""
+    if isinstance(target, Profile):
+        return {"kind": "profile", "short": target.short(), **target.model_dump()}
+    return {
+        "kind": "matrix",
+        "short": target.source,
+        "by": target.by,
+        "links": [link.model_dump() for link in target.links],
+    }
+
+
+class MatrixRunner:
+    """Runs the cells of one matrix on one fleet into one results store."""
+
+    def __init__(self, spec: MatrixSpec, fleet: Fleet, store: ResultsStore, console: Console):
+        self.spec = spec
+        self.fleet = fleet
+        self.store = store
+        self.console = console
+        self.host_facts: dict[str, dict] = {}
+
+    def check_inputs(self) -> None:
+        """Everything that can be checked without touching a host: raises ConfigError."""
+        for cell in self.spec.cells():
+            place_ranks(self.spec.trainer_config(cell), self.fleet)
+
+    def run(self, resume: bool = False) -> RunOutcome:
+        """Run every cell not already done; reset the fleet and stop ranks however it ends."""
+        self.check_inputs()
+        self.store.open_for_run(self.spec.source, resume)
+        done = self.store.done_ids() if resume else set()
+        cells = self.spec.cells()
+        outcome = RunOutcome(skipped=[c.cell_id for c in cells if c.cell_id in done])
+        todo = [c for c in cells if c.cell_id not in done]
+        self._record_environment()
+        with FleetNetem(self.fleet, timeout_s=self.spec.timeouts.apply_s) as netem:
+            launcher = TrainerLauncher(self.fleet, netem.ssh)
+            try:
+                self._run_cells(todo, netem, launcher, outcome)
+            except KeyboardInterrupt:
+                outcome.interrupted = True
+                self.console.print("[yellow]interrupted: stopping ranks and resetting hosts")
+            finally:
+                with FleetSSH(self.fleet) as control:
+                    launcher.stop_all(control)
+                netem.reset()
+        return outcome
+
+    def _record_environment(self) -> None:
+        facts = check_fleet(self.fleet)
+        unreachable = [f["name"] for f in facts if not f["reachable"]]
+        if unreachable:
+            raise ConnectionError(f"unreachable before the run: {', '.join(unreachable)}")
+        keep = ("kernel", "python", "torch", "pyroute2", "cpus", "interface", "netem")
+        self.host_facts = {f["name"]: {k: f.get(k) for k in keep} for f in facts}
+        self.store.write_run_info(
+            {
+                "started_at": _now(),
+                "matrix": self.spec.header.name,
+                "inventory": str(self.fleet.source),
+                "delay_node": self.fleet.delay_node is not None,
+                "hosts": self.host_facts,
+            }
+        )
+
+    def _run_cells(self, todo, netem, launcher, outcome: RunOutcome) -> None:
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} cells"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.console) as progress:
+            task = progress.add_task("starting", total=len(todo))
+            for cell in todo:
+                progress.update(task, description=cell.cell_id)
+                record = self.run_cell(cell, netem, launcher)
+                self.store.append(record)
+                outcome.ran.append(cell.cell_id)
+                if record["status"] != "ok":
+                    outcome.failed.append(cell.cell_id)
+                    progress.console.print(f"[red]{cell.cell_id} failed: {record['reason']}")
+                progress.advance(task)
+
+    def run_cell(self, cell: Cell, netem: FleetNetem, launcher: TrainerLauncher) -> dict:
+        """Apply, verify, probe, train, collect, reset: one cell's record."""
+        config = self.spec.trainer_config(cell)
+        target = self.spec.targets[cell.profile]
+        record = {
+            "cell_id": cell.cell_id,
+            "status": "failed",
+            "reason": None,
+            "matrix": self.spec.header.name,
+            "params": cell.params(),
+            "trainer": config.model_dump(mode="json", exclude={"out", "iface"}),
+            "network": {"setting": describe_target(target)},
+            "summary": None,
+            "hosts": self.host_facts,
+            "started_at": _now(),
+        }
+        started = time.monotonic()
+        timing = record["timing"] = {}
+        try:
+            lease = self.spec.timeouts.cell_s + LEASE_MARGIN_S
+            applied = netem.apply(target, lease_s=lease)
+            timing["apply_s"] = time.monotonic() - started
+            bad = {
+                n: a.get("error") or "read-back differs"
+                for n, a in applied.items()
+                if not a.get("ok") or a.get("matches") is False
+            }
+            record["network"]["applied"] = {n: a.get("shaping") for n, a in applied.items()}
+            if bad:
+                record["reason"] = "apply: " + "; ".join(f"{n}: {e}" for n, e in bad.items())
+                return record
+            record["network"]["probe"] = self._probe(netem, config)
+            timing["probe_s"] = time.monotonic() - started - timing["apply_s"]
+            launched = launcher.run(config, _run_name(cell), self.spec.timeouts.cell_s)
+            timing["train_s"] = launched.seconds
+            record["placement"] = launched.placement
+            if launched.ok:
+                record.update(status="ok", summary=launched.summary)
+            else:
+                record["reason"] = launched.reason
+            return record
+        finally:
+            reset_started = time.monotonic()
+            netem.reset()
+            timing["reset_s"] = time.monotonic() - reset_started
+            timing["cell_s"] = time.monotonic() - started
+            record["finished_at"] = _now()
+            _add_overhead(record)
+
+    def _probe(self, netem: FleetNetem, config) -> list[dict]:
+        hosts = place_ranks(config, self.fleet)
+        if len(hosts) < 2:
+            hosts = self.fleet.hosts[:2]
+        if len(hosts) < 2:
+            return []
+        settings = self.spec.probe
+        pair = [(hosts[0].name, hosts[1].name)]
+        return netem.probe(pairs=pair, seconds=settings.seconds, count=settings.count)
+
+
+def _run_name(cell: Cell) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cell.cell_id)
+    return f"{safe}-{int(time.time())}"
+
+
+def _add_overhead(record: dict) -> None:
+    """Training time is the iterations themselves (warm-up counted at the mean); the rest of
+    the cell (shaping, probing, start-up, reset) is overhead."""
+    timing, summary = record["timing"], record.get("summary")
+    if not summary:
+        return
+    mean = summary["phases"]["total_s"]["mean"]
+    training = mean * record["trainer"]["iterations"]
+    timing["training_s"] = training
+    timing["overhead_s"] = max(0.0, timing["cell_s"] - training)
+    timing["overhead_share"] = timing["overhead_s"] / timing["cell_s"]
