@@ -4,7 +4,7 @@ FLOPs are counted per token as matrix multiplies: a block's forward is 2·(12·d
 weights plus 4·d·T for attention scores and their weighted sum; the head's forward is 2·V·d;
 the embedding is a lookup and counts nothing. Backward is twice the forward; activation
 recompute adds one more forward to the backward. Summed over the stages this is the usual
-6·N + 12·L·d·T less the embedding's share of 6·N.
+6·N + 12·L·d·T less the share of 6·N of what is not multiplied: embeddings, biases, norms.
 """
 
 from __future__ import annotations

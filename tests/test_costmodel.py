@@ -1,0 +1,186 @@
+"""The cost model against cases worked by hand, and the large-fleet simulation's sanity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.calibrate import from_flops, reference_calibration
+from experiments.costmodel import StageCompute, evaluate, predict
+from experiments.netmodel import Native, Network, pair_network, uniform_network
+from experiments.simulate import explore, world_scenario
+from experiments.workload import Workload, make_workload
+from netem.matrix import matrix_from_data
+from netem.profile import BUILTIN, parse_profile
+from trainer.config import TrainerConfig
+from trainer.model import CONFIGS
+
+
+def toy_workload(stages, replicas, micro, *, schedule="gpipe", dp_mode="ps", act=1.0, params=1.0):
+    """A workload with round numbers; FLOPs are unused when stage times are given."""
+    ones = np.ones(stages)
+    return Workload(
+        n_stages=stages,
+        n_replicas=replicas,
+        n_micro=micro,
+        micro_batch=1,
+        seq=1,
+        dp_mode=dp_mode,
+        schedule=schedule,
+        activation_bytes=act,
+        stage_params=ones * params,
+        forward_flops=ones,
+        backward_flops=2 * ones,
+    )
+
+
+def times(stages, t_f, t_b, opt=0.0):
+    return StageCompute(
+        np.full(stages, t_f, dtype=float),
+        np.full(stages, t_b, dtype=float),
+        np.full(stages, opt, dtype=float),
+    )
+
+
+def free_network(hosts):
+    return Network(np.zeros((hosts, hosts)), np.full((hosts, hosts), 1e30), np.full(hosts, 1e30))
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("stages", "micro"), [(3, 4), (4, 8), (2, 5)])
+def test_bubble_formula_on_a_free_network(schedule, stages, micro):
+    t_f, t_b, opt = 1.0, 2.0, 0.5
+    result = predict(
+        toy_workload(stages, 1, micro, schedule=schedule),
+        times(stages, t_f, t_b, opt),
+        free_network(stages),
+    )
+    assert result.iteration_s == pytest.approx((micro + stages - 1) * (t_f + t_b) + opt)
+    assert result.parts["compute"] == pytest.approx(micro * (t_f + t_b))
+    assert result.parts["bubble"] == pytest.approx((stages - 1) * (t_f + t_b))
+    assert result.parts["activation_transfer"] == pytest.approx(0.0)
+
+
+def test_one_micro_batch_pays_each_hop_both_ways():
+    alpha, wire = 0.01, 0.1  # latency; 1 MB over 10 MB/s
+    net = Network(np.full((2, 2), alpha), np.full((2, 2), 1e7), np.full(2, 1e7))
+    result = predict(toy_workload(2, 1, 1, act=1e6), times(2, 0.05, 0.1), net)
+    assert result.iteration_s == pytest.approx(2 * 0.05 + 2 * 0.1 + 2 * (alpha + wire))
+    assert result.slowest_hop_s == pytest.approx(alpha + wire)
+
+
+def test_a_bandwidth_bound_hop_serializes_the_micro_batches():
+    """10 micro-batches, compute 1 ms a step, 100 ms on the wire each: the link sets the pace."""
+    alpha, wire, step, micro = 0.01, 0.1, 0.001, 10
+    net = Network(np.full((2, 2), alpha), np.full((2, 2), 1e7), np.full(2, 1e7))
+    result = predict(toy_workload(2, 1, micro, act=1e6), times(2, step, step), net)
+    last_activation_in = step + micro * wire + alpha
+    last_gradient_in = (last_activation_in + 2 * step) + micro * wire + alpha
+    assert result.iteration_s == pytest.approx(last_gradient_in + step)
+    assert result.parts["activation_transfer"] > 2 * (micro - 1) * wire
+
+
+def test_ps_sync_is_twice_latency_plus_d_minus_1_copies_when_ingress_is_as_slow():
+    d, n, alpha, rate_bps = 4, 4e6, 0.002, 8e8  # N bytes of gradients, 100 MB/s
+    net = uniform_network(d, BUILTIN["default"], Native(latency_s=alpha, rate_bps=rate_bps))
+    beta = rate_bps / 8
+    result = predict(toy_workload(1, d, 1, params=n / 4), times(1, 0.0, 0.0), net)
+    assert result.parts["ps_sync"] == pytest.approx(2 * (alpha + (d - 1) * n / beta))
+
+
+def test_ps_push_runs_in_parallel_when_only_egress_is_shaped():
+    d, n = 4, 4e6
+    native = Native(latency_s=0.0, rate_bps=1e10)
+    shaped = parse_profile("2ms/800mbit")
+    net = uniform_network(d, shaped, native)
+    beta = 8e8 / 8
+    result = predict(toy_workload(1, d, 1, params=n / 4), times(1, 0.0, 0.0), net)
+    push, pull = 0.002 + n / beta, (d - 1) * n / beta + 0.002
+    assert result.parts["ps_sync"] == pytest.approx(push + pull)
+
+
+def test_allreduce_moves_two_d_minus_1_over_d_of_the_gradients():
+    d, n, alpha, rate_bps = 4, 4e6, 0.002, 8e8
+    net = uniform_network(d, BUILTIN["default"], Native(latency_s=alpha, rate_bps=rate_bps))
+    beta = rate_bps / 8
+    ring = predict(
+        toy_workload(1, d, 1, dp_mode="allreduce", params=n / 4), times(1, 0.0, 0.0), net
+    )
+    assert ring.parts["allreduce"] == pytest.approx(
+        2 * (d - 1) * alpha + 2 * (d - 1) / d * n / beta
+    )
+    no_latency = uniform_network(d, BUILTIN["default"], Native(latency_s=0.0, rate_bps=rate_bps))
+    ps = predict(toy_workload(1, d, 1, params=n / 4), times(1, 0.0, 0.0), no_latency)
+    ring0 = predict(
+        toy_workload(1, d, 1, dp_mode="allreduce", params=n / 4), times(1, 0.0, 0.0), no_latency
+    )
+    assert ps.parts["ps_sync"] / ring0.parts["allreduce"] == pytest.approx(d)
+
+
+def test_pair_matrix_hops_use_their_own_pair():
+    matrix = matrix_from_data(
+        {
+            "by": "region",
+            "link": [
+                {"src": "a", "dst": "a", "delay": "10ms", "rate": "2gbit"},
+                {"src": "a", "dst": "b", "delay": "67ms", "rate": "790mbit", "both_ways": False},
+            ],
+        },
+        "test",
+    )
+    native = Native(latency_s=1e-4, rate_bps=1e10)
+    net = pair_network(["a", "a", "b"], matrix, native)
+    assert net.latency_s[0, 1] == pytest.approx(0.0101)
+    assert net.bytes_per_s[0, 1] == pytest.approx(2e9 / 8)
+    assert net.latency_s[1, 2] == pytest.approx(0.0671)
+    assert net.bytes_per_s[1, 2] == pytest.approx(790e6 / 8)
+    assert net.latency_s[2, 1] == pytest.approx(1e-4)  # b → a is not in the matrix
+    assert net.bytes_per_s[2, 1] == pytest.approx(1e10 / 8)
+    assert net.latency_s[2, 2] == 0.0
+
+    workload = toy_workload(2, 1, 1, act=1e6)
+    inside, across = np.array([[[0], [1]]]), np.array([[[1], [2]]])
+    result = evaluate(workload, times(2, 0.0, 0.0), net, np.concatenate([inside, across]))
+    a_to_b = 0.0671 + 1e6 / (790e6 / 8)
+    assert result.slowest_hop_s[0] == pytest.approx(0.0101 + 1e6 / (2e9 / 8))
+    assert result.slowest_hop_s[1] == pytest.approx(a_to_b)
+
+
+def test_workload_sizes_match_the_model():
+    gpt = CONFIGS["gpt3-xl"]
+    w = make_workload(gpt, pipeline=12, data=1, batch=64, micro_batch=1, seq=2048)
+    assert w.stage_params.sum() == gpt.n_params()
+    assert w.activation_bytes == 2048 * 2048 * 4  # a 16 MiB activation in fp32
+    total = w.forward_flops.sum() + w.backward_flops.sum()
+    d = gpt.n_embd
+    not_multiplied = (gpt.vocab_size + gpt.block_size) * d + gpt.n_layer * 13 * d + 2 * d
+    assert total / 2048 == pytest.approx(gpt.flops_per_token(2048) - 6 * not_multiplied)
+
+
+def test_reference_calibration_reproduces_the_reference_cell():
+    calibration = reference_calibration()
+    config = TrainerConfig(model="gpt3-xl", batch=64, pipeline=12, recompute=True)
+    workload = make_workload(
+        config.gpt, pipeline=12, data=1, batch=64, micro_batch=1, seq=2048, recompute=True
+    )
+    network = uniform_network(12, BUILTIN["default"], calibration.native)
+    result = predict(workload, calibration.compute_for(workload), network)
+    assert result.iteration_s == pytest.approx(15.16, rel=1e-5)
+    assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
+
+
+@pytest.mark.parametrize("dp_mode", ["ps", "allreduce"])
+def test_a_1024_host_world_scenario_gives_sensible_numbers(dp_mode):
+    config = TrainerConfig(
+        model="gpt3-xl", batch=64, pipeline=16, data=64, recompute=True, dp_mode=dp_mode
+    )
+    scenario = world_scenario(config, from_flops(), 1024)
+    found = explore(scenario, restarts=2, randoms=2)
+    assert found["hosts"] == 1024
+    parts = found["best_parts"]
+    assert np.isfinite(found["best_iteration_s"]) and found["best_iteration_s"] > 0
+    assert sum(parts.values()) == pytest.approx(found["best_iteration_s"])
+    assert all(value >= -1e-9 for value in parts.values())
+    assert found["best_regions_per_pipeline"] == 1.0  # greedy pipelines stay in one region
+    assert found["best_slowest_hop_s"] < min(found["random_slowest_hop_s"])
+    assert found["best_iteration_s"] <= min(found["random_iteration_s"]) * 1.01
