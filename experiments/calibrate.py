@@ -254,16 +254,18 @@ class ResultsCalibration:
     """
 
     def __init__(
-        self, records: list[dict], fallback: Native = DEFAULT_NATIVE, cell_id: str | None = None
+        self,
+        records: list[dict],
+        fallback: Native = DEFAULT_NATIVE,
+        cell_id: str | None = None,
+        source: str = "results",
     ):
         self.records = [r for r in records if _usable(r)]
         self.fallback = fallback
         if not self.records:
-            raise ConfigError(
-                "--calibrate", None, "the results hold no finished cell to calibrate on"
-            )
+            raise ConfigError(source, "cells.jsonl", "holds no finished cell to calibrate on")
         if cell_id is not None and cell_id not in {r["cell_id"] for r in self.records}:
-            raise ConfigError("--calibrate-cell", None, f"no finished cell {cell_id!r}")
+            raise ConfigError(source, "--calibrate-cell", f"no finished cell {cell_id!r}")
         self.cell_id = cell_id
         self._cache: dict[str, Calibration] = {}
 

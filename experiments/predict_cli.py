@@ -70,7 +70,9 @@ def predict(
         results = ResultsStore(calibrate)
         if not results.cells_path.is_file():
             raise ConfigError(calibrate, "--calibrate", f"no {results.cells_path.name} there")
-        calibration_for = ResultsCalibration(results.records(), native, calibrate_cell).for_cell
+        calibration_for = ResultsCalibration(
+            results.records(), native, calibrate_cell, calibrate
+        ).for_cell
     if store and results is None:
         raise ConfigError(str(matrix), "--store", "needs --calibrate RESULTS (a results folder)")
     hosts = _hosts(spec, inventory)

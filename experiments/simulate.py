@@ -22,7 +22,7 @@ from experiments.workload import Workload
 from netem.matrix import PairMatrix, load_matrix_file
 from trainer.config import TrainerConfig
 
-WORLD = Path(__file__).with_name("scenarios") / "world.toml"
+WORLD = Path(__file__).with_name("world-regions.toml")
 """The example world-wide region matrix."""
 
 

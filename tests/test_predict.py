@@ -1,0 +1,188 @@
+"""Predictions per matrix cell, calibrated from a results folder written here, and the verb."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from experiments.calibrate import ResultsCalibration, reference_calibration, workload_of
+from experiments.costmodel import OPTIMIZER_BYTES_PER_PARAM
+from experiments.matrix import load_matrix
+from experiments.predict import predict_config, predict_matrix
+from experiments.predict_cli import predict
+from inventory.errors import ConfigError
+from netem.profile import BUILTIN, parse_profile
+from trainer.config import TrainerConfig
+
+MATRIX = """
+[matrix]
+name = "predict-test"
+
+[trainer]
+model = "tiny"
+batch = 4
+pipeline = 2
+
+[axes]
+profiles = ["default", "10ms/100mbit"]
+dp_degrees = [1, 2]
+micro_batches = [1, 2]
+"""
+TRAINER = {"model": "tiny", "batch": 4, "pipeline": 2}
+STAGE_TIMES = {1: [(0.010, 0.020, 0.001), (0.015, 0.030, 0.002)], 2: [(0.02, 0.04, 0.001)] * 2}
+PROBE = [{"src": "h0", "dst": "h1", "rtt_ms_median": 0.4, "throughput_bps": 2e9}]
+
+
+def cell_record(profile: str, dp: int, stages, total: float, engine: str = "gpipe") -> dict:
+    """A finished cell as the runner stores it, with rank 0's summary."""
+    config = TrainerConfig(**TRAINER, data=dp, engine=engine)
+    n_micro = config.n_micro
+    summary_stages = [
+        {
+            "rank": replica * 2 + stage,
+            "stage": stage,
+            "replica": replica,
+            "forward_per_micro_s": stages[stage][0],
+            "backward_per_micro_s": stages[stage][1],
+            "mean_s": {
+                "forward_s": stages[stage][0] * n_micro,
+                "backward_s": stages[stage][1] * n_micro,
+                "optimizer_s": stages[stage][2],
+            },
+        }
+        for replica in range(dp)
+        for stage in range(2)
+    ]
+    measured = ["total_s", "ps_sync_s", "optimizer_s"]
+    if engine == "gpipe":
+        measured += ["forward_s", "backward_s", "comm_wait_s"]
+    target = parse_profile(profile)
+    return {
+        "cell_id": f"{profile}|dp{dp}|mb1|{engine}|ps|r0",
+        "status": "ok",
+        "reason": None,
+        "params": {
+            "profile": profile,
+            "dp": dp,
+            "micro_batch": 1,
+            "engine": engine,
+            "dp_mode": "ps",
+            "repeat": 0,
+        },
+        "trainer": config.model_dump(mode="json", exclude={"out", "iface"}),
+        "network": {
+            "setting": {"kind": "profile", "short": target.short(), **target.model_dump()},
+            "probe": PROBE,
+        },
+        "summary": {
+            "phases": {"total_s": {"mean": total}},
+            "phases_measured": measured,
+            "stages": summary_stages,
+        },
+    }
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    records = [
+        cell_record("10ms/100mbit", 1, STAGE_TIMES[1], 0.5),
+        cell_record("default", 2, STAGE_TIMES[2], 0.4),
+        cell_record("default", 1, STAGE_TIMES[1], 0.23),
+    ]
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "matrix.toml").write_text(MATRIX)
+    return tmp_path
+
+
+def test_calibration_takes_the_unshaped_cell_of_the_same_dp(results):
+    records = [json.loads(line) for line in (results / "cells.jsonl").read_text().splitlines()]
+    calibrator = ResultsCalibration(records)
+    shaped_dp1 = {"profile": "10ms/100mbit", "dp": 1, "micro_batch": 1, "engine": "gpipe"}
+    assert calibrator.choose(shaped_dp1)["cell_id"] == "default|dp1|mb1|gpipe|ps|r0"
+    assert calibrator.choose({**shaped_dp1, "dp": 2})["cell_id"] == "default|dp2|mb1|gpipe|ps|r0"
+    calibration = calibrator.for_cell(shaped_dp1)
+    assert calibration.native.latency_s == pytest.approx(0.0002)
+    assert calibration.native.rate_bps == pytest.approx(2e9)
+    compute = calibration.compute_for(workload_of(TrainerConfig(**TRAINER)))
+    assert list(compute.forward_s) == [0.010, 0.015]
+    assert list(compute.backward_s) == [0.020, 0.030]
+    assert list(compute.optimizer_s) == [0.001, 0.002]
+
+
+def test_shaped_cell_prediction_worked_by_hand(results):
+    records = [json.loads(line) for line in (results / "cells.jsonl").read_text().splitlines()]
+    calibration = ResultsCalibration(records).for_cell({"dp": 1, "micro_batch": 1})
+    config = TrainerConfig(**TRAINER)
+    row = predict_config(config, parse_profile("10ms/100mbit"), calibration)
+    # 4 micro-batches; stage 1 is the slower one, stage 0 keeps up with it both ways.
+    activation = 1 * 32 * 32 * 4
+    hop = 0.0002 + 0.010 + activation / (100e6 / 8)
+    expected = 0.010 + 2 * hop + 4 * (0.015 + 0.030) + 0.020 + 0.001
+    assert row["predicted_iteration_s"] == pytest.approx(expected)
+    assert sum(row["parts"].values()) == pytest.approx(expected)
+
+
+def test_a_larger_micro_batch_scales_the_measured_step_times(results):
+    records = [json.loads(line) for line in (results / "cells.jsonl").read_text().splitlines()]
+    calibration = ResultsCalibration(records).for_cell({"dp": 1, "micro_batch": 2})
+    config = TrainerConfig(**TRAINER, micro_batch=2)
+    row = predict_config(config, BUILTIN["default"], calibration)
+    assert row["parts"]["compute"] == pytest.approx(2 * 2 * (0.015 + 0.030))
+
+
+def test_a_cell_without_step_times_is_fitted_on_its_total(tmp_path):
+    config = TrainerConfig(model="tiny", batch=4, pipeline=1, engine="pipelining-gpipe")
+    record = cell_record("default", 1, [(0.0, 0.0, 0.0)] * 2, 0.05, engine="pipelining-gpipe")
+    record["trainer"] = config.model_dump(mode="json", exclude={"out", "iface"})
+    calibration = ResultsCalibration([record]).for_cell(record["params"])
+    workload = workload_of(config)
+    optimizer = workload.stage_params.sum() * OPTIMIZER_BYTES_PER_PARAM / 900e9
+    work = workload.n_micro * (workload.forward_flops + workload.backward_flops).sum()
+    assert calibration.flops_per_s == pytest.approx(work / (0.05 - optimizer), rel=1e-5)
+
+
+def mounted() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(predict)
+    return app
+
+
+def test_predict_verb_stores_predictions_next_to_measurements(results):
+    run = CliRunner().invoke(
+        mounted(),
+        [str(results / "matrix.toml"), "--calibrate", str(results), "--store", "--json"],
+    )
+    assert run.exit_code == 0, run.output
+    rows = json.loads(run.output[run.output.index("[") :])
+    assert len(rows) == 2 * 2 * 2
+    assert all(row["predicted_iteration_s"] > 0 for row in rows)
+    by_id = {row["cell_id"]: row for row in rows}
+    measured = by_id["10ms/100mbit|dp1|mb1|gpipe|ps|r0"]
+    assert measured["measured_iteration_s"] == 0.5
+    assert measured["error"] == pytest.approx(measured["predicted_iteration_s"] / 0.5 - 1)
+    stored = (results / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["cell_id"] for line in stored] == [row["cell_id"] for row in rows]
+
+
+def test_predict_verb_names_a_missing_results_folder(tmp_path, results):
+    run = CliRunner().invoke(
+        mounted(), [str(results / "matrix.toml"), "--calibrate", str(tmp_path / "nothing")]
+    )
+    assert isinstance(run.exception, ConfigError)
+    assert run.exception.field == "--calibrate"
+
+
+def test_reference_table_orders_the_network_settings():
+    spec = load_matrix(Path(__file__).parent.parent / "experiments/matrices/seed-gpt3xl.toml")
+    calibration = reference_calibration()
+    rows = predict_matrix(spec, lambda params: calibration)
+    time = {(r["params"]["profile"], r["params"]["dp"]): r["predicted_iteration_s"] for r in rows}
+    assert time[("default", 1)] == pytest.approx(15.16, rel=1e-5)
+    for dp in (1, 4):
+        ordered = [time[(p, dp)] for p in ("default", "d1b5", "d5b2", "d10b1", "d50b1")]
+        assert ordered == sorted(ordered)
+    assert all(time[(p, 4)] > time[(p, 1)] for p in BUILTIN)
