@@ -91,7 +91,7 @@ def results(tmp_path: Path) -> Path:
     records = [
         cell_record("10ms/100mbit", 1, STAGE_TIMES[1], 0.5),
         cell_record("default", 2, STAGE_TIMES[2], 0.4),
-        cell_record("default", 1, STAGE_TIMES[1], 0.23),
+        cell_record("default", 1, STAGE_TIMES[1], 0.1),  # faster than the model: no overhead
     ]
     (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "matrix.toml").write_text(MATRIX)
@@ -124,6 +124,14 @@ def test_shaped_cell_prediction_worked_by_hand(results):
     expected = 0.010 + 2 * hop + 4 * (0.015 + 0.030) + 0.020 + 0.001
     assert row["predicted_iteration_s"] == pytest.approx(expected)
     assert sum(row["parts"].values()) == pytest.approx(expected)
+
+
+def test_a_slower_unshaped_cell_is_matched_by_a_per_message_latency():
+    record = cell_record("default", 1, STAGE_TIMES[1], 0.3)
+    calibration = ResultsCalibration([record]).for_cell(record["params"])
+    assert calibration.native.latency_s > 0.0002
+    row = predict_config(TrainerConfig(**TRAINER), BUILTIN["default"], calibration)
+    assert row["predicted_iteration_s"] == pytest.approx(0.3, rel=1e-6)
 
 
 def test_a_larger_micro_batch_scales_the_measured_step_times(results):

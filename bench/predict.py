@@ -1,0 +1,154 @@
+"""The cost model at scale and against measurements.
+
+(1) A 1,024-host world-wide scenario (GPT-3 XL, 16 stages × 64 pipelines over the regions of
+    experiments/world-regions.toml, compute calibrated on the reference experiment): time of one
+    full evaluation, goal under 1 s; plus the greedy placement search against random placements.
+(2) With --results DIR (a folder `wanlab run` wrote): every measured cell predicted from the
+    calibration cell alone (the unshaped cell of the same DP degree and micro-batch), goal every
+    cell within 10 % of its measured iteration time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# This file is named like a module it measures: keep its own folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+from experiments.calibrate import ResultsCalibration, reference_calibration  # noqa: E402
+from experiments.costmodel import evaluate  # noqa: E402
+from experiments.matrix import load_matrix  # noqa: E402
+from experiments.predict import measured_cells, predict_config  # noqa: E402
+from experiments.results import ResultsStore  # noqa: E402
+from experiments.simulate import explore, random_placements, world_scenario  # noqa: E402
+from netem.matrix import PairMatrix  # noqa: E402
+from trainer.config import TrainerConfig  # noqa: E402
+
+GOAL_EVALUATE_S = 1.0
+GOAL_ERROR = 0.10
+
+
+def scale(args: argparse.Namespace) -> dict:
+    """Part (1): the world-wide scenario, per DP mode."""
+    calibration = reference_calibration()
+    figures = {}
+    for dp_mode in ("ps", "allreduce"):
+        config = TrainerConfig(
+            model="gpt3-xl", batch=64, pipeline=16, data=args.hosts // 16, recompute=True,
+            dp_mode=dp_mode,
+        )  # fmt: skip
+        built = time.perf_counter()
+        scenario = world_scenario(config, calibration, args.hosts)
+        built = time.perf_counter() - built
+        one = random_placements(scenario, 1, np.random.default_rng(0))
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            evaluate(scenario.workload, scenario.compute, scenario.network, one)
+            timings.append(time.perf_counter() - start)
+        found = explore(scenario, restarts=args.restarts, randoms=args.randoms)
+        figures[dp_mode] = {
+            "build_network_s": built,
+            "evaluate_one_s": min(timings),
+            **found,
+        }
+    worst = max(f["evaluate_one_s"] for f in figures.values())
+    return {
+        "goal": f"one evaluation of the {args.hosts}-host scenario < {GOAL_EVALUATE_S} s",
+        "met": worst < GOAL_EVALUATE_S,
+        "evaluate_one_s": worst,
+        "scenarios": figures,
+    }
+
+
+def against_results(directory: Path) -> dict:
+    """Part (2): every measured cell predicted from its calibration cell."""
+    store = ResultsStore(directory)
+    spec = load_matrix(directory / "matrix.toml")
+    records = store.records()
+    calibrator = ResultsCalibration(records, source=str(directory))
+    measured = measured_cells(records)
+    cells = []
+    for cell in spec.cells():
+        record = measured.get(cell.cell_id)
+        target = spec.targets[cell.profile]
+        if record is None or isinstance(target, PairMatrix):
+            continue
+        params = cell.params()
+        calibration = calibrator.for_cell(params)
+        row = predict_config(spec.trainer_config(cell), target, calibration)
+        actual = record["summary"]["phases"]["total_s"]["mean"]
+        cells.append(
+            {
+                "cell_id": cell.cell_id,
+                "calibrated_on": calibrator.choose(params)["cell_id"],
+                "measured_s": actual,
+                "predicted_s": row["predicted_iteration_s"],
+                "error": row["predicted_iteration_s"] / actual - 1,
+                "parts": row["parts"],
+            }
+        )
+    if not cells:
+        return {"run": False, "why": f"no finished profile cell in {directory}"}
+    worst = max(abs(c["error"]) for c in cells)
+    return {
+        "run": True,
+        "goal": f"every cell within {GOAL_ERROR:.0%} of its measurement",
+        "met": worst <= GOAL_ERROR,
+        "max_abs_error": worst,
+        "results": str(directory),
+        "cells": cells,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=1024)
+    parser.add_argument("--restarts", type=int, default=4, help="Greedy placements to try.")
+    parser.add_argument("--randoms", type=int, default=4, help="Random placements to compare.")
+    parser.add_argument("--results", type=Path, help="A results folder for part (2).")
+    parser.add_argument("--json", action="store_true", help="End with one JSON line.")
+    args = parser.parse_args()
+
+    part1 = scale(args)
+    for mode, f in part1["scenarios"].items():
+        print(
+            f"{args.hosts} hosts, {mode}: one evaluation {f['evaluate_one_s'] * 1e3:.0f} ms; "
+            f"best placement {f['best_iteration_s']:.1f} s/iteration "
+            f"vs random {np.mean(f['random_iteration_s']):.1f} s "
+            f"(slowest hop {f['best_slowest_hop_s'] * 1e3:.0f} vs "
+            f"{np.mean(f['random_slowest_hop_s']) * 1e3:.0f} ms), search {f['search_s']:.2f} s"
+        )
+    if args.results is None:
+        part2 = {"run": False, "why": "no --results folder given"}
+        print("part (2), the model against a measured matrix: not run (no --results)")
+    else:
+        part2 = against_results(args.results)
+        for c in part2.get("cells", []):
+            print(
+                f"{c['cell_id']}: measured {c['measured_s']:.4f} s, predicted "
+                f"{c['predicted_s']:.4f} s ({c['error']:+.1%}), calibrated on {c['calibrated_on']}"
+            )
+    met = part1["met"] and (part2.get("met") if part2["run"] else True)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "bench": "predict",
+                    "goal": f"{part1['goal']}; {part2.get('goal', 'part (2) not run')}",
+                    "met": met,
+                    "scale": part1,
+                    "against_measurements": part2,
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
