@@ -36,6 +36,7 @@ class TrainerConfig(BaseModel):
     pipeline: int = Field(1, ge=1)
     data: int = Field(1, ge=1)
     dp_mode: Literal["ps", "allreduce"] = "ps"
+    engine: Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"] = "gpipe"
     layers: list[int] | None = None
     seq_len: int | None = Field(None, ge=1)
     iterations: int = Field(5, ge=1)
@@ -83,6 +84,16 @@ class TrainerConfig(BaseModel):
         if self.warmup >= self.iterations:
             raise FieldProblem(
                 "warmup", f"warm-up {self.warmup} leaves none of {self.iterations} iterations timed"
+            )
+        if self.engine != "gpipe" and self.warmup < 1:
+            raise FieldProblem(
+                "warmup", f"engine {self.engine!r} infers shapes on its first step: warm-up ≥ 1"
+            )
+        if self.engine == "pipelining-1f1b" and self.n_micro < self.pipeline:
+            raise FieldProblem(
+                "engine",
+                f"pipelining-1f1b needs micro-batches ≥ stages: batch {self.batch} / "
+                f"micro-batch {self.micro_batch} = {self.n_micro} < pipeline {self.pipeline}",
             )
         if self.dataset != "synthetic":
             if not Path(self.dataset).is_file():

@@ -8,7 +8,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-PHASES = ("total_s", "forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s")
+PHASES = (
+    "total_s",
+    "pipeline_s",
+    "forward_s",
+    "backward_s",
+    "comm_wait_s",
+    "ps_sync_s",
+    "optimizer_s",
+)
 
 
 class Clock:
@@ -25,10 +33,15 @@ class Clock:
 
 @dataclass
 class IterationTimes:
-    """One rank's phases of one iteration, in seconds."""
+    """One rank's phases of one iteration, in seconds.
+
+    `pipeline_s` is the whole schedule (forward, backward and their transfers); forward_s,
+    backward_s and comm_wait_s are its parts, where the engine can tell them apart.
+    """
 
     iteration: int
     total_s: float = 0.0
+    pipeline_s: float = 0.0
     forward_s: float = 0.0
     backward_s: float = 0.0
     comm_wait_s: float = 0.0

@@ -13,10 +13,10 @@ import torch.distributed as dist
 from trainer.config import TrainerConfig
 from trainer.data import TokenSource
 from trainer.dataparallel import make_gradient_sync
+from trainer.engines import make_engine, measured_phases
 from trainer.layout import position_of
 from trainer.partition import build_stage
-from trainer.pipeline import GPipe
-from trainer.timing import Clock, IterationTimes, summarize
+from trainer.timing import PHASES, Clock, IterationTimes, summarize
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -29,7 +29,7 @@ def make_optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
 
 
 class RankTrainer:
-    """The stage, schedule, gradient sync and optimizer of one rank."""
+    """The stage, engine (the pipeline schedule), gradient sync and optimizer of one rank."""
 
     def __init__(self, cfg: TrainerConfig, rank: int, device: torch.device):
         self.cfg, self.rank, self.device = cfg, rank, device
@@ -41,10 +41,13 @@ class RankTrainer:
         for p in self.params:
             p.grad = torch.zeros_like(p)
         self.loss_scale = cfg.loss_scale if cfg.dtype == "fp16" else 1.0
-        self.pipe = GPipe(
+        self.pipe = make_engine(
+            cfg.engine,
             self.module,
             self.replica,
+            cfg.data,
             cfg.micro_batch,
+            cfg.n_micro,
             cfg.seq,
             cfg.gpt.n_embd,
             device,
@@ -93,6 +96,7 @@ class RankTrainer:
         return IterationTimes(
             iteration=iteration,
             total_s=end - start,
+            pipeline_s=synced - start,
             forward_s=piped.forward_s,
             backward_s=piped.backward_s,
             comm_wait_s=piped.comm_wait_s,
@@ -144,7 +148,10 @@ def iteration_losses(cfg: TrainerConfig, everyone: list[dict]) -> list[float]:
 
 
 def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device) -> dict:
-    """Rank 0's summary: phase spreads, per-stage times, the exact config and versions."""
+    """Rank 0's summary: phase spreads, per-stage times, the exact config and versions.
+
+    `phases_measured` names the phases the engine times; the others read zero.
+    """
     timed = [IterationTimes(**r) for r in everyone[0]["records"][cfg.warmup :]]
     phases = summarize(timed)
     stages = []
@@ -172,6 +179,8 @@ def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device
         "hostname": socket.gethostname(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timed_iterations": len(timed),
+        "engine": cfg.engine,
+        "phases_measured": measured_phases(cfg.engine, PHASES),
         "phases": phases,
         "stages": stages,
         "losses": iteration_losses(cfg, everyone),
