@@ -1,0 +1,284 @@
+"""Reports from results folders: one run's tables, figures and page, or two runs compared.
+
+`write_report(results, out, formats)` writes any of: `md` (report.md), `csv` and `parquet`
+(report_cells.*, one row per cell; report_points.*, one row per point with every derived
+number), `html` (report.html, self-contained) and `png` (one file per figure). Input is checked
+before anything is written.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.report_data import Results, compare_points, load_results
+from experiments.report_html import Plot, Section, render_html
+from experiments.report_plots import comparison_figures, png_bytes, report_figures
+from experiments.report_tables import (
+    baseline_note,
+    comparison_table,
+    has_predictions,
+    iteration_table,
+    phase_table,
+    prediction_table,
+    problems_table,
+    throughput_table,
+    to_markdown,
+)
+from inventory.errors import ConfigError
+
+FORMATS = ("md", "csv", "parquet", "html", "png")
+DEFAULT_FORMATS = frozenset(FORMATS)
+
+DEFINITIONS = {
+    "iteration time": "Rank 0's wall time per training iteration (forward and backward of every "
+    "micro-batch, synchronisation, optimizer step), warm-up iterations excluded. Shown as mean "
+    "± standard deviation over every timed iteration of the point's repeats.",
+    "slowdown": "Mean iteration time divided by that of the same DP degree, micro-batch, engine "
+    "and DP mode on the default (unshaped) network.",
+    "one-way delay, rate": "The configured shaping: the delay is added on each host's egress, so "
+    "a round trip between two shaped hosts grows by twice the delay. For a pair matrix the delay "
+    "is the mean over its pairs and the rate the slowest pair's.",
+    "RTT, throughput (measured)": "The median round trip and the bulk rate probed between two of "
+    "the cell's hosts just before training, median over the setting's cells.",
+    "samples/s, tokens/s": "Samples per iteration (batch × DP degree) and tokens per iteration "
+    "(samples × sequence length) divided by the mean iteration time.",
+    "per-host efficiency": "Samples/s per host divided by that of the smallest DP degree on the "
+    "default network with the same micro-batch, engine and DP mode: 100% means adding hosts and "
+    "a worse network cost nothing per host.",
+    "phases": "Rank 0's mean time per iteration in each phase. compute = forward + backward; "
+    "comm wait = waiting on pipeline sends and receives; PS sync = pushing gradients to and "
+    "pulling parameters from the parameter server; bubble/idle = iteration time minus all of "
+    "these (pipeline bubble and barrier waits), clipped at zero.",
+    "bandwidth-delay product": "Measured throughput × measured RTT, in bytes: how much data is "
+    "in flight on a full link.",
+    "failed, missing": "A failed cell ran and produced no measurement (its reason is listed); a "
+    "missing cell is in the matrix spec but has no record. Neither is dropped.",
+}
+
+CAPTIONS = {
+    "iteration_vs_rtt": "Mean iteration time (error bars: ± standard deviation) against the "
+    "measured RTT; one panel per variant, one line per configured rate.",
+    "throughput_vs_rtt": "Training throughput against the measured RTT; one panel per variant, "
+    "one line per configured rate.",
+    "slowdown_vs_bdp": "Slowdown against the default network, by bandwidth-delay product; one "
+    "line per variant, points labelled with their network setting.",
+    "phases": "Where rank 0's iteration time goes, per network setting; one panel per variant.",
+    "compare_iteration": "Iteration time of the two runs per point (± standard deviation), "
+    "B/A above each pair.",
+}
+
+
+def parse_formats(text: str) -> set[str]:
+    """`md,csv,html` → {"md", "csv", "html"}; ConfigError naming --format on anything else."""
+    chosen = {part.strip().lower() for part in text.split(",") if part.strip()}
+    unknown = sorted(chosen - set(FORMATS))
+    if unknown or not chosen:
+        raise ConfigError(
+            None, "--format", f"unknown format {unknown[0]!r}" if unknown else "is empty"
+        )
+    return chosen
+
+
+def _check(formats: set[str]) -> None:
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ConfigError(None, "formats", f"unknown format {unknown[0]!r}")
+
+
+def environment_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per host of every run into the folder: when, where, and its versions."""
+    rows = []
+    for run in runs:
+        for host, facts in (run.get("hosts") or {}).items():
+            rows.append(
+                {
+                    "run started": run.get("started_at"),
+                    "inventory": run.get("inventory"),
+                    "delay node": "yes" if run.get("delay_node") else "no",
+                    "host": host,
+                    **{k: facts.get(k) for k in ("kernel", "python", "torch", "pyroute2", "cpus")},
+                    "interface": facts.get("interface"),
+                    "netem": "yes" if facts.get("netem") else "no",
+                }
+            )
+    return pd.DataFrame(rows).fillna("—").astype(str) if rows else pd.DataFrame()
+
+
+def report_sections(results: Results) -> list[Section]:
+    """The tables of one run's report, in reading order."""
+    points = results.points
+    sections = [
+        Section(
+            "Iteration time per network setting",
+            iteration_table(points),
+            baseline_note(points) + " Cells: mean ± standard deviation (slowdown).",
+        ),
+        Section("Throughput and per-host efficiency", throughput_table(points)),
+        Section(
+            "Phase breakdown (rank 0)",
+            phase_table(points),
+            "Time per iteration in each phase and its share of the iteration.",
+        ),
+    ]
+    if has_predictions(points):
+        sections.append(
+            Section(
+                "Predicted vs measured",
+                prediction_table(points),
+                "error = predicted / measured − 1.",
+            )
+        )
+    sections.append(Section("Failed and missing cells", problems_table(results.cells)))
+    return sections
+
+
+def _counts(cells: pd.DataFrame) -> dict[str, int]:
+    return {
+        status: int((cells["status"] == status).sum()) for status in ("ok", "failed", "missing")
+    }
+
+
+def render_markdown(
+    title: str, meta: list[str], sections: list[Section], png_names: list[str], spec_text: str
+) -> str:
+    """The Markdown report: the same tables, links to the PNG files, the definitions, the spec."""
+    lines = [f"# {title}", "", *(f"{line}  " for line in meta), ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        if section.note:
+            lines += [section.note, ""]
+        body = to_markdown(section.table) if len(section.table) else "None."
+        lines += [body, ""]
+    if png_names:
+        lines += ["## Figures", ""]
+        lines += [f"![{CAPTIONS[Path(n).stem]}]({n})" for n in png_names] + [""]
+    lines += ["## How to read this report", ""]
+    lines += [f"- **{term}**: {text}" for term, text in DEFINITIONS.items()] + [""]
+    if spec_text:
+        lines += ["## Matrix spec", "", "```toml", spec_text.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _write_outputs(
+    out_dir: Path,
+    formats: set[str],
+    stem: str,
+    title: str,
+    meta: list[str],
+    counts: dict[str, int],
+    sections: list[Section],
+    frames: dict[str, pd.DataFrame],
+    figures: dict,
+    spec_text: str,
+    environment: pd.DataFrame,
+) -> dict[str, Path]:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(str(out_dir), "-o", "exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, frame in frames.items():
+        if "csv" in formats:
+            written[f"csv:{name}"] = out_dir / f"{name}.csv"
+            frame.to_csv(written[f"csv:{name}"], index=False)
+        if "parquet" in formats:
+            written[f"parquet:{name}"] = out_dir / f"{name}.parquet"
+            frame.to_parquet(written[f"parquet:{name}"], index=False)
+    pngs = {name: png_bytes(figure) for name, figure in figures.items()}
+    if "png" in formats:
+        for name, data in pngs.items():
+            written[f"png:{name}"] = out_dir / f"{name}.png"
+            written[f"png:{name}"].write_bytes(data)
+    if "md" in formats:
+        png_names = [f"{n}.png" for n in pngs] if "png" in formats else []
+        written["md"] = out_dir / f"{stem}.md"
+        written["md"].write_text(render_markdown(title, meta, sections, png_names, spec_text))
+    if "html" in formats:
+        plots = [Plot(name, CAPTIONS[name], data) for name, data in pngs.items()]
+        page = render_html(
+            title, meta, counts, sections, plots, DEFINITIONS, spec_text, environment
+        )
+        written["html"] = out_dir / f"{stem}.html"
+        written["html"].write_text(page)
+    return written
+
+
+def _generated() -> str:
+    return "generated " + datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_report(
+    results_dir: Path, out_dir: Path, formats: set[str] = DEFAULT_FORMATS
+) -> dict[str, Path]:
+    """Write one run's report into `out_dir` in `formats`; returns what was written, by kind
+    (`md`, `html`, `csv:cells`, `png:phases`, …)."""
+    _check(formats)
+    results = load_results(results_dir)
+    counts = _counts(results.cells)
+    meta = [f"results: {Path(results_dir).resolve()}", _generated()]
+    return _write_outputs(
+        Path(out_dir),
+        formats,
+        "report",
+        f"wanlab report: {results.name}",
+        meta,
+        counts,
+        report_sections(results),
+        {"report_cells": results.cells, "report_points": results.points},
+        report_figures(results.points),
+        results.spec_text,
+        environment_frame(results.runs),
+    )
+
+
+def _names(a: Results, b: Results) -> tuple[str, str]:
+    if a.name != b.name:
+        return a.name, b.name
+    if a.directory.name != b.directory.name:
+        return a.directory.name, b.directory.name
+    return "A", "B"
+
+
+def write_comparison(
+    a_dir: Path, b_dir: Path, out_dir: Path, formats: set[str] = DEFAULT_FORMATS
+) -> dict[str, Path]:
+    """Write two runs side by side (B/A ratios per point) into `out_dir` in `formats`."""
+    _check(formats)
+    a, b = load_results(a_dir), load_results(b_dir)
+    name_a, name_b = _names(a, b)
+    compared = compare_points(a.points, b.points)
+    meta = [
+        f"A = {name_a}: {Path(a_dir).resolve()}",
+        f"B = {name_b}: {Path(b_dir).resolve()}",
+        _generated(),
+    ]
+    sections = [
+        Section(
+            "A and B side by side",
+            comparison_table(compared, "A", "B"),
+            "Iteration time: mean ± standard deviation. B/A is B's value divided by A's: "
+            "an iteration ratio below ×1.00 means B is faster.",
+        ),
+        Section("Failed and missing cells in A", problems_table(a.cells)),
+        Section("Failed and missing cells in B", problems_table(b.cells)),
+    ]
+    counts = {
+        f"{status} in {side}": n
+        for side, r in (("A", a), ("B", b))
+        for status, n in _counts(r.cells).items()
+    }
+    return _write_outputs(
+        Path(out_dir),
+        formats,
+        "compare",
+        f"wanlab comparison: {name_a} vs {name_b}",
+        meta,
+        counts,
+        sections,
+        {"compare_points": compared},
+        comparison_figures(compared, f"A: {name_a}", f"B: {name_b}"),
+        "",
+        pd.DataFrame(),
+    )

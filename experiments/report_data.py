@@ -1,0 +1,307 @@
+"""A results folder as pandas frames: one row per cell, and one per configuration point.
+
+A cell is one run of one matrix point (one repeat). The last record of a cell id wins (a cell
+retried with `--resume`). Cells the matrix spec lists but no record holds are kept as
+`missing`; cells that failed are kept as `failed` with their reason: nothing is dropped.
+
+A *point* is a cell's coordinates without the repeat: its repeats are pooled. Its iteration time
+is the mean over every timed iteration of its repeats, its spread the standard deviation of
+those same iterations; slowdown is against the same point on the default (unshaped) network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.matrix import Axes, Cell, MatrixHeader
+from experiments.predict import PREDICTIONS
+from experiments.results import CELLS
+from inventory.errors import ConfigError
+
+BASELINE = "default"
+POINT_KEYS = ["profile", "dp", "micro_batch", "engine", "dp_mode"]
+PHASES = ["forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]
+
+
+@dataclass(frozen=True)
+class Results:
+    """One results folder, read."""
+
+    directory: Path
+    name: str
+    cells: pd.DataFrame
+    points: pd.DataFrame
+    spec_text: str
+    runs: list[dict]
+
+
+def read_records(directory: Path) -> list[dict]:
+    """The cell records, the last of each cell id kept, in first-seen order."""
+    path = directory / CELLS
+    if not path.is_file():
+        raise ConfigError(str(directory), CELLS, "not found: not a results folder")
+    latest: dict[str, dict] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or "cell_id" not in record:
+            raise ConfigError(str(path), f"line {number}", "is not a cell record (no cell_id)")
+        latest[record["cell_id"]] = record
+    return list(latest.values())
+
+
+def read_predictions(directory: Path) -> dict[str, float]:
+    """Predicted iteration seconds by cell id from `predictions.jsonl`, when there is one."""
+    path = directory / PREDICTIONS
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["cell_id"]: r["predicted_iteration_s"] for r in rows if "predicted_iteration_s" in r}
+
+
+def expected_cells(spec: dict) -> list[Cell]:
+    """Every cell the matrix spec's axes name, in the runner's order."""
+    try:
+        axes = Axes(**spec.get("axes", {}))
+        header = MatrixHeader(**spec.get("matrix", {}))
+    except (TypeError, ValueError):
+        return []
+    product = itertools.product(
+        axes.profiles,
+        axes.dp_degrees,
+        axes.micro_batches,
+        axes.engines,
+        axes.dp_modes,
+        range(header.repeats),
+    )
+    return [Cell(*values) for values in product]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _network_columns(network: dict) -> dict:
+    setting = network.get("setting") or {}
+    probes = [p for p in network.get("probe") or [] if p.get("ok", True)]
+    rtts = [p["rtt_ms_median"] for p in probes if p.get("rtt_ms_median") is not None]
+    rates = [p["throughput_bps"] for p in probes if p.get("throughput_bps")]
+    if setting.get("kind") == "matrix":
+        shapes = [link["shape"] for link in setting.get("links", [])]
+        delays = [s.get("delay_ms", 0.0) for s in shapes]
+        limited = [s["rate_bps"] for s in shapes if s.get("rate_bps")]
+        delay = _mean(delays)
+        rate = min(limited) if limited and len(limited) == len(shapes) else None
+        unshaped = False
+    else:
+        delay = setting.get("delay_ms")
+        rate = setting.get("rate_bps")
+        unshaped = bool(setting) and not any(
+            setting.get(key) for key in ("delay_ms", "jitter_ms", "loss_pct", "rate_bps")
+        )
+    return {
+        "setting": setting.get("short"),
+        "setting_kind": setting.get("kind"),
+        "delay_ms": delay,
+        "rate_bps": rate,
+        "loss_pct": setting.get("loss_pct"),
+        "unshaped": unshaped,
+        "rtt_ms": _mean(rtts),
+        "probe_bps": _mean(rates),
+    }
+
+
+def cell_row(record: dict, predictions: dict[str, float]) -> dict:
+    """One cell record flattened to the report's columns (timings in seconds)."""
+    params = record.get("params") or {}
+    trainer = record.get("trainer") or {}
+    summary = record.get("summary") or {}
+    ok = record.get("status") == "ok" and bool(summary)
+    row = {
+        "cell_id": record["cell_id"],
+        "status": "ok" if ok else "failed",
+        "reason": None if ok else (record.get("reason") or "no summary"),
+        **{key: params.get(key) for key in [*POINT_KEYS, "repeat"]},
+        **_network_columns(record.get("network") or {}),
+        "batch": trainer.get("batch"),
+        "pipeline": trainer.get("pipeline"),
+        "samples_per_iteration": (trainer.get("batch") or 0) * (trainer.get("data") or 1),
+    }
+    prediction = (record.get("prediction") or {}).get("predicted_iteration_s")
+    row["predicted_s"] = prediction if prediction is not None else predictions.get(row["cell_id"])
+    if not ok:
+        return row
+    phases = summary["phases"]
+    total = phases["total_s"]
+    placement = record.get("placement") or {}
+    row |= {
+        "iter_mean_s": total["mean"],
+        "iter_std_s": total["std"],
+        "iter_median_s": total["median"],
+        "iter_p10_s": total["p10"],
+        "iter_p90_s": total["p90"],
+        "timed_iterations": summary.get("timed_iterations") or 1,
+        "world_size": summary.get("world_size"),
+        "hosts": len(set(placement.values())) or summary.get("world_size"),
+        "tokens_per_iteration": summary.get("tokens_per_iteration"),
+        **{phase: (phases.get(phase) or {}).get("mean", 0.0) for phase in PHASES},
+    }
+    return row
+
+
+def _missing_row(cell: Cell) -> dict:
+    return {
+        "cell_id": cell.cell_id,
+        "status": "missing",
+        "reason": "no record in " + CELLS,
+        **cell.params(),
+    }
+
+
+def cells_frame(records: list[dict], spec: dict, predictions: dict[str, float]) -> pd.DataFrame:
+    """One row per cell: recorded ones, then the spec's cells that have no record."""
+    rows = [cell_row(r, predictions) for r in records]
+    seen = {row["cell_id"] for row in rows}
+    rows += [_missing_row(c) for c in expected_cells(spec) if c.cell_id not in seen]
+    frame = pd.DataFrame(rows)
+    for column in ["iter_mean_s", "iter_std_s", "predicted_s", "rtt_ms", "probe_bps", *PHASES]:
+        frame[column] = pd.to_numeric(frame[column]) if column in frame else math.nan
+    order = _profile_order(spec, frame)
+    frame["_order"] = frame["profile"].map(order.index)
+    frame = frame.sort_values(["_order", "dp", "micro_batch", "engine", "dp_mode", "repeat"])
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def _profile_order(spec: dict, frame: pd.DataFrame) -> list[str]:
+    listed = list((spec.get("axes") or {}).get("profiles") or [])
+    return listed + [p for p in frame["profile"].drop_duplicates() if p not in listed]
+
+
+def _pool(group: pd.DataFrame) -> dict:
+    """A point's repeats pooled: weighted mean, pooled standard deviation, medians of probes."""
+    ok = group[group["status"] == "ok"]
+    first = group.iloc[0]
+    out = {
+        "status": "ok"
+        if len(ok)
+        else ("failed" if (group["status"] == "failed").any() else "missing"),
+        "reason": None if len(ok) else "; ".join(sorted(set(group["reason"].dropna()))),
+        "repeats_ok": len(ok),
+        "repeats": len(group),
+        **{key: first.get(key) for key in ("setting", "setting_kind", "delay_ms", "rate_bps")},
+        "unshaped": bool(group["unshaped"].fillna(False).any()) if "unshaped" in group else False,
+        "rtt_ms": group["rtt_ms"].median(),
+        "probe_bps": group["probe_bps"].median(),
+        "predicted_s": group["predicted_s"].mean(),
+    }
+    if not len(ok):
+        return out
+    weights = ok["timed_iterations"].astype(float)
+    mean = (ok["iter_mean_s"] * weights).sum() / weights.sum()
+    variance = ((ok["iter_std_s"] ** 2 + (ok["iter_mean_s"] - mean) ** 2) * weights).sum()
+    out |= {
+        "iter_mean_s": mean,
+        "iter_std_s": math.sqrt(variance / weights.sum()),
+        "timed_iterations": int(weights.sum()),
+        "hosts": ok["hosts"].max(),
+        "samples_per_iteration": ok["samples_per_iteration"].iloc[0],
+        "tokens_per_iteration": ok["tokens_per_iteration"].iloc[0],
+        **{phase: (ok[phase] * weights).sum() / weights.sum() for phase in PHASES},
+    }
+    return out
+
+
+def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per point (repeats pooled), with throughput, phases, slowdown and efficiency."""
+    order = cells["profile"].drop_duplicates().tolist()
+    groups = cells.groupby(POINT_KEYS, sort=False, dropna=False)
+    points = pd.DataFrame([dict(zip(POINT_KEYS, key, strict=True)) | _pool(g) for key, g in groups])
+    numeric = ["iter_mean_s", "iter_std_s", "samples_per_iteration", "tokens_per_iteration"]
+    for column in [*numeric, "hosts", "predicted_s", *PHASES]:
+        points[column] = pd.to_numeric(points[column]) if column in points else math.nan
+    points["samples_s"] = points["samples_per_iteration"] / points["iter_mean_s"]
+    points["tokens_s"] = points["tokens_per_iteration"] / points["iter_mean_s"]
+    points["samples_s_per_host"] = points["samples_s"] / points["hosts"]
+    points["compute_s"] = points["forward_s"] + points["backward_s"]
+    accounted = points[["compute_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]].sum(axis=1)
+    points["idle_s"] = (points["iter_mean_s"] - accounted).clip(lower=0)
+    points["baseline_s"] = _baseline(points, "iter_mean_s", by_dp=True)
+    points["slowdown"] = points["iter_mean_s"] / points["baseline_s"]
+    reference = _baseline(points, "samples_s_per_host", by_dp=False)
+    points["efficiency"] = points["samples_s_per_host"] / reference
+    points["prediction_error"] = points["predicted_s"] / points["iter_mean_s"] - 1
+    points["bdp_bytes"] = points["probe_bps"] * points["rtt_ms"] / 1000 / 8
+    points["_order"] = points["profile"].map(order.index)
+    points = points.sort_values(["_order", "dp", "micro_batch", "engine", "dp_mode"])
+    return points.drop(columns="_order").reset_index(drop=True)
+
+
+def is_baseline(points: pd.DataFrame) -> pd.Series:
+    """Points on the default network: the profile named `default`, or an unshaped setting."""
+    named = points["profile"] == BASELINE
+    return named if named.any() else points["unshaped"].fillna(False).astype(bool)
+
+
+def _baseline(points: pd.DataFrame, column: str, by_dp: bool) -> pd.Series:
+    """The value of `column` on the default network for each point's variant.
+
+    by_dp: the same DP degree (slowdown); otherwise the smallest DP degree measured there
+    (per-host efficiency)."""
+    keys = ["micro_batch", "engine", "dp_mode"] + (["dp"] if by_dp else [])
+    base = points[is_baseline(points) & points[column].notna()]
+    if not by_dp:
+        base = base.sort_values("dp").drop_duplicates(keys)
+    lookup = base.set_index(keys)[column]
+    index = pd.MultiIndex.from_frame(points[keys])
+    return pd.Series(lookup.reindex(index).to_numpy(), index=points.index)
+
+
+def load_results(directory: str | Path) -> Results:
+    """Read a results folder: its cells, points, matrix spec text and run environments."""
+    directory = Path(directory)
+    records = read_records(directory)
+    spec_path = directory / "matrix.toml"
+    spec_text = spec_path.read_text() if spec_path.is_file() else ""
+    try:
+        spec = tomllib.loads(spec_text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(spec_path), None, f"not valid TOML: {error}") from None
+    if not records and not expected_cells(spec):
+        raise ConfigError(str(directory / CELLS), None, "holds no cell records")
+    run_path = directory / "run.json"
+    runs = json.loads(run_path.read_text()) if run_path.is_file() else []
+    cells = cells_frame(records, spec, read_predictions(directory))
+    name = (spec.get("matrix") or {}).get("name") or directory.name
+    return Results(directory, name, cells, points_frame(cells), spec_text, runs)
+
+
+COMPARED = ["status", "iter_mean_s", "iter_std_s", "samples_s", "tokens_s", "slowdown"]
+
+
+def compare_points(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Points of two runs side by side (suffixes `_a`, `_b`), with B/A ratios.
+
+    A point only one run has is kept, its other side `missing`."""
+    keys = pd.concat([a[POINT_KEYS], b[POINT_KEYS]]).drop_duplicates()
+    sides = [frame[POINT_KEYS + COMPARED].add_suffix(s) for frame, s in ((a, "_a"), (b, "_b"))]
+    merged = keys.reset_index(drop=True)
+    for side, suffix in zip(sides, ("_a", "_b"), strict=True):
+        side = side.rename(columns={k + suffix: k for k in POINT_KEYS})
+        merged = merged.merge(side, on=POINT_KEYS, how="left")
+    for side in ("_a", "_b"):
+        merged["status" + side] = merged["status" + side].fillna("missing")
+    merged["iter_ratio"] = merged["iter_mean_s_b"] / merged["iter_mean_s_a"]
+    merged["samples_ratio"] = merged["samples_s_b"] / merged["samples_s_a"]
+    merged["slowdown_ratio"] = merged["slowdown_b"] / merged["slowdown_a"]
+    return merged
