@@ -12,6 +12,7 @@ import typer
 from experiments.lab import SHAPING_MODES, lab_down, lab_status, lab_up
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.plan import plan_rows, tc_preview
+from experiments.predict_cli import predict
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.cli import JsonOption, console, inventory_app, print_table
@@ -31,6 +32,7 @@ app.add_typer(fleet_app, name="fleet")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(netem_app, name="netem")
 app.command("probe")(probe)
+app.command("predict")(predict)
 
 
 @fleet_app.command("up")

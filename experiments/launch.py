@@ -1,21 +1,26 @@
 """Launch the trainer on the fleet for one cell: place ranks, start them over SSH, collect rank 0.
 
-Every rank records its PID in a file on its host before it becomes the trainer, so a controller
-that is interrupted stops exactly the processes it started.
+Every worker records its PID in a file on its host before it becomes the trainer, so a
+controller that is interrupted stops exactly the processes it started.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+import paramiko
 
 from inventory.errors import ConfigError
 from inventory.models import Fleet, Host
 from inventory.ship import ship_code
-from inventory.ssh import FleetSSH, HostResult
+from inventory.ssh import FleetSSH, Stream
 from trainer.config import TrainerConfig
+from trainer.worker import MARK
 
 TRAINER_CODE = ("trainer/*.py", "inventory/__init__.py", "inventory/errors.py")
 _RECORD_PID_THEN_EXEC = 'echo $$ > "$0"; exec "$@"'
@@ -59,68 +64,121 @@ def trainer_flags(config: TrainerConfig) -> list[str]:
     return flags
 
 
-class TrainerLauncher:
-    """Runs trainer cells on a fleet through one SSH session; ships the trainer code once."""
+class WorkerLost(RuntimeError):
+    """A worker rank ended, timed out or never started."""
 
-    def __init__(self, fleet: Fleet, ssh: FleetSSH):
+
+class TrainerLauncher:
+    """Runs trainer cells on a fleet through long-lived worker ranks, one per host.
+
+    A worker (`python -m trainer.worker`) imports torch once and then runs one rank per request,
+    so the cost of starting Python and torch is paid once per matrix, not once per cell. A
+    worker whose run failed exits; it is started again for the next cell that needs its host.
+    """
+
+    def __init__(self, fleet: Fleet, ssh: FleetSSH, start_timeout_s: float = 300.0):
         self.fleet = fleet
         self.ssh = ssh
+        self.start_timeout_s = start_timeout_s
         self.code = ship_code(ssh, fleet, TRAINER_CODE, "wanlab-trainer")
+        self.workers: dict[str, Stream] = {}
+        self.logs: dict[str, list[str]] = {}
 
     def _pid_file(self, host: Host) -> str:
-        return str(PurePosixPath(host.workdir) / "trainer-rank.pid")
+        # Named per host: hosts of a local fleet share one file system and one workdir.
+        return str(PurePosixPath(host.workdir) / f"trainer-worker-{host.name}.pid")
+
+    def _reply(self, host: str, timeout_s: float) -> dict:
+        """The worker's next protocol line; WorkerLost if it ends or stays silent."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self.workers[host].read_line(max(remaining, 0.001))
+            except TimeoutError:
+                raise WorkerLost(f"no answer within {timeout_s:g} s") from None
+            if line is None:
+                last = self.logs[host][-1] if self.logs[host] else "no output"
+                raise WorkerLost(f"the worker ended: {last}")
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK) :])
+            self.logs[host] = [*self.logs[host][-20:], line]
+
+    def _start(self, hosts: list[Host], pool: ThreadPoolExecutor) -> None:
+        new = [host for host in hosts if host.name not in self.workers]
+        for host in new:
+            env = {"PYTHONPATH": self.code[host.name]}
+            argv = ["sh", "-c", _RECORD_PID_THEN_EXEC, self._pid_file(host),
+                    host.python, "-m", "trainer.worker"]  # fmt: skip
+            self.workers[host.name] = self.ssh.open_stream(host.name, argv, env)
+            self.logs[host.name] = []
+        pending = {h.name: pool.submit(self._reply, h.name, self.start_timeout_s) for h in new}
+        for name, ready in pending.items():
+            try:
+                first = ready.result()
+            except WorkerLost as error:
+                raise WorkerLost(f"{name}: {error}") from None
+            if not first.get("ready"):
+                raise WorkerLost(f"{name}: unexpected first answer {first}")
 
     def run(self, config: TrainerConfig, run_name: str, timeout_s: float) -> LaunchResult:
-        """Start every rank, wait for all of them, and return rank 0's summary."""
+        """Run one cell on its ranks' workers and return rank 0's summary."""
         hosts = place_ranks(config, self.fleet)
-        rank_of_host = {host.name: rank for rank, host in enumerate(hosts)}
+        placement = {rank: host.name for rank, host in enumerate(hosts)}
+        started = time.monotonic()
         port = random.randint(20000, 40000)
         flags = trainer_flags(config)
-
-        def argv(host: Host) -> list[str]:
-            rank = rank_of_host[host.name]
-            out = str(PurePosixPath(host.workdir) / "cells" / run_name / f"rank{rank}")
-            env = [
-                f"RANK={rank}",
-                f"WORLD_SIZE={config.world_size}",
-                f"MASTER_ADDR={hosts[0].address}",
-                f"MASTER_PORT={port}",
-                "LOCAL_WORLD_SIZE=1",
-                f"PYTHONPATH={self.code[host.name]}",
-            ]
-            iface = ["--iface", host.interface] if host.interface else []
-            trainer = [host.python, "-m", "trainer", *flags, "--out", out, *iface]
-            return ["env", *env, "sh", "-c", _RECORD_PID_THEN_EXEC, self._pid_file(host), *trainer]
-
-        results = self.ssh.run(argv, timeout=timeout_s, hosts=rank_of_host)
-        placement = {rank: host.name for rank, host in enumerate(hosts)}
-        seconds = max(result.seconds for result in results.values())
-        summary = _summary(results[hosts[0].name])
-        if summary is not None and all(r.ok for r in results.values()):
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            try:
+                self._start(hosts, pool)
+            except (WorkerLost, OSError, paramiko.SSHException) as error:
+                self.stop_all()
+                return LaunchResult(False, None, f"starting workers: {error}", placement,
+                                    time.monotonic() - started)  # fmt: skip
+            started = time.monotonic()
+            for rank, host in enumerate(hosts):
+                out = str(PurePosixPath(host.workdir) / "cells" / run_name / f"rank{rank}")
+                iface = ["--iface", host.interface] if host.interface else []
+                env = {"RANK": rank, "WORLD_SIZE": config.world_size,
+                       "MASTER_ADDR": hosts[0].address, "MASTER_PORT": port}  # fmt: skip
+                request = {"argv": [*flags, "--out", out, *iface], "env": env}
+                self.workers[host.name].send_line(json.dumps(request))
+            replies = {h.name: pool.submit(self._reply, h.name, timeout_s) for h in hosts}
+            answers, lost = {}, {}
+            try:
+                for name, reply in replies.items():
+                    try:
+                        answers[name] = reply.result()
+                    except WorkerLost as error:
+                        lost[name] = str(error)
+            except BaseException:  # Ctrl-C: close the channels so the waiting threads end now
+                for stream in self.workers.values():
+                    stream.close()
+                raise
+        seconds = time.monotonic() - started
+        summary = answers.get(hosts[0].name, {}).get("summary")
+        if not lost and all(a["exit_code"] == 0 for a in answers.values()) and summary:
             return LaunchResult(True, summary, None, placement, seconds)
-        return LaunchResult(False, None, _failure(results, rank_of_host), placement, seconds)
+        self.stop_all()  # a failed run leaves process groups unusable: start afresh
+        return LaunchResult(False, None, _failure(hosts, answers, lost), placement, seconds)
 
     def stop_all(self, ssh: FleetSSH | None = None) -> None:
-        """Stop every rank this launcher may have started, by the PID each one recorded."""
+        """Stop every worker this launcher started, by the PID each one recorded."""
+        for stream in self.workers.values():
+            stream.close()
+        self.workers.clear()
         (ssh or self.ssh).run(lambda h: ["sh", "-c", _KILL_RECORDED, self._pid_file(h)], timeout=15)
 
 
-def _summary(result: HostResult) -> dict | None:
-    for line in reversed(result.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
-def _failure(results: dict[str, HostResult], rank_of_host: dict[str, int]) -> str:
+def _failure(hosts: list[Host], answers: dict[str, dict], lost: dict[str, str]) -> str:
     """The clearest reason: the first rank (by rank) that failed, with its last words."""
-    failed = sorted((r for r in results.values() if not r.ok), key=lambda r: rank_of_host[r.host])
-    if not failed:
-        return "rank 0 printed no summary"
-    first = failed[0]
-    words = first.error or (first.stderr.strip().splitlines() or [f"exit {first.exit_code}"])[-1]
-    others = f" ({len(failed) - 1} more rank(s) failed)" if len(failed) > 1 else ""
-    return f"rank {rank_of_host[first.host]} on {first.host}: {words}{others}"
+    reasons = []
+    for rank, host in enumerate(hosts):
+        if host.name in lost:
+            reasons.append(f"rank {rank} on {host.name}: {lost[host.name]}")
+        elif answers[host.name]["exit_code"] != 0:
+            reasons.append(f"rank {rank} on {host.name}: {answers[host.name]['error']}")
+    if not reasons:
+        return "rank 0 returned no summary"
+    more = f" ({len(reasons) - 1} more rank(s) failed)" if len(reasons) > 1 else ""
+    return reasons[0] + more

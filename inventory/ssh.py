@@ -47,6 +47,46 @@ def quote_command(argv: list[str], env: dict[str, str] | None = None) -> str:
     return shlex.join([*prefix, *argv])
 
 
+class Stream:
+    """A long-running remote command: write lines to its stdin, read lines of its output.
+
+    Standard error is merged into the output, so a chatty command can never block on a full
+    pipe; callers pick their own lines out (for example by a prefix).
+    """
+
+    def __init__(self, host: str, channel: paramiko.Channel):
+        self.host = host
+        self.channel = channel
+        self._buffer = b""
+
+    def send_line(self, text: str) -> None:
+        """Send one line to the command's stdin."""
+        self.channel.sendall((text + "\n").encode())
+
+    def read_line(self, timeout: float) -> str | None:
+        """The next output line; None once the command has ended. TimeoutError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.host}: no output within {timeout:g} s")
+            self.channel.settimeout(remaining)
+            try:
+                chunk = self.channel.recv(65536)
+            except TimeoutError:
+                raise TimeoutError(f"{self.host}: no output within {timeout:g} s") from None
+            if not chunk:
+                rest, self._buffer = self._buffer, b""
+                return rest.decode(errors="replace") if rest else None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+    def close(self) -> None:
+        """Close the channel (the remote command sees end of input)."""
+        self.channel.close()
+
+
 class FleetSSH:
     """Parallel SSH over a fleet, one reusable connection per host; use as a context manager."""
 
@@ -150,6 +190,15 @@ class FleetSSH:
             for host in self._selected(hosts)
         }
         return {name: future.result() for name, future in futures.items()}
+
+    def open_stream(self, host_name: str, argv: list[str], env: dict[str, str] | None = None):
+        """Start `argv` on one host and keep it running as a Stream (raises on connect errors)."""
+        connection = self._connection(self.fleet.host(host_name))
+        connection.open()
+        channel = connection.client.get_transport().open_session()
+        channel.set_combine_stderr(True)
+        channel.exec_command(quote_command(argv, env))
+        return Stream(host_name, channel)
 
     def put(
         self, local_path: str | Path, remote_path: str, hosts: Iterable[str] | None = None

@@ -91,13 +91,15 @@ def prepare(argv: list[str] | None):
     return cfg, rank, world_size, addr, port, device
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one rank; returns the exit code."""
+def run_rank(argv: list[str] | None) -> tuple[int, dict | None, str | None]:
+    """Run one rank to the end: (exit code, rank 0's summary or None, error message or None).
+
+    Exit code 2: bad input, found before any connection; 1: a peer died or timed out.
+    """
     try:
         cfg, rank, world_size, addr, port, device = prepare(argv)
     except ConfigError as exc:
-        print(f"trainer: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return 2, None, f"trainer: error: {exc}"
 
     import torch.distributed as dist
 
@@ -113,14 +115,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary = train(cfg, rank, device)
     except Exception as exc:  # a peer died or timed out: report and leave without hanging
-        print(f"trainer: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.stderr.flush()
+        return 1, None, f"trainer: rank {rank} failed: {type(exc).__name__}: {exc}"
+    dist.destroy_process_group()
+    return 0, summary, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one rank; returns the exit code (a failed rank leaves at once, without teardown)."""
+    exit_code, summary, error = run_rank(argv)
+    if error is not None:
+        print(error, file=sys.stderr, flush=True)
+    if exit_code == 1:
         sys.stdout.flush()
         os._exit(1)
-    dist.destroy_process_group()
     if summary is not None:
         print(json.dumps(summary), flush=True)
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Matrix specs: the shipped ones load; malformed ones give one clear error and touch nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.matrix import load_matrix
+
+MATRICES = Path(__file__).parent.parent / "experiments" / "matrices"
+
+GOOD = """
+[matrix]
+name = "t"
+[trainer]
+model = "tiny"
+batch = 4
+pipeline = 2
+iterations = 3
+[axes]
+profiles = ["default", "200mbit"]
+dp_degrees = [1, 2]
+"""
+
+# (case, text replacing or added to GOOD, field named, words in the message)
+MALFORMED = [
+    ("syntax", "[axes\n", None, "not valid TOML"),
+    ("unknown-section", GOOD + "[axis]\nx = 1\n", "axis", "unknown section"),
+    (
+        "no-profiles",
+        GOOD.replace('profiles = ["default", "200mbit"]', ""),
+        "axes.profiles",
+        "required",
+    ),
+    ("unknown-profile", GOOD.replace('"200mbit"', '"d99x"'), "axes.profiles[1]", "d99x"),
+    (
+        "missing-profile-file",
+        GOOD.replace('"200mbit"', '"geo.toml"'),
+        "axes.profiles[1]",
+        "no such",
+    ),
+    ("dp-zero", GOOD.replace("[1, 2]", "[1, 0]"), "axes.dp_degrees[1]", "at least 1"),
+    (
+        "micro-batch-divides",
+        GOOD + "micro_batches = [1, 3]\n",
+        "axes.micro_batches[1]",
+        "does not divide",
+    ),
+    ("unknown-model", GOOD.replace('"tiny"', '"gpt5"'), "trainer.model", "unknown model"),
+    (
+        "per-cell-field",
+        GOOD.replace("batch = 4", "batch = 4\nmicro_batch = 2"),
+        "trainer.micro_batch",
+        "set per cell",
+    ),
+    ("duplicate-profile", GOOD.replace('"200mbit"', '"default"'), "axes.profiles", "twice"),
+    (
+        "repeats-zero",
+        GOOD.replace('name = "t"', 'name = "t"\nrepeats = 0'),
+        "matrix.repeats",
+        "greater than or equal to 1",
+    ),
+    ("unknown-engine", GOOD + 'engines = ["fastest"]\n', "axes.engines[0]", "should be 'gpipe'"),
+    ("probe-negative", GOOD + "[probe]\nseconds = -1\n", "probe.seconds", "greater than"),
+    ("timeout-zero", GOOD + "[timeouts]\ncell_s = 0\n", "timeouts.cell_s", "greater than 0"),
+    (
+        "stages-exceed-layers",
+        GOOD.replace("pipeline = 2", "pipeline = 9"),
+        "trainer.pipeline",
+        "layers",
+    ),
+    (
+        "trainer-typo",
+        GOOD.replace("iterations = 3", "iteration = 3"),
+        "trainer.iteration",
+        "not permitted",
+    ),
+]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The real `wanlab` entry point, in process."""
+    monkeypatch.setattr(sys, "argv", ["wanlab", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("name", ["local-demo.toml", "seed-gpt3xl.toml"])
+def test_shipped_matrices_load(name):
+    spec = load_matrix(MATRICES / name)
+    assert len(spec.cells()) == 10
+    assert {cell.dp for cell in spec.cells()} in ({1, 2}, {1, 4})
+
+
+def test_seed_matrix_is_the_reference_experiment():
+    spec = load_matrix(MATRICES / "seed-gpt3xl.toml")
+    config = spec.trainer_config(spec.cells()[-1])
+    assert (config.model, config.batch, config.micro_batch, config.pipeline) == (
+        "gpt3-xl",
+        64,
+        1,
+        12,
+    )
+    assert config.recompute and config.dtype == "fp32"
+    assert spec.axes.profiles == ["default", "d1b5", "d5b2", "d10b1", "d50b1"]
+    assert spec.max_world_size == 48
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "field", "words"), MALFORMED, ids=[m[0] for m in MALFORMED]
+)
+def test_malformed_matrix_rejected(monkeypatch, capsys, tmp_path, case, text, field, words):
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    out = tmp_path / "results"
+    code, stdout, stderr = run_cli(
+        monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "no-such-inventory.toml"
+    )
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    prefix = f"wanlab: error: {path}: " + (f"{field}: " if field else "")
+    assert lines[0].startswith(prefix), lines[0]
+    assert words in lines[0], lines[0]
+    assert not out.exists()  # nothing was started, nothing written
+
+
+def test_cell_larger_than_fleet_rejected_before_any_host(
+    monkeypatch, capsys, tmp_path, local_fleet
+):
+    path = tmp_path / "big.toml"
+    path.write_text(GOOD.replace("[1, 2]", "[1, 4]"))
+    out = tmp_path / "results"
+    code, _, stderr = run_cli(monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "local")
+    assert code == 2
+    assert "hosts: a cell needs 8 hosts (pipeline 2 × data 4) but the inventory has 4" in stderr
+    assert not out.exists()
+
+
+def test_dry_run_prints_plan_and_touches_nothing(monkeypatch, capsys, tmp_path, local_fleet):
+    path = tmp_path / "m.toml"
+    path.write_text(GOOD)
+    out = tmp_path / "results"
+    code, stdout, _ = run_cli(
+        monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "local", "--dry-run"
+    )
+    assert code in (0, None)
+    assert "200mbit|dp2|mb1|gpipe|ps|r0" in stdout and "h0 h1 h2 h3" in stdout
+    assert "htb rate 200mbit" in stdout
+    assert not out.exists()

@@ -1,0 +1,176 @@
+"""The matrix runner end to end on the local fleet (real sshd, real shaping, real trainer ranks).
+
+Rate-only profiles: this kernel has HTB but no netem (the delay node covers delay elsewhere).
+What the kernel holds after a run is read with `tc`; the collected timings are compared with
+the trainer's own per-iteration file on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netem_tc
+import pytest
+
+MATRIX = """
+[matrix]
+name = "{name}"
+[trainer]
+model = "tiny"
+batch = 4
+pipeline = 2
+iterations = {iterations}
+warmup = 1
+threads = 1
+timeout_s = 10
+[axes]
+profiles = {profiles}
+dp_degrees = {dp}
+[probe]
+seconds = 0.3
+count = 10
+[timeouts]
+cell_s = 120
+"""
+
+
+def write_matrix(tmp_path: Path, name: str, profiles, dp, iterations: int) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        MATRIX.format(name=name, profiles=json.dumps(profiles), dp=dp, iterations=iterations)
+    )
+    return path
+
+
+def start_run(matrix: Path, out: Path, *extra: str) -> subprocess.Popen:
+    argv = [
+        sys.executable,
+        "-c",
+        "from experiments.cli import main; main()",
+        "run",
+        str(matrix),
+        "-o",
+        str(out),
+        "-i",
+        "local",
+        *extra,
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def records(out: Path) -> list[dict]:
+    path = out / "cells.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def root_kinds(fleet) -> list[str]:
+    return [netem_tc.qdiscs(h.netns, "eth0")[0]["kind"] for h in fleet.existing_hosts()]
+
+
+def workers_left(fleet) -> list[int]:
+    """Processes in the hosts' namespaces other than their sshd and its sessions."""
+    left = []
+    for host in fleet.existing_hosts():
+        pids = subprocess.run(
+            ["ip", "netns", "pids", host.netns], capture_output=True, text=True
+        ).stdout.split()
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"trainer" in cmdline:
+                left.append(int(pid))
+    return left
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_two_cell_matrix_end_to_end(local_fleet, wanlab, tmp_path):
+    matrix = write_matrix(tmp_path, "two", ["default", "200mbit"], [1], iterations=4)
+    out = tmp_path / "results"
+    result = wanlab("run", str(matrix), "-o", str(out), "-i", "local", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = records(out)
+    assert [c["cell_id"] for c in cells] == [
+        "default|dp1|mb1|gpipe|ps|r0",
+        "200mbit|dp1|mb1|gpipe|ps|r0",
+    ]
+    assert all(c["status"] == "ok" for c in cells)
+    shaped = cells[1]
+    assert {a["profile"] for a in shaped["network"]["applied"].values()} == {"200mbit"}
+    assert 150e6 < shaped["network"]["probe"][0]["throughput_bps"] <= 205e6
+    assert shaped["placement"] == {"0": "h0", "1": "h1"}
+    # The stored timings are rank 0's own: compare with the trainer's file on the host.
+    rank0 = Path(local_fleet.directory / "work" / "cells")
+    files = sorted(rank0.glob("200mbit*/rank0/iterations.jsonl"))
+    assert len(files) == 1
+    totals = [json.loads(line)["total_s"] for line in files[0].read_text().splitlines()]
+    assert len(totals) == 3
+    assert shaped["summary"]["phases"]["total_s"]["mean"] == pytest.approx(statistics.fmean(totals))
+    assert (out / "cells.parquet").exists() and (out / "matrix.toml").exists()
+    assert root_kinds(local_fleet) == ["noqueue"] * 4  # every qdisc reset
+    assert workers_left(local_fleet) == []
+
+
+def test_interrupt_resets_hosts_then_resume_redoes_nothing(local_fleet, tmp_path):
+    matrix = write_matrix(
+        tmp_path, "three", ["default", "200mbit", "100mbit"], [1, 2], iterations=30
+    )
+    out = tmp_path / "results"
+    run = start_run(matrix, out)
+    try:
+        wait_for(lambda: len(records(out)) >= 2, 240, "two finished cells")
+        run.send_signal(signal.SIGINT)
+        output, _ = run.communicate(timeout=90)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, output
+    done_before = [c["cell_id"] for c in records(out)]
+    assert root_kinds(local_fleet) == ["noqueue"] * 4
+    assert workers_left(local_fleet) == []
+    resumed = start_run(matrix, out, "--resume")
+    output, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, output
+    ids = [c["cell_id"] for c in records(out)]
+    assert ids[: len(done_before)] == done_before
+    assert sorted(ids) == sorted(set(ids))  # nothing finished was run again
+    assert len(ids) == 6 and all(c["status"] == "ok" for c in records(out))
+    assert workers_left(local_fleet) == []
+
+
+def test_host_killed_mid_cell_fails_that_cell_only(local_fleet, tmp_path):
+    matrix = write_matrix(tmp_path, "kill", ["300mbit"], [2, 1], iterations=300)
+    out = tmp_path / "results"
+    pid_file = local_fleet.directory / "work" / "trainer-worker-h3.pid"
+    pid_file.unlink(missing_ok=True)
+    run = start_run(matrix, out)
+    try:
+        wait_for(pid_file.exists, 240, "the worker on h3")
+        time.sleep(3)  # the first cell is under way: its workers start, then train
+        victim = int(pid_file.read_text())
+        subprocess.run(["kill", "-KILL", str(victim)], check=True)
+        output, _ = run.communicate(timeout=400)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, output
+    first, second = records(out)
+    assert first["params"]["dp"] == 2 and first["status"] == "failed"
+    assert "h3" in first["reason"], first["reason"]
+    assert second["params"]["dp"] == 1 and second["status"] == "ok"
+    assert root_kinds(local_fleet) == ["noqueue"] * 4
+    assert workers_left(local_fleet) == []
