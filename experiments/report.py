@@ -8,10 +8,12 @@ before anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from experiments.report_data import Results, compare_points, load_results
 from experiments.report_html import Plot, Section, render_html
@@ -142,9 +144,15 @@ def _counts(cells: pd.DataFrame) -> dict[str, int]:
 
 
 def render_markdown(
-    title: str, meta: list[str], sections: list[Section], png_names: list[str], spec_text: str
+    title: str,
+    meta: list[str],
+    sections: list[Section],
+    png_names: list[str],
+    spec_text: str,
+    environment: pd.DataFrame,
 ) -> str:
-    """The Markdown report: the same tables, links to the PNG files, the definitions, the spec."""
+    """The Markdown report: the same tables, links to the PNG files, the definitions, the spec
+    and the environment."""
     lines = [f"# {title}", "", *(f"{line}  " for line in meta), ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
@@ -159,6 +167,8 @@ def render_markdown(
     lines += [f"- **{term}**: {text}" for term, text in DEFINITIONS.items()] + [""]
     if spec_text:
         lines += ["## Matrix spec", "", "```toml", spec_text.rstrip(), "```", ""]
+    if len(environment):
+        lines += ["## Environment", "", to_markdown(environment), ""]
     return "\n".join(lines)
 
 
@@ -171,7 +181,7 @@ def _write_outputs(
     counts: dict[str, int],
     sections: list[Section],
     frames: dict[str, pd.DataFrame],
-    figures: dict,
+    figures: Callable[[], dict[str, Figure]],
     spec_text: str,
     environment: pd.DataFrame,
 ) -> dict[str, Path]:
@@ -186,7 +196,8 @@ def _write_outputs(
         if "parquet" in formats:
             written[f"parquet:{name}"] = out_dir / f"{name}.parquet"
             frame.to_parquet(written[f"parquet:{name}"], index=False)
-    pngs = {name: png_bytes(figure) for name, figure in figures.items()}
+    drawn = figures() if formats & {"png", "html"} else {}
+    pngs = {name: png_bytes(figure) for name, figure in drawn.items()}
     if "png" in formats:
         for name, data in pngs.items():
             written[f"png:{name}"] = out_dir / f"{name}.png"
@@ -194,7 +205,9 @@ def _write_outputs(
     if "md" in formats:
         png_names = [f"{n}.png" for n in pngs] if "png" in formats else []
         written["md"] = out_dir / f"{stem}.md"
-        written["md"].write_text(render_markdown(title, meta, sections, png_names, spec_text))
+        written["md"].write_text(
+            render_markdown(title, meta, sections, png_names, spec_text, environment)
+        )
     if "html" in formats:
         plots = [Plot(name, CAPTIONS[name], data) for name, data in pngs.items()]
         page = render_html(
@@ -227,7 +240,7 @@ def write_report(
         counts,
         report_sections(results),
         {"report_cells": results.cells, "report_points": results.points},
-        report_figures(results.points),
+        lambda: report_figures(results.points),
         results.spec_text,
         environment_frame(results.runs),
     )
@@ -278,7 +291,7 @@ def write_comparison(
         counts,
         sections,
         {"compare_points": compared},
-        comparison_figures(compared, f"A: {name_a}", f"B: {name_b}"),
+        lambda: comparison_figures(compared, f"A: {name_a}", f"B: {name_b}"),
         "",
         pd.DataFrame(),
     )

@@ -66,8 +66,15 @@ def read_predictions(directory: Path) -> dict[str, float]:
     path = directory / PREDICTIONS
     if not path.is_file():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["cell_id"]: r["predicted_iteration_s"] for r in rows if "predicted_iteration_s" in r}
+    predicted = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            raise ConfigError(str(path), f"line {number}", "is not JSON") from None
+        if isinstance(row, dict) and "cell_id" in row and "predicted_iteration_s" in row:
+            predicted[row["cell_id"]] = row["predicted_iteration_s"]
+    return predicted
 
 
 def expected_cells(spec: dict) -> list[Cell]:
@@ -188,10 +195,15 @@ def _profile_order(spec: dict, frame: pd.DataFrame) -> list[str]:
     return listed + [p for p in frame["profile"].drop_duplicates() if p not in listed]
 
 
+def _first(group: pd.DataFrame, column: str):
+    """The first recorded value of `column` in the group (missing cells have none)."""
+    values = group[column].dropna() if column in group else []
+    return values.iloc[0] if len(values) else None
+
+
 def _pool(group: pd.DataFrame) -> dict:
     """A point's repeats pooled: weighted mean, pooled standard deviation, medians of probes."""
     ok = group[group["status"] == "ok"]
-    first = group.iloc[0]
     out = {
         "status": "ok"
         if len(ok)
@@ -199,7 +211,7 @@ def _pool(group: pd.DataFrame) -> dict:
         "reason": None if len(ok) else "; ".join(sorted(set(group["reason"].dropna()))),
         "repeats_ok": len(ok),
         "repeats": len(group),
-        **{key: first.get(key) for key in ("setting", "setting_kind", "delay_ms", "rate_bps")},
+        **{key: _first(group, key) for key in ("setting", "setting_kind", "delay_ms", "rate_bps")},
         "unshaped": bool(group["unshaped"].fillna(False).any()) if "unshaped" in group else False,
         "rtt_ms": group["rtt_ms"].median(),
         "probe_bps": group["probe_bps"].median(),

@@ -25,7 +25,7 @@ from experiments.matrix import load_matrix
 from experiments.report import FORMATS, parse_formats, write_comparison, write_report
 from experiments.report_cli import report
 from experiments.report_data import cells_frame, points_frame
-from experiments.report_tables import fmt_mean_spread, fmt_ratio
+from experiments.report_tables import fmt_mean_spread, fmt_ratio, iteration_table
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.errors import ConfigError
@@ -226,19 +226,38 @@ def test_every_format_is_written_and_the_page_is_self_contained(full_report):
     assert all(f"]({s}.png)" in markdown for s in stems)
 
 
-def test_predictions_in_records_are_set_beside_the_measurement(real_results, tmp_path):
+@pytest.mark.parametrize("where", ["record", "predictions.jsonl"])
+def test_predictions_are_set_beside_the_measurement(real_results, tmp_path, where):
+    """Predictions inside the records, or in the cost model's predictions.jsonl."""
     folder = tmp_path / "results"
     shutil.copytree(real_results, folder)
     records = raw_records(real_results)
+    rows = []
     for record in records:
-        measured = record["summary"]["phases"]["total_s"]["mean"]
-        record["prediction"] = {"predicted_iteration_s": measured * 1.25, "parts": {}}
+        predicted = record["summary"]["phases"]["total_s"]["mean"] * 1.25
+        if where == "record":
+            record["prediction"] = {"predicted_iteration_s": predicted, "parts": {}}
+        rows.append({"cell_id": record["cell_id"], "predicted_iteration_s": predicted})
     (folder / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if where == "predictions.jsonl":
+        (folder / where).write_text("".join(json.dumps(r) + "\n" for r in rows))
     written = write_report(folder, tmp_path / "out", {"md", "csv"})
     points = pd.read_csv(written["csv:report_points"])
     assert points["prediction_error"].tolist() == pytest.approx([0.25] * 4)
     section = written["md"].read_text().split("## Predicted vs measured")[1].split("##")[0]
     assert section.count("+25.0%") == 4
+
+
+def test_pair_matrix_setting_shows_mean_delay_and_slowest_rate(real_results):
+    record = next(r for r in raw_records(real_results) if r["params"]["profile"] == "200mbit")
+    links = [
+        {"src": "h0", "dst": "h1", "shape": {"delay_ms": 10.0, "rate_bps": 2 * 10**9}},
+        {"src": "h1", "dst": "h0", "shape": {"delay_ms": 30.0, "rate_bps": 10**9}},
+    ]
+    record["network"]["setting"] = {"kind": "matrix", "short": "geo.toml", "links": links}
+    table = iteration_table(points_frame(cells_frame([record], {}, {})))
+    assert table.loc[0, "one-way delay"] == "20 ms (mean of pairs)"
+    assert table.loc[0, "rate"] == "1.00 Gbit/s"
 
 
 def test_compare_shows_two_runs_side_by_side_with_ratios(real_results, tmp_path):
