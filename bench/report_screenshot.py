@@ -1,6 +1,6 @@
 """Render a report's HTML page in headless Chromium and take a screenshot of it.
 
-    python bench/report_screenshot.py RESULTS [-o DIR] [--json]
+    python bench/report_screenshot.py RESULTS [-o DIR] [--window 1400,2000] [--json]
 
 Writes the report (html) for RESULTS into DIR (default: a temporary folder), asks Chromium
 for the page's DOM and a screenshot, and checks: Chromium exits 0, the DOM holds every table
@@ -106,13 +106,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results folder")
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: temporary)")
+    parser.add_argument("--window", default="1400,2000", help="screenshot size WIDTH,HEIGHT")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="wanlab-report-"))
     started = time.perf_counter()
     written = write_report(args.results, out, {"html"})
     report_s = time.perf_counter() - started
-    figures = screenshot(written["html"], out / "report-screenshot.png")
+    figures = screenshot(written["html"], out / "report-screenshot.png", args.window)
     result = {"bench": "report_screenshot", "goal": GOAL, "met": met(figures)}
     result |= {"report_s": round(report_s, 2), "html_bytes": written["html"].stat().st_size}
     result |= figures
