@@ -91,15 +91,13 @@ def _check(formats: set[str]) -> None:
 
 
 def environment_frame(runs: list[dict]) -> pd.DataFrame:
-    """One row per host of every run into the folder: when, where, and its versions."""
+    """One row per host of every run into the folder: its versions and interface."""
     rows = []
-    for run in runs:
+    for number, run in enumerate(runs, start=1):
         for host, facts in (run.get("hosts") or {}).items():
             rows.append(
                 {
-                    "run started": run.get("started_at"),
-                    "inventory": run.get("inventory"),
-                    "delay node": "yes" if run.get("delay_node") else "no",
+                    "run": str(number),
                     "host": host,
                     **{k: facts.get(k) for k in ("kernel", "python", "torch", "pyroute2", "cpus")},
                     "interface": facts.get("interface"),
@@ -107,6 +105,15 @@ def environment_frame(runs: list[dict]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows).fillna("—").astype(str) if rows else pd.DataFrame()
+
+
+def run_lines(runs: list[dict]) -> list[str]:
+    """One line per run into the folder: when it started, on which inventory, how shaped."""
+    return [
+        f"run {number}: started {run.get('started_at')}, inventory {run.get('inventory')}, "
+        f"{'through the delay node' if run.get('delay_node') else 'shaped on the hosts'}"
+        for number, run in enumerate(runs, start=1)
+    ]
 
 
 def report_sections(results: Results) -> list[Section]:
@@ -230,7 +237,7 @@ def write_report(
     _check(formats)
     results = load_results(results_dir)
     counts = _counts(results.cells)
-    meta = [f"results: {Path(results_dir).resolve()}", _generated()]
+    meta = [f"results: {Path(results_dir).resolve()}", *run_lines(results.runs), _generated()]
     return _write_outputs(
         Path(out_dir),
         formats,
