@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(openssh-server openssh-client iproute2 ethtool kmod user-mode-linux iperf3 procps util-linux)
+packages=(openssh-server openssh-client iproute2 ethtool kmod user-mode-linux iperf3 procps util-linux chromium)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

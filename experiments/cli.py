@@ -9,10 +9,12 @@ from typing import Annotated
 
 import typer
 
+from experiments.demo import default_results_dir, run_demo
 from experiments.lab import SHAPING_MODES, lab_down, lab_status, lab_up
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.plan import plan_rows, tc_preview
 from experiments.predict_cli import predict
+from experiments.report_cli import report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.cli import JsonOption, console, inventory_app, print_table
@@ -33,6 +35,7 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(netem_app, name="netem")
 app.command("probe")(probe)
 app.command("predict")(predict)
+app.command("report")(report)
 
 
 @fleet_app.command("up")
@@ -97,6 +100,31 @@ def run(
         f"{len(outcome.ran)} cell(s) run, {len(outcome.failed)} failed, "
         f"{len(outcome.skipped)} already done; results in {out}/cells.jsonl"
     )
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Results folder; default results/demo-TIME.")
+    ] = None,
+    hosts: Annotated[int, typer.Option("--hosts", "-n", help="Local hosts.")] = 4,
+    shaping: Annotated[str, typer.Option(help="auto, host or delay-node.")] = "auto",
+    keep_fleet: Annotated[bool, typer.Option(help="Leave the local fleet up afterwards.")] = False,
+):
+    """The main job: local fleet up, the local demo matrix, its report, fleet down."""
+    if shaping not in SHAPING_MODES:
+        raise ConfigError(None, "--shaping", f"must be one of {', '.join(SHAPING_MODES)}")
+    out = out or default_results_dir()
+    outcome, written = run_demo(out, console, hosts, shaping, keep_fleet)
+    console.print(f"{len(outcome.ran)} cell(s) run, {len(outcome.failed)} failed")
+    console.print(f"results: {out / 'cells.jsonl'}")
+    for kind in ("md", "html"):
+        if kind in written:
+            console.print(f"report ({kind}): {written[kind]}")
     if outcome.interrupted:
         raise typer.Exit(130)
     if outcome.failed:

@@ -1,7 +1,8 @@
 """Run an experiment matrix on a fleet, cell by cell.
 
 For every cell: shape every host with the cell's profile, read the shaping back and compare,
-probe the network briefly, launch the trainer over SSH, collect rank 0's timings, and reset.
+probe the network briefly (once per profile and run: later cells of the profile reuse it),
+launch the trainer over SSH, collect rank 0's timings, and reset.
 Each finished cell is appended to the results store at once; a failed cell is recorded with its
 reason and the matrix goes on. Whatever happens (failure, Ctrl-C), every host's qdisc is reset
 and every rank started is stopped before the runner returns.
@@ -63,6 +64,7 @@ class MatrixRunner:
         self.store = store
         self.console = console
         self.host_facts: dict[str, dict] = {}
+        self.probes: dict[str, list[dict]] = {}  # by profile: measured once per run
 
     def check_inputs(self) -> None:
         """Everything that can be checked without touching a host: raises ConfigError."""
@@ -159,7 +161,11 @@ class MatrixRunner:
             if bad:
                 record["reason"] = "apply: " + "; ".join(f"{n}: {e}" for n, e in bad.items())
                 return record
-            record["network"]["probe"] = self._probe(netem, config)
+            if cell.profile not in self.probes:
+                self.probes[cell.profile] = self._probe(netem, config)
+            else:
+                record["network"]["probe_from_earlier_cell"] = True
+            record["network"]["probe"] = self.probes[cell.profile]
             timing["probe_s"] = time.monotonic() - started - timing["apply_s"]
             launched = launcher.run(config, _run_name(cell), self.spec.timeouts.cell_s)
             timing["train_s"] = launched.seconds

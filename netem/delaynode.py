@@ -195,7 +195,7 @@ def _set_up_forwarding(n_vecs: int) -> list[dict]:
     return hosts
 
 
-def _answer(argv: list[str]) -> dict:
+def _run_agent(argv: list[str]) -> dict:
     from netem import agent
 
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -210,19 +210,70 @@ def _answer(argv: list[str]) -> dict:
     return {"exit_code": exit_code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
+
+
+class Leases:
+    """The dead-man revert on the node, kept by the node's own loop.
+
+    A watchdog process per interface (as on a host) would cost the node's single CPU seconds of
+    Python start-up at every apply, stalling the very packets it forwards; so the node runs the
+    agent with no lease of its own and reverts an interface here when its lease runs out.
+    """
+
+    def __init__(self):
+        self.until: dict[str, float] = {}
+
+    def answer(self, argv: list[str]) -> dict:
+        """Run one agent request, keeping the lease here instead of in a watchdog."""
+        command, interface = argv[0], _option(argv, "--interface")
+        lease = _option(argv, "--lease")
+        if command == "renew":
+            if interface not in self.until:
+                reply = {"ok": False, "command": "renew", "interface": interface,
+                         "error": f"nothing is applied on {interface}: no lease to renew",
+                         "error_kind": "no_lease"}  # fmt: skip
+                return {"exit_code": 1, "stdout": json.dumps(reply), "stderr": ""}
+            self.until[interface] = time.time() + float(lease or 0)
+            reply = {"ok": True, "command": "renew", "interface": interface,
+                     "lease_until": self.until[interface]}  # fmt: skip
+            return {"exit_code": 0, "stdout": json.dumps(reply), "stderr": ""}
+        if command == "apply" and lease is not None and "--dry-run" not in argv:
+            argv = [*argv[: argv.index("--lease")], *argv[argv.index("--lease") + 2 :]]
+            result = _run_agent([*argv, "--lease", "0"])
+            if result["exit_code"] == 0 and float(lease) > 0:
+                self.until[interface] = time.time() + float(lease)
+                reply = json.loads(result["stdout"])
+                result["stdout"] = json.dumps({**reply, "lease_until": self.until[interface]})
+            return result
+        if command == "reset":
+            self.until.pop(interface, None)
+        return _run_agent(argv)
+
+    def revert_expired(self) -> None:
+        """Reset every interface whose lease has run out."""
+        now = time.time()
+        for interface in [i for i, until in self.until.items() if until <= now]:
+            _run_agent(["reset", "--interface", interface])
+            del self.until[interface]
+
+
 def serve(directory: Path, n_vecs: int) -> None:
     """Set up forwarding, then answer mailbox requests until the `stop` file appears."""
     hosts = _set_up_forwarding(n_vecs)
     import netem.agent  # noqa: F401 - import once, before saying ready
 
     requests, responses = directory / "requests", directory / "responses"
+    leases = Leases()
     (directory / "ready.json").write_text(json.dumps({"hosts": hosts}))
     while not (directory / "stop").exists():
+        leases.revert_expired()
         pending = sorted(requests.glob("*.json"))
         for request in pending:
             argv = json.loads(request.read_text())["argv"]
             staging = responses / f".{request.stem}.tmp"
-            staging.write_text(json.dumps(_answer(argv)))
+            staging.write_text(json.dumps(leases.answer(argv)))
             staging.rename(responses / request.name)
             request.unlink()
         if not pending:

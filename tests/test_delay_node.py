@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -83,3 +84,17 @@ def _links_and_namespaces() -> set[str]:
     links = {e["ifname"] for e in json.loads(out)}
     out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
     return links | {e["name"] for e in json.loads(out or "[]")}
+
+
+def test_lease_runs_out_on_the_node(lab):
+    fleet, inventory = lab
+    with FleetNetem(inventory) as netem:
+        applied = netem.apply(load_target("20mbit"), lease_s=1.5)
+        assert all(a["ok"] and a["lease_until"] for a in applied.values())
+        assert all(a["shaped"] for a in netem.show().values())
+        deadline = time.monotonic() + 20
+        while any(a["shaped"] for a in netem.show().values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(a["shaped"] for a in netem.show().values())
+        renewed = netem.renew(30)
+        assert not any(a["ok"] for a in renewed.values())  # nothing left to renew

@@ -43,6 +43,7 @@ CONFIGS: dict[str, GPTConfig] = {
     "gpt3-xl": GPTConfig(n_layer=24, n_head=16, n_embd=2048, block_size=2048),
     "gpt3-small": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=2048),
     "cpu-small": GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=256, vocab_size=4096),
+    "cpu-mini": GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=1024),
     "tiny": GPTConfig(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=64),
 }
 
