@@ -21,15 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from netem import shaper, uml  # noqa: E402
-from netem.labnet import LAB_IFNAME, LabHost, in_netns, lab_down, lab_up  # noqa: E402
-from netem.matrix import matrix_from_data  # noqa: E402
-from netem.probe import wait_listening  # noqa: E402
-from netem.profile import BUILTIN  # noqa: E402
-from netem.tree import tree_for_profile, tree_for_routes  # noqa: E402
+from netem import shaper, uml
+from netem.labnet import LAB_IFNAME, LabHost, in_netns, lab_down, lab_up
+from netem.matrix import matrix_from_data
+from netem.probe import wait_listening
+from netem.profile import BUILTIN
+from netem.tree import tree_for_profile, tree_for_routes
 
 RATE_SCALE = 10
 PORT = 5399

@@ -17,14 +17,11 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from inventory.loader import load_inventory  # noqa: E402
-from inventory.localfleet import LocalFleet  # noqa: E402
-from netem.fleet import FleetNetem  # noqa: E402
-from netem.profile import parse_profile  # noqa: E402
+from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
+from netem.fleet import FleetNetem
+from netem.profile import parse_profile
 
 SIZES = (1, 16)
 PROFILE = "1gbit"

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 # This file is named like a module it measures: keep its own folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from experiments.calibrate import ResultsCalibration, reference_calibration  # noqa: E402
-from experiments.costmodel import evaluate  # noqa: E402
-from experiments.matrix import load_matrix  # noqa: E402
-from experiments.predict import measured_cells, predict_config  # noqa: E402
-from experiments.results import ResultsStore  # noqa: E402
-from experiments.simulate import explore, random_placements, world_scenario  # noqa: E402
-from netem.matrix import PairMatrix  # noqa: E402
-from trainer.config import TrainerConfig  # noqa: E402
+from experiments.calibrate import ResultsCalibration, reference_calibration
+from experiments.costmodel import evaluate
+from experiments.matrix import load_matrix
+from experiments.predict import measured_cells, predict_config
+from experiments.results import ResultsStore
+from experiments.simulate import explore, random_placements, world_scenario
+from netem.matrix import PairMatrix
+from trainer.config import TrainerConfig
 
 GOAL_EVALUATE_S = 1.0
 GOAL_ERROR = 0.10

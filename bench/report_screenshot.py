@@ -20,11 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from matplotlib.image import imread
 
-from matplotlib.image import imread  # noqa: E402
-
-from experiments.report import write_report  # noqa: E402
+from experiments.report import write_report
 
 GOAL = (
     "report.html renders offline in headless Chromium: exit 0, every table and figure in the "

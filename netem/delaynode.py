@@ -267,15 +267,24 @@ def serve(directory: Path, n_vecs: int) -> None:
     requests, responses = directory / "requests", directory / "responses"
     leases = Leases()
     (directory / "ready.json").write_text(json.dumps({"hosts": hosts}))
-    while not (directory / "stop").exists():
-        leases.revert_expired()
-        pending = sorted(requests.glob("*.json"))
-        for request in pending:
-            argv = json.loads(request.read_text())["argv"]
-            staging = responses / f".{request.stem}.tmp"
-            staging.write_text(json.dumps(leases.answer(argv)))
-            staging.rename(responses / request.name)
-            request.unlink()
+    while True:
+        try:
+            if (directory / "stop").exists():
+                return
+            leases.revert_expired()
+            pending = sorted(requests.glob("*.json"))
+            for request in pending:
+                argv = json.loads(request.read_text())["argv"]
+                staging = responses / f".{request.stem}.tmp"
+                staging.write_text(json.dumps(leases.answer(argv)))
+                staging.rename(responses / request.name)
+                request.unlink()
+        except OSError as error:
+            # hostfs can fail transiently under load; every request is idempotent, so the
+            # loop simply tries again (a request whose answer was lost is answered again).
+            print(f"delay node: {error}; retrying", file=sys.stderr, flush=True)
+            time.sleep(0.1)
+            continue
         if not pending:
             time.sleep(POLL_S)
 
