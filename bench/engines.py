@@ -1,0 +1,107 @@
+"""Our GPipe against `torch.distributed.pipelining`'s, per network profile, on the local fleet.
+
+One host per pipeline stage (network namespaces on a bridge, sshd in each), a rate-only profile
+on every host's egress, the same model, partition, micro-batches, data and optimizer for every
+engine. Each repeat runs the engines back to back, in alternating order, and the ratio of ours
+to theirs is taken within the repeat; the figure per profile is the median over repeats, since
+other work on this machine slows some runs. Goal: ours / pipelining-gpipe ≤ 0.95 on every
+profile. Schedule1F1B is measured beside them for information.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+# This folder holds a script named like the trainer package: keep it off the import path.
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+sys.path.insert(0, str(BENCH.parent))
+
+from bench.fleetbench import FleetBench  # noqa: E402
+
+OURS, THEIRS = "gpipe", "pipelining-gpipe"
+GOAL_RATIO = 0.95
+
+
+def run_flags(args: argparse.Namespace, engine: str) -> list[str]:
+    """The trainer flags of one run."""
+    return [
+        "--model", args.model, "--pipeline", str(args.stages), "--batch", str(args.batch),
+        "--micro-batch", str(args.micro_batch), "--iterations", str(args.iterations),
+        "--warmup", str(args.warmup), "--threads", "1", "--engine", engine,
+    ]  # fmt: skip
+
+
+def measure_profile(bench: FleetBench, profile: str, args: argparse.Namespace) -> dict:
+    """Every engine `args.repeats` times under `profile`; medians and the paired ratio."""
+    bench.shape(profile)
+    times: dict[str, list[float]] = {engine: [] for engine in args.engines}
+    for repeat in range(args.repeats):
+        order = args.engines if repeat % 2 == 0 else args.engines[::-1]
+        for engine in order:
+            summary = bench.train(run_flags(args, engine), timeout=args.timeout)
+            times[engine].append(summary["phases"]["total_s"]["median"])
+            print(f"  {profile} repeat {repeat} {engine}: {times[engine][-1]:.4f} s", flush=True)
+    ratios = [o / t for o, t in zip(times[OURS], times[THEIRS], strict=True)]
+    return {
+        "profile": profile,
+        "iteration_s": {engine: statistics.median(values) for engine, values in times.items()},
+        "runs_s": times,
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profiles", nargs="+", default=["default", "1gbit", "200mbit", "50mbit"])
+    parser.add_argument("--engines", nargs="+", default=[OURS, THEIRS, "pipelining-1f1b"])
+    parser.add_argument("--model", default="cpu-small")
+    parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--json", action="store_true", help="print the goal JSON last")
+    args = parser.parse_args()
+    if OURS not in args.engines or THEIRS not in args.engines:
+        parser.error(f"--engines must include {OURS} and {THEIRS}")
+
+    with FleetBench(args.stages) as bench:
+        rows = [measure_profile(bench, profile, args) for profile in args.profiles]
+        failures = bench.failures
+    print(
+        f"model {args.model}, {args.stages} stages on {args.stages} hosts, batch {args.batch}, "
+        f"micro-batch {args.micro_batch}, {args.iterations} iterations ({args.warmup} warm-up), "
+        f"median iteration of rank 0, median over {args.repeats} repeats"
+    )
+    print(f"{'profile':>10} " + " ".join(f"{e:>17}" for e in args.engines) + f" {'ratio':>7}")
+    for row in rows:
+        cells = " ".join(f"{row['iteration_s'][e]:>15.4f} s" for e in args.engines)
+        print(f"{row['profile']:>10} {cells} {row['ratio']:>7.3f}")
+    if args.json:
+        report = {
+            "bench": "engines",
+            "goal": f"iteration time {OURS} / {THEIRS} ≤ {GOAL_RATIO} on every profile",
+            "met": all(row["ratio"] <= GOAL_RATIO for row in rows),
+            "model": args.model,
+            "stages": args.stages,
+            "batch": args.batch,
+            "micro_batch": args.micro_batch,
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "profiles": rows,
+            "failed_runs_retried": failures,
+        }
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
