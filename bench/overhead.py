@@ -23,7 +23,7 @@ from experiments.demo import DEMO_MATRIX
 from experiments.lab import lab_down, lab_up
 from experiments.matrix import load_matrix
 from experiments.results import ResultsStore
-from experiments.runner import MatrixRunner
+from experiments.runner import MatrixRunner, interrupts_held
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 
@@ -39,7 +39,8 @@ def run_demo_matrix(out: Path) -> None:
             spec = load_matrix(DEMO_MATRIX)
             MatrixRunner(spec, inventory, ResultsStore(out), Console(stderr=True)).run()
         finally:
-            lab_down(fleet)
+            with interrupts_held():
+                lab_down(fleet)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from experiments.lab import lab_down, lab_up
 from experiments.matrix import load_matrix
 from experiments.report import write_report
 from experiments.results import ResultsStore
-from experiments.runner import MatrixRunner, RunOutcome
+from experiments.runner import MatrixRunner, RunOutcome, interrupts_held
 from inventory.loader import load_inventory
 
 DEMO_MATRIX = Path(__file__).parent / "matrices" / "local-demo.toml"
@@ -41,6 +41,7 @@ def run_demo(
         outcome = MatrixRunner(spec, fleet, store, console).run(resume=True)
     finally:
         if not keep_fleet:
-            lab_down()
+            with interrupts_held():
+                lab_down()
     written = write_report(out, out / "report")
     return outcome, written

@@ -10,7 +10,9 @@ and every rank started is stopped before the runner returns.
 
 from __future__ import annotations
 
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -37,6 +39,16 @@ class RunOutcome:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
+
+
+@contextmanager
+def interrupts_held():
+    """Ignore Ctrl-C while the fleet is put back: a second Ctrl-C must not cut the clean-up."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _now() -> str:
@@ -80,7 +92,7 @@ class MatrixRunner:
         outcome = RunOutcome(skipped=[c.cell_id for c in cells if c.cell_id in done])
         todo = [c for c in cells if c.cell_id not in done]
         self._record_environment()
-        with FleetNetem(self.fleet, timeout_s=self.spec.timeouts.apply_s) as netem:
+        with FleetNetem(self.fleet, self.spec.timeouts.apply_s, persistent=True) as netem:
             launcher = TrainerLauncher(self.fleet, netem.ssh)
             try:
                 self._run_cells(todo, netem, launcher, outcome)
@@ -88,9 +100,9 @@ class MatrixRunner:
                 outcome.interrupted = True
                 self.console.print("[yellow]interrupted: stopping ranks and resetting hosts")
             finally:
-                with FleetSSH(self.fleet) as control:
+                with interrupts_held(), FleetSSH(self.fleet) as control:
                     launcher.stop_all(control)
-                netem.reset()
+                    netem.reset()
         return outcome
 
     def _record_environment(self) -> None:

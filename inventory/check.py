@@ -36,6 +36,7 @@ def check_fleet(fleet: Fleet, timeout: float = 20.0) -> list[dict]:
             "name": host.name,
             "address": host.address,
             "reachable": result.exit_code is not None,
+            "shaped_on": "delay node" if fleet.delay_node is not None else "host",
         }
         samples = round_trips[host.name]
         report["ssh_rtt_ms"] = round(statistics.median(samples), 2) if samples else None

@@ -8,13 +8,15 @@ building on `ifb<i>` exactly the tree that would sit on host i's own interface, 
 agent code: the node runs `netem.agent` in process for every request it receives.
 
 Requests travel through a mailbox folder on the host's files (the node's root is hostfs):
-`requests/<id>.json` holds an agent argv, `responses/<id>.json` its exit code and output.
+`requests/<id>.json` holds an agent argv, `responses/<id>.json` its exit code and output; the
+node answers them with `netem.agentserve.Leases`, which also keeps the leases (a watchdog
+process per interface would cost the node's single CPU seconds of start-up at every apply,
+stalling the very packets it forwards).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shlex
@@ -26,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from netem import uml
+from netem.agentserve import Leases
 
 NODE_MODULES = (
     "lib/crc-ccitt.ko",
@@ -193,70 +196,6 @@ def _set_up_forwarding(n_vecs: int) -> list[dict]:
                            "ifindex": ifb})  # fmt: skip
             hosts.append({"index": index, "vec": host_vec(index), "ifb": host_ifb(index)})
     return hosts
-
-
-def _run_agent(argv: list[str]) -> dict:
-    from netem import agent
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            exit_code = agent.main(argv)
-        except SystemExit as exit_:
-            exit_code = exit_.code if isinstance(exit_.code, int) else 2
-        except Exception as error:  # noqa: BLE001 - reported to the controller, node stays up
-            print(f"{type(error).__name__}: {error}", file=sys.stderr)
-            exit_code = 1
-    return {"exit_code": exit_code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
-
-
-def _option(argv: list[str], name: str) -> str | None:
-    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
-
-
-class Leases:
-    """The dead-man revert on the node, kept by the node's own loop.
-
-    A watchdog process per interface (as on a host) would cost the node's single CPU seconds of
-    Python start-up at every apply, stalling the very packets it forwards; so the node runs the
-    agent with no lease of its own and reverts an interface here when its lease runs out.
-    """
-
-    def __init__(self):
-        self.until: dict[str, float] = {}
-
-    def answer(self, argv: list[str]) -> dict:
-        """Run one agent request, keeping the lease here instead of in a watchdog."""
-        command, interface = argv[0], _option(argv, "--interface")
-        lease = _option(argv, "--lease")
-        if command == "renew":
-            if interface not in self.until:
-                reply = {"ok": False, "command": "renew", "interface": interface,
-                         "error": f"nothing is applied on {interface}: no lease to renew",
-                         "error_kind": "no_lease"}  # fmt: skip
-                return {"exit_code": 1, "stdout": json.dumps(reply), "stderr": ""}
-            self.until[interface] = time.time() + float(lease or 0)
-            reply = {"ok": True, "command": "renew", "interface": interface,
-                     "lease_until": self.until[interface]}  # fmt: skip
-            return {"exit_code": 0, "stdout": json.dumps(reply), "stderr": ""}
-        if command == "apply" and lease is not None and "--dry-run" not in argv:
-            argv = [*argv[: argv.index("--lease")], *argv[argv.index("--lease") + 2 :]]
-            result = _run_agent([*argv, "--lease", "0"])
-            if result["exit_code"] == 0 and float(lease) > 0:
-                self.until[interface] = time.time() + float(lease)
-                reply = json.loads(result["stdout"])
-                result["stdout"] = json.dumps({**reply, "lease_until": self.until[interface]})
-            return result
-        if command == "reset":
-            self.until.pop(interface, None)
-        return _run_agent(argv)
-
-    def revert_expired(self) -> None:
-        """Reset every interface whose lease has run out."""
-        now = time.time()
-        for interface in [i for i, until in self.until.items() if until <= now]:
-            _run_agent(["reset", "--interface", interface])
-            del self.until[interface]
 
 
 def serve(directory: Path, n_vecs: int) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 from inventory.errors import ConfigError
 from inventory.models import Fleet, Host
 from inventory.ship import ship_code
-from inventory.ssh import FleetSSH, HostResult
+from inventory.ssh import FleetSSH, HostResult, Stream
 from netem.agent import DEFAULT_LEASE_S
+from netem.agentserve import MARK as AGENT_MARK
 from netem.delaynode import DelayNode
 from netem.matrix import PairMatrix, is_matrix_document, load_matrix_file
 from netem.probe import DEFAULT_PORT
@@ -59,23 +60,73 @@ def _answer(result: HostResult) -> dict[str, Any]:
 
 
 class FleetNetem:
-    """One SSH session over the fleet with the agent shipped; use as a context manager."""
+    """One SSH session over the fleet with the agent shipped; use as a context manager.
 
-    def __init__(self, fleet: Fleet, timeout_s: float = 60.0):
+    Each command runs the agent afresh on every host (`python -m netem.agent`, which leaves a
+    watchdog process per shaped interface to hold the lease) unless `persistent`: then every
+    host keeps one `python -m netem.agentserve` for the whole session, which answers commands
+    in a few milliseconds and holds the leases itself (a session that dies still reverts the
+    hosts when the leases run out). Experiment runs use the persistent form.
+    """
+
+    def __init__(self, fleet: Fleet, timeout_s: float = 60.0, persistent: bool = False):
         self.fleet = fleet
         self.timeout_s = timeout_s
+        self.persistent = persistent
         self.ssh = FleetSSH(fleet)
         self.node = DelayNode(fleet.delay_node.mailbox) if fleet.delay_node else None
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts)))
         self._code: dict[str, str] = {}
+        self._agents: dict[str, Stream] = {}
 
     def __enter__(self) -> FleetNetem:
         self._ship()
+        if self.persistent and self.node is None:
+            self._start_agents()
         return self
 
     def __exit__(self, *exc_info) -> None:
+        for stream in self._agents.values():
+            stream.close()
         self.ssh.close()
         self._pool.shutdown()
+
+    def _start_agents(self) -> None:
+        for host in self.fleet.hosts:
+            argv = [host.python, "-m", "netem.agentserve"]
+            self._agents[host.name] = self.ssh.open_stream(
+                host.name, argv, {"PYTHONPATH": self._code[host.name]}
+            )
+        ready = {n: self._pool.submit(self._agent_line, n, self.timeout_s) for n in self._agents}
+        bad = {
+            name: f.result().get("error") for name, f in ready.items() if "ready" not in f.result()
+        }
+        if bad:
+            raise ConnectionError(f"the agent did not start on: {bad}")
+
+    def _agent_line(self, name: str, timeout_s: float) -> dict:
+        """The next protocol line of a host's agent, or {"error": …} if it ends or is silent."""
+        deadline = time.monotonic() + timeout_s
+        stream = self._agents[name]
+        while True:
+            try:
+                line = stream.read_line(max(deadline - time.monotonic(), 0.001))
+            except TimeoutError as error:
+                return {"error": str(error)}
+            if line is None:
+                return {"error": "the agent ended"}
+            if line.startswith(AGENT_MARK):
+                return json.loads(line[len(AGENT_MARK) :])
+
+    def _stream_call(self, name: str, args: list[str]) -> HostResult:
+        started = time.monotonic()
+        self._agents[name].send_line(json.dumps({"argv": args}))
+        reply = self._agent_line(name, self.timeout_s)
+        seconds = time.monotonic() - started
+        if "exit_code" not in reply:
+            return HostResult(name, False, None, "", "", seconds, reply["error"])
+        code = reply["exit_code"]
+        return HostResult(name, code == 0, code, reply["stdout"], reply["stderr"], seconds)
 
     def _ship(self) -> None:
         self._code = ship_code(self.ssh, self.fleet, AGENT_CODE, "wanlab-netem")
@@ -106,23 +157,22 @@ class FleetNetem:
             return [command, *where, *args, *tree_args]
 
         if self.node is not None:
-            interfaces = self.fleet.delay_node.interfaces
-            calls = {
-                name: self._pool.submit(
-                    self._node_call, name, agent_args(self.fleet.host(name), interfaces[name])
-                )
-                for name in names
-            }
-            return {
-                name: {**_answer(c.result()), "shaped_on": "delay-node"}
-                for name, c in calls.items()
-            }
+            on_node = self.fleet.delay_node.interfaces
+            answers = self._each(names, self._node_call, lambda h: agent_args(h, on_node[h.name]))
+            return {name: {**answer, "shaped_on": "delay-node"} for name, answer in answers.items()}
+        if self._agents:
+            return self._each(names, self._stream_call, lambda h: agent_args(h, h.interface))
 
         def argv(host: Host) -> list[str]:
             return self._python(host, "netem.agent", *agent_args(host, host.interface))
 
         results = self.ssh.run(argv, timeout=self.timeout_s, hosts=names)
         return {name: _answer(result) for name, result in results.items()}
+
+    def _each(self, names: list[str], call, args_of) -> dict[str, dict[str, Any]]:
+        """`call(name, args)` for every host in parallel; each answer as parsed JSON."""
+        futures = {n: self._pool.submit(call, n, args_of(self.fleet.host(n))) for n in names}
+        return {name: _answer(future.result()) for name, future in futures.items()}
 
     def _node_call(self, name: str, args: list[str]) -> HostResult:
         started = time.monotonic()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 
 import netem_tc
 import pytest
@@ -73,4 +74,22 @@ def test_cli_dry_run_and_bad_input(fleet):
     result = runner.invoke(app, ["apply", "10ms/loss=200%", "-i", str(inventory.source)])
     assert isinstance(result.exception, ConfigError)
     assert result.exception.field == "loss"
+    assert _kinds(local) == ["noqueue", "noqueue"]
+
+
+def test_persistent_agents_shape_and_revert_when_the_session_dies(fleet):
+    inventory, local = fleet
+    with FleetNetem(inventory, persistent=True) as netem:
+        applied = netem.apply(load_target("300mbit"), lease_s=60)
+        assert all(a["ok"] and a["matches"] and a["lease_until"] for a in applied.values())
+        for i in range(2):
+            assert netem_tc.classes(local.host(i).netns, "eth0")["1:20"] == (300e6, 300e6)
+        assert {a["result"] for a in netem.reset().values()} == {"restored"}
+        assert _kinds(local) == ["noqueue", "noqueue"]
+        netem.apply(load_target("300mbit"), lease_s=1.5)
+        assert _kinds(local) == ["htb", "htb"]
+    # The session is gone without a reset: the agents revert when the lease runs out.
+    deadline = time.monotonic() + 15
+    while _kinds(local) != ["noqueue", "noqueue"] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert _kinds(local) == ["noqueue", "noqueue"]
