@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from inventory.errors import ConfigError
+from inventory.loader import read_toml
 from netem.profile import Profile, profile_from_fields
 
 _LINK_KEYS = {"src", "dst", "both_ways"}
@@ -142,12 +143,7 @@ def matrix_from_data(data: dict[str, Any], source: str | None) -> PairMatrix:
 def load_matrix_file(path: str | Path) -> PairMatrix:
     """Read and validate a TOML matrix file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ConfigError(str(path), None, f"cannot read: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), None, f"not valid TOML: {err}") from None
+    data = read_toml(path)
     return matrix_from_data(data, str(path))
 
 

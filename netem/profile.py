@@ -7,13 +7,13 @@ shaped hosts grows by twice the delay.
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inventory.errors import ConfigError
+from inventory.loader import read_toml
 from netem.units import format_rate, format_time, parse_percent, parse_rate_bps, parse_time_ms
 
 MTU_BYTES = 1500
@@ -207,12 +207,7 @@ def _bare_key(part: str, text: str, where: str) -> str:
 def load_profile_file(path: str | Path) -> Profile:
     """Read a TOML profile file: name, delay, jitter, loss, duplicate, reorder, rate, limit."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ConfigError(str(path), None, f"cannot read: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), None, f"not valid TOML: {err}") from None
+    data = read_toml(path)
     name = data.pop("name", path.stem)
     if not isinstance(name, str):
         raise ConfigError(str(path), "name", "must be a string")
