@@ -121,6 +121,11 @@ class TrainerLauncher:
             if not first.get("ready"):
                 raise WorkerLost(f"{name}: unexpected first answer {first}")
 
+    def start_workers(self, hosts: list[Host]) -> None:
+        """Start the workers of `hosts` ahead of the first cell (raises WorkerLost, OSError)."""
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            self._start(hosts, pool)
+
     def run(self, config: TrainerConfig, run_name: str, timeout_s: float) -> LaunchResult:
         """Run one cell on its ranks' workers and return rank 0's summary."""
         hosts = place_ranks(config, self.fleet)
@@ -171,13 +176,15 @@ class TrainerLauncher:
 
 
 def _failure(hosts: list[Host], answers: dict[str, dict], lost: dict[str, str]) -> str:
-    """The clearest reason: the first rank (by rank) that failed, with its last words."""
-    reasons = []
+    """The clearest reason: a worker that was lost (the likely cause: its peers only saw it go)
+    before a rank that failed, each in rank order, with its last words."""
+    lost_reasons, failed_reasons = [], []
     for rank, host in enumerate(hosts):
         if host.name in lost:
-            reasons.append(f"rank {rank} on {host.name}: {lost[host.name]}")
+            lost_reasons.append(f"rank {rank} on {host.name}: {lost[host.name]}")
         elif answers[host.name]["exit_code"] != 0:
-            reasons.append(f"rank {rank} on {host.name}: {answers[host.name]['error']}")
+            failed_reasons.append(f"rank {rank} on {host.name}: {answers[host.name]['error']}")
+    reasons = lost_reasons + failed_reasons
     if not reasons:
         return "rank 0 returned no summary"
     more = f" ({len(reasons) - 1} more rank(s) failed)" if len(reasons) > 1 else ""

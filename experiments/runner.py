@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import paramiko
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from experiments.launch import TrainerLauncher, place_ranks
+from experiments.launch import TrainerLauncher, WorkerLost, place_ranks
 from experiments.matrix import Cell, MatrixSpec
 from experiments.results import ResultsStore
 from inventory.check import check_fleet
@@ -95,6 +97,7 @@ class MatrixRunner:
         with FleetNetem(self.fleet, self.spec.timeouts.apply_s, persistent=True) as netem:
             launcher = TrainerLauncher(self.fleet, netem.ssh)
             try:
+                self._start_workers(todo, launcher)
                 self._run_cells(todo, netem, launcher, outcome)
             except KeyboardInterrupt:
                 outcome.interrupted = True
@@ -122,6 +125,23 @@ class MatrixRunner:
             }
         )
 
+    def _start_workers(self, todo: list[Cell], launcher: TrainerLauncher) -> None:
+        """Import torch on every host once, before the cells (so no cell is charged for it).
+
+        A host whose worker will not start is left to the cells that need it: each of them
+        tries again and records the reason if it fails.
+        """
+        if not todo:
+            return
+        widest = max(todo, key=lambda cell: self.spec.trainer_config(cell).world_size)
+        try:
+            launcher.start_workers(place_ranks(self.spec.trainer_config(widest), self.fleet))
+        except (WorkerLost, OSError, paramiko.SSHException) as error:
+            self.console.print(
+                f"[yellow]workers did not all start ({escape(str(error))}); cells retry"
+            )
+            launcher.stop_all()
+
     def _run_cells(self, todo, netem, launcher, outcome: RunOutcome) -> None:
         columns = [
             TextColumn("{task.description}"),
@@ -139,7 +159,9 @@ class MatrixRunner:
                 outcome.ran.append(cell.cell_id)
                 if record["status"] != "ok":
                     outcome.failed.append(cell.cell_id)
-                    progress.console.print(f"[red]{cell.cell_id} failed: {record['reason']}")
+                    progress.console.print(
+                        f"[red]{escape(cell.cell_id)} failed: {escape(record['reason'])}"
+                    )
                 progress.advance(task)
 
     def run_cell(self, cell: Cell, netem: FleetNetem, launcher: TrainerLauncher) -> dict:

@@ -159,8 +159,13 @@ def test_host_killed_mid_cell_fails_that_cell_only(local_fleet, tmp_path):
     pid_file.unlink(missing_ok=True)
     run = start_run(matrix, out)
     try:
-        wait_for(pid_file.exists, 240, "the worker on h3")
-        time.sleep(3)  # the first cell is under way: its workers start, then train
+        cells = local_fleet.directory / "work" / "cells"
+
+        def rank3_training() -> bool:
+            logs = list(cells.glob("300mbit_dp2*/rank3/rank-3.jsonl"))
+            return bool(logs) and logs[0].read_text().count("\n") >= 2
+
+        wait_for(rank3_training, 240, "rank 3 of the first cell training")
         victim = int(pid_file.read_text())
         subprocess.run(["kill", "-KILL", str(victim)], check=True)
         output, _ = run.communicate(timeout=400)
@@ -168,6 +173,7 @@ def test_host_killed_mid_cell_fails_that_cell_only(local_fleet, tmp_path):
         if run.poll() is None:
             run.kill()
     assert run.returncode == 1, output
+    assert len(records(out)) == 2, output
     first, second = records(out)
     assert first["params"]["dp"] == 2 and first["status"] == "failed"
     assert "h3" in first["reason"], first["reason"]
