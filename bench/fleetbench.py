@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,8 @@ class FleetBench:
         self.failures: list[dict] = []
 
     def __enter__(self) -> FleetBench:
+        # A terminated bench still takes its fleet down (SIGINT may be ignored in the background).
+        self.previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         self.home = Path(tempfile.mkdtemp(prefix="wanlab-bench-fleet-"))
         self.local = LocalFleet(self.prefix, self.subnet, self.home)
         self.netem = None
@@ -55,6 +58,7 @@ class FleetBench:
         finally:
             self.local.down()
             shutil.rmtree(self.home, ignore_errors=True)
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
 
     def shape(self, profile: str) -> None:
         """Apply `profile` (a rate-only profile name or short form) to every host's egress."""
@@ -98,3 +102,7 @@ class FleetBench:
                 )  # fmt: skip
             )
         return finish(procs, timeout)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    sys.exit(128 + signum)

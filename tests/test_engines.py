@@ -91,8 +91,8 @@ def test_the_engine_field_offers_every_engine():
     field = TrainerConfig.model_fields["engine"]
     assert typing.get_args(field.annotation) == ENGINES
     assert field.default == "gpipe"
-    assert measured_phases("gpipe", PHASES) == list(PHASES)
-    assert measured_phases("pipelining-1f1b", PHASES) == [
+    assert measured_phases("gpipe") == list(PHASES)
+    assert measured_phases("pipelining-1f1b") == [
         "total_s", "pipeline_s", "ps_sync_s", "optimizer_s"
     ]  # fmt: skip
 
@@ -149,7 +149,7 @@ def test_cli_runs_a_library_schedule_and_says_which_phases_it_measured(tmp_path)
     assert [code for code, _, _ in results] == [0, 0], results
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"] == summary["config"]["engine"] == "pipelining-1f1b"
-    assert summary["phases_measured"] == measured_phases("pipelining-1f1b", PHASES)
+    assert summary["phases_measured"] == measured_phases("pipelining-1f1b")
     lines = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
     assert len(lines) == 2
     for line in lines:

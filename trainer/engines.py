@@ -13,6 +13,7 @@ import torch.distributed as dist
 from trainer.layout import rank_of
 from trainer.partition import Stage
 from trainer.pipeline import GPipe
+from trainer.timing import PHASES
 
 OURS = "gpipe"
 LIBRARY_SCHEDULES = ("pipelining-gpipe", "pipelining-1f1b")
@@ -21,11 +22,11 @@ ENGINES = (OURS, *LIBRARY_SCHEDULES)
 SEPARATE_PHASES = ("forward_s", "backward_s", "comm_wait_s")
 
 
-def measured_phases(engine: str, phases: tuple[str, ...]) -> list[str]:
+def measured_phases(engine: str) -> list[str]:
     """The phases `engine` measures: a library schedule's step is one span (`pipeline_s`)."""
     if engine == OURS:
-        return list(phases)
-    return [p for p in phases if p not in SEPARATE_PHASES]
+        return list(PHASES)
+    return [p for p in PHASES if p not in SEPARATE_PHASES]
 
 
 def pipeline_groups(n_stages: int, n_replicas: int) -> list[dist.ProcessGroup | None]:

@@ -16,7 +16,7 @@ from trainer.dataparallel import make_gradient_sync
 from trainer.engines import make_engine, measured_phases
 from trainer.layout import position_of
 from trainer.partition import build_stage
-from trainer.timing import PHASES, Clock, IterationTimes, summarize
+from trainer.timing import Clock, IterationTimes, summarize
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -180,7 +180,7 @@ def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timed_iterations": len(timed),
         "engine": cfg.engine,
-        "phases_measured": measured_phases(cfg.engine, PHASES),
+        "phases_measured": measured_phases(cfg.engine),
         "phases": phases,
         "stages": stages,
         "losses": iteration_losses(cfg, everyone),
