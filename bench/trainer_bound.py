@@ -1,6 +1,8 @@
-"""Iteration time and its phases for pipeline degree 2 and 4 on this machine, against the bound.
+"""Iteration time and its phases for pipeline degree 2 and 4 on the local fleet, against the bound.
 
-Every rank is a `python -m trainer` process on 127.0.0.1 with one thread. The GPipe bound is
+Brings up a local fleet of its own (prefix `wlp`, 198.18.16.0/24, unshaped), runs each pipeline
+degree through the matrix runner, one rank (one thread) per host, gloo over the hosts' veths,
+and removes the fleet. The GPipe bound is
 (M + S − 1)·(t_f + t_b) with t_f, t_b the slowest stage's forward and backward time per
 micro-batch, measured in the same run; the optimizer step, which follows the pipeline, is added
 to it. Goal: the mean iteration time is within 1.10× of that bound. With unequal stages that
@@ -16,24 +18,59 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.local import finish, launch_local
+from rich.console import Console
+
+from experiments.matrix import load_matrix
+from experiments.results import ResultsStore
+from experiments.runner import MatrixRunner
+from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
 
 GOAL_RATIO = 1.10
 PHASES = ("forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s")
 
 
-def run(stages: int, args: argparse.Namespace, out: Path) -> dict:
-    """One run with `stages` pipeline stages; its summary."""
-    flags = [
-        "--model", args.model, "--pipeline", str(stages), "--batch", str(args.batch),
-        "--micro-batch", str(args.micro_batch), "--iterations", str(args.iterations),
-        "--warmup", str(args.warmup), "--threads", "1", "--out", str(out),
-    ]  # fmt: skip
-    results = finish(launch_local(stages, flags), timeout=args.timeout)
-    for rank, (code, _, err) in enumerate(results):
-        if code != 0:
-            sys.exit(f"rank {rank} of the {stages}-stage run exited {code}:\n{err}")
-    return json.loads((out / "summary.json").read_text())
+MATRIX = """
+[matrix]
+name = "trainer-bound-p{stages}"
+[trainer]
+model = "{model}"
+batch = {batch}
+pipeline = {stages}
+iterations = {iterations}
+warmup = {warmup}
+threads = 1
+[axes]
+profiles = ["default"]
+micro_batches = [{micro_batch}]
+[probe]
+seconds = 0.2
+count = 5
+"""
+
+
+def run(stages: int, args: argparse.Namespace, inventory: Path, tmp: Path) -> dict:
+    """One run with `stages` pipeline stages, one rank per local host; its summary."""
+    matrix = tmp / f"p{stages}.toml"
+    matrix.write_text(
+        MATRIX.format(
+            stages=stages,
+            model=args.model,
+            batch=args.batch,
+            micro_batch=args.micro_batch,
+            iterations=args.iterations,
+            warmup=args.warmup,
+        )
+    )
+    store = ResultsStore(tmp / f"p{stages}")
+    runner = MatrixRunner(
+        load_matrix(matrix), load_inventory(inventory), store, Console(stderr=True)
+    )
+    runner.run()
+    (record,) = store.records()
+    if record["status"] != "ok":
+        sys.exit(f"the {stages}-stage run failed: {record['reason']}")
+    return record["summary"]
 
 
 def figures(summary: dict) -> dict:
@@ -76,26 +113,35 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--json", action="store_true", help="print the goal JSON last")
     args = parser.parse_args()
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="wanlab-bench-trainer-") as tmp:
-        for stages in args.stages:
-            rows.append(figures(run(stages, args, Path(tmp) / f"p{stages}")))
+        fleet = LocalFleet(prefix="wlp", subnet="198.18.16.0/24", home=Path(tmp))
+        try:
+            inventory = fleet.up(max(args.stages))
+            rows = [figures(run(stages, args, inventory, Path(tmp))) for stages in args.stages]
+        finally:
+            fleet.down()
     print(
         f"model {args.model}, batch {args.batch}, micro-batch {args.micro_batch}, "
-        f"{args.iterations} iterations ({args.warmup} warm-up), one thread per rank, 127.0.0.1"
+        f"{args.iterations} iterations ({args.warmup} warm-up), one rank (one thread) per local "
+        "host, unshaped"
     )
     columns = ["S", "M", "iter s", "bound s", "ratio", "crit s", "t_f ms", "t_b ms"]
     print(" ".join(f"{c:>8}" for c in columns + [p[:-2] for p in PHASES]))
     for r in rows:
         cells = [
-            r["stages"], r["micro_batches"], f"{r['iteration_s']:.4f}", f"{r['bound_s']:.4f}",
-            f"{r['ratio']:.3f}", f"{r['critical_path_s']:.4f}", f"{r['t_f_s'] * 1e3:.2f}",
-            f"{r['t_b_s'] * 1e3:.2f}", *(f"{r['rank0_phases_s'][p]:.4f}" for p in PHASES),
-        ]  # fmt: skip
+            r["stages"],
+            r["micro_batches"],
+            f"{r['iteration_s']:.4f}",
+            f"{r['bound_s']:.4f}",
+            f"{r['ratio']:.3f}",
+            f"{r['critical_path_s']:.4f}",
+            f"{r['t_f_s'] * 1e3:.2f}",
+            f"{r['t_b_s'] * 1e3:.2f}",
+            *(f"{r['rank0_phases_s'][p]:.4f}" for p in PHASES),
+        ]
         print(" ".join(f"{c:>8}" for c in cells))
     if args.json:
         goal = f"mean iteration ≤ {GOAL_RATIO}× ((M+S−1)·(t_f+t_b) + optimizer), unshaped"

@@ -234,13 +234,13 @@ def _run_name(cell: Cell) -> str:
 
 
 def _add_overhead(record: dict) -> None:
-    """Training time is the iterations themselves (warm-up counted at the mean); the rest of
-    the cell (shaping, probing, start-up, reset) is overhead."""
+    """Training time is rank 0's iterations, warm-up included; the rest of the cell (shaping,
+    probing, process-group set-up, collecting, reset) is overhead."""
     timing, summary = record["timing"], record.get("summary")
     if not summary:
         return
-    mean = summary["phases"]["total_s"]["mean"]
-    training = mean * record["trainer"]["iterations"]
+    timed = summary["phases"]["total_s"]["mean"] * summary["timed_iterations"]
+    training = timed + sum(summary["warmup_iterations_s"])
     timing["training_s"] = training
     timing["overhead_s"] = max(0.0, timing["cell_s"] - training)
     timing["overhead_share"] = timing["overhead_s"] / timing["cell_s"]

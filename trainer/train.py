@@ -179,6 +179,7 @@ def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device
         "hostname": socket.gethostname(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timed_iterations": len(timed),
+        "warmup_iterations_s": [r["total_s"] for r in everyone[0]["records"][: cfg.warmup]],
         "engine": cfg.engine,
         "phases_measured": measured_phases(cfg.engine),
         "phases": phases,
