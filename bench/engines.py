@@ -14,15 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from pathlib import Path
 
-# This folder holds a script named like the trainer package: keep it off the import path.
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
-sys.path.insert(0, str(BENCH.parent))
-
-from bench.fleetbench import FleetBench  # noqa: E402
+from fleetbench import FleetBench
 
 OURS, THEIRS = "gpipe", "pipelining-gpipe"
 GOAL_RATIO = 0.95

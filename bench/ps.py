@@ -14,15 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from pathlib import Path
 
-# This folder holds a script named like the trainer package: keep it off the import path.
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
-sys.path.insert(0, str(BENCH.parent))
+from fleetbench import FleetBench
 
-from bench.fleetbench import FleetBench  # noqa: E402
 from netem.profile import parse_profile  # noqa: E402
 from trainer.model import CONFIGS  # noqa: E402
 
