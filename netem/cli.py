@@ -23,7 +23,6 @@ app = typer.Typer(help="Shape the fleet's network: apply a profile or pair matri
 console = Console()
 
 
-
 def _report(title: str, answers: dict[str, dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(answers, indent=2))
