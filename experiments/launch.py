@@ -82,27 +82,22 @@ class TrainerLauncher:
         self.start_timeout_s = start_timeout_s
         self.code = ship_code(ssh, fleet, TRAINER_CODE, "wanlab-trainer")
         self.workers: dict[str, Stream] = {}
-        self.logs: dict[str, list[str]] = {}
 
     def _pid_file(self, host: Host) -> str:
         # Named per host: hosts of a local fleet share one file system and one workdir.
         return str(PurePosixPath(host.workdir) / f"trainer-worker-{host.name}.pid")
 
     def _reply(self, host: str, timeout_s: float) -> dict:
-        """The worker's next protocol line; WorkerLost if it ends or stays silent."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = self.workers[host].read_line(max(remaining, 0.001))
-            except TimeoutError:
-                raise WorkerLost(f"no answer within {timeout_s:g} s") from None
-            if line is None:
-                last = self.logs[host][-1] if self.logs[host] else "no output"
-                raise WorkerLost(f"the worker ended: {last}")
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK) :])
-            self.logs[host] = [*self.logs[host][-20:], line]
+        """The worker's next protocol message; WorkerLost if it ends or stays silent."""
+        stream = self.workers[host]
+        try:
+            message = stream.read_message(MARK, timeout_s)
+        except TimeoutError:
+            raise WorkerLost(f"no answer within {timeout_s:g} s") from None
+        if message is None:
+            last = stream.chatter[-1] if stream.chatter else "no output"
+            raise WorkerLost(f"the worker ended: {last}")
+        return message
 
     def _start(self, hosts: list[Host], pool: ThreadPoolExecutor) -> None:
         new = [host for host in hosts if host.name not in self.workers]
@@ -111,7 +106,6 @@ class TrainerLauncher:
             argv = ["sh", "-c", _RECORD_PID_THEN_EXEC, self._pid_file(host),
                     host.python, "-m", "trainer.worker"]  # fmt: skip
             self.workers[host.name] = self.ssh.open_stream(host.name, argv, env)
-            self.logs[host.name] = []
         pending = {h.name: pool.submit(self._reply, h.name, self.start_timeout_s) for h in new}
         for name, ready in pending.items():
             try:

@@ -7,6 +7,7 @@ against the fleet's known_hosts (or the user's) unless the inventory turns that 
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Callable, Iterable
@@ -51,12 +52,16 @@ class Stream:
     """A long-running remote command: write lines to its stdin, read lines of its output.
 
     Standard error is merged into the output, so a chatty command can never block on a full
-    pipe; callers pick their own lines out (for example by a prefix).
+    pipe; `read_message` picks out the lines of a protocol (marked by a prefix) and keeps the
+    last few other lines in `chatter`, for error messages.
     """
+
+    CHATTER_LINES = 20
 
     def __init__(self, host: str, channel: paramiko.Channel):
         self.host = host
         self.channel = channel
+        self.chatter: list[str] = []
         self._buffer = b""
 
     def send_line(self, text: str) -> None:
@@ -81,6 +86,23 @@ class Stream:
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line.decode(errors="replace")
+
+    def read_message(self, mark: str, timeout: float) -> dict | None:
+        """The JSON of the next line that starts with `mark`; None once the command has ended.
+
+        TimeoutError if no such line comes within `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.read_line(max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                raise TimeoutError(f"{self.host}: no answer within {timeout:g} s") from None
+            if line is None:
+                return None
+            if line.startswith(mark):
+                return json.loads(line[len(mark) :])
+            self.chatter = [*self.chatter[-(self.CHATTER_LINES - 1) :], line]
 
     def close(self) -> None:
         """Close the channel (the remote command sees end of input)."""

@@ -105,18 +105,12 @@ class FleetNetem:
             raise ConnectionError(f"the agent did not start on: {bad}")
 
     def _agent_line(self, name: str, timeout_s: float) -> dict:
-        """The next protocol line of a host's agent, or {"error": …} if it ends or is silent."""
-        deadline = time.monotonic() + timeout_s
-        stream = self._agents[name]
-        while True:
-            try:
-                line = stream.read_line(max(deadline - time.monotonic(), 0.001))
-            except TimeoutError as error:
-                return {"error": str(error)}
-            if line is None:
-                return {"error": "the agent ended"}
-            if line.startswith(AGENT_MARK):
-                return json.loads(line[len(AGENT_MARK) :])
+        """The next protocol message of a host's agent, or {"error": …} if it ends or is silent."""
+        try:
+            message = self._agents[name].read_message(AGENT_MARK, timeout_s)
+        except TimeoutError as error:
+            return {"error": str(error)}
+        return message if message is not None else {"error": "the agent ended"}
 
     def _stream_call(self, name: str, args: list[str]) -> HostResult:
         started = time.monotonic()
