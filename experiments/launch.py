@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -20,7 +21,7 @@ from inventory.models import Fleet, Host
 from inventory.ship import ship_code
 from inventory.ssh import FleetSSH, Stream
 from trainer.config import TrainerConfig
-from trainer.worker import MARK
+from trainer.worker import GO, MARK
 
 TRAINER_CODE = ("trainer/*.py", "inventory/__init__.py", "inventory/errors.py")
 _RECORD_PID_THEN_EXEC = 'echo $$ > "$0"; exec "$@"'
@@ -120,8 +121,20 @@ class TrainerLauncher:
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             self._start(hosts, pool)
 
-    def run(self, config: TrainerConfig, run_name: str, timeout_s: float) -> LaunchResult:
-        """Run one cell on its ranks' workers and return rank 0's summary."""
+    def run(
+        self,
+        config: TrainerConfig,
+        run_name: str,
+        timeout_s: float,
+        prepare: Callable[[], str | None] | None = None,
+    ) -> LaunchResult:
+        """Run one cell on its ranks' workers and return rank 0's summary.
+
+        The ranks first join their process group and build their stages; then `prepare` runs
+        (the runner shapes and probes the network there, so the rendezvous is not charged the
+        cell's latency) and, unless it returns a reason to stop, the ranks train.
+        `LaunchResult.seconds` counts from "go" to the last answer.
+        """
         hosts = place_ranks(config, self.fleet)
         placement = {rank: host.name for rank, host in enumerate(hosts)}
         started = time.monotonic()
@@ -134,7 +147,6 @@ class TrainerLauncher:
                 self.stop_all()
                 return LaunchResult(False, None, f"starting workers: {error}", placement,
                                     time.monotonic() - started)  # fmt: skip
-            started = time.monotonic()
             for rank, host in enumerate(hosts):
                 out = str(PurePosixPath(host.workdir) / "cells" / run_name / f"rank{rank}")
                 iface = ["--iface", host.interface] if host.interface else []
@@ -142,24 +154,39 @@ class TrainerLauncher:
                        "MASTER_ADDR": hosts[0].address, "MASTER_PORT": port}  # fmt: skip
                 request = {"argv": [*flags, "--out", out, *iface], "env": env}
                 self.workers[host.name].send_line(json.dumps(request))
-            replies = {h.name: pool.submit(self._reply, h.name, timeout_s) for h in hosts}
-            answers, lost = {}, {}
-            try:
-                for name, reply in replies.items():
-                    try:
-                        answers[name] = reply.result()
-                    except WorkerLost as error:
-                        lost[name] = str(error)
-            except BaseException:  # Ctrl-C: close the channels so the waiting threads end now
-                for stream in self.workers.values():
-                    stream.close()
-                raise
+            answers, lost = self._collect(hosts, pool, timeout_s)
+            connected = not lost and all(a.get("connected") for a in answers.values())
+            reason = prepare() if connected and prepare is not None else None
+            started = time.monotonic()
+            if connected and reason is None:
+                for host in hosts:
+                    self.workers[host.name].send_line(json.dumps(GO))
+                answers, lost = self._collect(hosts, pool, timeout_s)
         seconds = time.monotonic() - started
         summary = answers.get(hosts[0].name, {}).get("summary")
-        if not lost and all(a["exit_code"] == 0 for a in answers.values()) and summary:
+        if not lost and all(a.get("exit_code") == 0 for a in answers.values()) and summary:
             return LaunchResult(True, summary, None, placement, seconds)
         self.stop_all()  # a failed run leaves process groups unusable: start afresh
-        return LaunchResult(False, None, _failure(hosts, answers, lost), placement, seconds)
+        reason = reason or _failure(hosts, answers, lost)
+        return LaunchResult(False, None, reason, placement, seconds)
+
+    def _collect(
+        self, hosts: list[Host], pool: ThreadPoolExecutor, timeout_s: float
+    ) -> tuple[dict[str, dict], dict[str, str]]:
+        """Every host's next answer, and why for the hosts that gave none."""
+        replies = {h.name: pool.submit(self._reply, h.name, timeout_s) for h in hosts}
+        answers, lost = {}, {}
+        try:
+            for name, reply in replies.items():
+                try:
+                    answers[name] = reply.result()
+                except WorkerLost as error:
+                    lost[name] = str(error)
+        except BaseException:  # Ctrl-C: close the channels so the waiting threads end now
+            for stream in self.workers.values():
+                stream.close()
+            raise
+        return answers, lost
 
     def stop_all(self, ssh: FleetSSH | None = None) -> None:
         """Stop every worker this launcher started, by the PID each one recorded."""
@@ -176,7 +203,7 @@ def _failure(hosts: list[Host], answers: dict[str, dict], lost: dict[str, str]) 
     for rank, host in enumerate(hosts):
         if host.name in lost:
             lost_reasons.append(f"rank {rank} on {host.name}: {lost[host.name]}")
-        elif answers[host.name]["exit_code"] != 0:
+        elif answers[host.name].get("exit_code", 0) != 0:
             failed_reasons.append(f"rank {rank} on {host.name}: {answers[host.name]['error']}")
     reasons = lost_reasons + failed_reasons
     if not reasons:

@@ -1,8 +1,9 @@
 """Run an experiment matrix on a fleet, cell by cell.
 
-For every cell: shape every host with the cell's profile, read the shaping back and compare,
+For every cell: hand the cell to the ranks' workers (they join their process group and build
+their stages), shape every host with the cell's profile, read the shaping back and compare,
 probe the network briefly (once per profile and run: later cells of the profile reuse it),
-launch the trainer over SSH, collect rank 0's timings, and reset.
+let the ranks train, collect rank 0's timings, and reset.
 Each finished cell is appended to the results store at once; a failed cell is recorded with its
 reason and the matrix goes on. Whatever happens (failure, Ctrl-C), every host's qdisc is reset
 and every rank started is stopped before the runner returns.
@@ -165,9 +166,13 @@ class MatrixRunner:
                 progress.advance(task)
 
     def run_cell(self, cell: Cell, netem: FleetNetem, launcher: TrainerLauncher) -> dict:
-        """Apply, verify, probe, train, collect, reset: one cell's record."""
+        """Rendezvous, apply, verify, probe, train, collect, reset: one cell's record.
+
+        The ranks join their process group before the network is shaped: the rendezvous is a
+        one-off of the tool, not of the network under test, and at high latency it takes
+        hundreds of round trips.
+        """
         config = self.spec.trainer_config(cell)
-        target = self.spec.targets[cell.profile]
         record = {
             "cell_id": cell.cell_id,
             "status": "failed",
@@ -175,33 +180,20 @@ class MatrixRunner:
             "matrix": self.spec.header.name,
             "params": cell.params(),
             "trainer": config.model_dump(mode="json", exclude={"out", "iface"}),
-            "network": {"setting": describe_target(target)},
+            "network": {"setting": describe_target(self.spec.targets[cell.profile])},
             "summary": None,
             "hosts": self.host_facts,
             "started_at": _now(),
         }
         started = time.monotonic()
         timing = record["timing"] = {}
+
+        def shape() -> str | None:
+            timing["connect_s"] = time.monotonic() - started
+            return self._shape_and_probe(cell, config, netem, record)
+
         try:
-            lease = self.spec.timeouts.cell_s + LEASE_MARGIN_S
-            applied = netem.apply(target, lease_s=lease)
-            timing["apply_s"] = time.monotonic() - started
-            bad = {
-                n: a.get("error") or "read-back differs"
-                for n, a in applied.items()
-                if not a.get("ok") or a.get("matches") is False
-            }
-            record["network"]["applied"] = {n: a.get("shaping") for n, a in applied.items()}
-            if bad:
-                record["reason"] = "apply: " + "; ".join(f"{n}: {e}" for n, e in bad.items())
-                return record
-            if cell.profile not in self.probes:
-                self.probes[cell.profile] = self._probe(netem, config)
-            else:
-                record["network"]["probe_from_earlier_cell"] = True
-            record["network"]["probe"] = self.probes[cell.profile]
-            timing["probe_s"] = time.monotonic() - started - timing["apply_s"]
-            launched = launcher.run(config, _run_name(cell), self.spec.timeouts.cell_s)
+            launched = launcher.run(config, _run_name(cell), self.spec.timeouts.cell_s, shape)
             timing["train_s"] = launched.seconds
             record["placement"] = launched.placement
             if launched.ok:
@@ -216,6 +208,30 @@ class MatrixRunner:
             timing["cell_s"] = time.monotonic() - started
             record["finished_at"] = _now()
             _add_overhead(record)
+
+    def _shape_and_probe(self, cell: Cell, config, netem: FleetNetem, record: dict) -> str | None:
+        """Apply the cell's network, compare the read-back, probe once per profile; a failure's
+        reason, or None."""
+        timing, network = record["timing"], record["network"]
+        started = time.monotonic()
+        lease = self.spec.timeouts.cell_s + LEASE_MARGIN_S
+        applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease)
+        timing["apply_s"] = time.monotonic() - started
+        network["applied"] = {n: a.get("shaping") for n, a in applied.items()}
+        bad = {
+            n: a.get("error") or "read-back differs"
+            for n, a in applied.items()
+            if not a.get("ok") or a.get("matches") is False
+        }
+        if bad:
+            return "apply: " + "; ".join(f"{n}: {e}" for n, e in bad.items())
+        if cell.profile not in self.probes:
+            self.probes[cell.profile] = self._probe(netem, config)
+        else:
+            network["probe_from_earlier_cell"] = True
+        network["probe"] = self.probes[cell.profile]
+        timing["probe_s"] = time.monotonic() - started - timing["apply_s"]
+        return None
 
     def _probe(self, netem: FleetNetem, config) -> list[dict]:
         hosts = place_ranks(config, self.fleet)

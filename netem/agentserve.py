@@ -6,6 +6,10 @@ controller keeps one of these per host (over an SSH stream) and sends it agent c
 `WANLAB-AGENT {"exit_code": …, "stdout": "<the agent's JSON>", "stderr": …}`. The delay node
 runs the same code behind its mailbox.
 
+It also runs the network probe in-process (`{"argv": ["probe", "serve", …]}` starts a probe
+server that lives as long as the agent; `["probe", "measure", …]` measures), so probing costs no
+Python start-up either.
+
 The dead-man revert lives here too, with no watchdog process: the lease of each interface is
 kept in this process, which reverts the interface when the lease runs out. When its input ends
 (the controller is gone) it keeps waiting until every lease has run out, reverts, and exits.
@@ -18,6 +22,7 @@ import io
 import json
 import select
 import sys
+import threading
 import time
 
 MARK = "WANLAB-AGENT "
@@ -97,11 +102,39 @@ class Leases:
             del self.until[interface]
 
 
+class ProbeServers:
+    """The probe servers this agent runs, one per (address, port), for the agent's lifetime."""
+
+    def __init__(self):
+        self.listening: set[tuple[str, int]] = set()
+
+    def answer(self, argv: list[str]) -> dict:
+        """Run one `netem.probe` command line (`serve` returns once the server listens)."""
+        from netem import probe
+
+        try:
+            args = probe.parse_args(argv)
+            if args.command == "measure":
+                return _reply(0, **probe.measure(args.to, args.port, args.count, args.seconds))
+            if (args.bind, args.port) not in self.listening:
+                server = probe.open_server(args.bind, args.port)
+                forever = float("inf")
+                threading.Thread(
+                    target=probe.serve_on, args=(server, forever, args.warmup), daemon=True
+                ).start()
+                self.listening.add((args.bind, args.port))
+            return _reply(0, ok=True, port=args.port)
+        except SystemExit:
+            return _reply(2, ok=False, error=f"bad probe command {argv!r}")
+        except OSError as error:
+            return _reply(1, ok=False, error=f"probe: {error}")
+
+
 def serve() -> int:
     """Answer command lines on stdin until it ends, then outlive the leases still running."""
     import netem.agent  # noqa: F401 - the expensive imports, once, before "ready"
 
-    leases = Leases()
+    leases, probes = Leases(), ProbeServers()
     print(MARK + json.dumps({"ready": True}), flush=True)
     while True:
         leases.revert_expired()
@@ -112,7 +145,9 @@ def serve() -> int:
         if not line:
             break
         if line.strip():
-            print(MARK + json.dumps(leases.answer(json.loads(line)["argv"])), flush=True)
+            argv = json.loads(line)["argv"]
+            reply = probes.answer(argv[1:]) if argv[:1] == ["probe"] else leases.answer(argv)
+            print(MARK + json.dumps(reply), flush=True)
     while leases.until:  # the controller is gone: the dead-man revert still fires on time
         leases.revert_expired()
         time.sleep(POLL_S)

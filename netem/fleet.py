@@ -65,8 +65,8 @@ class FleetNetem:
     Each command runs the agent afresh on every host (`python -m netem.agent`, which leaves a
     watchdog process per shaped interface to hold the lease) unless `persistent`: then every
     host keeps one `python -m netem.agentserve` for the whole session, which answers commands
-    in a few milliseconds and holds the leases itself (a session that dies still reverts the
-    hosts when the leases run out). Experiment runs use the persistent form.
+    in a few milliseconds, probes in-process, and holds the leases itself (a session that dies
+    still reverts the hosts when the leases run out). Experiment runs use the persistent form.
     """
 
     def __init__(self, fleet: Fleet, timeout_s: float = 60.0, persistent: bool = False):
@@ -81,7 +81,7 @@ class FleetNetem:
 
     def __enter__(self) -> FleetNetem:
         self._ship()
-        if self.persistent and self.node is None:
+        if self.persistent:  # on a delay-node fleet the hosts' agents only probe
             self._start_agents()
         return self
 
@@ -112,10 +112,12 @@ class FleetNetem:
             return {"error": str(error)}
         return message if message is not None else {"error": "the agent ended"}
 
-    def _stream_call(self, name: str, args: list[str]) -> HostResult:
+    def _stream_call(
+        self, name: str, args: list[str], timeout_s: float | None = None
+    ) -> HostResult:
         started = time.monotonic()
         self._agents[name].send_line(json.dumps({"argv": args}))
-        reply = self._agent_line(name, self.timeout_s)
+        reply = self._agent_line(name, timeout_s or self.timeout_s)
         seconds = time.monotonic() - started
         if "exit_code" not in reply:
             return HostResult(name, False, None, "", "", seconds, reply["error"])
@@ -228,6 +230,8 @@ class FleetNetem:
         names = list(hosts)
         if pairs is None:
             pairs = [(a, b) for a, b in zip(names, names[1:] + names[:1], strict=True) if a != b]
+        if self._agents:
+            return self._probe_with_agents(hosts, pairs, seconds, count, port)
         serve_for = str(60 + len(pairs) * (seconds + 10))
         dsts = sorted({dst for _, dst in pairs})
         started = self.ssh.run(
@@ -249,30 +253,41 @@ class FleetNetem:
         out = []
         try:
             for src, dst in pairs:
+                measure = ["measure", "--to", hosts[dst].address, "--port", str(port),
+                           "--count", str(count), "--seconds", str(seconds)]  # fmt: skip
                 result = self.ssh.run(
-                    self._python(
-                        hosts[src],
-                        "netem.probe",
-                        "measure",
-                        "--to",
-                        hosts[dst].address,
-                        "--port",
-                        str(port),
-                        "--count",
-                        str(count),
-                        "--seconds",
-                        str(seconds),
-                    ),
+                    self._python(hosts[src], "netem.probe", *measure),
                     timeout=self.timeout_s + seconds,
                     hosts=[src],
                 )[src]
-                answer = _answer(result)
-                answer.update(src=src, dst=dst)
-                answer.pop("host", None)
-                out.append(answer)
+                out.append(_pair_answer(result, src, dst))
         finally:
             stop = "import os,sys; os.kill(int(sys.argv[1]), 15)"
             for name, pid in pids.items():
                 if pid:
                     self.ssh.run([hosts[name].python, "-c", stop, str(pid)], hosts=[name])
         return out
+
+    def _probe_with_agents(self, hosts, pairs, seconds: float, count: int, port: int) -> list[dict]:
+        """The probe run inside the persistent agents: no process is started or stopped."""
+        dsts = sorted({dst for _, dst in pairs})
+        serve = {name: ["probe", "serve", "--bind", hosts[name].address, "--port", str(port)]
+                 for name in dsts}  # fmt: skip
+        listening = self._each(dsts, self._stream_call, lambda h: serve[h.name])
+        out = []
+        for src, dst in pairs:
+            if not listening[dst].get("ok"):
+                out.append({**listening[dst], "src": src, "dst": dst})
+                continue
+            measure = ["probe", "measure", "--to", hosts[dst].address, "--port", str(port),
+                       "--count", str(count), "--seconds", str(seconds)]  # fmt: skip
+            result = self._stream_call(src, measure, self.timeout_s + seconds)
+            out.append(_pair_answer(result, src, dst))
+        return out
+
+
+def _pair_answer(result: HostResult, src: str, dst: str) -> dict[str, Any]:
+    answer = _answer(result)
+    answer.update(src=src, dst=dst)
+    answer.pop("host", None)
+    return answer

@@ -53,10 +53,16 @@ def _handle(conn: socket.socket, warmup_s: float) -> None:
             _serve_sink(conn, warmup_s)
 
 
-def serve(bind: str, port: int, for_s: float, warmup_s: float) -> None:
-    """Answer echo (RTT) and sink (throughput) connections for `for_s` seconds."""
-    with socket.create_server((bind, port)) as server:
-        server.settimeout(0.5)
+def open_server(bind: str, port: int) -> socket.socket:
+    """The probe's listening socket (listening once this returns)."""
+    server = socket.create_server((bind, port))
+    server.settimeout(0.5)
+    return server
+
+
+def serve_on(server: socket.socket, for_s: float, warmup_s: float) -> None:
+    """Answer echo (RTT) and sink (throughput) connections on `server` for `for_s` seconds."""
+    with server:
         deadline = time.monotonic() + for_s
         while time.monotonic() < deadline:
             try:
@@ -66,19 +72,47 @@ def serve(bind: str, port: int, for_s: float, warmup_s: float) -> None:
             threading.Thread(target=_handle, args=(conn, warmup_s), daemon=True).start()
 
 
-def measure_rtt(address: str, port: int, count: int = 50) -> dict[str, float]:
-    """Median/min/max of `count` 1-byte TCP round trips (after one unmeasured warm-up)."""
+def serve(bind: str, port: int, for_s: float, warmup_s: float) -> None:
+    """Answer echo (RTT) and sink (throughput) connections for `for_s` seconds."""
+    serve_on(open_server(bind, port), for_s, warmup_s)
+
+
+def measure_rtt(address: str, port: int, count: int = 50, gap_s: float = 0.005) -> dict[str, float]:
+    """Median/min/max of `count` 1-byte TCP round trips (after one unmeasured warm-up).
+
+    The pings leave `gap_s` apart on one connection, without waiting for each other's echo:
+    a 1-byte ping does not queue behind the others, and `count` of them take about one round
+    trip plus count × gap_s instead of count round trips (seconds at WAN latencies). TCP keeps
+    their order, so the n-th byte echoed answers the n-th ping.
+    """
     with socket.create_connection((address, port), timeout=30) as conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sendall(_ECHO)
-        samples = []
-        for i in range(count + 1):
-            t0 = time.perf_counter()
+        conn.sendall(_ECHO + b"x")
+        if conn.recv(1) != b"x":
+            raise ConnectionError("echo server closed the connection")
+        echoed: list[float] = []
+
+        def read_echoes() -> None:
+            while len(echoed) < count:
+                try:
+                    data = conn.recv(64)
+                except OSError:
+                    return
+                if not data:
+                    return
+                echoed.extend([time.perf_counter()] * len(data))
+
+        reader = threading.Thread(target=read_echoes, daemon=True)
+        reader.start()
+        sent = []
+        for _ in range(count):
+            sent.append(time.perf_counter())
             conn.sendall(b"x")
-            if conn.recv(1) != b"x":
-                raise ConnectionError("echo server closed the connection")
-            if i:
-                samples.append((time.perf_counter() - t0) * 1000)
+            time.sleep(gap_s)
+        reader.join()
+    if len(echoed) < count:
+        raise ConnectionError("echo server closed the connection")
+    samples = [(back - out) * 1000 for out, back in zip(sent, echoed, strict=True)]
     return {
         "rtt_ms_median": statistics.median(samples),
         "rtt_ms_min": min(samples),
@@ -137,8 +171,17 @@ def wait_listening(address: str, port: int, timeout_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`serve [--detach]` or `measure --to ADDR`; measure prints one JSON object."""
+def measure(address: str, port: int, count: int, seconds: float) -> dict:
+    """RTT, then (if `seconds` > 0) bulk throughput, to a listening probe server."""
+    result = {"ok": True, "to": address}
+    result.update(measure_rtt(address, port, count))
+    if seconds > 0:
+        result.update(measure_throughput(address, port, seconds))
+    return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """`serve [--detach]` or `measure --to ADDR` and their options."""
     parser = argparse.ArgumentParser(prog="python -m netem.probe")
     parser.add_argument("command", choices=["serve", "measure"])
     parser.add_argument("--bind", default="0.0.0.0")
@@ -150,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=50, help="round trips")
     parser.add_argument("--seconds", type=float, default=3.0, help="bulk transfer seconds")
     args = parser.parse_args(argv)
+    if args.command == "measure" and not args.to:
+        parser.error("measure needs --to ADDRESS")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`serve [--detach]` or `measure --to ADDR`; measure prints one JSON object."""
+    args = parse_args(argv)
     if args.command == "serve":
         if args.detach:
             pid = start_server_detached(args.bind, args.port, args.for_s, args.warmup)
@@ -157,14 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             serve(args.bind, args.port, args.for_s, args.warmup)
         return 0
-    if not args.to:
-        parser.error("measure needs --to ADDRESS")
     wait_listening(args.to, args.port)
-    result = {"ok": True, "to": args.to}
-    result.update(measure_rtt(args.to, args.port, args.count))
-    if args.seconds > 0:
-        result.update(measure_throughput(args.to, args.port, args.seconds))
-    print(json.dumps(result))
+    print(json.dumps(measure(args.to, args.port, args.count, args.seconds)))
     return 0
 
 

@@ -33,10 +33,12 @@ def lab(tmp_path_factory):
         lab_down(fleet)
 
 
-def test_shaping_on_the_node_is_what_hosts_measure(lab):
+@pytest.mark.parametrize("persistent", [False, True], ids=["one-shot", "persistent-agents"])
+def test_shaping_on_the_node_is_what_hosts_measure(lab, persistent):
+    """One-shot: the probe runs as its own processes; persistent: inside the hosts' agents."""
     fleet, inventory = lab
     assert inventory.delay_node is not None
-    with FleetNetem(inventory) as netem:
+    with FleetNetem(inventory, persistent=persistent) as netem:
         before = netem.probe(pairs=[("h0", "h1")], seconds=1.0, count=30)[0]
         applied = netem.apply(load_target("10ms/50mbit"), lease_s=120)
         assert all(a["ok"] and a["matches"] for a in applied.values()), applied

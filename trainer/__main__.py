@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from inventory.errors import ConfigError
@@ -91,21 +93,27 @@ def prepare(argv: list[str] | None):
     return cfg, rank, world_size, addr, port, device
 
 
-def run_rank(argv: list[str] | None) -> tuple[int, dict | None, str | None]:
+def run_rank(
+    argv: list[str] | None, on_ready: Callable[[], None] | None = None
+) -> tuple[int, dict | None, str | None]:
     """Run one rank to the end: (exit code, rank 0's summary or None, error message or None).
 
-    Exit code 2: bad input, found before any connection; 1: a peer died or timed out.
+    Exit code 2: bad input, found before any connection; 1: a peer died or timed out, or
+    `on_ready` (called with the process group up and the stage built) raised.
     """
+    preparing = time.perf_counter()
     try:
         cfg, rank, world_size, addr, port, device = prepare(argv)
     except ConfigError as exc:
         return 2, None, f"trainer: error: {exc}"
+    setup_s = {"prepare_s": time.perf_counter() - preparing}
 
     import torch.distributed as dist
 
     from trainer.train import train
 
     try:
+        connecting = time.perf_counter()
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
             init_method=f"tcp://{addr}:{port}",
@@ -113,7 +121,8 @@ def run_rank(argv: list[str] | None) -> tuple[int, dict | None, str | None]:
             world_size=world_size,
             timeout=timedelta(seconds=cfg.timeout_s),
         )
-        summary = train(cfg, rank, device)
+        setup_s["process_group_s"] = time.perf_counter() - connecting
+        summary = train(cfg, rank, device, setup_s, on_ready)
     except Exception as exc:  # a peer died or timed out: report and leave without hanging
         return 1, None, f"trainer: rank {rank} failed: {type(exc).__name__}: {exc}"
     dist.destroy_process_group()

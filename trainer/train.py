@@ -6,6 +6,8 @@ import json
 import platform
 import socket
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -76,12 +78,16 @@ class RankTrainer:
         )
 
     def step(self, iteration: int) -> IterationTimes:
-        """One timed iteration: pipeline, gradient sync, optimizer step."""
+        """One timed iteration: pipeline, gradient sync, optimizer step, then a barrier.
+
+        The barrier that ends one iteration starts the next, so the iterations tile rank 0's
+        time with nothing left uncounted between them.
+        """
+        start = self.clock()
         tokens, targets = self.micro_batches(iteration)
         for p in self.params:
             p.grad.zero_()
-        dist.barrier()
-        start = self.clock()
+        begun = self.clock()
         loss, piped = self.pipe.run(tokens, targets, self.cfg.n_micro)
         synced = self.clock()
         self.sync.sync()
@@ -96,7 +102,7 @@ class RankTrainer:
         return IterationTimes(
             iteration=iteration,
             total_s=end - start,
-            pipeline_s=synced - start,
+            pipeline_s=synced - begun,
             forward_s=piped.forward_s,
             backward_s=piped.backward_s,
             comm_wait_s=piped.comm_wait_s,
@@ -106,9 +112,30 @@ class RankTrainer:
         )
 
 
-def train(cfg: TrainerConfig, rank: int, device: torch.device) -> dict | None:
-    """Run every iteration on this rank (process group already up); rank 0 returns the summary."""
+def train(
+    cfg: TrainerConfig,
+    rank: int,
+    device: torch.device,
+    setup_s: dict[str, float] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> dict | None:
+    """Run every iteration on this rank (process group already up); rank 0 returns the summary.
+
+    `on_ready`, if given, is called once the stage is built and before the first iteration (a
+    worker waits there for its controller to shape the network). `setup_s` holds what the
+    caller timed before (the process group's set-up); the summary adds building the stage and
+    gathering every rank's records, so a runner can say where a cell's time outside the
+    iterations went.
+    """
+    setup_s = dict(setup_s or {})
+    built = time.perf_counter()
     trainer = RankTrainer(cfg, rank, device)
+    setup_s["build_s"] = time.perf_counter() - built
+    if on_ready is not None:
+        on_ready()
+    started = time.perf_counter()
+    dist.barrier()  # the first iteration starts when every rank is ready
+    setup_s["start_barrier_s"] = time.perf_counter() - started
     rank_log = None
     if cfg.out is not None:
         cfg.out.mkdir(parents=True, exist_ok=True)
@@ -132,10 +159,12 @@ def train(cfg: TrainerConfig, rank: int, device: torch.device) -> dict | None:
         "records": [r.as_dict() for r in records],
     }
     everyone: list[dict] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
+    gathered = time.perf_counter()
+    dist.gather_object(mine, everyone if rank == 0 else None, dst=0)
+    setup_s["gather_s"] = time.perf_counter() - gathered
     if rank != 0:
         return None
-    summary = build_summary(cfg, everyone, device)
+    summary = build_summary(cfg, everyone, device) | {"setup_s": setup_s}
     if cfg.out is not None:
         write_results(cfg, summary, everyone)
     return summary

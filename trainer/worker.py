@@ -1,10 +1,17 @@
 """`python -m trainer.worker`: a rank process that stays up across runs, so torch is imported once.
 
 It reads one JSON request per line on stdin, `{"argv": [trainer flags], "env": {"RANK": …,
-"WORLD_SIZE": …, "MASTER_ADDR": …, "MASTER_PORT": …}}`, runs that rank exactly as
-`python -m trainer` would (a fresh process group each time), and answers one line
-`WANLAB-WORKER {"exit_code": …, "summary": …, "error": …}`. After a failed run the process
-group may be unusable, so the worker answers and exits; end of input also ends it.
+"WORLD_SIZE": …, "MASTER_ADDR": …, "MASTER_PORT": …}}`, and runs that rank as `python -m
+trainer` would (a fresh process group each time), in two steps:
+
+1. it joins the process group and builds its stage, then answers `WANLAB-WORKER
+   {"connected": true}` and waits for the line `{"go": true}` — so the controller can shape
+   the network between the ranks' rendezvous and their first iteration;
+2. it trains and answers `WANLAB-WORKER {"exit_code": …, "summary": …, "error": …}`.
+
+A request that fails before connecting (bad flags) gets only the final answer. After a failed
+run the process group may be unusable, so the worker answers and exits; a line other than go,
+or the end of input, ends the run as failed.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import sys
 import traceback
 
 MARK = "WANLAB-WORKER "
+GO = {"go": True}
 
 
 def answer(**fields) -> None:
@@ -22,20 +30,33 @@ def answer(**fields) -> None:
     print(MARK + json.dumps(fields), flush=True)
 
 
+def wait_for_go() -> None:
+    """Say the rank is connected and built; return on go, raise on anything else."""
+    answer(connected=True)
+    line = sys.stdin.readline()
+    if not line or json.loads(line) != GO:
+        raise RuntimeError(f"the controller did not say go (it sent {line.strip()!r})")
+
+
 def serve() -> int:
     """Answer requests until stdin ends or a run fails."""
-    import torch.distributed  # noqa: F401 - the expensive import, done once, before "ready"
+    # The expensive imports, done once before "ready": torch.distributed, torch._dynamo (which
+    # the first optimizer a process builds imports: seconds on a small host) and our own.
+    import torch._dynamo  # noqa: F401
+    import torch.distributed  # noqa: F401
 
+    import trainer.netif  # noqa: F401 - pyroute2
+    import trainer.train  # noqa: F401
     from trainer.__main__ import run_rank
 
     answer(ready=True, pid=os.getpid())
-    for line in sys.stdin:
+    while line := sys.stdin.readline():
         if not line.strip():
             continue
         request = json.loads(line)
         os.environ.update({key: str(value) for key, value in request["env"].items()})
         try:
-            exit_code, summary, error = run_rank(request["argv"])
+            exit_code, summary, error = run_rank(request["argv"], on_ready=wait_for_go)
         except Exception:  # noqa: BLE001 - reported to the controller, then this worker ends
             exit_code, summary, error = 1, None, traceback.format_exc(limit=3)
         answer(exit_code=exit_code, summary=summary, error=error)
