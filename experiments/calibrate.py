@@ -9,6 +9,7 @@ one FLOP rate at which the model predicts exactly that time on that cell's netwo
 
 from __future__ import annotations
 
+import math
 import statistics
 import tomllib
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from trainer.config import TrainerConfig
 REFERENCE_FILE = Path(__file__).with_name("reference.toml")
 FIT_TOLERANCE = 1e-6
 FIT_ROUNDS = 100
+MIN_NATIVE_RATE_BPS = 1e5
+"""The slowest native rate a calibration may fit: 100 kbit/s."""
 
 
 def workload_of(config: TrainerConfig) -> Workload:
@@ -155,28 +158,29 @@ def from_total(
     return Calibration(f"{source} (fitted)", rate, memory_bytes_per_s, native)
 
 
-def fit_message_latency(
+def fit_native_rate(
     workload: Workload, stages: StageCompute, profile: Profile, native: Native, measured_s: float
 ) -> float:
-    """Extra one-way latency per message that makes the model match a measured cell.
+    """The native rate (bit/s) at which the model matches a measured cell, at most the probed one.
 
-    The probe measures raw TCP; the training's messages also pay the backend's software cost
-    (serialization, waking the receiving thread), which the measured stage times leave out.
-    Zero when the model already reaches the measurement without it.
+    The probe times one bulk flow on an idle fleet; during training the unshaped path carries
+    the training's own traffic on machines busy computing (on the local fleet every packet is
+    forwarded by the delay node, which shares the CPUs with the ranks), and delivers less.
+    Unchanged when the model already reaches the measurement at the probed rate.
     """
 
-    def predicted(extra: float) -> float:
-        shifted = Native(latency_s=native.latency_s + extra, rate_bps=native.rate_bps)
-        network = uniform_network(workload.n_stages * workload.n_replicas, profile, shifted)
+    def predicted(rate_bps: float) -> float:
+        slowed = Native(latency_s=native.latency_s, rate_bps=rate_bps)
+        network = uniform_network(workload.n_stages * workload.n_replicas, profile, slowed)
         return predict(workload, stages, network).iteration_s
 
-    if predicted(0.0) >= measured_s:
-        return 0.0
-    low, high = 0.0, measured_s
+    if predicted(native.rate_bps) >= measured_s:
+        return native.rate_bps
+    low, high = math.log(MIN_NATIVE_RATE_BPS), math.log(native.rate_bps)
     for _ in range(FIT_ROUNDS // 2):
         middle = (low + high) / 2
-        low, high = (middle, high) if predicted(middle) < measured_s else (low, middle)
-    return high
+        low, high = (low, middle) if predicted(math.exp(middle)) < measured_s else (middle, high)
+    return math.exp(high)
 
 
 @dataclass(frozen=True)
@@ -325,8 +329,8 @@ class ResultsCalibration:
         measured = summary["phases"]["total_s"]["mean"]
         if stages is not None and profile is not None:
             workload = workload_of(config)
-            extra = fit_message_latency(workload, stages, profile, native, measured)
-            native = Native(latency_s=native.latency_s + extra, rate_bps=native.rate_bps)
+            rate = fit_native_rate(workload, stages, profile, native, measured)
+            native = Native(latency_s=native.latency_s, rate_bps=rate)
             return from_stage_times(workload, stages, source, native)
         if stages is not None:
             return from_stage_times(workload_of(config), stages, source, native)

@@ -1,34 +1,44 @@
 """The analytic cost model: an iteration's time and its parts from compute rates and a network.
 
+Messages go as gloo sends them over TCP: a send waits until the receiver has posted its
+receive and that notice has crossed back (α the other way), then takes A/β on the wire and
+arrives α later.
+
+The iteration is timed as the trainer times it: every rank leaves a barrier (see
+`experiments.barrier`: one round trip per round, and the ranks leave it skewed), runs its
+pipeline steps, averages gradients, steps its optimizer and enters the closing barrier; rank 0
+reports from its start to its leaving that barrier. Iterations run back to back, so each
+starts skewed as the previous one left: the model plays `STEADY_PASSES` of them.
+
 The pipeline is played out step by step (vectorized over pipelines and candidate placements):
 a stage runs its steps in schedule order, each step waits for its input to arrive; a send
-leaves when the step is done and the sender's egress is free, takes A/β on the wire (sends of
-one host are serialized on its egress) and arrives α later. With equal stages and a free
-network this is the GPipe bound (M + S − 1)·(t_f + t_b).
+leaves when the step is done, the sender's egress is free and the receiver is ready (forward
+receives are posted at a rank's start), takes A/β on the wire (sends of one host are
+serialized on its egress) and arrives α later. With equal stages and a free network this is
+the GPipe bound (M + S − 1)·(t_f + t_b).
 
 Then each stage's replicas average gradients of N bytes:
-- `ps`: the stage's replica-0 host is the server. Each other replica pushes N to it (α + N/β
-  over its own egress, all at once; the server's native ingress rate bounds their sum), then
-  the server sends the average back to all D − 1 over its one egress: (D − 1)·N/β, + α.
-  With an ingress as slow as the egress this is the textbook 2·(α + (D − 1)·N/β).
+- `ps`: the stage's replica-0 host is the server. Each other replica pushes N to it once the
+  server's receive is heard (α + N/β over its own egress, all at once; the server's native
+  ingress rate bounds their sum), then the server sends the average back to all D − 1 over
+  its one egress: (D − 1)·N/β, + α. With an ingress as slow as the egress and everyone done
+  together this is 2·(α + (D − 1)·N/β) + α.
 - `allreduce`: a ring, 2·(D − 1) steps of N/D bytes over the slowest ring hop:
   2·(D − 1)·α + 2·(D − 1)/D·N/β.
-Each rank then steps its optimizer, and the iteration ends with a dissemination barrier
-(⌈log₂ W⌉ rounds of one hop), as rank 0 times it.
 
-Parts (they sum to the iteration time): `compute` = M·(t_f + t_b) of the slowest stage;
-`bubble` = the pipeline without transfers minus that; `activation_transfer` = what transfers
-add to the pipeline; `optimizer`; `ps_sync` or `allreduce` = what the sync adds after the
-optimizer-only end; `barrier`.
+Parts (they sum to the iteration time, all from rank 0's start): `compute` = M·(t_f + t_b) of
+the slowest stage; `bubble` = the pipeline without transfers minus that;
+`activation_transfer` = what transfers and the ranks' skew add to the pipeline; `optimizer`;
+`ps_sync` or `allreduce` = what the sync adds after the optimizer-only end; `barrier`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.barrier import dissemination_barrier
 from experiments.netmodel import Network
 from experiments.schedule import op_order
 from experiments.workload import Workload
@@ -40,6 +50,8 @@ DEFAULT_MEMORY_BYTES_PER_S = 900e9
 """Memory bandwidth the optimizer step is bound by, uncalibrated: a V100's 900 GB/s."""
 OPTIMIZER_BYTES_PER_PARAM = 28
 """AdamW reads parameter, gradient and two moments (16 B) and writes three of them (12 B)."""
+STEADY_PASSES = 3
+"""Iterations played back to back: each starts skewed as the previous one's barrier left it."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +140,19 @@ def evaluate(
     if placements.shape[1:] != (n_stages, n_replicas):
         raise ValueError(f"placements of shape {placements.shape} for {n_stages}×{n_replicas}")
     hosts = np.moveaxis(placements, 1, 0)  # (S, K, D)
+    host_of = _by_rank(hosts)
     hops = _hops(workload, network, hosts)
     free = _run_pipeline(workload, compute, None)
-    done = _run_pipeline(workload, compute, hops)  # (S, K, D)
-    sync_end = _sync(workload, network, hosts, done)
     opt = compute.optimizer_s.reshape(-1, 1, 1)
-    entry = sync_end + opt
-    total = _barrier(network, hosts, entry)
+    leave = np.zeros(host_of.shape)
+    for _ in range(STEADY_PASSES):
+        start = dissemination_barrier(network.latency_s, host_of, leave)
+        start -= start[:, :1]  # times from rank 0's start, as rank 0 times the iteration
+        done = _run_pipeline(workload, compute, hops, _by_stage(start, hosts.shape))
+        sync_end = _sync(workload, network, hosts, done)
+        entry = sync_end + opt
+        leave = dissemination_barrier(network.latency_s, host_of, _by_rank(entry))
+    total = leave[:, 0]
 
     stage_work = workload.n_micro * (compute.forward_s + compute.backward_s)
     compute_part = float(stage_work.max())
@@ -161,6 +179,18 @@ def evaluate(
     )
 
 
+def _by_rank(per_stage: np.ndarray) -> np.ndarray:
+    """(S, K, D) → (K, W), rank r·S + s for stage s of replica r."""
+    n_batch = per_stage.shape[1]
+    return np.moveaxis(per_stage, 1, 0).transpose(0, 2, 1).reshape(n_batch, -1)
+
+
+def _by_stage(per_rank: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(K, W) → (S, K, D), the inverse of `_by_rank`."""
+    n_stages, n_batch, n_replicas = shape
+    return np.moveaxis(per_rank.reshape(n_batch, n_replicas, n_stages).transpose(0, 2, 1), 0, 1)
+
+
 def _hops(workload: Workload, network: Network, hosts: np.ndarray):
     """Latency and wire time of each stage boundary, forward (s → s+1) and backward."""
     a, b = hosts[:-1], hosts[1:]
@@ -173,9 +203,16 @@ def _hops(workload: Workload, network: Network, hosts: np.ndarray):
     )
 
 
-def _run_pipeline(workload: Workload, compute: StageCompute, hops) -> np.ndarray:
-    """When each stage of each pipeline is done (its last step and its last send); `hops` None
-    means free transfers."""
+def _run_pipeline(
+    workload: Workload, compute: StageCompute, hops, start: np.ndarray | None = None
+) -> np.ndarray:
+    """When each stage of each pipeline is done (its last step and its last send).
+
+    `hops` None means free transfers. `start` (S, K, D) is when each rank starts (zero when
+    None); a rank posts its forward receives then, so a forward send to it leaves no earlier
+    than its start plus the hop back (gloo's rendezvous). Backward receives are posted when a
+    stage's forwards end, always before the gradient it waits for can reach it.
+    """
     n_stages, n_micro = workload.n_stages, workload.n_micro
     if hops is None:
         shape = (1, 1)
@@ -184,17 +221,21 @@ def _run_pipeline(workload: Workload, compute: StageCompute, hops) -> np.ndarray
     else:
         fw_lat, fw_wire, bw_lat, bw_wire = hops
         shape = fw_lat.shape[1:] if n_stages > 1 else (1, 1)
-    free = np.zeros((n_stages, *shape))
-    egress = np.zeros((n_stages, *shape))
-    forward_in = np.zeros((n_stages, n_micro, *shape))
-    backward_in = np.zeros((n_stages, n_micro, *shape))
+    if start is None:
+        start = np.zeros((n_stages, *shape))
+    free = start.astype(float)
+    egress = free.copy()
+    receiver_ready = start[1:] + bw_lat  # the forward receiver's notice reaches the sender
+    forward_in = np.zeros((n_stages, n_micro, *free.shape[1:]))
+    backward_in = np.zeros_like(forward_in)
     t_f, t_b = compute.forward_s, compute.backward_s
     last = n_stages - 1
     for s, backward, m in op_order(workload.schedule, n_stages, n_micro):
         if not backward:
             free[s] = np.maximum(free[s], forward_in[s, m]) + t_f[s]
             if s < last:
-                egress[s] = np.maximum(free[s], egress[s]) + fw_wire[s]
+                leaves = np.maximum(np.maximum(free[s], egress[s]), receiver_ready[s])
+                egress[s] = leaves + fw_wire[s]
                 forward_in[s + 1, m] = egress[s] + fw_lat[s]
         else:
             free[s] = np.maximum(free[s], backward_in[s, m]) + t_b[s]
@@ -221,7 +262,8 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
         end = start + 2 * (n_replicas - 1) * step.max(axis=2)
         return np.broadcast_to(end[..., None], done.shape)
     server, others = hosts[..., :1], hosts[..., 1:]
-    push_start = np.maximum(done[..., 1:], done[..., :1])
+    posted = done[..., :1] + network.latency_s[server, others]  # the server's receive, heard
+    push_start = np.maximum(done[..., 1:], posted)
     push_latency = network.latency_s[others, server]
     arrivals = push_start + push_latency + size[..., None] / network.bytes_per_s[others, server]
     ingress = network.ingress_bytes_per_s[server[..., 0]]
@@ -231,17 +273,3 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     sent = push_end + pull_wire
     received = sent[..., None] + network.latency_s[server, others]
     return np.concatenate([sent[..., None], received], axis=2)
-
-
-def _barrier(network: Network, hosts: np.ndarray, entry: np.ndarray) -> np.ndarray:
-    """When rank 0 leaves a dissemination barrier the ranks enter at `entry` (S, K, D)."""
-    n_stages, n_batch, n_replicas = entry.shape
-    world = n_stages * n_replicas
-    by_rank = np.moveaxis(entry, 1, 0).transpose(0, 2, 1).reshape(n_batch, world)
-    host_of = np.moveaxis(hosts, 1, 0).transpose(0, 2, 1).reshape(n_batch, world)
-    times = by_rank
-    for k in range(math.ceil(math.log2(world)) if world > 1 else 0):
-        source = np.roll(np.arange(world), 1 << k)
-        heard = times[:, source] + network.latency_s[host_of[:, source], host_of]
-        times = np.maximum(times, heard)
-    return times[:, 0]

@@ -1,7 +1,9 @@
 """The network as the cost model sees it: per ordered host pair a latency α and a bandwidth β.
 
 A profile's delay is one-way on the sender's egress, so the hop src → dst has
-α = native latency + the sender's delay and β = min(native rate, the sender's shaped rate).
+α = native latency + the sender's delay and β = min(native rate, the data share of the sender's
+shaped rate). The shaper counts whole frames, headers included, while the native rate is what
+the probe measured: payload.
 Shaping is on egress only: a host's ingress runs at its native rate. Loss, duplication and
 reordering are not modelled (the prediction assumes a clean, if slow, link).
 """
@@ -20,6 +22,9 @@ DEFAULT_NATIVE_LATENCY_S = 50e-6
 """One-way latency of an unshaped hop when nothing better is known (a LAN: 0.05 ms)."""
 DEFAULT_NATIVE_RATE_BPS = 10e9
 """Line rate of an unshaped host when nothing better is known: 10 Gbit/s."""
+TCP_PAYLOAD_SHARE = 1448 / 1514
+"""Share of a shaped rate left for data: the shaper counts whole Ethernet frames (1,514 B at a
+1,500 B MTU), of which TCP carries 1,448 B (less IPv4 20 B, TCP 20 B, timestamps 12 B)."""
 LOOPBACK_BYTES_PER_S = 1e12
 """A host talking to itself: no latency, practically unlimited bandwidth."""
 
@@ -52,8 +57,9 @@ class Network:
 def _egress(native: Native, shape: Profile | None) -> tuple[float, float]:
     """(α in s, β in bytes/s) of a hop whose sender's egress has `shape`."""
     latency = native.latency_s + (shape.delay_ms / 1000 if shape else 0.0)
-    rate = native.rate_bps if shape is None or shape.rate_bps is None else shape.rate_bps
-    return latency, min(rate, native.rate_bps) / 8
+    if shape is None or shape.rate_bps is None:
+        return latency, native.rate_bps / 8
+    return latency, min(shape.rate_bps * TCP_PAYLOAD_SHARE, native.rate_bps) / 8
 
 
 def _with_loopback(latency: np.ndarray, rate: np.ndarray, native: Native) -> Network:

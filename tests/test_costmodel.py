@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from experiments.barrier import dissemination_barrier
 from experiments.calibrate import from_flops, reference_calibration
-from experiments.costmodel import StageCompute, evaluate, predict
-from experiments.netmodel import Native, Network, pair_network, uniform_network
+from experiments.costmodel import StageCompute, _run_pipeline, evaluate, predict
+from experiments.netmodel import (
+    TCP_PAYLOAD_SHARE,
+    Native,
+    Network,
+    pair_network,
+    uniform_network,
+)
 from experiments.simulate import explore, world_scenario
 from experiments.workload import Workload, make_workload
 from netem.matrix import matrix_from_data
@@ -62,10 +69,17 @@ def test_bubble_formula_on_a_free_network(schedule, stages, micro):
 
 
 def test_one_micro_batch_pays_each_hop_both_ways():
+    """Rank 0 ends last; the closing barrier's one round waits for rank 1's reply: 2α.
+
+    Rank 1 left the opening barrier α before rank 0, so its receive is heard by rank 0 at
+    rank 0's start, before the first send: the rendezvous costs nothing here.
+    """
     alpha, wire = 0.01, 0.1  # latency; 1 MB over 10 MB/s
     net = Network(np.full((2, 2), alpha), np.full((2, 2), 1e7), np.full(2, 1e7))
     result = predict(toy_workload(2, 1, 1, act=1e6), times(2, 0.05, 0.1), net)
-    assert result.iteration_s == pytest.approx(2 * 0.05 + 2 * 0.1 + 2 * (alpha + wire))
+    pipeline = 2 * 0.05 + 2 * 0.1 + 2 * (alpha + wire)
+    assert result.iteration_s == pytest.approx(pipeline + 2 * alpha)
+    assert result.parts["barrier"] == pytest.approx(2 * alpha)
     assert result.slowest_hop_s == pytest.approx(alpha + wire)
 
 
@@ -76,8 +90,54 @@ def test_a_bandwidth_bound_hop_serializes_the_micro_batches():
     result = predict(toy_workload(2, 1, micro, act=1e6), times(2, step, step), net)
     last_activation_in = step + micro * wire + alpha
     last_gradient_in = (last_activation_in + 2 * step) + micro * wire + alpha
-    assert result.iteration_s == pytest.approx(last_gradient_in + step)
+    closing_barrier = 2 * alpha
+    assert result.iteration_s == pytest.approx(last_gradient_in + step + closing_barrier)
     assert result.parts["activation_transfer"] > 2 * (micro - 1) * wire
+
+
+def test_a_barrier_round_costs_a_round_trip():
+    """gloo sends only once the receiver's notice came back: 2α a round, not α."""
+    alpha = 0.01
+    latency = np.full((4, 4), alpha)
+    two = np.array([[0, 1]])
+    assert dissemination_barrier(latency, two, np.zeros((1, 2)))[0] == pytest.approx([0.02, 0.02])
+    four = np.array([[0, 1, 2, 3]])
+    assert dissemination_barrier(latency, four, np.zeros((1, 4)))[0] == pytest.approx([0.04] * 4)
+
+
+def test_a_barrier_lets_the_early_rank_go_a_hop_before_the_late_one():
+    """Rank 1 arrives at 1 s: its message leaves then (rank 0's notice is long there), reaching
+    rank 0 at 1 + α; rank 1 waits for rank 0's notice-then-message, 1 + 2α."""
+    alpha = 0.01
+    left = dissemination_barrier(np.full((2, 2), alpha), np.array([[0, 1]]), np.array([[0, 1.0]]))
+    assert left[0] == pytest.approx([1.01, 1.02])
+
+
+def test_a_forward_send_waits_for_the_receivers_notice():
+    """Both stages start at 0 with α = 50 ms: the activation, ready at 1 ms, leaves at α (when
+    stage 1's posted receive is heard) and arrives at 2α; the gradient goes at once."""
+    alpha, step = 0.05, 0.001
+    net = Network(np.full((2, 2), alpha), np.full((2, 2), 1e30), np.full(2, 1e30))
+    workload = toy_workload(2, 1, 1)
+    hosts = np.array([[[0]], [[1]]])
+    hops = (
+        net.latency_s[hosts[:-1], hosts[1:]],
+        np.zeros((1, 1, 1)),
+        net.latency_s[hosts[1:], hosts[:-1]],
+        np.zeros((1, 1, 1)),
+    )
+    done = _run_pipeline(workload, times(2, step, step), hops, np.zeros((2, 1, 1)))
+    stage_1_done = 2 * alpha + 2 * step
+    assert done[1, 0, 0] == pytest.approx(stage_1_done)
+    assert done[0, 0, 0] == pytest.approx(stage_1_done + alpha + step)
+
+
+def test_a_shaped_rate_carries_data_at_its_payload_share():
+    """10 Mbit/s of 1,514-byte frames carry 1,448 bytes of TCP payload each."""
+    net = uniform_network(2, parse_profile("10ms/10mbit"), Native(latency_s=0.0, rate_bps=1e9))
+    assert net.bytes_per_s[0, 1] == pytest.approx(10e6 / 8 * 1448 / 1514)
+    unshaped = uniform_network(2, BUILTIN["default"], Native(latency_s=0.0, rate_bps=1e9))
+    assert unshaped.bytes_per_s[0, 1] == pytest.approx(1e9 / 8)  # the probe measured payload
 
 
 def test_ps_sync_is_twice_latency_plus_d_minus_1_copies_when_ingress_is_as_slow():
@@ -93,7 +153,7 @@ def test_ps_push_runs_in_parallel_when_only_egress_is_shaped():
     native = Native(latency_s=0.0, rate_bps=1e10)
     shaped = parse_profile("2ms/800mbit")
     net = uniform_network(d, shaped, native)
-    beta = 8e8 / 8
+    beta = 8e8 * TCP_PAYLOAD_SHARE / 8
     result = predict(toy_workload(1, d, 1, params=n / 4), times(1, 0.0, 0.0), net)
     push, pull = 0.002 + n / beta, (d - 1) * n / beta + 0.002
     assert result.parts["ps_sync"] == pytest.approx(push + pull)
@@ -131,9 +191,9 @@ def test_pair_matrix_hops_use_their_own_pair():
     native = Native(latency_s=1e-4, rate_bps=1e10)
     net = pair_network(["a", "a", "b"], matrix, native)
     assert net.latency_s[0, 1] == pytest.approx(0.0101)
-    assert net.bytes_per_s[0, 1] == pytest.approx(2e9 / 8)
+    assert net.bytes_per_s[0, 1] == pytest.approx(2e9 * TCP_PAYLOAD_SHARE / 8)
     assert net.latency_s[1, 2] == pytest.approx(0.0671)
-    assert net.bytes_per_s[1, 2] == pytest.approx(790e6 / 8)
+    assert net.bytes_per_s[1, 2] == pytest.approx(790e6 * TCP_PAYLOAD_SHARE / 8)
     assert net.latency_s[2, 1] == pytest.approx(1e-4)  # b → a is not in the matrix
     assert net.bytes_per_s[2, 1] == pytest.approx(1e10 / 8)
     assert net.latency_s[2, 2] == 0.0
@@ -141,8 +201,8 @@ def test_pair_matrix_hops_use_their_own_pair():
     workload = toy_workload(2, 1, 1, act=1e6)
     inside, across = np.array([[[0], [1]]]), np.array([[[1], [2]]])
     result = evaluate(workload, times(2, 0.0, 0.0), net, np.concatenate([inside, across]))
-    a_to_b = 0.0671 + 1e6 / (790e6 / 8)
-    assert result.slowest_hop_s[0] == pytest.approx(0.0101 + 1e6 / (2e9 / 8))
+    a_to_b = 0.0671 + 1e6 / net.bytes_per_s[1, 2]
+    assert result.slowest_hop_s[0] == pytest.approx(0.0101 + 1e6 / net.bytes_per_s[0, 1])
     assert result.slowest_hop_s[1] == pytest.approx(a_to_b)
 
 
