@@ -50,7 +50,7 @@ DEFAULT_MEMORY_BYTES_PER_S = 900e9
 """Memory bandwidth the optimizer step is bound by, uncalibrated: a V100's 900 GB/s."""
 OPTIMIZER_BYTES_PER_PARAM = 28
 """AdamW reads parameter, gradient and two moments (16 B) and writes three of them (12 B)."""
-STEADY_PASSES = 3
+STEADY_PASSES = 2
 """Iterations played back to back: each starts skewed as the previous one's barrier left it."""
 
 
