@@ -6,7 +6,8 @@ Goal: at most 10 % of every cell's time.
 
 Without --results it brings up its own local fleet (prefix `wlo`, 198.18.14.0/24, with a delay
 node where this kernel has no netem), runs `experiments/matrices/local-demo.toml`, and removes
-the fleet; with --results DIR it reads an earlier run of that matrix instead.
+the fleet (`--out DIR` keeps that run's results); with --results DIR it reads an earlier run of
+that matrix instead.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true", help="end with one JSON object")
     parser.add_argument("--results", type=Path, help="read this results folder instead")
+    parser.add_argument("--out", type=Path, help="keep the run's results in this folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = args.results or Path(tmp) / "results"
+        results = args.results or args.out or Path(tmp) / "results"
         if args.results is None:
             run_demo_matrix(results)
         records = [r for r in ResultsStore(results).records() if r["status"] == "ok"]

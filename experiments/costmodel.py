@@ -4,11 +4,11 @@ Messages go as gloo sends them over TCP: a send waits until the receiver has pos
 receive and that notice has crossed back (α the other way), then takes A/β on the wire and
 arrives α later.
 
-The iteration is timed as the trainer times it: every rank leaves a barrier (see
-`experiments.barrier`: one round trip per round, and the ranks leave it skewed), runs its
-pipeline steps, averages gradients, steps its optimizer and enters the closing barrier; rank 0
-reports from its start to its leaving that barrier. Iterations run back to back, so each
-starts skewed as the previous one left: the model plays `STEADY_PASSES` of them.
+The iteration is timed as the trainer times it: every rank runs its pipeline steps, averages
+gradients, steps its optimizer and enters the barrier that ends the iteration (see
+`experiments.barrier`: one round trip per round, and the ranks leave it skewed); rank 0
+reports from leaving one such barrier to leaving the next. Iterations run back to back, so
+each starts skewed as the previous one left: the model plays `STEADY_PASSES` of them.
 
 The pipeline is played out step by step (vectorized over pipelines and candidate placements):
 a stage runs its steps in schedule order, each step waits for its input to arrive; a send
@@ -146,8 +146,7 @@ def evaluate(
     opt = compute.optimizer_s.reshape(-1, 1, 1)
     leave = np.zeros(host_of.shape)
     for _ in range(STEADY_PASSES):
-        start = dissemination_barrier(network.latency_s, host_of, leave)
-        start -= start[:, :1]  # times from rank 0's start, as rank 0 times the iteration
+        start = leave - leave[:, :1]  # from rank 0's start, as rank 0 times the iteration
         done = _run_pipeline(workload, compute, hops, _by_stage(start, hosts.shape))
         sync_end = _sync(workload, network, hosts, done)
         entry = sync_end + opt
