@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -215,6 +216,7 @@ COMMANDS = {
 }
 
 
+@functools.cache
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m netem.agent", description=__doc__)
     parser.add_argument("command", choices=[*COMMANDS, "watchdog"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import socket
 import statistics
 import struct
@@ -80,38 +81,39 @@ def serve(bind: str, port: int, for_s: float, warmup_s: float) -> None:
 def measure_rtt(address: str, port: int, count: int = 50, gap_s: float = 0.005) -> dict[str, float]:
     """Median/min/max of `count` 1-byte TCP round trips (after one unmeasured warm-up).
 
-    The pings leave `gap_s` apart on one connection, without waiting for each other's echo:
-    a 1-byte ping does not queue behind the others, and `count` of them take about one round
+    A ping leaves as soon as the previous one is answered, or `gap_s` after it if that comes
+    first: on a fast link they run back to back, on a slow one they overlap on the connection
+    (a 1-byte ping does not queue behind the others), so `count` of them take about one round
     trip plus count × gap_s instead of count round trips (seconds at WAN latencies). TCP keeps
-    their order, so the n-th byte echoed answers the n-th ping.
+    their order, so the n-th byte echoed answers the n-th ping. One thread sends and reads
+    (select), so no thread switch delays a timestamp.
     """
     with socket.create_connection((address, port), timeout=30) as conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sendall(_ECHO + b"x")
         if conn.recv(1) != b"x":
             raise ConnectionError("echo server closed the connection")
+        sent: list[float] = []
         echoed: list[float] = []
-
-        def read_echoes() -> None:
-            while len(echoed) < count:
-                try:
-                    data = conn.recv(64)
-                except OSError:
-                    return
+        deadline = time.monotonic() + 30
+        next_ping = time.perf_counter()
+        while len(echoed) < count:
+            now = time.perf_counter()
+            idle = len(echoed) == len(sent)
+            if len(sent) < count and (idle or now >= next_ping):
+                sent.append(time.perf_counter())
+                conn.sendall(b"x")
+                next_ping = sent[-1] + gap_s
+                continue
+            wait = max(0.0, next_ping - now) if len(sent) < count else 1.0
+            readable, _, _ = select.select([conn], [], [], wait)
+            if readable:
+                data = conn.recv(64)
                 if not data:
-                    return
+                    raise ConnectionError("echo server closed the connection")
                 echoed.extend([time.perf_counter()] * len(data))
-
-        reader = threading.Thread(target=read_echoes, daemon=True)
-        reader.start()
-        sent = []
-        for _ in range(count):
-            sent.append(time.perf_counter())
-            conn.sendall(b"x")
-            time.sleep(gap_s)
-        reader.join()
-    if len(echoed) < count:
-        raise ConnectionError("echo server closed the connection")
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"no echo from {address}:{port} within 30 s")
     samples = [(back - out) * 1000 for out, back in zip(sent, echoed, strict=True)]
     return {
         "rtt_ms_median": statistics.median(samples),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import platform
 import shutil
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from socket import ntohs
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -57,9 +57,19 @@ class _raw_tcmsg(nlmsg):
     nla_map = (("TCA_UNSPEC", "none"), ("TCA_KIND", "asciiz"), ("TCA_OPTIONS", "cdata"))
 
 
+_own_namespace: list[IPRoute] = []
+"""The process's one netlink socket in its own namespace: opening one costs more than most
+requests, and a persistent agent makes thousands of them."""
+
+
 @contextmanager
 def _route(netns: str | None):
-    ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    if not netns:
+        if not _own_namespace:
+            _own_namespace.append(IPRoute())
+        yield _own_namespace[0]
+        return
+    ipr = IPRoute(netns=netns, flags=0)
     try:
         yield ipr
     finally:
@@ -67,6 +77,11 @@ def _route(netns: str | None):
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:
+    if ipr is (_own_namespace[0] if _own_namespace else None):
+        try:  # one ioctl, where a netlink lookup dumps every link
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            raise ShaperError(f"no interface {ifname!r}") from None
     found = ipr.link_lookup(ifname=ifname)
     if not found:
         raise ShaperError(f"no interface {ifname!r}")
@@ -125,7 +140,8 @@ def _netem_shape(leaf: Any, rate_bps: int | None) -> Profile:
 
 
 def _read(ipr: IPRoute, index: int) -> Tree | None:
-    root = _root(ipr, index)
+    qdiscs = ipr.get_qdiscs(index)
+    root = next((q for q in qdiscs if q["parent"] == TC_H_ROOT), None)
     if root is None or root.get_attr("TCA_KIND") != "htb" or root["handle"] != ROOT_HANDLE:
         return None
     default = root.get_attr("TCA_OPTIONS").get_attr("TCA_HTB_INIT")["defcls"]
@@ -137,7 +153,7 @@ def _read(ipr: IPRoute, index: int) -> Tree | None:
             rates[cls["handle"] & 0xFFFF] = rate * 8
     leaves = {
         q["parent"] & 0xFFFF: q
-        for q in ipr.get_qdiscs(index)
+        for q in qdiscs
         if q["parent"] >> 16 == 1 and q["parent"] != TC_H_ROOT and q.get_attr("TCA_KIND") == "netem"
     }
     classes = []
@@ -153,7 +169,7 @@ def _read(ipr: IPRoute, index: int) -> Tree | None:
     for flt in ipr.get_filters(index, parent=ROOT_HANDLE):
         opts = flt.get_attr("TCA_OPTIONS")
         sel = None if opts is None else _attr(opts, "TCA_U32_SEL")
-        if sel is None or ntohs(flt["info"] & 0xFFFF) != ETH_P_IP:
+        if sel is None or socket.ntohs(flt["info"] & 0xFFFF) != ETH_P_IP:
             continue
         match = Match.from_byte_map(_u32_byte_map(sel)) or Match()
         minor = (_attr(opts, "TCA_U32_CLASSID") or 0) & 0xFFFF
