@@ -8,6 +8,7 @@ on slow hosts (inside user-mode Linux too).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -24,6 +25,7 @@ DEFAULT_PORT = 5399
 _ECHO, _SINK = b"e", b"s"
 _CHUNK = 256 * 1024
 _REPORT = struct.Struct("!dQ")  # seconds measured, bytes received after the warm-up
+_DURATION = struct.Struct("!d")  # how long the sink counts, sent by the sender
 
 
 def _serve_echo(conn: socket.socket) -> None:
@@ -31,13 +33,31 @@ def _serve_echo(conn: socket.socket) -> None:
         conn.sendall(data)
 
 
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the peer closed the connection early")
+        data += chunk
+    return data
+
+
 def _serve_sink(conn: socket.socket, warmup_s: float) -> None:
+    """Count what arrives for the sender's `seconds` from its first byte, then report at once
+    (the sender stops on the report, so nothing it still has queued delays the probe)."""
+    (seconds,) = _DURATION.unpack(_recv_exactly(conn, _DURATION.size))
+    if not (first := conn.recv(_CHUNK)):
+        return
     start = time.monotonic()
-    total, warm_bytes, warm_at = 0, None, None
-    while data := conn.recv(_CHUNK):
+    total = len(first)
+    warm_at, warm_bytes = (start, 0) if warmup_s >= seconds else (None, None)
+    while (now := time.monotonic()) < start + seconds:
+        if not (data := conn.recv(_CHUNK)):
+            break
         total += len(data)
-        if warm_at is None and time.monotonic() - start >= warmup_s:
-            warm_at, warm_bytes = time.monotonic(), total
+        if warm_at is None and now - start >= warmup_s:
+            warm_at, warm_bytes = now, total
     end = time.monotonic()
     if warm_at is None:
         warm_at, warm_bytes = start, 0
@@ -48,10 +68,11 @@ def _handle(conn: socket.socket, warmup_s: float) -> None:
     with conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         mode = conn.recv(1)
-        if mode == _ECHO:
-            _serve_echo(conn)
-        elif mode == _SINK:
-            _serve_sink(conn, warmup_s)
+        with contextlib.suppress(OSError):  # a sender may reset the connection when done
+            if mode == _ECHO:
+                _serve_echo(conn)
+            elif mode == _SINK:
+                _serve_sink(conn, warmup_s)
 
 
 def open_server(bind: str, port: int) -> socket.socket:
@@ -124,20 +145,28 @@ def measure_rtt(address: str, port: int, count: int = 50, gap_s: float = 0.005) 
 
 
 def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[str, float]:
-    """Bulk TCP goodput in bit/s as the receiver counted it after its warm-up."""
-    payload = b"\0" * _CHUNK
+    """Bulk TCP goodput in bit/s as the receiver counted it (after its warm-up).
+
+    The sender keeps sending until the receiver's report arrives, then resets the connection:
+    what its socket still holds is dropped instead of drained through the shaped link.
+    """
+    payload = memoryview(b"\0" * _CHUNK)
     with socket.create_connection((address, port), timeout=30) as conn:
-        conn.sendall(_SINK)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            conn.sendall(payload)
-        conn.shutdown(socket.SHUT_WR)
-        report = b""
-        while len(report) < _REPORT.size:
-            chunk = conn.recv(_REPORT.size - len(report))
-            if not chunk:
-                raise ConnectionError("sink closed before reporting")
-            report += chunk
+        conn.sendall(_SINK + _DURATION.pack(seconds))
+        conn.setblocking(False)
+        give_up = time.monotonic() + seconds + 30
+        while True:
+            readable, writable, _ = select.select([conn], [conn], [], 1.0)
+            if readable:
+                break
+            if writable:
+                with contextlib.suppress(BlockingIOError):
+                    conn.send(payload)
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"no report from {address}:{port}")
+        conn.settimeout(30)
+        report = _recv_exactly(conn, _REPORT.size)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     measured_s, received = _REPORT.unpack(report)
     return {"throughput_bps": received * 8 / measured_s if measured_s > 0 else 0.0}
 
