@@ -9,6 +9,12 @@ Both ways of running the agent are timed: one-shot (a fresh `python -m netem.age
 and host, as the `wanlab netem` verbs do) and persistent (one agent per host for the session, as
 experiment runs do). Goal: t(16) / t(1) <= 2 on the persistent path.
 
+It also says where the CPU went in each round: the whole machine's busy time (from /proc/stat),
+the controller's own (this process, all threads) and, on the persistent path, the agents'
+(/proc/PID/stat of each agent). Every local host shares this machine's cores, so when the busy
+time divided by the core count comes close to the wall time, the round was bound by CPU, not
+by anything waiting in turn.
+
     python bench/netem_fanout.py [--rounds 3] [--json]
 """
 
@@ -16,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
@@ -48,16 +56,45 @@ def _round(netem: FleetNetem) -> dict[str, float]:
     return times
 
 
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds this machine has spent busy (all cores, idle and I/O wait excluded)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) * TICK_S
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes."""
+    total = 0
+    for pid in pids:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(after_name[11]) + int(after_name[12])  # utime, stime
+    return total * TICK_S
+
+
 def measure(fleet, n_hosts: int, rounds: int, persistent: bool) -> dict[str, float]:
-    """Median seconds per verb over `rounds`, for the first `n_hosts` hosts."""
+    """Median seconds per verb over `rounds`, for the first `n_hosts` hosts, and the mean CPU
+    seconds per round: the machine's, the controller's and (persistent) the agents'."""
     sub = fleet.model_copy(update={"hosts": fleet.hosts[:n_hosts]})
     start = time.perf_counter()
     with FleetNetem(sub, persistent=persistent) as netem:
         ship_s = time.perf_counter() - start
+        agents = list(netem.agent_pids.values())
+        busy, own, agents_cpu = machine_busy_s(), time.process_time(), process_cpu_s(agents)
         samples = [_round(netem) for _ in range(rounds)]
+        cpu = {
+            "cpu_machine": (machine_busy_s() - busy) / rounds,
+            "cpu_controller": (time.process_time() - own) / rounds,
+            "cpu_agents": (process_cpu_s(agents) - agents_cpu) / rounds if agents else None,
+        }
     out = {verb: statistics.median(s[verb] for s in samples) for verb in samples[0]}
+    out["mean_total"] = statistics.fmean(s["total"] for s in samples)
     out["connect_and_ship"] = ship_s
-    return {key: round(value, 3) for key, value in out.items()}
+    out.update(cpu)
+    return {key: None if value is None else round(value, 3) for key, value in out.items()}
 
 
 def main() -> int:
@@ -75,10 +112,17 @@ def main() -> int:
     finally:
         local.down()
     ratios = {mode: r[16]["total"] / r[1]["total"] for mode, r in results.items()}
+    cores = os.cpu_count()
     for mode, by_size in results.items():
-        for n, figures in by_size.items():
-            verbs = "  ".join(f"{verb} {seconds:.3f}s" for verb, seconds in figures.items())
-            print(f"{mode:>10} {n:>2} hosts: {verbs}")
+        for n, f in by_size.items():
+            verbs = "  ".join(f"{verb} {f[verb]:.3f}s" for verb in ("apply", "show", "reset"))
+            print(f"{mode:>10} {n:>2} hosts: {verbs}  total {f['total']:.3f}s")
+            agents = "" if f["cpu_agents"] is None else f", agents {f['cpu_agents']:.3f}"
+            print(
+                f"{'':>10} CPU-s per round: machine {f['cpu_machine']:.3f} (/ {cores} cores = "
+                f"{f['cpu_machine'] / cores:.3f} s vs {f['mean_total']:.3f} s wall), "
+                f"controller {f['cpu_controller']:.3f}{agents}"
+            )
         print(f"{mode:>10} t(16)/t(1) = {ratios[mode]:.2f} (goal <= 2)")
     if args.json:
         summary = {
@@ -89,6 +133,13 @@ def main() -> int:
             "ratio": round(ratios["persistent"], 3),
             "ratio_one_shot": round(ratios["one-shot"], 3),
             "profile": PROFILE,
+            "cores": cores,
+            "busy_share_16": round(
+                results["persistent"][16]["cpu_machine"]
+                / cores
+                / results["persistent"][16]["mean_total"],
+                3,
+            ),
             "seconds": {mode: {str(n): f for n, f in r.items()} for mode, r in results.items()},
         }
         print(json.dumps(summary))

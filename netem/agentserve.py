@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import select
 import sys
 import threading
@@ -135,7 +136,7 @@ def serve() -> int:
     import netem.agent  # noqa: F401 - the expensive imports, once, before "ready"
 
     leases, probes = Leases(), ProbeServers()
-    print(MARK + json.dumps({"ready": True}), flush=True)
+    print(MARK + json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     while True:
         leases.revert_expired()
         readable, _, _ = select.select([sys.stdin], [], [], POLL_S)

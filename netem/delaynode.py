@@ -8,8 +8,8 @@ building on `ifb<i>` exactly the tree that would sit on host i's own interface, 
 agent code: the node runs `netem.agent` in process for every request it receives.
 
 Requests travel through a mailbox folder on the host's files (the node's root is hostfs):
-`requests/<id>.json` holds an agent argv, `responses/<id>.json` its exit code and output; the
-node answers them with `netem.agentserve.Leases`, which also keeps the leases (a watchdog
+`requests/<id>.json` holds a batch of agent argvs (one per host, so a fleet-wide verb costs one
+round trip), `responses/<id>.json` their exit codes and outputs; the node answers them with `netem.agentserve.Leases`, which also keeps the leases (a watchdog
 process per interface would cost the node's single CPU seconds of start-up at every apply,
 stalling the very packets it forwards).
 """
@@ -137,24 +137,28 @@ echo $? > {self.directory}/returncode
 halt -f
 """
 
-    def call(self, argv: list[str], timeout: float = 60.0) -> tuple[int | None, str, str]:
-        """Run `python -m netem.agent ARGV` on the node; (exit code, stdout, stderr)."""
+    def call(
+        self, commands: list[list[str]], timeout: float = 60.0
+    ) -> list[tuple[int | None, str, str]]:
+        """Run `python -m netem.agent ARGV` on the node for each ARGV, in order, in one mailbox
+        round trip; (exit code, stdout, stderr) for each."""
         if self.pid() is None:
-            return None, "", "the delay node is not running"
+            return [(None, "", "the delay node is not running")] * len(commands)
         request_id = uuid.uuid4().hex
         response = self.responses / f"{request_id}.json"
         staging = self.requests / f".{request_id}.tmp"
-        staging.write_text(json.dumps({"argv": argv}))
+        staging.write_text(json.dumps({"batch": commands}))
         staging.rename(self.requests / f"{request_id}.json")
         deadline = time.monotonic() + timeout
         while not response.exists():
             if time.monotonic() > deadline or self.pid() is None:
                 (self.requests / f"{request_id}.json").unlink(missing_ok=True)
-                return None, "", f"the delay node did not answer within {timeout:g} s"
+                error = f"the delay node did not answer within {timeout:g} s"
+                return [(None, "", error)] * len(commands)
             time.sleep(POLL_S)
-        answer = json.loads(response.read_text())
+        answers = json.loads(response.read_text())["batch"]
         response.unlink()
-        return answer["exit_code"], answer["stdout"], answer["stderr"]
+        return [(a["exit_code"], a["stdout"], a["stderr"]) for a in answers]
 
     def stop(self, timeout: float = 20.0) -> None:
         """Halt the node (its kernel forgets every qdisc); kill it by PID if it will not halt."""
@@ -213,9 +217,9 @@ def serve(directory: Path, n_vecs: int) -> None:
             leases.revert_expired()
             pending = sorted(requests.glob("*.json"))
             for request in pending:
-                argv = json.loads(request.read_text())["argv"]
+                commands = json.loads(request.read_text())["batch"]
                 staging = responses / f".{request.stem}.tmp"
-                staging.write_text(json.dumps(leases.answer(argv)))
+                staging.write_text(json.dumps({"batch": [leases.answer(a) for a in commands]}))
                 staging.rename(responses / request.name)
                 request.unlink()
         except OSError as error:

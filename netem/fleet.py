@@ -78,6 +78,7 @@ class FleetNetem:
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts)))
         self._code: dict[str, str] = {}
         self._agents: dict[str, Stream] = {}
+        self.agent_pids: dict[str, int] = {}  # each persistent agent's PID on its host
 
     def __enter__(self) -> FleetNetem:
         self._ship()
@@ -97,12 +98,12 @@ class FleetNetem:
             self._agents[host.name] = self.ssh.open_stream(
                 host.name, argv, {"PYTHONPATH": self._code[host.name]}
             )
-        ready = {n: self._pool.submit(self._agent_line, n, self.timeout_s) for n in self._agents}
-        bad = {
-            name: f.result().get("error") for name, f in ready.items() if "ready" not in f.result()
-        }
+        pending = {n: self._pool.submit(self._agent_line, n, self.timeout_s) for n in self._agents}
+        ready = {name: future.result() for name, future in pending.items()}
+        bad = {name: answer.get("error") for name, answer in ready.items() if "ready" not in answer}
         if bad:
             raise ConnectionError(f"the agent did not start on: {bad}")
+        self.agent_pids = {name: answer["pid"] for name, answer in ready.items()}
 
     def _agent_line(self, name: str, timeout_s: float) -> dict:
         """The next protocol message of a host's agent, or {"error": …} if it ends or is silent."""
@@ -154,7 +155,8 @@ class FleetNetem:
 
         if self.node is not None:
             on_node = self.fleet.delay_node.interfaces
-            answers = self._each(names, self._node_call, lambda h: agent_args(h, on_node[h.name]))
+            commands = [agent_args(self.fleet.host(name), on_node[name]) for name in names]
+            answers = self._node_calls(names, commands)
             return {name: {**answer, "shaped_on": "delay-node"} for name, answer in answers.items()}
         if self._agents:
             return self._each(names, self._stream_call, lambda h: agent_args(h, h.interface))
@@ -170,12 +172,19 @@ class FleetNetem:
         futures = {n: self._pool.submit(call, n, args_of(self.fleet.host(n))) for n in names}
         return {name: _answer(future.result()) for name, future in futures.items()}
 
-    def _node_call(self, name: str, args: list[str]) -> HostResult:
+    def _node_calls(self, names: list[str], commands: list[list[str]]) -> dict[str, dict]:
+        """Every host's command on the node, in one round trip; each answer as parsed JSON."""
         started = time.monotonic()
-        exit_code, stdout, stderr = self.node.call(args, self.timeout_s)
-        error = None if exit_code is not None else stderr
+        replies = self.node.call(commands, self.timeout_s)
         seconds = time.monotonic() - started
-        return HostResult(name, exit_code == 0, exit_code, stdout, stderr, seconds, error)
+        return {
+            name: _answer(
+                HostResult(
+                    name, code == 0, code, out, err, seconds, None if code is not None else err
+                )
+            )  # fmt: skip
+            for name, (code, out, err) in zip(names, replies, strict=True)
+        }
 
     def apply(
         self,
