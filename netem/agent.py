@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -25,12 +24,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from netem import shaper
+from netem.probe import spawn_detached
 from netem.tree import Tree, tc_commands
 
 DEFAULT_STATE_DIR = Path("/run/wanlab/netem")
 DEFAULT_LEASE_S = 300.0
 WATCHDOG_POLL_S = 0.25
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class AgentError(Exception):
@@ -83,19 +82,8 @@ def _stop_watchdog(state: dict[str, Any]) -> None:
 
 
 def _start_watchdog(ifname: str, state_dir: Path) -> int:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "netem.agent", "watchdog", "--interface", ifname]
-    proc = subprocess.Popen(
-        [*argv, "--state-dir", str(state_dir)],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        cwd="/",
-    )
-    return proc.pid
+    return spawn_detached(["netem.agent", "watchdog", "--interface", ifname,
+                           "--state-dir", str(state_dir)])  # fmt: skip
 
 
 def _revert(state_dir: Path, ifname: str, state: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ agent code: the node runs `netem.agent` in process for every request it receives
 
 Requests travel through a mailbox folder on the host's files (the node's root is hostfs):
 `requests/<id>.json` holds a batch of agent argvs (one per host, so a fleet-wide verb costs one
-round trip), `responses/<id>.json` their exit codes and outputs; the node answers them with `netem.agentserve.Leases`, which also keeps the leases (a watchdog
-process per interface would cost the node's single CPU seconds of start-up at every apply,
-stalling the very packets it forwards).
+round trip), `responses/<id>.json` their exit codes and outputs; the node answers them with
+`netem.agentserve.Leases`, which also keeps the leases (a watchdog process per interface would
+cost the node's single CPU seconds of start-up at every apply, stalling the very packets it
+forwards).
 """
 
 from __future__ import annotations

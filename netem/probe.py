@@ -171,14 +171,14 @@ def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[st
     return {"throughput_bps": received * 8 / measured_s if measured_s > 0 else 0.0}
 
 
-def start_server_detached(bind: str, port: int, for_s: float, warmup_s: float) -> int:
-    """Start `serve` as a detached process (it outlives an SSH session); returns its PID."""
+def spawn_detached(module_argv: list[str]) -> int:
+    """Start `python -m MODULE …` detached from this session (it outlives an SSH command), with
+    wanlab's own code importable; returns its PID."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "netem.probe", "serve", "--bind", bind, "--port", str(port)]
     proc = subprocess.Popen(
-        [*argv, "--for", str(for_s), "--warmup", str(warmup_s)],
+        [sys.executable, "-m", *module_argv],
         start_new_session=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -187,6 +187,12 @@ def start_server_detached(bind: str, port: int, for_s: float, warmup_s: float) -
         cwd="/",
     )
     return proc.pid
+
+
+def start_server_detached(bind: str, port: int, for_s: float, warmup_s: float) -> int:
+    """Start `serve` as a detached process; returns its PID."""
+    return spawn_detached(["netem.probe", "serve", "--bind", bind, "--port", str(port),
+                           "--for", str(for_s), "--warmup", str(warmup_s)])  # fmt: skip
 
 
 def wait_listening(address: str, port: int, timeout_s: float = 30.0) -> None:
