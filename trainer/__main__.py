@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -93,6 +94,20 @@ def prepare(argv: list[str] | None):
     return cfg, rank, world_size, addr, port, device
 
 
+def wait_for_store(addr: str, port: int, timeout_s: float) -> None:
+    """Return once rank 0's store accepts connections (or the timeout passes, for the process
+    group to report): a store client that comes too early backs off for up to a second."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
 def run_rank(
     argv: list[str] | None, on_ready: Callable[[], None] | None = None
 ) -> tuple[int, dict | None, str | None]:
@@ -114,6 +129,8 @@ def run_rank(
 
     try:
         connecting = time.perf_counter()
+        if rank != 0:
+            wait_for_store(addr, port, cfg.timeout_s)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
             init_method=f"tcp://{addr}:{port}",
