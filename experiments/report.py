@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from experiments.report_data import Results, compare_points, load_results
+from experiments.report_data import MIN_PROBE_RTTS, Results, compare_points, load_results
 from experiments.report_html import Plot, Section, render_html
 from experiments.report_plots import comparison_figures, png_bytes, report_figures
 from experiments.report_tables import (
@@ -123,7 +123,10 @@ def report_sections(results: Results) -> list[Section]:
         Section(
             "Iteration time per network setting",
             iteration_table(points),
-            baseline_note(points) + " Cells: mean ± standard deviation (slowdown).",
+            baseline_note(points)
+            + " Cells: mean ± standard deviation (slowdown). Measured throughput is left out"
+            f" (—) where the probe's window lasted under {MIN_PROBE_RTTS} round trips: it"
+            " measured TCP's slow start, not the path.",
         ),
         Section("Throughput and per-host efficiency", throughput_table(points)),
         Section(

@@ -28,6 +28,9 @@ from inventory.errors import ConfigError
 BASELINE = "default"
 POINT_KEYS = ["profile", "dp", "micro_batch", "engine", "dp_mode"]
 PHASES = ["forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]
+MIN_PROBE_RTTS = 10
+"""A probe's bulk window shorter than this many round trips measured TCP's slow start, not the
+path's rate: its throughput is left out (the BDP then uses the configured rate)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,11 @@ def _network_columns(network: dict) -> dict:
     setting = network.get("setting") or {}
     probes = [p for p in network.get("probe") or [] if p.get("ok", True)]
     rtts = [p["rtt_ms_median"] for p in probes if p.get("rtt_ms_median") is not None]
-    rates = [p["throughput_bps"] for p in probes if p.get("throughput_bps")]
+    rates = [
+        p["throughput_bps"]
+        for p in probes
+        if p.get("throughput_bps") and p.get("throughput_window_rtts", math.inf) >= MIN_PROBE_RTTS
+    ]
     if setting.get("kind") == "matrix":
         shapes = [link["shape"] for link in setting.get("links", [])]
         delays = [s.get("delay_ms", 0.0) for s in shapes]
@@ -253,7 +260,8 @@ def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     reference = _baseline(points, "samples_s_per_host", by_dp=False)
     points["efficiency"] = points["samples_s_per_host"] / reference
     points["prediction_error"] = points["predicted_s"] / points["iter_mean_s"] - 1
-    points["bdp_bytes"] = points["probe_bps"] * points["rtt_ms"] / 1000 / 8
+    path_bps = points["probe_bps"].fillna(points["rate_bps"])
+    points["bdp_bytes"] = path_bps * points["rtt_ms"] / 1000 / 8
     points["_order"] = points["profile"].map(order.index)
     points = points.sort_values(["_order", "dp", "micro_batch", "engine", "dp_mode"])
     return points.drop(columns="_order").reset_index(drop=True)

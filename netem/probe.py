@@ -209,11 +209,16 @@ def wait_listening(address: str, port: int, timeout_s: float = 30.0) -> None:
 
 
 def measure(address: str, port: int, count: int, seconds: float) -> dict:
-    """RTT, then (if `seconds` > 0) bulk throughput, to a listening probe server."""
+    """RTT, then (if `seconds` > 0) bulk throughput, to a listening probe server.
+
+    `throughput_window_rtts` says how many round trips the bulk window lasted: TCP starts
+    slowly, so a window of a few round trips measures its start, not the link's rate.
+    """
     result = {"ok": True, "to": address}
     result.update(measure_rtt(address, port, count))
     if seconds > 0:
         result.update(measure_throughput(address, port, seconds))
+        result["throughput_window_rtts"] = seconds * 1000 / max(result["rtt_ms_median"], 1e-3)
     return result
 
 

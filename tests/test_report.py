@@ -260,6 +260,23 @@ def test_pair_matrix_setting_shows_mean_delay_and_slowest_rate(real_results):
     assert table.loc[0, "rate"] == "1.00 Gbit/s"
 
 
+def test_probe_throughput_from_too_short_a_window_is_left_out(real_results):
+    """A bulk window of a few round trips measures TCP's slow start, not the path's rate."""
+    record = next(r for r in raw_records(real_results) if r["params"]["profile"] == "200mbit")
+    [probe] = record["network"]["probe"]
+    assert probe["throughput_window_rtts"] >= 10  # the real run's window was long enough
+    points = points_frame(cells_frame([record], {}, {}))
+    assert iteration_table(points).loc[0, "throughput (measured)"] != "—"
+    assert points.loc[0, "bdp_bytes"] == pytest.approx(
+        probe["throughput_bps"] * probe["rtt_ms_median"] / 1000 / 8
+    )
+    probe["throughput_window_rtts"] = 3.0
+    points = points_frame(cells_frame([record], {}, {}))
+    assert iteration_table(points).loc[0, "throughput (measured)"] == "—"
+    rate = record["network"]["setting"]["rate_bps"]  # the BDP falls back to the configured rate
+    assert points.loc[0, "bdp_bytes"] == pytest.approx(rate * probe["rtt_ms_median"] / 1000 / 8)
+
+
 def test_compare_shows_two_runs_side_by_side_with_ratios(real_results, tmp_path):
     slower = tmp_path / "slower"
     shutil.copytree(real_results, slower)
