@@ -203,13 +203,24 @@ def _set_up_forwarding(n_vecs: int) -> list[dict]:
     return hosts
 
 
+def _warm_up(leases: Leases, interface: str) -> None:
+    """Shape and reset one of the node's own interfaces once before saying ready: a process's
+    first apply costs twice a later one (imports, its netlink socket), and the first cell
+    should not pay for that."""
+    from netem.profile import parse_profile
+    from netem.tree import tree_for_profile
+
+    tree = tree_for_profile(parse_profile("1gbit")).model_dump_json()
+    leases.answer(["apply", "--interface", interface, "--lease", "0", "--tree", tree])
+    leases.answer(["reset", "--interface", interface])
+
+
 def serve(directory: Path, n_vecs: int) -> None:
     """Set up forwarding, then answer mailbox requests until the `stop` file appears."""
     hosts = _set_up_forwarding(n_vecs)
-    import netem.agent  # noqa: F401 - import once, before saying ready
-
     requests, responses = directory / "requests", directory / "responses"
     leases = Leases()
+    _warm_up(leases, host_ifb(0))
     (directory / "ready.json").write_text(json.dumps({"hosts": hosts}))
     while True:
         try:
