@@ -1,6 +1,6 @@
 """GPT-3 XL's pipeline stages on this machine's GPU: forward and backward per micro-batch, and
-the model FLOP rate they reach (what `wanlab predict --flops` takes for such a fleet):
-6·N + 12·L·d·T per token, N the stage's parameters less its embedding (a lookup, not a product).
+the FLOP rate they reach, counted as the cost model counts (recompute's extra forward included),
+so the middle stage's rate is what `wanlab predict --flops` takes for a fleet of such GPUs.
 
 The reference experiment's stages: 24 layers, d_model 2048, 16 heads, seq 2048, micro-batch 1,
 two layers per host on 12 hosts, activation recompute. The first, a middle and the last stage
@@ -21,6 +21,7 @@ import sys
 
 import torch
 
+from experiments.workload import make_workload
 from trainer.model import CONFIGS
 from trainer.partition import build_stage
 
@@ -91,11 +92,9 @@ def time_stage(index: int, dtype: str, repeats: int) -> dict:
         if repeat >= 2:
             fwd.append(marks[0].elapsed_time(marks[1]))
             bwd.append(marks[1].elapsed_time(marks[2]))
-    embedding = stage.embed.parameters() if stage.embed is not None else []
-    n_params = sum(p.numel() for p in stage.parameters()) - sum(p.numel() for p in embedding)
-    layers = len(stage.h)
-    seq = cfg.block_size
-    model_flops = (6 * n_params + 12 * layers * cfg.n_embd * seq) * seq * MICRO
+    work = make_workload(cfg, pipeline=N_STAGES, data=1, batch=MICRO, micro_batch=MICRO,
+                         seq=cfg.block_size, recompute=True)  # fmt: skip
+    flops = work.forward_flops[index] + work.backward_flops[index]
     total_ms = statistics.median(fwd) + statistics.median(bwd)
     del stage, x, y
     torch.cuda.empty_cache()
@@ -104,7 +103,7 @@ def time_stage(index: int, dtype: str, repeats: int) -> dict:
         "dtype": dtype,
         "forward_ms": round(statistics.median(fwd), 3),
         "backward_ms": round(statistics.median(bwd), 3),
-        "model_tflops_per_s": round(model_flops / (total_ms / 1000) / 1e12, 2),
+        "tflops_per_s": round(flops / (total_ms / 1000) / 1e12, 2),
     }
 
 
@@ -126,7 +125,7 @@ def main() -> int:
     for row in rows:
         print(f"stage {row['stage']:>2} {row['dtype']}: forward {row['forward_ms']:8.2f} ms, "
               f"backward (with recompute) {row['backward_ms']:8.2f} ms, "
-              f"{row['model_tflops_per_s']:7.2f} model TFLOP/s")  # fmt: skip
+              f"{row['tflops_per_s']:7.2f} TFLOP/s")  # fmt: skip
     if args.json:
         summary = {
             "bench": "gpu_stage",
