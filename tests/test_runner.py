@@ -61,7 +61,15 @@ def start_run(matrix: Path, out: Path, *extra: str) -> subprocess.Popen:
         "local",
         *extra,
     ]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as a terminal delivers it: a test session started in the background inherits an
+    # ignored SIGINT, and Python then never turns SIGINT into KeyboardInterrupt.
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def records(out: Path) -> list[dict]:
