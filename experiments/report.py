@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from experiments.report_data import MIN_PROBE_RTTS, Results, compare_points, load_results
+from experiments.report_data import Results, compare_points, load_results
 from experiments.report_html import Plot, Section, render_html
 from experiments.report_plots import comparison_figures, png_bytes, report_figures
 from experiments.report_tables import (
@@ -30,6 +30,7 @@ from experiments.report_tables import (
     to_markdown,
 )
 from inventory.errors import ConfigError
+from netem.probe import MIN_WINDOW_RTTS
 
 FORMATS = ("md", "csv", "parquet", "html", "png")
 DEFAULT_FORMATS = frozenset(FORMATS)
@@ -125,7 +126,7 @@ def report_sections(results: Results) -> list[Section]:
             iteration_table(points),
             baseline_note(points)
             + " Cells: mean ± standard deviation (slowdown). Measured throughput is left out"
-            f" (—) where the probe's window lasted under {MIN_PROBE_RTTS} round trips: it"
+            f" (—) where the probe's window lasted under {MIN_WINDOW_RTTS} round trips: it"
             " measured TCP's slow start, not the path.",
         ),
         Section("Throughput and per-host efficiency", throughput_table(points)),

@@ -24,13 +24,11 @@ from experiments.matrix import Axes, Cell, MatrixHeader
 from experiments.predict import PREDICTIONS
 from experiments.results import CELLS
 from inventory.errors import ConfigError
+from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
 POINT_KEYS = ["profile", "dp", "micro_batch", "engine", "dp_mode"]
 PHASES = ["forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]
-MIN_PROBE_RTTS = 10
-"""A probe's bulk window shorter than this many round trips measured TCP's slow start, not the
-path's rate: its throughput is left out (the BDP then uses the configured rate)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ def _network_columns(network: dict) -> dict:
     rates = [
         p["throughput_bps"]
         for p in probes
-        if p.get("throughput_bps") and p.get("throughput_window_rtts", math.inf) >= MIN_PROBE_RTTS
+        if p.get("throughput_bps") and p.get("throughput_window_rtts", math.inf) >= MIN_WINDOW_RTTS
     ]
     if setting.get("kind") == "matrix":
         shapes = [link["shape"] for link in setting.get("links", [])]

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 DEFAULT_PORT = 5399
+MIN_WINDOW_RTTS = 10
+"""The shortest bulk window, in round trips, whose throughput says something about the link."""
 _ECHO, _SINK = b"e", b"s"
 _CHUNK = 256 * 1024
 _REPORT = struct.Struct("!dQ")  # seconds measured, bytes received after the warm-up
@@ -211,14 +213,17 @@ def wait_listening(address: str, port: int, timeout_s: float = 30.0) -> None:
 def measure(address: str, port: int, count: int, seconds: float) -> dict:
     """RTT, then (if `seconds` > 0) bulk throughput, to a listening probe server.
 
-    `throughput_window_rtts` says how many round trips the bulk window lasted: TCP starts
-    slowly, so a window of a few round trips measures its start, not the link's rate.
+    TCP starts slowly, so a bulk window of a few round trips measures its start, not the link's
+    rate: the window lasts `seconds` but at least MIN_WINDOW_RTTS of the RTT just measured
+    (`throughput_window_rtts` says how many it lasted).
     """
     result = {"ok": True, "to": address}
     result.update(measure_rtt(address, port, count))
     if seconds > 0:
-        result.update(measure_throughput(address, port, seconds))
-        result["throughput_window_rtts"] = seconds * 1000 / max(result["rtt_ms_median"], 1e-3)
+        rtt_s = result["rtt_ms_median"] / 1000
+        window_s = max(seconds, MIN_WINDOW_RTTS * rtt_s)
+        result.update(measure_throughput(address, port, window_s))
+        result["throughput_window_rtts"] = round(window_s / max(rtt_s, 1e-6), 3)
     return result
 
 
