@@ -21,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from inventory.ports import wait_listening
 from netem import shaper, uml
 from netem.labnet import LAB_IFNAME, LabHost, in_netns, lab_down, lab_up
 from netem.matrix import matrix_from_data
-from netem.probe import wait_listening
 from netem.profile import BUILTIN
 from netem.tree import tree_for_profile, tree_for_routes
 

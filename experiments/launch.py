@@ -23,7 +23,12 @@ from inventory.ssh import FleetSSH, Stream
 from trainer.config import TrainerConfig
 from trainer.worker import GO, MARK
 
-TRAINER_CODE = ("trainer/*.py", "inventory/__init__.py", "inventory/errors.py")
+TRAINER_CODE = (
+    "trainer/*.py",
+    "inventory/__init__.py",
+    "inventory/errors.py",
+    "inventory/ports.py",
+)
 _RECORD_PID_THEN_EXEC = 'echo $$ > "$0"; exec "$@"'
 _KILL_RECORDED = 'if [ -f "$0" ]; then kill -TERM "$(cat "$0")" 2>/dev/null; rm -f "$0"; fi; true'
 

@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from inventory.ports import port_open
 
 FIRST_HOST_OCTET = 10
 TOPOLOGIES = ("bridge", "delay-node")
@@ -315,7 +316,7 @@ class LocalFleet:
         deadline = time.monotonic() + timeout
         waiting = list(hosts)
         while waiting:
-            waiting = [h for h in waiting if not _port_open(h.address, 22)]
+            waiting = [h for h in waiting if not port_open(h.address, 22)]
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(h.name for h in waiting)
                 raise RuntimeError(f"sshd did not start on {names}; see {waiting[0].log_file}")
@@ -407,7 +408,7 @@ class LocalFleet:
                     "netns": host.netns,
                     "netns_exists": _netns_exists(host.netns),
                     "sshd_pid": pid,
-                    "ssh_port_open": pid is not None and _port_open(host.address, 22),
+                    "ssh_port_open": pid is not None and port_open(host.address, 22),
                 }
             )
         return {
@@ -431,14 +432,6 @@ def _no_offloads(ifname: str, netns: str | None = None) -> None:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     features = ["tso", "off", "gso", "off", "gro", "off", "tx", "off"]
     subprocess.run([*prefix, "ethtool", "-K", ifname, *features], capture_output=True, check=True)
-
-
-def _port_open(address: str, port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _terminate(pids: list[int], grace: float = 3.0) -> None:

@@ -26,7 +26,7 @@ from netem.profile import Profile, load_profile_file, parse_profile
 from netem.tree import Tree, tree_for_profile, tree_for_routes
 
 Target = Profile | PairMatrix
-AGENT_CODE = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py")
+AGENT_CODE = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py", "inventory/ports.py")
 
 
 def load_target(spec: str) -> Target:

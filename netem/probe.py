@@ -1,8 +1,9 @@
 """Measure what a network really does: RTT (median of many TCP round trips) and bulk throughput.
 
 `python -m netem.probe serve` runs on every host; `python -m netem.probe measure --to ADDR`
-runs on the sending host and prints one JSON object. Standard library only, so it starts fast
-on slow hosts (inside user-mode Linux too).
+runs on the sending host and prints one JSON object. Standard library only (with
+`inventory.ports`, itself standard library), so it starts fast on slow hosts (inside user-mode
+Linux too).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from inventory.ports import wait_listening
 
 DEFAULT_PORT = 5399
 MIN_WINDOW_RTTS = 10
@@ -195,19 +198,6 @@ def start_server_detached(bind: str, port: int, for_s: float, warmup_s: float) -
     """Start `serve` as a detached process; returns its PID."""
     return spawn_detached(["netem.probe", "serve", "--bind", bind, "--port", str(port),
                            "--for", str(for_s), "--warmup", str(warmup_s)])  # fmt: skip
-
-
-def wait_listening(address: str, port: int, timeout_s: float = 30.0) -> None:
-    """Block until a TCP server accepts on address:port."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def measure(address: str, port: int, count: int, seconds: float) -> dict:

@@ -15,10 +15,10 @@ import traceback
 
 import netem_tc
 
+from inventory.ports import wait_listening
 from netem import shaper
 from netem.labnet import LAB_IFNAME, LabHost, in_netns, lab_down, lab_up
 from netem.matrix import matrix_from_data
-from netem.probe import wait_listening
 from netem.profile import parse_profile
 from netem.tree import tree_for_profile, tree_for_routes
 

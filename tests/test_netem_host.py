@@ -17,10 +17,10 @@ from pathlib import Path
 import netem_tc
 import pytest
 
+from inventory.ports import wait_listening
 from netem import shaper
 from netem.labnet import LAB_IFNAME, in_netns, lab_down, lab_up
 from netem.matrix import Route
-from netem.probe import wait_listening
 from netem.profile import parse_profile
 from netem.tree import tree_for_profile, tree_for_routes
 

@@ -8,15 +8,16 @@ exits with code 2 and one message before any connection is tried; a failure duri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
 
 from inventory.errors import ConfigError
+from inventory.ports import wait_listening
 from trainer.config import TrainerConfig, check_world, load_config
 
 ENVIRONMENT = "environment"
@@ -97,15 +98,8 @@ def prepare(argv: list[str] | None):
 def wait_for_store(addr: str, port: int, timeout_s: float) -> None:
     """Return once rank 0's store accepts connections (or the timeout passes, for the process
     group to report): a store client that comes too early backs off for up to a second."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((addr, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
+    with contextlib.suppress(OSError):
+        wait_listening(addr, port, timeout_s, poll_s=0.01)
 
 
 def run_rank(
