@@ -177,14 +177,11 @@ class FleetNetem:
         started = time.monotonic()
         replies = self.node.call(commands, self.timeout_s)
         seconds = time.monotonic() - started
-        return {
-            name: _answer(
-                HostResult(
-                    name, code == 0, code, out, err, seconds, None if code is not None else err
-                )
-            )  # fmt: skip
-            for name, (code, out, err) in zip(names, replies, strict=True)
-        }
+        answers = {}
+        for name, (code, out, err) in zip(names, replies, strict=True):
+            error = None if code is not None else err
+            answers[name] = _answer(HostResult(name, code == 0, code, out, err, seconds, error))
+        return answers
 
     def apply(
         self,

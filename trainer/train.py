@@ -158,9 +158,9 @@ def train(
         "hostname": socket.gethostname(),
         "records": [r.as_dict() for r in records],
     }
-    everyone: list[dict] = [None] * dist.get_world_size()
+    everyone: list[dict] | None = [None] * dist.get_world_size() if rank == 0 else None
     gathered = time.perf_counter()
-    dist.gather_object(mine, everyone if rank == 0 else None, dst=0)
+    dist.gather_object(mine, everyone, dst=0)
     setup_s["gather_s"] = time.perf_counter() - gathered
     if rank != 0:
         return None
