@@ -223,8 +223,9 @@ class LocalFleet:
         return self.inventory_path
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until every host's sshd answers on port 22."""
-        self._wait_listening([h for h in self.existing_hosts() if h.directory.exists()], timeout)
+        """Wait until every host's sshd answers on port 22 and has recorded its PID (it listens
+        before it writes the PID file, and `up` again relies on that file)."""
+        self._wait_started([h for h in self.existing_hosts() if h.directory.exists()], timeout)
 
     def _ensure_client_key(self) -> None:
         if not self.client_key.exists():
@@ -312,11 +313,11 @@ class LocalFleet:
             ]
         )
 
-    def _wait_listening(self, hosts: list[LocalHost], timeout: float = 10.0) -> None:
+    def _wait_started(self, hosts: list[LocalHost], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         waiting = list(hosts)
         while waiting:
-            waiting = [h for h in waiting if not port_open(h.address, 22)]
+            waiting = [h for h in waiting if h.sshd_pid() is None or not port_open(h.address, 22)]
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(h.name for h in waiting)
                 raise RuntimeError(f"sshd did not start on {names}; see {waiting[0].log_file}")
