@@ -21,7 +21,7 @@ from inventory.models import Fleet, Host
 from inventory.ship import ship_code
 from inventory.ssh import FleetSSH, Stream
 from trainer.config import TrainerConfig
-from trainer.worker import GO, MARK
+from trainer.worker import GO, MARK, START
 
 TRAINER_CODE = (
     "trainer/*.py",
@@ -132,12 +132,14 @@ class TrainerLauncher:
         run_name: str,
         timeout_s: float,
         prepare: Callable[[], str | None] | None = None,
+        while_joining: Callable[[], str | None] | None = None,
     ) -> LaunchResult:
         """Run one cell on its ranks' workers and return rank 0's summary.
 
-        The ranks first join their process group and build their stages; then `prepare` runs
-        (the runner shapes and probes the network there, so the rendezvous is not charged the
-        cell's latency) and, unless it returns a reason to stop, the ranks train.
+        The ranks first build their stages; then `prepare` runs (the runner shapes the network
+        there). Unless it returns a reason to stop, the ranks join their process group on the
+        shaped network while `while_joining` runs beside them (the runner probes the network),
+        and unless that returns a reason to stop, they train.
         `LaunchResult.seconds` counts from "go" to the last answer.
         """
         hosts = place_ranks(config, self.fleet)
@@ -145,7 +147,7 @@ class TrainerLauncher:
         started = time.monotonic()
         port = random.randint(20000, 40000)
         flags = trainer_flags(config)
-        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             try:
                 self._start(hosts, pool)
             except (WorkerLost, OSError, paramiko.SSHException) as error:
@@ -160,13 +162,17 @@ class TrainerLauncher:
                 request = {"argv": [*flags, "--out", out, *iface], "env": env}
                 self.workers[host.name].send_line(json.dumps(request))
             answers, lost = self._collect(hosts, pool, timeout_s)
-            connected = not lost and all(a.get("connected") for a in answers.values())
-            reason = prepare() if connected and prepare is not None else None
+            built = _all_said(answers, lost, "built")
+            reason = prepare() if built and prepare is not None else None
             started = time.monotonic()
-            if connected and reason is None:
-                for host in hosts:
-                    self.workers[host.name].send_line(json.dumps(GO))
+            if built and reason is None:
+                self._send(hosts, GO)
+                probing = pool.submit(while_joining) if while_joining is not None else None
                 answers, lost = self._collect(hosts, pool, timeout_s)
+                reason = probing.result() if probing is not None else None
+                if reason is None and _all_said(answers, lost, "joined"):
+                    self._send(hosts, START)
+                    answers, lost = self._collect(hosts, pool, timeout_s)
         seconds = time.monotonic() - started
         summary = answers.get(hosts[0].name, {}).get("summary")
         if not lost and all(a.get("exit_code") == 0 for a in answers.values()) and summary:
@@ -174,6 +180,10 @@ class TrainerLauncher:
         self.stop_all()  # a failed run leaves process groups unusable: start afresh
         reason = reason or _failure(hosts, answers, lost)
         return LaunchResult(False, None, reason, placement, seconds)
+
+    def _send(self, hosts: list[Host], line: dict) -> None:
+        for host in hosts:
+            self.workers[host.name].send_line(json.dumps(line))
 
     def _collect(
         self, hosts: list[Host], pool: ThreadPoolExecutor, timeout_s: float
@@ -199,6 +209,11 @@ class TrainerLauncher:
             stream.close()
         self.workers.clear()
         (ssh or self.ssh).run(lambda h: ["sh", "-c", _KILL_RECORDED, self._pid_file(h)], timeout=15)
+
+
+def _all_said(answers: dict[str, dict], lost: dict[str, str], key: str) -> bool:
+    """Every host answered, and every answer says `key` (a worker that failed says why instead)."""
+    return not lost and all(answer.get(key) for answer in answers.values())
 
 
 def _failure(hosts: list[Host], answers: dict[str, dict], lost: dict[str, str]) -> str:

@@ -166,11 +166,11 @@ class MatrixRunner:
                 progress.advance(task)
 
     def run_cell(self, cell: Cell, netem: FleetNetem, launcher: TrainerLauncher) -> dict:
-        """Rendezvous, apply, verify, probe, train, collect, reset: one cell's record.
+        """Build, apply, verify, probe, train, collect, reset: one cell's record.
 
-        The ranks join their process group before the network is shaped: the rendezvous is a
-        one-off of the tool, not of the network under test, and at high latency it takes
-        hundreds of round trips.
+        The ranks build their stages before the network is shaped and join their process group
+        after it, while the network is probed: their connections must be made on the network
+        under test (see `trainer.train.train`).
         """
         config = self.spec.trainer_config(cell)
         record = {
@@ -190,10 +190,15 @@ class MatrixRunner:
 
         def shape() -> str | None:
             timing["connect_s"] = time.monotonic() - started
-            return self._shape_and_probe(cell, config, netem, record)
+            return self._shape(cell, netem, record)
+
+        def probe() -> None:
+            self._probe_once(cell, config, netem, record)
 
         try:
-            launched = launcher.run(config, _run_name(cell), self.spec.timeouts.cell_s, shape)
+            launched = launcher.run(
+                config, _run_name(cell), self.spec.timeouts.cell_s, shape, while_joining=probe
+            )
             timing["train_s"] = launched.seconds
             record["placement"] = launched.placement
             if launched.ok:
@@ -209,15 +214,13 @@ class MatrixRunner:
             record["finished_at"] = _now()
             _add_overhead(record)
 
-    def _shape_and_probe(self, cell: Cell, config, netem: FleetNetem, record: dict) -> str | None:
-        """Apply the cell's network, compare the read-back, probe once per profile; a failure's
-        reason, or None."""
-        timing, network = record["timing"], record["network"]
+    def _shape(self, cell: Cell, netem: FleetNetem, record: dict) -> str | None:
+        """Apply the cell's network and compare the read-back; a failure's reason, or None."""
         started = time.monotonic()
         lease = self.spec.timeouts.cell_s + LEASE_MARGIN_S
         applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease)
-        timing["apply_s"] = time.monotonic() - started
-        network["applied"] = {n: a.get("shaping") for n, a in applied.items()}
+        record["timing"]["apply_s"] = time.monotonic() - started
+        record["network"]["applied"] = {n: a.get("shaping") for n, a in applied.items()}
         bad = {
             n: a.get("error") or "read-back differs"
             for n, a in applied.items()
@@ -225,13 +228,19 @@ class MatrixRunner:
         }
         if bad:
             return "apply: " + "; ".join(f"{n}: {e}" for n, e in bad.items())
+        return None
+
+    def _probe_once(self, cell: Cell, config, netem: FleetNetem, record: dict) -> None:
+        """Probe the shaped network, once per profile and run (the ranks join meanwhile: their
+        few small messages do not move a median RTT or a bulk window's rate)."""
+        started = time.monotonic()
+        network = record["network"]
         if cell.profile not in self.probes:
             self.probes[cell.profile] = self._probe(netem, config)
         else:
             network["probe_from_earlier_cell"] = True
         network["probe"] = self.probes[cell.profile]
-        timing["probe_s"] = time.monotonic() - started - timing["apply_s"]
-        return None
+        record["timing"]["probe_s"] = time.monotonic() - started
 
     def _probe(self, netem: FleetNetem, config) -> list[dict]:
         hosts = place_ranks(config, self.fleet)

@@ -14,12 +14,14 @@ import torch
 from trainer_workers import launch_cli, one_data_parallel_step, pipeline_gradients, spawn
 
 from inventory.errors import ConfigError
+from inventory.ports import port_open
 from trainer.config import TrainerConfig, check_world, load_config
 from trainer.data import TokenSource
-from trainer.local import REPO, finish
+from trainer.local import REPO, finish, free_port
 from trainer.model import CONFIGS, GPT
 from trainer.netif import choose_iface, route_iface
 from trainer.partition import build_stage, split_layers
+from trainer.worker import GO, MARK, START
 
 SEED = 3
 
@@ -126,6 +128,7 @@ def test_cli_trains_with_pipeline_and_parameter_server_and_writes_results(tmp_pa
     ]  # fmt: skip
     lines = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
     assert [line["iteration"] for line in lines] == list(range(2, 12))
+    assert summary["iterations_s"] == [line["total_s"] for line in lines]
     for line in lines:
         parts = sum(line[k] for k in ("forward_s", "backward_s", "comm_wait_s", "optimizer_s"))
         assert 0 < parts <= line["total_s"]
@@ -245,3 +248,57 @@ def test_ranks_in_two_namespaces_find_their_interface_and_train(two_namespaces):
                                 sys.executable, "-c", probe], capture_output=True, text=True,
                                check=True)  # fmt: skip
         assert found.stdout.strip() == link
+
+
+def test_workers_build_before_go_and_join_their_process_group_only_after(tmp_path):
+    """The controller shapes the network between "built" and go, and probes it between "joined"
+    and start: no connection between the ranks (not even to rank 0's store) may exist before go,
+    so every one is made on the shaped network, and none may be missing after "joined"."""
+    port = free_port()
+    flags = ["--model", "tiny", "--pipeline", "2", "--batch", "2", "--iterations", "3",
+             "--warmup", "1", "--seq-len", "16", "--threads", "1", "--iface", "lo"]  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer.worker"],
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+
+    def send_all(line: dict) -> None:
+        for worker in workers:
+            worker.stdin.write(json.dumps(line) + "\n")
+            worker.stdin.flush()
+
+    def next_answers() -> list[dict]:
+        answers = []
+        for worker in workers:
+            while not (line := worker.stdout.readline()).startswith(MARK):
+                assert line, "a worker ended without answering"
+            answers.append(json.loads(line[len(MARK) :]))
+        return answers
+
+    try:
+        assert all(answer["ready"] for answer in next_answers())
+        for rank, worker in enumerate(workers):
+            env = {"RANK": rank, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            worker.stdin.write(json.dumps({"argv": flags, "env": env}) + "\n")
+            worker.stdin.flush()
+        assert next_answers() == [{"built": True}] * 2
+        assert not port_open("127.0.0.1", port), "rank 0's store listened before go"
+        send_all(GO)
+        assert next_answers() == [{"joined": True}] * 2
+        assert port_open("127.0.0.1", port)
+        send_all(START)
+        answers = next_answers()
+        assert [a["exit_code"] for a in answers] == [0, 0], answers
+        assert answers[0]["summary"]["setup_s"]["process_group_s"] > 0
+        assert answers[0]["summary"]["timed_iterations"] == 2
+    finally:
+        for worker in workers:
+            worker.stdin.close()
+            worker.wait(timeout=30)

@@ -103,12 +103,15 @@ def wait_for_store(addr: str, port: int, timeout_s: float) -> None:
 
 
 def run_rank(
-    argv: list[str] | None, on_ready: Callable[[], None] | None = None
+    argv: list[str] | None,
+    on_ready: Callable[[], None] | None = None,
+    on_joined: Callable[[], None] | None = None,
 ) -> tuple[int, dict | None, str | None]:
     """Run one rank to the end: (exit code, rank 0's summary or None, error message or None).
 
     Exit code 2: bad input, found before any connection; 1: a peer died or timed out, or
-    `on_ready` (called with the process group up and the stage built) raised.
+    `on_ready` (called with the stage built, before the process group is joined) or `on_joined`
+    (called once it is joined, before the first iteration) raised.
     """
     preparing = time.perf_counter()
     try:
@@ -121,8 +124,7 @@ def run_rank(
 
     from trainer.train import train
 
-    try:
-        connecting = time.perf_counter()
+    def join() -> None:
         if rank != 0:
             wait_for_store(addr, port, cfg.timeout_s)
         dist.init_process_group(
@@ -132,8 +134,9 @@ def run_rank(
             world_size=world_size,
             timeout=timedelta(seconds=cfg.timeout_s),
         )
-        setup_s["process_group_s"] = time.perf_counter() - connecting
-        summary = train(cfg, rank, device, setup_s, on_ready)
+
+    try:
+        summary = train(cfg, rank, device, join, setup_s, on_ready, on_joined)
     except Exception as exc:  # a peer died or timed out: report and leave without hanging
         return 1, None, f"trainer: rank {rank} failed: {type(exc).__name__}: {exc}"
     dist.destroy_process_group()

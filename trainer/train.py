@@ -17,7 +17,7 @@ from trainer.data import TokenSource
 from trainer.dataparallel import make_gradient_sync
 from trainer.engines import make_engine, measured_phases
 from trainer.layout import position_of
-from trainer.partition import build_stage
+from trainer.partition import Stage, build_stage
 from trainer.timing import Clock, IterationTimes, summarize
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,15 +30,24 @@ def make_optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
 
+def build_rank_stage(cfg: TrainerConfig, rank: int, device: torch.device) -> Stage:
+    """This rank's stage of the model, on `device` (no communication)."""
+    stage_index, _ = position_of(rank, cfg.pipeline)
+    stage = build_stage(cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute)
+    return stage.to(device)
+
+
 class RankTrainer:
     """The stage, engine (the pipeline schedule), gradient sync and optimizer of one rank."""
 
-    def __init__(self, cfg: TrainerConfig, rank: int, device: torch.device):
+    def __init__(
+        self, cfg: TrainerConfig, rank: int, device: torch.device, module: Stage | None = None
+    ):
+        """Wire the rank up (collective: the process group must be up). `module` is the rank's
+        stage when it was built beforehand (`build_rank_stage`)."""
         self.cfg, self.rank, self.device = cfg, rank, device
         self.stage_index, self.replica = position_of(rank, cfg.pipeline)
-        self.module = build_stage(
-            cfg.gpt, self.stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute
-        ).to(device)
+        self.module = module if module is not None else build_rank_stage(cfg, rank, device)
         self.params = list(self.module.parameters())
         for p in self.params:
             p.grad = torch.zeros_like(p)
@@ -116,23 +125,37 @@ def train(
     cfg: TrainerConfig,
     rank: int,
     device: torch.device,
+    join: Callable[[], None],
     setup_s: dict[str, float] | None = None,
     on_ready: Callable[[], None] | None = None,
+    on_joined: Callable[[], None] | None = None,
 ) -> dict | None:
-    """Run every iteration on this rank (process group already up); rank 0 returns the summary.
+    """Run every iteration on this rank; rank 0 returns the summary.
 
-    `on_ready`, if given, is called once the stage is built and before the first iteration (a
-    worker waits there for its controller to shape the network). `setup_s` holds what the
-    caller timed before (the process group's set-up); the summary adds building the stage and
-    gathering every rank's records, so a runner can say where a cell's time outside the
-    iterations went.
+    The stage is built first; then `on_ready`, if given, is called (a worker waits there for its
+    controller to shape the network); only then does `join` bring the process group up. So every
+    connection the ranks train over is made on the network under test: one made on the unshaped
+    network carries that path's congestion-control state into the shaped one (BBR keeps its
+    minimum RTT for 10 s), and ran the first transfers of a shaped cell at half speed for about
+    10 s. `on_joined`, if given, is called once the process group is up (a worker waits there
+    while its controller probes the network).
+
+    `setup_s` holds what the caller timed before; the summary adds building the stage, joining
+    the process group (with the rank's engine and sync groups), the start barrier and gathering
+    every rank's records, so a runner can say where a cell's time outside the iterations went.
     """
     setup_s = dict(setup_s or {})
     built = time.perf_counter()
-    trainer = RankTrainer(cfg, rank, device)
+    module = build_rank_stage(cfg, rank, device)
     setup_s["build_s"] = time.perf_counter() - built
     if on_ready is not None:
         on_ready()
+    joining = time.perf_counter()
+    join()
+    trainer = RankTrainer(cfg, rank, device, module)
+    setup_s["process_group_s"] = time.perf_counter() - joining
+    if on_joined is not None:
+        on_joined()
     started = time.perf_counter()
     dist.barrier()  # the first iteration starts when every rank is ready
     setup_s["start_barrier_s"] = time.perf_counter() - started
@@ -208,6 +231,7 @@ def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device
         "hostname": socket.gethostname(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timed_iterations": len(timed),
+        "iterations_s": [t.total_s for t in timed],
         "warmup_iterations_s": [r["total_s"] for r in everyone[0]["records"][: cfg.warmup]],
         "engine": cfg.engine,
         "phases_measured": measured_phases(cfg.engine),

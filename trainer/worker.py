@@ -4,10 +4,12 @@ It reads one JSON request per line on stdin, `{"argv": [trainer flags], "env": {
 "WORLD_SIZE": …, "MASTER_ADDR": …, "MASTER_PORT": …}}`, and runs that rank as `python -m
 trainer` would (a fresh process group each time), in two steps:
 
-1. it joins the process group and builds its stage, then answers `WANLAB-WORKER
-   {"connected": true}` and waits for the line `{"go": true}` — so the controller can shape
-   the network between the ranks' rendezvous and their first iteration;
-2. it trains and answers `WANLAB-WORKER {"exit_code": …, "summary": …, "error": …}`.
+1. it builds its stage, then answers `WANLAB-WORKER {"built": true}` and waits for the line
+   `{"go": true}` — so the controller can shape the network while every rank is ready;
+2. it joins the process group (so its connections are made on the shaped network), answers
+   `{"joined": true}` and waits for `{"start": true}` — the controller probes the network
+   meanwhile, so the join's round trips cost the cell no extra time;
+3. it trains and answers `WANLAB-WORKER {"exit_code": …, "summary": …, "error": …}`.
 
 A request that fails before connecting (bad flags) gets only the final answer. After a failed
 run the process group may be unusable, so the worker answers and exits; a line other than go,
@@ -23,6 +25,7 @@ import traceback
 
 MARK = "WANLAB-WORKER "
 GO = {"go": True}
+START = {"start": True}
 
 
 def answer(**fields) -> None:
@@ -30,12 +33,22 @@ def answer(**fields) -> None:
     print(MARK + json.dumps(fields), flush=True)
 
 
-def wait_for_go() -> None:
-    """Say the rank is connected and built; return on go, raise on anything else."""
-    answer(connected=True)
+def say_and_wait(said: dict, expected: dict) -> None:
+    """Answer `said`, then return on the line `expected`; raise on anything else."""
+    answer(**said)
     line = sys.stdin.readline()
-    if not line or json.loads(line) != GO:
-        raise RuntimeError(f"the controller did not say go (it sent {line.strip()!r})")
+    if not line or json.loads(line) != expected:
+        raise RuntimeError(f"the controller did not say {expected} (it sent {line.strip()!r})")
+
+
+def wait_for_go() -> None:
+    """Say the rank's stage is built; return on go."""
+    say_and_wait({"built": True}, GO)
+
+
+def wait_for_start() -> None:
+    """Say the rank has joined its process group; return on start."""
+    say_and_wait({"joined": True}, START)
 
 
 def serve() -> int:
@@ -56,7 +69,9 @@ def serve() -> int:
         request = json.loads(line)
         os.environ.update({key: str(value) for key, value in request["env"].items()})
         try:
-            exit_code, summary, error = run_rank(request["argv"], on_ready=wait_for_go)
+            exit_code, summary, error = run_rank(
+                request["argv"], on_ready=wait_for_go, on_joined=wait_for_start
+            )
         except Exception:  # noqa: BLE001 - reported to the controller, then this worker ends
             exit_code, summary, error = 1, None, traceback.format_exc(limit=3)
         answer(exit_code=exit_code, summary=summary, error=error)
