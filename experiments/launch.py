@@ -132,14 +132,14 @@ class TrainerLauncher:
         run_name: str,
         timeout_s: float,
         prepare: Callable[[], str | None] | None = None,
-        while_joining: Callable[[], str | None] | None = None,
+        while_joining: Callable[[], None] | None = None,
     ) -> LaunchResult:
         """Run one cell on its ranks' workers and return rank 0's summary.
 
         The ranks first build their stages; then `prepare` runs (the runner shapes the network
         there). Unless it returns a reason to stop, the ranks join their process group on the
         shaped network while `while_joining` runs beside them (the runner probes the network),
-        and unless that returns a reason to stop, they train.
+        then they train.
         `LaunchResult.seconds` counts from "go" to the last answer.
         """
         hosts = place_ranks(config, self.fleet)
@@ -169,8 +169,9 @@ class TrainerLauncher:
                 self._send(hosts, GO)
                 probing = pool.submit(while_joining) if while_joining is not None else None
                 answers, lost = self._collect(hosts, pool, timeout_s)
-                reason = probing.result() if probing is not None else None
-                if reason is None and _all_said(answers, lost, "joined"):
+                if probing is not None:
+                    probing.result()
+                if _all_said(answers, lost, "joined"):
                     self._send(hosts, START)
                     answers, lost = self._collect(hosts, pool, timeout_s)
         seconds = time.monotonic() - started

@@ -2,7 +2,7 @@
 
 It reads one JSON request per line on stdin, `{"argv": [trainer flags], "env": {"RANK": …,
 "WORLD_SIZE": …, "MASTER_ADDR": …, "MASTER_PORT": …}}`, and runs that rank as `python -m
-trainer` would (a fresh process group each time), in two steps:
+trainer` would (a fresh process group each time), in three steps:
 
 1. it builds its stage, then answers `WANLAB-WORKER {"built": true}` and waits for the line
    `{"go": true}` — so the controller can shape the network while every rank is ready;
@@ -12,8 +12,8 @@ trainer` would (a fresh process group each time), in two steps:
 3. it trains and answers `WANLAB-WORKER {"exit_code": …, "summary": …, "error": …}`.
 
 A request that fails before connecting (bad flags) gets only the final answer. After a failed
-run the process group may be unusable, so the worker answers and exits; a line other than go,
-or the end of input, ends the run as failed.
+run the process group may be unusable, so the worker answers and exits; a line other than the
+go or start expected, or the end of input, ends the run as failed.
 """
 
 from __future__ import annotations
