@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install what wanlab needs on a fresh Debian machine, as root: system packages, the CPU build
-# of torch, and wanlab itself (editable, with the test tools). Safe to run again.
+# of torch, wanlab itself (editable, with the test tools), and a user-mode Linux kernel that
+# boots on this CPU for the lab's delay node (`wanlab fleet kernel`). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(openssh-server openssh-client iproute2 ethtool kmod user-mode-linux iperf3 procps util-linux chromium)
+packages=(openssh-server openssh-client iproute2 ethtool kmod user-mode-linux patchelf iperf3 procps util-linux chromium)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -22,3 +23,6 @@ if ! "$PYTHON" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] !
 fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev]"
 echo "wanlab installed: $(command -v wanlab)"
+# The delay node's kernel: the packaged one panics on some CPUs (AMX), so fetch the newer one
+# into wanlab's own folder and prove by a boot that it runs here.
+wanlab fleet kernel

@@ -17,12 +17,14 @@ from experiments.predict_cli import predict
 from experiments.report_cli import report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
-from inventory.cli import JsonOption, console, inventory_app, print_table
+from inventory.cli import JsonOption, console, inventory_app, node_kernel_line, print_table
 from inventory.errors import ConfigError
 from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet
+from netem import kernel
 from netem.cli import app as netem_app
 from netem.cli import probe
+from netem.delaynode import DelayNodeError
 
 app = typer.Typer(
     help="Measure how distributed training slows down as the network gets worse.",
@@ -66,7 +68,7 @@ def fleet_down():
 
 @fleet_app.command("status")
 def fleet_status(as_json: JsonOption = False):
-    """Show the local fleet's hosts, their sshd and whether SSH answers."""
+    """Show the local fleet's hosts, their sshd, whether SSH answers, and the node's kernel."""
     status = lab_status()
     if as_json:
         print(json.dumps(status, indent=2))
@@ -74,6 +76,30 @@ def fleet_status(as_json: JsonOption = False):
     columns = ["name", "address", "netns", "netns_exists", "sshd_pid", "ssh_port_open"]
     node = f", delay node PID {status['delay_node_pid']}" if status["delay_node_pid"] else ""
     print_table(f"local fleet ({status['topology']}{node})", status["hosts"], columns)
+    line = node_kernel_line(status["node_kernel"])
+    console.print(f"delay node kernel: {line}", highlight=False)
+
+
+@fleet_app.command("kernel")
+def fleet_kernel(
+    refresh: Annotated[
+        bool, typer.Option(help="Fetch the newer kernel again even if one is in place.")
+    ] = False,
+    as_json: JsonOption = False,
+):
+    """Make sure the lab has a user-mode Linux kernel that boots on this CPU: fetch the newer
+    one into wanlab's own folder, probe-boot every candidate, record the choice."""
+    record = kernel.provision(refresh=refresh)
+    if as_json:
+        print(json.dumps(record, indent=2))
+        return
+    print_table(
+        "user-mode Linux kernels probed here",
+        record["probes"],
+        ["package", "booted", "version", "seconds", "detail"],
+    )
+    console.print(f"the lab boots {record['kernel']['binary']}", highlight=False)
+    console.print(f"why: {record['reason']}", highlight=False)
 
 
 @app.command("run")
@@ -157,3 +183,9 @@ def main() -> None:
     except ConfigError as error:
         print(f"wanlab: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except kernel.KernelError as error:
+        print(f"wanlab: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except DelayNodeError as error:
+        print(f"wanlab: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)

@@ -29,6 +29,7 @@ def check_fleet(fleet: Fleet, timeout: float = 20.0) -> list[dict]:
             for name, result in ssh.run(["true"], timeout=timeout, hosts=reachable).items():
                 if result.ok:
                     round_trips[name].append(result.seconds * 1000)
+    node_kernel = node_kernel_of(fleet)
     reports = []
     for host in fleet.hosts:
         result = facts[host.name]
@@ -38,6 +39,8 @@ def check_fleet(fleet: Fleet, timeout: float = 20.0) -> list[dict]:
             "reachable": result.exit_code is not None,
             "shaped_on": "delay node" if fleet.delay_node is not None else "host",
         }
+        if node_kernel is not None:
+            report["node_kernel"] = node_kernel
         samples = round_trips[host.name]
         report["ssh_rtt_ms"] = round(statistics.median(samples), 2) if samples else None
         if result.ok:
@@ -46,6 +49,17 @@ def check_fleet(fleet: Fleet, timeout: float = 20.0) -> list[dict]:
             report["error"] = result.error or (result.stderr.strip() or f"exit {result.exit_code}")
         reports.append(report)
     return reports
+
+
+def node_kernel_of(fleet: Fleet) -> dict | None:
+    """For a fleet shaped by a delay node: the kernel the node boots and why (the node's
+    `kernel.json` in its mailbox, written when it starts), else None."""
+    if fleet.delay_node is None:
+        return None
+    try:
+        return json.loads((fleet.delay_node.mailbox / "kernel.json").read_text())
+    except (OSError, ValueError):
+        return {"kernel": None, "reason": "the delay node has not started (no kernel.json)"}
 
 
 def _peer_of(fleet: Fleet, name: str) -> str:

@@ -31,6 +31,13 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     console.print(table)
 
 
+def node_kernel_line(description: dict) -> str:
+    """One line for the delay node's kernel: which, its version, and why it was chosen."""
+    if not description.get("kernel"):
+        return description.get("reason", "unknown")
+    return f"{description['kernel']}, release {description['version']}: {description['reason']}"
+
+
 @inventory_app.command("show")
 def inventory_show(inventory: InventoryOption, as_json: JsonOption = False):
     """Print the hosts of an inventory as read and validated."""
@@ -73,5 +80,8 @@ def inventory_check(
             "error",
         ]
         print_table("inventory check", reports, columns)
+        node_kernel = reports[0].get("node_kernel") if reports else None
+        if node_kernel is not None:
+            console.print(f"delay node kernel: {node_kernel_line(node_kernel)}", highlight=False)
     if not all(report["reachable"] for report in reports):
         raise typer.Exit(1)

@@ -28,30 +28,21 @@ import time
 import uuid
 from pathlib import Path
 
-from netem import uml
 from netem.agentserve import Leases
+from netem.kernel import Kernel, KernelError, boot_argv, current, describe, panic_line
+from netem.uml import MODULE_FAILED, init_prelude
 
-NODE_MODULES = (
-    "lib/crc-ccitt.ko",
-    "net/ipv6/ipv6.ko",
-    "net/llc/llc.ko",
-    "net/802/stp.ko",
-    "net/bridge/bridge.ko",
-    "net/sched/sch_ingress.ko",
-    "net/sched/act_mirred.ko",
-    "net/sched/sch_netem.ko",
-    "net/sched/sch_htb.ko",
-    "net/sched/sch_tbf.ko",
-    "net/sched/cls_u32.ko",
-)
-"""Load order matters: ipv6 needs crc-ccitt, the bridge needs llc and stp."""
 BRIDGE = "br0"
 POLL_S = 0.01
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class DelayNodeError(RuntimeError):
-    """The delay node did not start, or did not answer in time."""
+    """The delay node did not start: `cause` (from its console or logs), `remedy`, and the exit
+    code the command line ends with (2: fix this machine's set-up; 1: it may pass on a retry)."""
+
+    def __init__(self, cause: str, remedy: str, exit_code: int):
+        super().__init__(f"the delay node did not start: {cause}; {remedy}")
+        self.cause, self.remedy, self.exit_code = cause, remedy, exit_code
 
 
 def host_vec(index: int) -> str:
@@ -87,50 +78,95 @@ class DelayNode:
         return pid if str(self.directory).encode() in cmdline else None
 
     def start(self, taps: list[str], mem: str = "1G", timeout: float = 120.0) -> None:
-        """Boot the node with one vector interface per tap (hosts first, controller last)."""
+        """Boot the node with one vector interface per tap (hosts first, controller last) and
+        wait until it says ready. On any failure the node is stopped and DelayNodeError says
+        why, with the cause taken from the node's console or logs."""
         if self.pid() is not None:
             return
+        try:
+            kernel = current()
+        except KernelError as error:
+            raise DelayNodeError(str(error), "then bring the fleet up again", 2) from None
+        for tap in taps:
+            holder = tap_holder(tap)
+            if holder is not None:
+                raise DelayNodeError(
+                    f"tap {tap} is held by another process ({holder})",
+                    "stop that process (or `wanlab fleet down` the fleet that owns it)",
+                    2,
+                )
         self.directory.mkdir(parents=True, exist_ok=True)
         for folder in (self.requests, self.responses):
             folder.mkdir(exist_ok=True)
-        for stale in ("ready.json", "stop", "returncode"):
+        for stale in ("ready.json", "stop", "returncode", "node.log", MODULE_FAILED):
             (self.directory / stale).unlink(missing_ok=True)
+        (self.directory / "kernel.json").write_text(json.dumps(describe(), indent=2))
         init = self.directory / "init.sh"
-        init.write_text(self._init_script(n_vecs=len(taps)))
+        init.write_text(self._init_script(kernel, n_vecs=len(taps)))
         init.chmod(0o755)
         vectors = [f"vec{i}:transport=tap,ifname={tap}" for i, tap in enumerate(taps)]
-        argv = [uml.UML_BINARY, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "rw",
-                f"init={init}", "con=null", "con0=fd:0,fd:1", f"umid=wanlab-node-{os.getpid()}",
-                f"uml_dir={self.directory}", *vectors, "quiet"]  # fmt: skip
+        argv = boot_argv(kernel.binary, init, f"wanlab-node-{os.getpid()}", self.directory, mem)
         with open(self.directory / "console.log", "w") as console:
             process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                [*argv[:-1], *vectors, argv[-1]],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         self.pid_file.write_text(str(process.pid))
         deadline = time.monotonic() + timeout
         while not (self.directory / "ready.json").exists():
-            if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is not None:
+                failure = self._diagnose(kernel, exit_status=process.returncode)
                 self.stop()
-                log = (self.directory / "node.log").read_text(errors="replace")[-2000:]
-                raise DelayNodeError(f"the delay node did not come up; its log ends:\n{log}")
-            time.sleep(0.1)
+                raise failure
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DelayNodeError(
+                    f"it did not say ready within {timeout:g} s ({self._last_words()})",
+                    "the machine may be overloaded: try again; if it persists, see "
+                    f"{self.directory}/console.log and node.log",
+                    1,
+                )
+            time.sleep(0.05)
 
-    def _init_script(self, n_vecs: int) -> str:
-        modules = " ".join(str(uml.module_dir() / m) for m in NODE_MODULES)
-        ifb = uml.module_dir() / "drivers/net/ifb.ko"
-        path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin:/usr/bin:/sbin:/bin"])
+    def _diagnose(self, kernel: Kernel, exit_status: int) -> DelayNodeError:
+        """Why a node that exited before it was ready failed, from what it left behind."""
+        failed = self.directory / MODULE_FAILED
+        if failed.exists():
+            return DelayNodeError(
+                f"its kernel ({kernel.package}) could not load a module: "
+                f"{failed.read_text().strip()}",
+                "run `wanlab fleet kernel --refresh` to fetch and probe the kernel again",
+                2,
+            )
+        console = _read_tail(self.directory / "console.log")
+        panic = panic_line(console)
+        if panic:
+            return DelayNodeError(
+                f"its kernel ({kernel.package}) panicked at boot: {panic}",
+                "run `wanlab fleet kernel --refresh` to fetch and probe a kernel for this CPU",
+                2,
+            )
+        return DelayNodeError(
+            f"its kernel exited with status {exit_status} before it was ready "
+            f"({self._last_words()})",
+            f"see {self.directory}/console.log and node.log",
+            1,
+        )
+
+    def _last_words(self) -> str:
+        """The last line the node's program or, failing that, its kernel wrote."""
+        for name in ("node.log", "console.log"):
+            lines = _read_tail(self.directory / name).strip().splitlines()
+            if lines:
+                return f"{name} ends: {lines[-1].strip()}"
+        return "it wrote nothing"
+
+    def _init_script(self, kernel: Kernel, n_vecs: int) -> str:
         serve = [sys.executable, "-m", "netem.delaynode", str(self.directory), str(n_vecs)]
-        return f"""#!/bin/sh
-export PATH={shlex.quote(path)}
-export HOME={shlex.quote(str(self.directory))}
-export PYTHONPATH={shlex.quote(str(_PACKAGE_ROOT))}
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t tmpfs -o mode=755 run /run
-for m in {modules}; do insmod "$m"; done
-insmod {ifb} numifbs={n_vecs}
-ip link set lo up
+        return f"""{init_prelude(kernel, self.directory, n_ifbs=n_vecs)}
 {shlex.join(serve)} > {self.directory}/node.log 2>&1 &
 pid=$!
 wait $pid
@@ -177,6 +213,28 @@ halt -f
         self.pid_file.unlink(missing_ok=True)
 
 
+def tap_holder(tap: str) -> str | None:
+    """Which process holds `tap` open ("PID NAME"), if any: a held tap cannot carry the node."""
+    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        if f"iff:\t{tap}\n" in text:
+            pid = fdinfo.parts[2]
+            return f"PID {pid} {_read_tail(Path(f'/proc/{pid}/comm')).strip()}"
+    return None
+
+
+def _read_tail(path: Path, size: int = 4000) -> str:
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(max(0, path.stat().st_size - size))
+            return stream.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 # -- the node's side (runs inside user-mode Linux) -------------------------------------------
 def _set_up_forwarding(n_vecs: int) -> list[dict]:
     """Bridge every vector interface; redirect each host's ingress through its ifb."""
@@ -195,10 +253,22 @@ def _set_up_forwarding(n_vecs: int) -> list[dict]:
             ifb = ipr.link_lookup(ifname=host_ifb(index))[0]
             ipr.link("set", index=ifb, state="up")
             ipr.tc("add", "ingress", vec, 0xFFFF0000)
-            ipr.tc("add-filter", "u32", vec, parent=0xFFFF0000, protocol=0x0003, prio=1,
-                   keys=["0x0/0x0+0"], target=0x10020,
-                   action={"kind": "mirred", "direction": "egress", "action": "redirect",
-                           "ifindex": ifb})  # fmt: skip
+            ipr.tc(
+                "add-filter",
+                "u32",
+                vec,
+                parent=0xFFFF0000,
+                protocol=0x0003,
+                prio=1,
+                keys=["0x0/0x0+0"],
+                target=0x10020,
+                action={
+                    "kind": "mirred",
+                    "direction": "egress",
+                    "action": "redirect",
+                    "ifindex": ifb,
+                },
+            )
             hosts.append({"index": index, "vec": host_vec(index), "ifb": host_ifb(index)})
     return hosts
 
