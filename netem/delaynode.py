@@ -85,6 +85,7 @@ class DelayNode:
             return
         try:
             kernel = current()
+            kernel.load_order()
         except KernelError as error:
             raise DelayNodeError(str(error), "then bring the fleet up again", 2) from None
         for tap in taps:
@@ -119,10 +120,10 @@ class DelayNode:
         while not (self.directory / "ready.json").exists():
             if process.poll() is not None:
                 failure = self._diagnose(kernel, exit_status=process.returncode)
-                self.stop()
+                self._abandon(process)
                 raise failure
             if time.monotonic() > deadline:
-                self.stop()
+                self._abandon(process)
                 raise DelayNodeError(
                     f"it did not say ready within {timeout:g} s ({self._last_words()})",
                     "the machine may be overloaded: try again; if it persists, see "
@@ -130,6 +131,13 @@ class DelayNode:
                     1,
                 )
             time.sleep(0.05)
+
+    def _abandon(self, process: subprocess.Popen) -> None:
+        """Kill a node that failed to start (its whole process group) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        self.pid_file.unlink(missing_ok=True)
 
     def _diagnose(self, kernel: Kernel, exit_status: int) -> DelayNodeError:
         """Why a node that exited before it was ready failed, from what it left behind."""
