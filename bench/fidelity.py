@@ -1,180 +1,172 @@
-"""How faithfully netem shaping reproduces the configured network, measured inside UML.
+"""How faithfully the lab reproduces the configured network, through the path the demo uses.
 
-For every built-in profile (both ends shaped) and one 3-host pair matrix: configured RTT
-(2 x one-way delay) vs measured RTT (median of TCP round trips), configured rate vs measured
-goodput, and netem's drop counters. Runs in the user-mode Linux kernel (the host kernel has no
-sch_netem), whose single CPU cannot carry Gbit/s through netem: rates are scaled by 1/10
-(d1b5 -> 500 Mbit/s, d5b2 -> 200, d10b1 and d50b1 -> 100); delays are not scaled.
+Brings up a 3-host local lab of its own (prefix `wlq`, 198.18.15.0/24; on a kernel without
+sch_netem the hosts' links run through the delay node), applies every built-in profile and one
+pair matrix with the product's own `FleetNetem`, and measures with the product's own probe
+between two shaped hosts: RTT (median of TCP round trips) against 2 x the one-way delay, goodput
+against the rate, and the netem drops the kernel counts. Rates are scaled by 1/--scale (the
+node forwards a few hundred Mbit/s); delays are not. It also reports the unshaped RTT and the
+forwarding ceiling: one unshaped flow, and every host sending at once.
 
-Goals: added RTT (measured minus the unshaped RTT) within max(5 %, 0.2 ms) of 2 x delay,
-goodput 90-102 % of the rate, zero netem drops.
+What "1 ms one-way" means: two hosts shaped with it see a round trip of 2 ms, as on a fleet
+whose own network adds ~0.1 ms. The node takes its own measured forwarding latency out of every
+delay it applies (`experiments.lab.measure_forwarding`), and is judged against 2 x delay.
 
-    python bench/fidelity.py [--json]
+Goals: RTT within max(5 %, 0.2 ms) of 2 x delay, goodput 90-102 % of the rate, zero drops.
+
+    python bench/fidelity.py [--scale 20] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import platform
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from inventory.ports import wait_listening
-from netem import shaper, uml
-from netem.labnet import LAB_IFNAME, LabHost, in_netns, lab_down, lab_up
+from experiments.lab import lab_down, lab_up, resolve_shaping
+from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
+from netem import kernel
+from netem.delaynode import DelayNode
+from netem.fleet import FleetNetem
 from netem.matrix import matrix_from_data
 from netem.profile import BUILTIN
-from netem.tree import tree_for_profile, tree_for_routes
 
-RATE_SCALE = 10
-PORT = 5399
-MATRIX = {
-    "by": "region",
-    "link": [
-        {"src": "west", "dst": "east", "delay": "30ms", "rate": "50mbit"},
-        {"src": "west", "dst": "west", "delay": "5ms", "rate": "200mbit"},
-    ],
-}
-REGIONS = ("west", "west", "east")
+PROBE_PORT = 5411
+PROFILES = ("d1b5", "d5b2", "d10b1", "d50b1")
+MATRIX_LINKS = [  # (src, dst, one-way delay ms, rate at full scale)
+    ("h0", "h1", 5, 2_000_000_000),
+    ("h0", "h2", 30, 1_000_000_000),
+]
 
 
-def _measure(src: LabHost, dst: LabHost, seconds: float) -> dict:
-    argv = [
-        sys.executable,
-        "-m",
-        "netem.probe",
-        "measure",
-        "--to",
-        dst.address,
-        "--port",
-        str(PORT),
-    ]
-    argv += ["--count", "50", "--seconds", str(seconds)]
-    out = subprocess.run(in_netns(src.name, argv), check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
+def _row(setting: str, delay_ms: float, rate_bps: int, measured: dict, drops: int) -> dict:
+    configured = 2 * delay_ms
+    rtt = measured["rtt_ms_median"]
+    ratio = measured["throughput_bps"] / rate_bps
+    return {
+        "setting": setting,
+        "configured_rtt_ms": configured,
+        "measured_rtt_ms": round(rtt, 3),
+        "rtt_ok": abs(rtt - configured) <= max(0.05 * configured, 0.2),
+        "rate_bps": rate_bps,
+        "measured_bps": round(measured["throughput_bps"]),
+        "rate_ratio": round(ratio, 3),
+        "rate_ok": 0.90 <= ratio <= 1.02,
+        "netem_drops": drops,
+        "drops_ok": drops == 0,
+    }
 
 
-def _drops(hosts: list[LabHost]) -> int:
+def _drops(shown: dict) -> int:
     total = 0
-    for host in hosts:
-        for where, counters in shaper.read_stats(LAB_IFNAME, host.name).items():
+    for answer in shown.values():
+        for where, counters in (answer.get("stats") or {}).items():
             if counters["kind"] == "netem" or where == "root":
                 total += counters["drops"]
     return total
 
 
-def _row(name, delay_ms, rate_bps, measured, base_rtt, drops) -> dict:
-    configured_rtt = 2 * delay_ms
-    added = measured["rtt_ms_median"] - base_rtt
-    tolerance = max(0.05 * configured_rtt, 0.2)
-    row = {
-        "setting": name,
-        "configured_rtt_ms": configured_rtt,
-        "measured_rtt_ms": round(measured["rtt_ms_median"], 3),
-        "added_rtt_ms": round(added, 3),
-        "rtt_ok": abs(added - configured_rtt) <= tolerance,
-        "rate_bps": rate_bps,
-        "netem_drops": drops,
-        "drops_ok": drops == 0,
+def _seconds(delay_ms: float) -> float:
+    return max(3.0, 40 * 2 * delay_ms / 1000)  # the bulk window spans >= 40 round trips
+
+
+def measure(netem: FleetNetem, scale: int) -> tuple[list[dict], dict]:
+    """Every built-in profile and the matrix; then the unshaped RTT and forwarding ceiling."""
+    rows = []
+    for name in PROFILES:
+        profile = BUILTIN[name]
+        scaled = profile.model_copy(update={"rate_bps": profile.rate_bps // scale})
+        netem.apply(scaled, lease_s=300)
+        measured = netem.probe(pairs=[("h0", "h1")], seconds=_seconds(profile.delay_ms))[0]
+        rows.append(_row(name, profile.delay_ms, scaled.rate_bps, measured, _drops(netem.show())))
+        netem.reset()
+    links = [
+        {"src": s, "dst": d, "delay": f"{ms}ms", "rate": f"{rate // scale // 1_000_000}mbit"}
+        for s, d, ms, rate in MATRIX_LINKS
+    ]
+    netem.apply(matrix_from_data({"by": "host", "link": links}, "fidelity-matrix"), lease_s=300)
+    for src, dst, delay_ms, rate in MATRIX_LINKS:
+        measured = netem.probe(pairs=[(src, dst)], seconds=_seconds(delay_ms))[0]
+        row = _row(f"matrix {src}->{dst}", delay_ms, rate // scale, measured, 0)
+        rows.append(row)
+    drops = _drops(netem.show())
+    for row in rows[-len(MATRIX_LINKS) :]:
+        row.update(netem_drops=drops, drops_ok=drops == 0)
+    netem.reset()
+    one_flow = netem.probe(pairs=[("h0", "h1")], seconds=3.0)[0]
+    ring = [("h0", "h1"), ("h1", "h2"), ("h2", "h0")]
+    with ThreadPoolExecutor(len(ring)) as pool:  # every host sending at once
+        futures = [
+            pool.submit(netem.probe, pairs=[pair], seconds=3.0, port=PROBE_PORT + i)
+            for i, pair in enumerate(ring)
+        ]
+        concurrent = [future.result()[0] for future in futures]
+    ceiling = {
+        "unshaped_rtt_ms": round(one_flow["rtt_ms_median"], 3),
+        "one_flow_bps": round(one_flow["throughput_bps"]),
+        "all_hosts_sending_bps": round(sum(c["throughput_bps"] for c in concurrent)),
     }
-    if "throughput_bps" in measured:
-        ratio = measured["throughput_bps"] / rate_bps
-        row.update(measured_bps=round(measured["throughput_bps"]), rate_ratio=round(ratio, 3))
-        row["rate_ok"] = 0.90 <= ratio <= 1.02
-    return row
-
-
-def inside(out_path: str) -> None:
-    """Run in the guest: build the lab, shape, measure, write rows as JSON."""
-    lab = lab_up(3, "wlf", "198.19.210")
-    rows: list[dict] = []
-    try:
-        hosts = list(lab.hosts)
-        for host in hosts:
-            argv = [sys.executable, "-m", "netem.probe", "serve", "--detach", "--port", str(PORT)]
-            serve = [*argv, "--bind", host.address, "--for", "900", "--warmup", "2"]
-            subprocess.run(in_netns(host.name, serve), check=True, capture_output=True)
-        for host in hosts:
-            wait_listening(host.address, PORT)
-        h0, h1, h2 = hosts
-        _measure(h0, h1, 0)  # the guest's first connection is slow: keep it out of the figures
-        base_start = _measure(h0, h1, 0)["rtt_ms_median"]
-        raw: list[tuple] = []
-        snaps = {h.name: shaper.snapshot(LAB_IFNAME, h.name) for h in hosts}
-        for name in ("d1b5", "d5b2", "d10b1", "d50b1"):
-            profile = BUILTIN[name]
-            scaled = profile.model_copy(update={"rate_bps": profile.rate_bps // RATE_SCALE})
-            for host in (h0, h1):
-                shaper.apply(LAB_IFNAME, tree_for_profile(scaled), host.name)
-            measured = _measure(h0, h1, 6 if profile.delay_ms >= 50 else 4)
-            raw.append((name, profile.delay_ms, scaled.rate_bps, measured, _drops([h0, h1])))
-        for host in hosts:
-            shaper.restore(snaps[host.name], host.name)
-        labelled = [
-            LabHost(name=h.name, address=h.address, labels={"region": r})
-            for h, r in zip(hosts, REGIONS, strict=True)
-        ]
-        routes = matrix_from_data(MATRIX, "fidelity-matrix").resolve(labelled)
-        for name, row in routes.items():
-            shaper.apply(LAB_IFNAME, tree_for_routes(row), name)
-        for src, dst, delay, rate in ((h0, h1, 5, 200e6), (h0, h2, 30, 50e6)):
-            measured = _measure(src, dst, 4)
-            label = f"matrix {src.name[-2:]}->{dst.name[-2:]}"
-            raw.append((label, delay, int(rate), measured, _drops(hosts)))
-        for host in hosts:
-            shaper.restore(snaps[host.name], host.name)
-        # the guest's own RTT wanders by a few tenths of a ms: take the lower of two readings
-        base = min(base_start, _measure(h0, h1, 0)["rtt_ms_median"])
-        rows += [
-            _row(name, delay, rate, measured, base, drops)
-            for name, delay, rate, measured, drops in raw
-        ]
-        rows.append({"setting": "unshaped", "measured_rtt_ms": round(base, 3)})
-    finally:
-        lab_down(lab)
-        Path(out_path).write_text(json.dumps(rows))
+    return rows, ceiling
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=20, help="rates are divided by this")
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
-    parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.inside:
-        inside(args.inside)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="wanlab-fidelity-") as tmp:
-        out = Path(tmp) / "rows.json"
-        run = uml.run([sys.executable, str(Path(__file__).resolve()), "--inside", str(out)], 600)
-        if not out.exists() or not json.loads(out.read_text()):
-            print(run.output[-3000:], run.console[-1000:], file=sys.stderr)
-            return 1
-        rows = json.loads(out.read_text())
-    shaped = [row for row in rows if "rtt_ok" in row]
+    if args.scale < 1:
+        parser.error("--scale must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="wanlab-fidelity-") as home:
+        fleet = LocalFleet(prefix="wlq", subnet="198.18.15.0/24", home=Path(home))
+        try:
+            inventory = load_inventory(lab_up(3, "auto", fleet))
+            node = DelayNode(fleet.node_directory)
+            forwarding = {"one_way_ms": node.forwarding_ms(), "release": node.release()}
+            with FleetNetem(inventory) as netem:
+                rows, ceiling = measure(netem, args.scale)
+        finally:
+            lab_down(fleet)
     print(
-        f"{'setting':16} {'cfg RTT':>8} {'meas RTT':>9} {'added':>7} {'rate':>10} "
-        f"{'goodput':>10} {'ratio':>6} {'drops':>6}"
+        f"{'setting':16} {'cfg RTT':>8} {'meas RTT':>9} {'rate':>9} {'goodput':>9} "
+        f"{'ratio':>6} {'drops':>6}"
     )
     for row in rows:
-        if "rtt_ok" not in row:
-            print(f"{row['setting']:16} {'':>8} {row['measured_rtt_ms']:>9.3f}")
-            continue
         print(
             f"{row['setting']:16} {row['configured_rtt_ms']:>8.3f} {row['measured_rtt_ms']:>9.3f}"
-            f" {row['added_rtt_ms']:>7.3f} {row['rate_bps'] / 1e6:>8.0f}M"
-            f" {row.get('measured_bps', 0) / 1e6:>9.1f}M {row.get('rate_ratio', 0):>6.3f}"
-            f" {row['netem_drops']:>6}"
+            f" {row['rate_bps'] / 1e6:>8.1f}M {row['measured_bps'] / 1e6:>8.1f}M"
+            f" {row['rate_ratio']:>6.3f} {row['netem_drops']:>6}"
         )
-    met = all(row["rtt_ok"] and row["drops_ok"] and row.get("rate_ok", True) for row in shaped)
+    print(
+        f"unshaped RTT {ceiling['unshaped_rtt_ms']} ms; forwarding ceiling: one flow "
+        f"{ceiling['one_flow_bps'] / 1e6:.0f} Mbit/s, 3 hosts sending at once "
+        f"{ceiling['all_hosts_sending_bps'] / 1e6:.0f} Mbit/s in all"
+    )
+    print(f"node forwarding latency taken out of every delay: {forwarding['one_way_ms']} ms")
+    met = all(row["rtt_ok"] and row["drops_ok"] and row["rate_ok"] for row in rows)
+    shaping = resolve_shaping("auto")
+    ran_on = {
+        "host_kernel": platform.release(),
+        "cpu": kernel.cpu_facts(),
+        "shaping": shaping,
+        "rate_scale": f"1/{args.scale}",
+    }
+    if shaping == "delay-node":
+        ran_on["node_kernel"] = kernel.describe()["kernel"]
+        ran_on["node_release"] = forwarding["release"]  # as the running node said
     if args.json:
         summary = {
             "bench": "netem_fidelity",
-            "goal": "added RTT within max(5%, 0.2 ms) of 2x delay; goodput 90-102% of rate; "
-            "zero netem drops",
+            "goal": "RTT within max(5%, 0.2 ms) of 2 x one-way delay; goodput 90-102% of the "
+            "rate; zero netem drops",
             "met": met,
-            "kernel": "user-mode Linux 6.1 (one CPU); rates scaled 1/10",
+            "ran_on": ran_on,
+            "forwarding": forwarding,
+            "ceiling": ceiling,
             "rows": rows,
         }
         print(json.dumps(summary))

@@ -33,6 +33,7 @@ from netem.kernel import Kernel, KernelError, boot_argv, current, describe, pani
 from netem.uml import MODULE_FAILED, init_prelude
 
 BRIDGE = "br0"
+FORWARDING_FILE = "forwarding.json"
 POLL_S = 0.01
 
 
@@ -99,7 +100,8 @@ class DelayNode:
         self.directory.mkdir(parents=True, exist_ok=True)
         for folder in (self.requests, self.responses):
             folder.mkdir(exist_ok=True)
-        for stale in ("ready.json", "stop", "returncode", "node.log", MODULE_FAILED):
+        stale_files = ("ready.json", "stop", "returncode", "node.log", FORWARDING_FILE)
+        for stale in (*stale_files, MODULE_FAILED):
             (self.directory / stale).unlink(missing_ok=True)
         (self.directory / "kernel.json").write_text(json.dumps(describe(), indent=2))
         init = self.directory / "init.sh"
@@ -181,6 +183,25 @@ wait $pid
 echo $? > {self.directory}/returncode
 halt -f
 """
+
+    def release(self) -> str | None:
+        """The release of the kernel the running node booted, as it says itself."""
+        try:
+            return json.loads((self.directory / "ready.json").read_text())["release"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def forwarding_ms(self) -> float:
+        """The node's own one-way forwarding latency under netem, as measured when the lab came
+        up (`record_forwarding`); 0 until then. Every delay the node applies is less this."""
+        try:
+            return float(json.loads((self.directory / FORWARDING_FILE).read_text())["one_way_ms"])
+        except (OSError, ValueError, KeyError):
+            return 0.0
+
+    def record_forwarding(self, measurement: dict) -> None:
+        """Keep the measured forwarding latency (`one_way_ms`, and how it was measured)."""
+        (self.directory / FORWARDING_FILE).write_text(json.dumps(measurement, indent=2))
 
     def call(
         self, commands: list[list[str]], timeout: float = 60.0
@@ -299,7 +320,8 @@ def serve(directory: Path, n_vecs: int) -> None:
     requests, responses = directory / "requests", directory / "responses"
     leases = Leases()
     _warm_up(leases, host_ifb(0))
-    (directory / "ready.json").write_text(json.dumps({"hosts": hosts}))
+    ready = {"hosts": hosts, "release": os.uname().release}  # the kernel that really runs
+    (directory / "ready.json").write_text(json.dumps(ready))
     while True:
         try:
             if (directory / "stop").exists():

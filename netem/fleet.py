@@ -23,7 +23,7 @@ from netem.delaynode import DelayNode
 from netem.matrix import PairMatrix, is_matrix_document, load_matrix_file
 from netem.probe import DEFAULT_PORT
 from netem.profile import Profile, load_profile_file, parse_profile
-from netem.tree import Tree, tree_for_profile, tree_for_routes
+from netem.tree import Tree, less_forwarding_delay, tree_for_profile, tree_for_routes
 
 Target = Profile | PairMatrix
 AGENT_CODE = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py", "inventory/ports.py")
@@ -148,8 +148,14 @@ class FleetNetem:
         if names is None:
             names = [host.name for host in self.fleet.hosts]
 
+        forwarding_ms = self.node.forwarding_ms() if self.node is not None else 0.0
+
         def agent_args(host: Host, interface: str | None) -> list[str]:
-            tree_args = ["--tree", trees[host.name].model_dump_json()] if trees else []
+            tree = trees[host.name] if trees else None
+            tree_args = []
+            if tree is not None:  # the node's own latency is part of every delay it applies
+                built = less_forwarding_delay(tree, forwarding_ms)
+                tree_args = ["--tree", built.model_dump_json()]
             where = ["--interface", interface] if interface else []
             return [command, *where, *args, *tree_args]
 

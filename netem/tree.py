@@ -193,6 +193,22 @@ def tree_for_routes(routes: Sequence[Route], exempt_ssh: bool = True) -> Tree:
     )
 
 
+def less_forwarding_delay(tree: Tree, forwarding_ms: float) -> Tree:
+    """The tree a forwarding box builds so that paths through it see the tree's delays: every
+    netem delay less the box's own forwarding latency (never below zero), queue limits kept
+    as sized for the full delay. A plain copy when `forwarding_ms` is 0."""
+    if forwarding_ms <= 0:
+        return tree
+    classes = []
+    for cls in tree.classes:
+        shape = cls.shape
+        if shape.delay_ms > 0:
+            delay = round(max(0.0, shape.delay_ms - forwarding_ms), 3)
+            shape = shape.model_copy(update={"delay_ms": delay, "limit": shape.queue_limit})
+        classes.append(cls.model_copy(update={"shape": shape}))
+    return tree.model_copy(update={"classes": tuple(classes)})
+
+
 def burst_bytes(rate_bps: int) -> int:
     """HTB burst: 4 ms at the rate (rate/250 keeps TBF/HTB accurate at 1 gbit), at least 16 kB."""
     return max(16_000, rate_bps // 8 // 250)

@@ -17,7 +17,10 @@ from experiments.lab import lab_down, lab_status, lab_up
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 from netem import uml
+from netem.delaynode import DelayNode
 from netem.fleet import FleetNetem, load_target
+from netem.profile import parse_profile
+from netem.tree import less_forwarding_delay, tree_for_profile
 
 pytestmark = pytest.mark.skipif(not uml.available(), reason="user-mode Linux is not installed")
 PREFIX = "wln"
@@ -57,13 +60,17 @@ def test_shaping_on_the_node_is_what_hosts_measure(lab, persistent):
 
 def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
     fleet, inventory = lab
+    forwarding_ms = DelayNode(fleet.node_directory).forwarding_ms()
     with FleetNetem(inventory) as netem:
         netem.apply(load_target("50ms/20mbit"), lease_s=120)
         shown = netem.show()
         ssh_ms = [netem.ssh.run(["true"])["h0"].seconds * 1000 for _ in range(5)]
         netem.reset()
         cleared = netem.show()
-    assert {a["shaping"]["profile"] for a in shown.values()} == {"50ms/20mbit/limit=1000"}
+    # the node builds each delay less its own forwarding latency (measured when it came up)
+    built = less_forwarding_delay(tree_for_profile(parse_profile("50ms/20mbit")), forwarding_ms)
+    assert {a["shaping"]["profile"] for a in shown.values()} == {built.describe()["profile"]}
+    assert 0 < forwarding_ms < 1.0
     # A shaped SSH round trip would take at least 100 ms (50 ms each way).
     assert sorted(ssh_ms)[2] < 60, ssh_ms
     assert not any(a["shaped"] for a in cleared.values())
