@@ -157,4 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without the interpreter's teardown: gloo work objects that torch.distributed's
+    # pipelining schedules still hold can abort it ("terminate called without an active
+    # exception", SIGABRT) after a run that succeeded and reported.
+    os._exit(code)
