@@ -153,16 +153,18 @@ class MatrixRunner:
         ]
         with Progress(*columns, console=self.console) as progress:
             task = progress.add_task("starting", total=len(todo))
-            for cell in todo:
+            for number, cell in enumerate(todo, start=1):
                 progress.update(task, description=cell.cell_id)
                 record = self.run_cell(cell, netem, launcher)
                 self.store.append(record)
                 outcome.ran.append(cell.cell_id)
                 if record["status"] != "ok":
                     outcome.failed.append(cell.cell_id)
-                    progress.console.print(
-                        f"[red]{escape(cell.cell_id)} failed: {escape(record['reason'])}"
-                    )
+                # one line per finished cell: a progress bar draws nothing where the output is
+                # not a terminal (a log file, CI), and there this is all the user sees
+                progress.console.print(
+                    cell_line(record, number, len(todo)), highlight=False, soft_wrap=True
+                )
                 progress.advance(task)
 
     def run_cell(self, cell: Cell, netem: FleetNetem, launcher: TrainerLauncher) -> dict:
@@ -251,6 +253,19 @@ class MatrixRunner:
         settings = self.spec.probe
         pair = [(hosts[0].name, hosts[1].name)]
         return netem.probe(pairs=pair, seconds=settings.seconds, count=settings.count)
+
+
+def cell_line(record: dict, number: int, total: int) -> str:
+    """One line saying how a finished cell went (rich markup, user text escaped)."""
+    where = f"[{number}/{total}] {escape(record['cell_id'])}"
+    if record["status"] != "ok":
+        return f"{where} [red]failed[/red]: {escape(str(record['reason']))}"
+    summary, timing = record["summary"], record["timing"]
+    mean = summary["phases"]["total_s"]["mean"]
+    return (
+        f"{where} ok: {mean:.3f} s per iteration (mean of {summary['timed_iterations']}), "
+        f"cell {timing['cell_s']:.1f} s"
+    )
 
 
 def _run_name(cell: Cell) -> str:

@@ -18,6 +18,7 @@ forwards).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from netem.agentserve import Leases
@@ -35,6 +37,12 @@ from netem.uml import MODULE_FAILED, init_prelude
 BRIDGE = "br0"
 FORWARDING_FILE = "forwarding.json"
 POLL_S = 0.01
+"""How often the controller looks for an answer, and the node for requests while busy."""
+IDLE_POLL_S = 0.1
+BUSY_WINDOW_S = 0.2
+"""After BUSY_WINDOW_S without a request the node looks for one only every IDLE_POLL_S: each
+look is a few hostfs calls, which hold up the node's single CPU and so its packets (polling
+every 10 ms all the time made the round trip through the node wander by up to 1-4 ms)."""
 
 
 class DelayNodeError(RuntimeError):
@@ -44,6 +52,28 @@ class DelayNodeError(RuntimeError):
     def __init__(self, cause: str, remedy: str, exit_code: int):
         super().__init__(f"the delay node did not start: {cause}; {remedy}")
         self.cause, self.remedy, self.exit_code = cause, remedy, exit_code
+
+
+@dataclass(frozen=True)
+class ForwardingLatency:
+    """What the node's forwarding adds, one way, to a netem delay: measured at a few delays
+    (one-way ms, latency ms), interpolated between them and flat beyond; 0 when unmeasured."""
+
+    points: tuple[tuple[float, float], ...] = ()
+
+    def __call__(self, delay_ms: float) -> float:
+        """The node's own latency, in ms, on a path with this one-way delay."""
+        if not self.points:
+            return 0.0
+        (first_delay, first), (last_delay, last) = self.points[0], self.points[-1]
+        if delay_ms <= first_delay:
+            return first
+        if delay_ms >= last_delay:
+            return last
+        for (d0, l0), (d1, l1) in itertools.pairwise(self.points):
+            if d0 <= delay_ms <= d1:
+                return l0 + (l1 - l0) * (delay_ms - d0) / (d1 - d0)
+        return last
 
 
 def host_vec(index: int) -> str:
@@ -191,16 +221,19 @@ halt -f
         except (OSError, ValueError, KeyError):
             return None
 
-    def forwarding_ms(self) -> float:
-        """The node's own one-way forwarding latency under netem, as measured when the lab came
-        up (`record_forwarding`); 0 until then. Every delay the node applies is less this."""
+    def forwarding(self) -> ForwardingLatency:
+        """The node's own one-way latency under netem, as measured when the lab came up
+        (`record_forwarding`); none until then. Every delay the node applies is less this."""
         try:
-            return float(json.loads((self.directory / FORWARDING_FILE).read_text())["one_way_ms"])
-        except (OSError, ValueError, KeyError):
-            return 0.0
+            measured = json.loads((self.directory / FORWARDING_FILE).read_text())
+            points = [(float(d), float(ms)) for d, ms in measured["one_way_ms_at_delay"].items()]
+        except (OSError, ValueError, KeyError, AttributeError):
+            points = []
+        return ForwardingLatency(tuple(sorted(points)))
 
     def record_forwarding(self, measurement: dict) -> None:
-        """Keep the measured forwarding latency (`one_way_ms`, and how it was measured)."""
+        """Keep the measured forwarding latency (`one_way_ms_at_delay`, and how it was
+        measured)."""
         (self.directory / FORWARDING_FILE).write_text(json.dumps(measurement, indent=2))
 
     def call(
@@ -322,12 +355,15 @@ def serve(directory: Path, n_vecs: int) -> None:
     _warm_up(leases, host_ifb(0))
     ready = {"hosts": hosts, "release": os.uname().release}  # the kernel that really runs
     (directory / "ready.json").write_text(json.dumps(ready))
+    last_request = time.monotonic()
     while True:
         try:
             if (directory / "stop").exists():
                 return
             leases.revert_expired()
             pending = sorted(requests.glob("*.json"))
+            if pending:
+                last_request = time.monotonic()
             for request in pending:
                 commands = json.loads(request.read_text())["batch"]
                 staging = responses / f".{request.stem}.tmp"
@@ -341,7 +377,8 @@ def serve(directory: Path, n_vecs: int) -> None:
             time.sleep(0.1)
             continue
         if not pending:
-            time.sleep(POLL_S)
+            busy = time.monotonic() - last_request < BUSY_WINDOW_S
+            time.sleep(POLL_S if busy else IDLE_POLL_S)
 
 
 if __name__ == "__main__":

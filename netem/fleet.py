@@ -148,14 +148,13 @@ class FleetNetem:
         if names is None:
             names = [host.name for host in self.fleet.hosts]
 
-        forwarding_ms = self.node.forwarding_ms() if self.node is not None else 0.0
+        forwarding = self.node.forwarding() if self.node is not None else None
 
         def agent_args(host: Host, interface: str | None) -> list[str]:
             tree = trees[host.name] if trees else None
-            tree_args = []
-            if tree is not None:  # the node's own latency is part of every delay it applies
-                built = less_forwarding_delay(tree, forwarding_ms)
-                tree_args = ["--tree", built.model_dump_json()]
+            if tree is not None and forwarding is not None:  # the node's own latency is part
+                tree = less_forwarding_delay(tree, forwarding)  # of every delay it applies
+            tree_args = ["--tree", tree.model_dump_json()] if tree is not None else []
             where = ["--interface", interface] if interface else []
             return [command, *where, *args, *tree_args]
 

@@ -10,7 +10,7 @@ u32 filters on 1:  prio 1: TCP source or destination port 22 -> 1:10
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -193,17 +193,15 @@ def tree_for_routes(routes: Sequence[Route], exempt_ssh: bool = True) -> Tree:
     )
 
 
-def less_forwarding_delay(tree: Tree, forwarding_ms: float) -> Tree:
+def less_forwarding_delay(tree: Tree, forwarding_ms: Callable[[float], float]) -> Tree:
     """The tree a forwarding box builds so that paths through it see the tree's delays: every
-    netem delay less the box's own forwarding latency (never below zero), queue limits kept
-    as sized for the full delay. A plain copy when `forwarding_ms` is 0."""
-    if forwarding_ms <= 0:
-        return tree
+    netem delay d less the box's own forwarding latency at that delay, `forwarding_ms(d)` (never
+    below zero), queue limits kept as sized for the full delay."""
     classes = []
     for cls in tree.classes:
         shape = cls.shape
         if shape.delay_ms > 0:
-            delay = round(max(0.0, shape.delay_ms - forwarding_ms), 3)
+            delay = round(max(0.0, shape.delay_ms - forwarding_ms(shape.delay_ms)), 3)
             shape = shape.model_copy(update={"delay_ms": delay, "limit": shape.queue_limit})
         classes.append(cls.model_copy(update={"shape": shape}))
     return tree.model_copy(update={"classes": tuple(classes)})

@@ -60,7 +60,7 @@ def test_shaping_on_the_node_is_what_hosts_measure(lab, persistent):
 
 def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
     fleet, inventory = lab
-    forwarding_ms = DelayNode(fleet.node_directory).forwarding_ms()
+    forwarding = DelayNode(fleet.node_directory).forwarding()
     with FleetNetem(inventory) as netem:
         netem.apply(load_target("50ms/20mbit"), lease_s=120)
         shown = netem.show()
@@ -68,9 +68,9 @@ def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
         netem.reset()
         cleared = netem.show()
     # the node builds each delay less its own forwarding latency (measured when it came up)
-    built = less_forwarding_delay(tree_for_profile(parse_profile("50ms/20mbit")), forwarding_ms)
+    built = less_forwarding_delay(tree_for_profile(parse_profile("50ms/20mbit")), forwarding)
     assert {a["shaping"]["profile"] for a in shown.values()} == {built.describe()["profile"]}
-    assert 0 < forwarding_ms < 1.0
+    assert 0 < forwarding(50.0) < 1.0
     # A shaped SSH round trip would take at least 100 ms (50 ms each way).
     assert sorted(ssh_ms)[2] < 60, ssh_ms
     assert not any(a["shaped"] for a in cleared.values())

@@ -117,6 +117,12 @@ def test_two_cell_matrix_end_to_end(local_fleet, wanlab, tmp_path):
         "200mbit|dp1|mb1|gpipe|ps|r0",
     ]
     assert all(c["status"] == "ok" for c in cells)
+    # not a terminal here: one line per finished cell is what the user sees
+    said = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert [line.split(" ok: ")[0] for line in said] == [
+        "[1/2] default|dp1|mb1|gpipe|ps|r0",
+        "[2/2] 200mbit|dp1|mb1|gpipe|ps|r0",
+    ], result.stdout
     shaped = cells[1]
     assert {a["profile"] for a in shaped["network"]["applied"].values()} == {"200mbit"}
     assert 150e6 < shaped["network"]["probe"][0]["throughput_bps"] <= 205e6
