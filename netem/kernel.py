@@ -325,6 +325,8 @@ def fetch(destination: Path) -> Kernel:
         old.unlink()
     wanted = [f"{name}/{FETCH_SUITE}" for name in FETCH_PACKAGES]
     _checked(["apt-get", *options, "download", *wanted], "apt-get download", cwd=debs)
+    for scratch in (lists, cache):  # the suite's package lists: ~200 MB, needed no more
+        shutil.rmtree(scratch, ignore_errors=True)
     files = {deb.name.split("_")[0]: deb for deb in debs.glob("*.deb")}
     uml_deb = files["user-mode-linux"]
     version = uml_deb.name.split("_")[1]
