@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from experiments.workload import make_workload
+from experiments.costmodel.workload import make_workload
 from trainer.model import CONFIGS
 from trainer.partition import build_stage
 

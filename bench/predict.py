@@ -18,12 +18,12 @@ from pathlib import Path
 # This file is named like a module it measures: keep its own folder off the import path.
 import numpy as np
 
-from experiments.calibrate import ResultsCalibration, reference_calibration
-from experiments.costmodel import evaluate
+from experiments.costmodel.analytic import evaluate
+from experiments.costmodel.calibrate import ResultsCalibration, reference_calibration
+from experiments.costmodel.predict import measured_cells, predict_config
+from experiments.costmodel.simulate import explore, random_placements, world_scenario
 from experiments.matrix import load_matrix
-from experiments.predict import measured_cells, predict_config
 from experiments.results import ResultsStore
-from experiments.simulate import explore, random_placements, world_scenario
 from netem.matrix import PairMatrix
 from trainer.config import TrainerConfig
 

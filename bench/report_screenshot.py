@@ -22,7 +22,7 @@ from pathlib import Path
 
 from matplotlib.image import imread
 
-from experiments.report import write_report
+from experiments.report.write import write_report
 
 GOAL = (
     "report.html renders offline in headless Chromium: exit 0, every table and figure in the "

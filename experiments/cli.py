@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 
+from experiments.costmodel.cli import predict
 from experiments.demo import default_results_dir, run_demo
 from experiments.lab import SHAPING_MODES, lab_down, lab_status, lab_up
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.plan import plan_rows, tc_preview
-from experiments.predict_cli import predict
-from experiments.report_cli import report
+from experiments.report.cli import report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.cli import JsonOption, console, inventory_app, node_kernel_line, print_table

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from experiments.lab import lab_down, lab_up
 from experiments.matrix import load_matrix
-from experiments.report import write_report
+from experiments.report.write import write_report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner, RunOutcome, interrupts_held
 from inventory.loader import load_inventory

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.barrier import dissemination_barrier
-from experiments.calibrate import from_flops, reference_calibration
-from experiments.costmodel import StageCompute, _run_pipeline, evaluate, predict
-from experiments.netmodel import (
+from experiments.costmodel.analytic import StageCompute, _run_pipeline, evaluate, predict
+from experiments.costmodel.barrier import dissemination_barrier
+from experiments.costmodel.calibrate import from_flops, reference_calibration
+from experiments.costmodel.network import (
     TCP_PAYLOAD_SHARE,
     Native,
     Network,
     pair_network,
     uniform_network,
 )
-from experiments.simulate import explore, world_scenario
-from experiments.workload import Workload, make_workload
+from experiments.costmodel.simulate import explore, world_scenario
+from experiments.costmodel.workload import Workload, make_workload
 from netem.matrix import matrix_from_data
 from netem.profile import BUILTIN, parse_profile
 from trainer.config import TrainerConfig

@@ -9,12 +9,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from experiments.calibrate import ResultsCalibration, reference_calibration, workload_of
-from experiments.costmodel import OPTIMIZER_BYTES_PER_PARAM
+from experiments.costmodel.analytic import OPTIMIZER_BYTES_PER_PARAM
+from experiments.costmodel.calibrate import ResultsCalibration, reference_calibration, workload_of
+from experiments.costmodel.cli import predict
+from experiments.costmodel.network import TCP_PAYLOAD_SHARE
+from experiments.costmodel.predict import predict_config, predict_matrix
 from experiments.matrix import load_matrix
-from experiments.netmodel import TCP_PAYLOAD_SHARE
-from experiments.predict import predict_config, predict_matrix
-from experiments.predict_cli import predict
 from inventory.errors import ConfigError
 from netem.profile import BUILTIN, parse_profile
 from trainer.config import TrainerConfig

@@ -22,10 +22,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from experiments.matrix import load_matrix
-from experiments.report import FORMATS, parse_formats, write_comparison, write_report
-from experiments.report_cli import report
-from experiments.report_data import cells_frame, points_frame
-from experiments.report_tables import fmt_mean_spread, fmt_ratio, iteration_table
+from experiments.report.cli import report
+from experiments.report.data import cells_frame, points_frame
+from experiments.report.tables import fmt_mean_spread, fmt_ratio, iteration_table
+from experiments.report.write import FORMATS, parse_formats, write_comparison, write_report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.errors import ConfigError

@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from experiments.report_data import is_baseline
+from experiments.report.data import is_baseline
 
 DASH = "—"
 

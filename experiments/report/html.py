@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from experiments.report_tables import to_html
+from experiments.report.tables import to_html
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1b1b1b;

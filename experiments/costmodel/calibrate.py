@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from experiments.costmodel import (
+from experiments.costmodel.analytic import (
     DEFAULT_FLOPS,
     DEFAULT_MEMORY_BYTES_PER_S,
     OPTIMIZER_BYTES_PER_PARAM,
@@ -26,8 +26,8 @@ from experiments.costmodel import (
     compute_from_flops,
     predict,
 )
-from experiments.netmodel import DEFAULT_NATIVE, Native, Network, uniform_network
-from experiments.workload import Workload, make_workload
+from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
+from experiments.costmodel.workload import Workload, make_workload
 from inventory.errors import ConfigError
 from netem.profile import BUILTIN, Profile
 from trainer.config import TrainerConfig

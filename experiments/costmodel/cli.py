@@ -8,12 +8,17 @@ from typing import Annotated
 
 import typer
 
-from experiments.calibrate import REFERENCE_FILE, Calibration, ResultsCalibration, from_flops
-from experiments.calibrate import reference_calibration as calibrate_on_reference
-from experiments.costmodel import DEFAULT_FLOPS
+from experiments.costmodel.analytic import DEFAULT_FLOPS
+from experiments.costmodel.calibrate import (
+    REFERENCE_FILE,
+    Calibration,
+    ResultsCalibration,
+    from_flops,
+)
+from experiments.costmodel.calibrate import reference_calibration as calibrate_on_reference
+from experiments.costmodel.network import Native
+from experiments.costmodel.predict import measured_cells, predict_matrix, store_predictions
 from experiments.matrix import MatrixSpec, load_matrix
-from experiments.netmodel import Native
-from experiments.predict import measured_cells, predict_matrix, store_predictions
 from experiments.results import ResultsStore
 from inventory.cli import JsonOption, console, print_table
 from inventory.errors import ConfigError

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.costmodel.predict import PREDICTIONS
 from experiments.matrix import Axes, Cell, MatrixHeader
-from experiments.predict import PREDICTIONS
 from experiments.results import CELLS
 from inventory.errors import ConfigError
 from netem.probe import MIN_WINDOW_RTTS

@@ -10,10 +10,10 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from experiments.calibrate import Calibration, workload_of
-from experiments.costmodel import predict
+from experiments.costmodel.analytic import predict
+from experiments.costmodel.calibrate import Calibration, workload_of
+from experiments.costmodel.network import Network, pair_network, uniform_network
 from experiments.matrix import MatrixSpec
-from experiments.netmodel import Network, pair_network, uniform_network
 from inventory.errors import ConfigError
 from netem.fleet import Target
 from netem.matrix import Addressable, PairMatrix

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.calibrate import Calibration, workload_of
-from experiments.costmodel import StageCompute, evaluate
-from experiments.netmodel import Network, pair_network
-from experiments.workload import Workload
+from experiments.costmodel.analytic import StageCompute, evaluate
+from experiments.costmodel.calibrate import Calibration, workload_of
+from experiments.costmodel.network import Network, pair_network
+from experiments.costmodel.workload import Workload
 from netem.matrix import PairMatrix, load_matrix_file
 from trainer.config import TrainerConfig
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from experiments.report_data import Results, compare_points, load_results
-from experiments.report_html import Plot, Section, render_html
-from experiments.report_plots import comparison_figures, png_bytes, report_figures
-from experiments.report_tables import (
+from experiments.report.data import Results, compare_points, load_results
+from experiments.report.html import Plot, Section, render_html
+from experiments.report.plots import comparison_figures, png_bytes, report_figures
+from experiments.report.tables import (
     baseline_note,
     comparison_table,
     has_predictions,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from experiments.report import FORMATS, parse_formats, write_comparison, write_report
+from experiments.report.write import FORMATS, parse_formats, write_comparison, write_report
 from inventory.cli import console
 from inventory.errors import ConfigError
 

@@ -6,7 +6,7 @@ arrives α later.
 
 The iteration is timed as the trainer times it: every rank runs its pipeline steps, averages
 gradients, steps its optimizer and enters the barrier that ends the iteration (see
-`experiments.barrier`: one round trip per round, and the ranks leave it skewed); rank 0
+`experiments.costmodel.barrier`: one round trip per round, and the ranks leave it skewed); rank 0
 reports from leaving one such barrier to leaving the next. Iterations run back to back, so
 each starts skewed as the previous one left: the model plays `STEADY_PASSES` of them.
 
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.barrier import dissemination_barrier
-from experiments.netmodel import Network
-from experiments.schedule import op_order
-from experiments.workload import Workload
+from experiments.costmodel.barrier import dissemination_barrier
+from experiments.costmodel.network import Network
+from experiments.costmodel.schedule import op_order
+from experiments.costmodel.workload import Workload
 
 DEFAULT_FLOPS = 14e12
 """Compute rate per device when nothing is calibrated: 14 TFLOP/s, a V100-class GPU in fp32

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from experiments.report_tables import fmt_rate, seconds_unit, variant_labels
+from experiments.report.tables import fmt_rate, seconds_unit, variant_labels
 
 # A palette that stays distinct for colour-blind readers and in greyscale print.
 COLOURS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000"]
