@@ -114,6 +114,20 @@ class Cell:
         }
 
 
+def matrix_cells(axes: Axes, repeats: int) -> list[Cell]:
+    """Every cell of these axes, profiles outermost (so a profile is applied once for its
+    cells), repeats innermost: the one order the runner, `--resume` and the reports share."""
+    product = itertools.product(
+        axes.profiles,
+        axes.dp_degrees,
+        axes.micro_batches,
+        axes.engines,
+        axes.dp_modes,
+        range(repeats),
+    )
+    return [Cell(*values) for values in product]
+
+
 @dataclass(frozen=True)
 class MatrixSpec:
     """A validated matrix: its header, trainer settings, axes and the resolved network targets."""
@@ -128,16 +142,7 @@ class MatrixSpec:
 
     def cells(self) -> list[Cell]:
         """Every cell, profiles outermost (so a profile is applied once for its cells)."""
-        a = self.axes
-        product = itertools.product(
-            a.profiles,
-            a.dp_degrees,
-            a.micro_batches,
-            a.engines,
-            a.dp_modes,
-            range(self.header.repeats),
-        )
-        return [Cell(*values) for values in product]
+        return matrix_cells(self.axes, self.header.repeats)
 
     def trainer_config(self, cell: Cell) -> TrainerConfig:
         """The full trainer configuration of one cell."""

@@ -40,16 +40,33 @@ class ResultsStore:
             shutil.copyfile(matrix_path, copy)
 
     def records(self) -> list[dict]:
-        """Every cell record, in the order written (a torn last line is ignored)."""
+        """Every cell record, in the order written (a torn line, as a crash can leave last, is
+        skipped); ConfigError for a line that is JSON but not a cell record."""
         if not self.cells_path.exists():
             return []
         records = []
-        for line in self.cells_path.read_text().splitlines():
+        for number, line in enumerate(self.cells_path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not isinstance(record, dict) or "cell_id" not in record:
+                where = f"line {number}"
+                raise ConfigError(str(self.cells_path), where, "is not a cell record (no cell_id)")
+            records.append(record)
         return records
+
+    def latest(self) -> list[dict]:
+        """The last record of each cell (a re-run supersedes a failed try), in first-seen order;
+        ConfigError when the folder holds no cells file."""
+        if not self.cells_path.is_file():
+            raise ConfigError(str(self.directory), CELLS, "not found: not a results folder")
+        latest: dict[str, dict] = {}
+        for record in self.records():
+            latest[record["cell_id"]] = record
+        return list(latest.values())
 
     def done_ids(self) -> set[str]:
         """Cells that already finished successfully."""

@@ -11,7 +11,6 @@ those same iterations; slowdown is against the same point on the default (unshap
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import tomllib
@@ -21,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.costmodel.predict import PREDICTIONS
-from experiments.matrix import Axes, Cell, MatrixHeader
-from experiments.results import CELLS
+from experiments.matrix import Axes, Cell, MatrixHeader, matrix_cells
+from experiments.results import CELLS, ResultsStore
 from inventory.errors import ConfigError
 from netem.probe import MIN_WINDOW_RTTS
 
@@ -43,25 +42,6 @@ class Results:
     runs: list[dict]
 
 
-def read_records(directory: Path) -> list[dict]:
-    """The cell records, the last of each cell id kept, in first-seen order."""
-    path = directory / CELLS
-    if not path.is_file():
-        raise ConfigError(str(directory), CELLS, "not found: not a results folder")
-    latest: dict[str, dict] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or "cell_id" not in record:
-            raise ConfigError(str(path), f"line {number}", "is not a cell record (no cell_id)")
-        latest[record["cell_id"]] = record
-    return list(latest.values())
-
-
 def read_predictions(directory: Path) -> dict[str, float]:
     """Predicted iteration seconds by cell id from `predictions.jsonl`, when there is one."""
     path = directory / PREDICTIONS
@@ -79,21 +59,13 @@ def read_predictions(directory: Path) -> dict[str, float]:
 
 
 def expected_cells(spec: dict) -> list[Cell]:
-    """Every cell the matrix spec's axes name, in the runner's order."""
+    """Every cell the results folder's copy of the matrix names (none if it does not parse)."""
     try:
         axes = Axes(**spec.get("axes", {}))
         header = MatrixHeader(**spec.get("matrix", {}))
     except (TypeError, ValueError):
         return []
-    product = itertools.product(
-        axes.profiles,
-        axes.dp_degrees,
-        axes.micro_batches,
-        axes.engines,
-        axes.dp_modes,
-        range(header.repeats),
-    )
-    return [Cell(*values) for values in product]
+    return matrix_cells(axes, header.repeats)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -288,7 +260,7 @@ def _baseline(points: pd.DataFrame, column: str, by_dp: bool) -> pd.Series:
 def load_results(directory: str | Path) -> Results:
     """Read a results folder: its cells, points, matrix spec text and run environments."""
     directory = Path(directory)
-    records = read_records(directory)
+    records = ResultsStore(directory).latest()
     spec_path = directory / "matrix.toml"
     spec_text = spec_path.read_text() if spec_path.is_file() else ""
     try:
