@@ -23,7 +23,7 @@ import torch
 
 from experiments.costmodel.workload import make_workload
 from trainer.model import CONFIGS
-from trainer.partition import build_stage
+from trainer.partition import Stage
 
 N_STAGES, MICRO = 12, 1
 GOAL = "on the GPU the fp32 forward and gradients of a stage equal the CPU's (relative 1e-4)"
@@ -60,7 +60,7 @@ def equivalence() -> float:
     for index in range(2):
         results = []
         for device in ("cpu", "cuda"):
-            stage = build_stage(cfg, index, 2, seed=3).to(device)
+            stage = Stage(cfg, index, 2, seed=3).to(device)
             x, targets = stage_inputs(stage, cfg, device)
             y = forward_backward(stage, x, targets)
             results.append([y.detach()] + [p.grad for p in stage.parameters()])
@@ -73,7 +73,7 @@ def equivalence() -> float:
 def time_stage(index: int, dtype: str, repeats: int) -> dict:
     """Median forward and backward milliseconds of one micro-batch through stage `index`."""
     cfg = CONFIGS["gpt3-xl"]
-    stage = build_stage(cfg, index, N_STAGES, seed=0, recompute=True).cuda()
+    stage = Stage(cfg, index, N_STAGES, seed=0, recompute=True).cuda()
     x, targets = stage_inputs(stage, cfg, "cuda")
     autocast = (
         torch.autocast("cuda", dtype=DTYPES[dtype]) if dtype != "fp32" else contextlib.nullcontext()

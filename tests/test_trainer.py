@@ -20,7 +20,7 @@ from trainer.data import TokenSource
 from trainer.local import REPO, finish, free_port
 from trainer.model import CONFIGS, GPT
 from trainer.netif import choose_iface, route_iface
-from trainer.partition import build_stage, split_layers
+from trainer.partition import Stage, split_layers
 from trainer.worker import GO, MARK, START
 
 SEED = 3
@@ -49,7 +49,7 @@ def test_stages_hold_the_full_models_weights_under_its_names():
     full = dict(GPT(cfg, seed=SEED).named_parameters())
     seen = {}
     for s in range(3):
-        stage = build_stage(cfg, s, 3, seed=SEED)
+        stage = Stage(cfg, s, 3, seed=SEED)
         assert (stage.embed is not None) == (s == 0)
         assert (stage.head is not None) == (s == 2)
         seen |= dict(stage.named_parameters())

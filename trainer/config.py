@@ -122,6 +122,11 @@ class TrainerConfig(BaseModel):
         """Ranks the run needs: pipeline × data."""
         return self.pipeline * self.data
 
+    @property
+    def applied_loss_scale(self) -> float:
+        """The factor the loss is scaled by before backward: `loss_scale` under fp16, else 1."""
+        return self.loss_scale if self.dtype == "fp16" else 1.0
+
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None):
     """Build a TrainerConfig from a TOML file (optional) with `overrides` on top."""

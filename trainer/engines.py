@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from trainer.config import TrainerConfig
 from trainer.layout import rank_of
 from trainer.partition import Stage
 from trainer.pipeline import GPipe
@@ -20,6 +21,7 @@ LIBRARY_SCHEDULES = ("pipelining-gpipe", "pipelining-1f1b")
 ENGINES = (OURS, *LIBRARY_SCHEDULES)
 
 SEPARATE_PHASES = ("forward_s", "backward_s", "comm_wait_s")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def measured_phases(engine: str) -> list[str]:
@@ -42,26 +44,26 @@ def pipeline_groups(n_stages: int, n_replicas: int) -> list[dist.ProcessGroup | 
     ]
 
 
-def make_engine(
-    engine: str,
-    stage: Stage,
-    replica: int,
-    n_replicas: int,
-    micro_batch: int,
-    n_micro: int,
-    seq: int,
-    n_embd: int,
-    device: torch.device,
-    compute_dtype: torch.dtype = torch.float32,
-    loss_scale: float = 1.0,
-):
-    """The engine `engine` for this rank's stage. Collective: every rank must call it."""
-    if engine == OURS:
-        return GPipe(stage, replica, micro_batch, seq, n_embd, device, compute_dtype, loss_scale)
-    if engine not in LIBRARY_SCHEDULES:
-        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+def make_engine(cfg: TrainerConfig, stage: Stage, replica: int, device: torch.device):
+    """The engine `cfg.engine` for this rank's stage. Collective: every rank must call it."""
+    compute_dtype, loss_scale = DTYPES[cfg.dtype], cfg.applied_loss_scale
+    if cfg.engine == OURS:
+        return GPipe(
+            stage,
+            replica,
+            cfg.micro_batch,
+            cfg.seq,
+            cfg.gpt.n_embd,
+            device,
+            compute_dtype,
+            loss_scale,
+        )
+    if cfg.engine not in LIBRARY_SCHEDULES:
+        raise ValueError(f"unknown engine {cfg.engine!r}; known: {', '.join(ENGINES)}")
     # Imported only here: the library adds seconds to every rank's start-up.
     from trainer.pipelining import PipeliningSchedule
 
-    group = pipeline_groups(stage.n_stages, n_replicas)[replica]
-    return PipeliningSchedule(engine, stage, n_micro, device, group, compute_dtype, loss_scale)
+    group = pipeline_groups(stage.n_stages, cfg.data)[replica]
+    return PipeliningSchedule(
+        cfg.engine, stage, cfg.n_micro, device, group, compute_dtype, loss_scale
+    )

@@ -12,8 +12,3 @@ def position_of(rank: int, n_stages: int) -> tuple[int, int]:
     """(stage, replica) of a global rank: the inverse of `rank_of`."""
     replica, stage = divmod(rank, n_stages)
     return stage, replica
-
-
-def ps_rank(stage: int, n_stages: int) -> int:
-    """The parameter server of a stage: that stage's rank in pipeline 0."""
-    return rank_of(stage, 0, n_stages)

@@ -58,15 +58,3 @@ class Stage(nn.Module):
         if self.head is None:
             return x
         return self._run(lambda y, t: lm_loss(self.head(y), t), x, targets)
-
-
-def build_stage(
-    cfg: GPTConfig,
-    stage: int,
-    n_stages: int,
-    layers: list[int] | None = None,
-    seed: int = 0,
-    recompute: bool = False,
-) -> Stage:
-    """The module of pipeline stage `stage` of `n_stages` (weights as the full model's)."""
-    return Stage(cfg, stage, n_stages, layers, seed, recompute)

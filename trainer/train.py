@@ -17,10 +17,8 @@ from trainer.data import TokenSource
 from trainer.dataparallel import make_gradient_sync
 from trainer.engines import make_engine, measured_phases
 from trainer.layout import position_of
-from trainer.partition import Stage, build_stage
+from trainer.partition import Stage
 from trainer.timing import Clock, IterationTimes, summarize
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
@@ -33,7 +31,7 @@ def make_optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
 def build_rank_stage(cfg: TrainerConfig, rank: int, device: torch.device) -> Stage:
     """This rank's stage of the model, on `device` (no communication)."""
     stage_index, _ = position_of(rank, cfg.pipeline)
-    stage = build_stage(cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute)
+    stage = Stage(cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute)
     return stage.to(device)
 
 
@@ -51,20 +49,8 @@ class RankTrainer:
         self.params = list(self.module.parameters())
         for p in self.params:
             p.grad = torch.zeros_like(p)
-        self.loss_scale = cfg.loss_scale if cfg.dtype == "fp16" else 1.0
-        self.pipe = make_engine(
-            cfg.engine,
-            self.module,
-            self.replica,
-            cfg.data,
-            cfg.micro_batch,
-            cfg.n_micro,
-            cfg.seq,
-            cfg.gpt.n_embd,
-            device,
-            DTYPES[cfg.dtype],
-            self.loss_scale,
-        )
+        self.loss_scale = cfg.applied_loss_scale
+        self.pipe = make_engine(cfg, self.module, self.replica, device)
         self.sync = make_gradient_sync(
             cfg.dp_mode, self.module, self.stage_index, self.replica, cfg.pipeline, cfg.data
         )
