@@ -110,7 +110,14 @@ def _attr(msg: Any, name: str) -> Any:
 
 
 def _u32_byte_map(sel: Any) -> dict[int, tuple[int, int]]:
-    # pyroute2 0.9.7 decodes u32 keys 4 bytes off, so read them from the raw attribute.
+    """{packet offset: (value byte, mask byte)} of a u32 filter's selector.
+
+    pyroute2 0.9.7 decodes u32 keys 4 bytes off, so they are read from the raw attribute: its
+    4-byte netlink header (length, type), then the kernel's `struct tc_u32_sel` (flags,
+    offshift, nkeys at byte 2, then offmask, off, offoff, hoff, hmask: 16 bytes), then
+    `nkeys` keys of 16 bytes each (`struct tc_u32_key`: mask and value big-endian, the packet
+    offset a host-order int, offmask). Hence nkeys at 4 + 2 and key k at 4 + 16 + 16 k.
+    """
     raw = bytes(sel.data[sel.offset : sel.offset + sel.length])
     nkeys = raw[6]
     out: dict[int, tuple[int, int]] = {}
