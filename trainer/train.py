@@ -119,12 +119,10 @@ def train(
     """Run every iteration on this rank; rank 0 returns the summary.
 
     The stage is built first; then `on_ready`, if given, is called (a worker waits there for its
-    controller to shape the network); only then does `join` bring the process group up. So every
-    connection the ranks train over is made on the network under test: one made on the unshaped
-    network carries that path's congestion-control state into the shaped one (BBR keeps its
-    minimum RTT for 10 s), and ran the first transfers of a shaped cell at half speed for about
-    10 s. `on_joined`, if given, is called once the process group is up (a worker waits there
-    while its controller probes the network).
+    controller to shape the network); only then does `join` bring the process group up, so the
+    ranks' connections are made on the network under test (README, "The runner", says why).
+    `on_joined`, if given, is called once the process group is up (a worker waits there while
+    its controller probes the network).
 
     `setup_s` holds what the caller timed before; the summary adds building the stage, joining
     the process group (with the rank's engine and sync groups), the start barrier and gathering
