@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from inventory.ports import port_open
 
 FIRST_HOST_OCTET = 10
@@ -332,39 +334,33 @@ class LocalFleet:
         self.known_hosts.write_text("\n".join(lines) + "\n")
 
     def _write_inventory(self, hosts: list[LocalHost], topology: str) -> None:
-        python = sys.executable
-        lines = [
-            "# Written by `wanlab fleet up`: the local fleet, one network namespace per host.",
-            "[fleet]",
-            f'name = "local-{self.prefix}"',
-            f'known_hosts = "{self.known_hosts}"',
-            "connect_timeout = 5.0",
-            "",
-            "[defaults]",
-            'user = "root"',
-            f'key_file = "{self.client_key}"',
-            'interface = "eth0"',
-            f'python = "{python}"',
-            f'workdir = "{self.directory / "work"}"',
-            "",
-        ]
-        if topology == "delay-node":
-            interfaces = ", ".join(f'{h.name} = "ifb{h.index}"' for h in hosts)
-            lines[5:5] = [
-                "",
-                "[fleet.delay_node]  # the hosts' egress is shaped on this node, not on the hosts",
-                f'mailbox = "{self.node_directory}"',
-                f"interfaces = {{ {interfaces} }}",
-            ]
-        for host in hosts:
-            lines += [
-                "[[hosts]]",
-                f'name = "{host.name}"',
-                f'address = "{host.address}"',
-                f'labels = {{ netns = "{host.netns}" }}',
-                "",
-            ]
-        self.inventory_path.write_text("\n".join(lines))
+        fleet: dict = {
+            "name": f"local-{self.prefix}",
+            "known_hosts": str(self.known_hosts),
+            "connect_timeout": 5.0,
+        }
+        if topology == "delay-node":  # the hosts' egress is shaped on this node, not on them
+            fleet["delay_node"] = {
+                "mailbox": str(self.node_directory),
+                "interfaces": {h.name: f"ifb{h.index}" for h in hosts},
+            }
+        document = {
+            "fleet": fleet,
+            "defaults": {
+                "user": "root",
+                "key_file": str(self.client_key),
+                "interface": "eth0",
+                "python": sys.executable,
+                "workdir": str(self.directory / "work"),
+            },
+            "hosts": [
+                {"name": h.name, "address": h.address, "labels": {"netns": h.netns}} for h in hosts
+            ],
+        }
+        header = (
+            "# Written by `wanlab fleet up`: the local fleet, one network namespace per host.\n"
+        )
+        self.inventory_path.write_text(header + tomli_w.dumps(document))
 
     # -- down -------------------------------------------------------------------------------
     def down(self) -> None:
