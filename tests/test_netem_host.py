@@ -16,10 +16,10 @@ from pathlib import Path
 
 import netem_tc
 import pytest
+from labnet import LAB_IFNAME, in_netns, namespaces_down, namespaces_up
 
 from inventory.ports import wait_listening
 from netem import shaper
-from netem.labnet import LAB_IFNAME, in_netns, lab_down, lab_up
 from netem.matrix import Route
 from netem.profile import parse_profile
 from netem.tree import tree_for_profile, tree_for_routes
@@ -33,9 +33,9 @@ SSH_DPORT = {9: (6, 0xFF), 22: (0, 0xFF), 23: (22, 0xFF)}
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = lab_up(2, f"wlt{secrets.token_hex(2)}", f"198.19.{secrets.randbelow(150) + 50}")
+    lab = namespaces_up(2, f"wlt{secrets.token_hex(2)}", f"198.19.{secrets.randbelow(150) + 50}")
     yield lab
-    lab_down(lab)
+    namespaces_down(lab)
 
 
 @pytest.fixture

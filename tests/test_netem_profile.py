@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from labnet import LabHost
 
 from inventory.errors import ConfigError
-from netem.labnet import LabHost
 from netem.matrix import Route, is_matrix_document, load_matrix_file, matrix_from_data
 from netem.profile import BUILTIN, Profile, load_profile_file, parse_profile
 from netem.tree import Match, tc_commands, tree_for_profile, tree_for_routes

@@ -48,7 +48,9 @@ def test_delay_and_rate_are_real(seen):
 
 
 def test_ssh_is_exempt_under_netem(seen):
-    assert seen["ssh_probe"]["rtt_ms_median"] < 5
+    # shaped traffic gains 2 x 10 ms; SSH, exempt, gains none (the guest's own round trips
+    # wander by a few ms, so the bound is half of what shaping would add)
+    assert seen["ssh_probe"]["rtt_ms_median"] < seen["base"]["rtt_ms_median"] + 10
 
 
 def test_applying_twice_and_switching(seen):

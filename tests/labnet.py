@@ -1,7 +1,8 @@
-"""A throwaway lab network: N network namespaces on one bridge, for tests and benches.
+"""A throwaway network for tests: N network namespaces on one bridge.
 
 Used on the host kernel and inside the user-mode Linux guest (netem.uml); every name starts
-with the given prefix so a lab never touches anything it did not create.
+with the given prefix so it never touches anything it did not create. (The local fleet,
+`inventory.localfleet`, is the product's own: hosts with sshd, an inventory, a delay node.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-def lab_up(n_hosts: int, prefix: str, subnet: str) -> Lab:
+def namespaces_up(n_hosts: int, prefix: str, subnet: str) -> Lab:
     """Create `n_hosts` namespaces `PREFIX-hI` with eth0 at SUBNET.(10+I)/24 on bridge PREFIX-br.
 
     `subnet` is the first three octets, e.g. "198.19.7"; the bridge itself gets SUBNET.1.
@@ -55,12 +56,12 @@ def lab_up(n_hosts: int, prefix: str, subnet: str) -> Lab:
             _ip("-n", name, "link", "set", LAB_IFNAME, "up")
             _ip("-n", name, "link", "set", "lo", "up")
     except subprocess.CalledProcessError:
-        lab_down(Lab(prefix=prefix, bridge=bridge, hosts=tuple(hosts)))
+        namespaces_down(Lab(prefix=prefix, bridge=bridge, hosts=tuple(hosts)))
         raise
     return Lab(prefix=prefix, bridge=bridge, hosts=tuple(hosts))
 
 
-def lab_down(lab: Lab) -> None:
+def namespaces_down(lab: Lab) -> None:
     """Remove the lab's namespaces (their veths go with them) and its bridge; never raises."""
     for host in lab.hosts:
         subprocess.run(["ip", "netns", "del", host.name], capture_output=True, check=False)
