@@ -50,9 +50,9 @@ def test_shaping_on_the_node_is_what_hosts_measure(lab, persistent):
         reset = netem.reset()
         assert all(a["ok"] for a in reset.values())
         after = netem.probe(pairs=[("h0", "h1")], seconds=1.0, count=30)[0]
-    # One-way 10 ms on each host's egress: the round trip grows by 2 x 10 ms.
-    added = shaped["rtt_ms_median"] - before["rtt_ms_median"]
-    assert 19.0 <= added <= 23.0, (before, shaped)
+    # One-way 10 ms on each host's egress: a round trip of 2 x 10 ms (the node takes its own
+    # latency out of the delay it applies), within 5 %.
+    assert 19.0 <= shaped["rtt_ms_median"] <= 21.0, (before, shaped)
     assert 0.80 * 50e6 <= shaped["throughput_bps"] <= 1.05 * 50e6, shaped
     assert after["rtt_ms_median"] < before["rtt_ms_median"] + 2.0, after
     assert after["throughput_bps"] > 1.5 * 50e6, after
