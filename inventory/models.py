@@ -8,8 +8,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Matched whole (fullmatch): a `$` would also accept a trailing newline.
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_INTERFACE = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
 
 
 def is_valid_address(text: str) -> bool:
@@ -22,7 +25,7 @@ def is_valid_address(text: str) -> bool:
     labels = text.rstrip(".").split(".")
     if not text or len(text) > 253 or all(label.isdigit() for label in labels):
         return False
-    return all(_HOST_LABEL.match(label) for label in labels)
+    return all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 class Host(BaseModel):
@@ -43,7 +46,7 @@ class Host(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError("must be 1-63 letters, digits, '-', '_' or '.', starting alphanumeric")
         return name
 
@@ -57,14 +60,16 @@ class Host(BaseModel):
     @field_validator("user")
     @classmethod
     def _user_is_valid(cls, user: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", user):
+        if not _USER.fullmatch(user):
             raise ValueError(f"{user!r} is not a valid user name")
         return user
 
     @field_validator("interface")
     @classmethod
     def _interface_is_valid(cls, interface: str | None) -> str | None:
-        if interface is not None and not re.match(r"^[A-Za-z0-9_.@-]{1,15}$", interface):
+        if interface is None:
+            return None
+        if not _INTERFACE.fullmatch(interface) or interface in (".", ".."):
             raise ValueError(f"{interface!r} is not a valid interface name (1-15 characters)")
         return interface
 

@@ -65,6 +65,12 @@ MALFORMED = [
         "does not exist",
     ),
     ("hosts-not-table", "hosts = [1, 2]\n", "hosts[0]", "must be a table"),
+    # names are matched whole: a trailing newline is not a name
+    ("name-newline", '[[hosts]]\nname = "h0\\n"\naddress = "198.18.9.1"\n', "hosts[0].name", ""),
+    ("user-newline", GOOD_HOST + 'user = "root\\n"\n', "hosts[0].user", "not a valid"),
+    ("interface-newline", GOOD_HOST + 'interface = "lo\\n"\n', "hosts[0].interface", "not a valid"),
+    ("interface-dotdot", GOOD_HOST + 'interface = ".."\n', "hosts[0].interface", "not a valid"),
+    ("host-newline", '[[hosts]]\nname = "a"\naddress = "h.example\\n"\n', "hosts[0].address", ""),
 ]
 
 
