@@ -180,10 +180,7 @@ def main() -> None:
     """Entry point of the `wanlab` console command."""
     try:
         app()
-    except ConfigError as error:
-        print(f"wanlab: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except kernel.KernelError as error:
+    except (ConfigError, kernel.KernelError) as error:
         print(f"wanlab: error: {error}", file=sys.stderr)
         sys.exit(2)
     except DelayNodeError as error:

@@ -50,11 +50,12 @@ def lab_up(n_hosts: int, shaping: str = "auto", fleet: LocalFleet | None = None)
 
     def up() -> Path:
         inventory = fleet.up(n_hosts, topology="delay-node")
-        if node.pid() is None:
+        starting = node.pid() is None
+        if starting:
             node.start(fleet.taps(n_hosts))
-            fleet.wait_ready(timeout=30)
-            node.record_forwarding(measure_forwarding(load_inventory(inventory)))
         fleet.wait_ready(timeout=30)
+        if starting:
+            node.record_forwarding(measure_forwarding(load_inventory(inventory)))
         return inventory
 
     return _or_clean_up(fleet, up)

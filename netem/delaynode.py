@@ -31,8 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netem.agentserve import Leases
-from netem.kernel import Kernel, KernelError, boot_argv, current, describe, panic_line
-from netem.uml import MODULE_FAILED, init_prelude
+from netem.kernel import (
+    MODULE_FAILED,
+    Kernel,
+    KernelError,
+    boot_argv,
+    current,
+    describe,
+    init_prelude,
+    panic_line,
+)
 
 BRIDGE = "br0"
 FORWARDING_FILE = "forwarding.json"
@@ -116,7 +124,7 @@ class DelayNode:
             return
         try:
             kernel = current()
-            kernel.load_order()
+            init_text = self._init_script(kernel, n_vecs=len(taps))
         except KernelError as error:
             raise DelayNodeError(str(error), "then bring the fleet up again", 2) from None
         for tap in taps:
@@ -135,7 +143,7 @@ class DelayNode:
             (self.directory / stale).unlink(missing_ok=True)
         (self.directory / "kernel.json").write_text(json.dumps(describe(), indent=2))
         init = self.directory / "init.sh"
-        init.write_text(self._init_script(kernel, n_vecs=len(taps)))
+        init.write_text(init_text)
         init.chmod(0o755)
         vectors = [f"vec{i}:transport=tap,ifname={tap}" for i, tap in enumerate(taps)]
         argv = boot_argv(kernel.binary, init, f"wanlab-node-{os.getpid()}", self.directory, mem)

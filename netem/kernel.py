@@ -22,6 +22,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -47,6 +48,10 @@ LAB_MODULES = (
 """Every module the lab needs; each is loaded after its dependencies, as modules.dep lists them
 (which differ between kernels: 6.1's bridge needs ipv6 and crc-ccitt, 7.2's does not)."""
 PROBE_TIMEOUT_S = 60.0
+MODULE_FAILED = "module-failed"
+"""The file (in the guest's host folder) where the init prelude names a module that did not
+load."""
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SETUP_HINT = "run `wanlab fleet kernel` (install.sh does) to fetch and probe a kernel for this CPU"
 
 
@@ -131,8 +136,7 @@ def record_path() -> Path:
 
 
 def cpu_facts() -> dict:
-    """The CPU model, whether it has AMX, and its XSAVE state size (what decides which UML
-    kernels boot)."""
+    """The CPU model and whether it has AMX or AVX-512 (what decides which UML kernels boot)."""
     model, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -228,35 +232,55 @@ def panic_line(console: str) -> str | None:
     return " / ".join(dict.fromkeys(hits[:2]))
 
 
+def init_prelude(kernel: Kernel, workdir: Path, n_ifbs: int = 2) -> str:
+    """The shell lines every guest's init starts with: PATH and PYTHONPATH, /proc, /sys, a
+    private /run, and every lab module; a module that does not load is named in
+    WORKDIR/module-failed (with insmod's words) and the guest halts at once."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin:/usr/bin:/sbin:/bin"])
+    loads = []
+    for module_file in kernel.load_order():
+        module = shlex.quote(str(module_file))
+        options = f" numifbs={n_ifbs}" if module_file.name.startswith("ifb.ko") else ""
+        failed = shlex.quote(str(workdir / MODULE_FAILED))
+        on_failure = f"{{ echo {module} $(cat /run/insmod.err) > {failed}; halt -f; }}"
+        loads.append(f"insmod {module}{options} 2>/run/insmod.err || {on_failure}")
+    return f"""#!/bin/sh
+export PATH={shlex.quote(path)}
+export HOME={shlex.quote(str(workdir))}
+export PYTHONPATH={shlex.quote(str(_PACKAGE_ROOT))}
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs -o mode=755 run /run
+{chr(10).join(loads)}
+ip link set lo up
+"""
+
+
 def probe(candidate: Kernel) -> Probe:
-    """Boot the candidate once: it must reach init, report its release and load every lab module."""
+    """Boot the candidate once: it must reach init, load every lab module (with the same init
+    prelude every guest of the lab starts with) and report its release."""
     origin, package = candidate.origin, candidate.package
     started = time.monotonic()
-    try:
-        names = " ".join(shlex.quote(str(path)) for path in candidate.load_order())
-    except KernelError as error:
-        return Probe(origin, package, False, 0.0, None, str(error))
     with tempfile.TemporaryDirectory(prefix="wanlab-kprobe-") as scratch:
         work = Path(scratch)
+        try:
+            prelude = init_prelude(candidate, work)
+        except KernelError as error:
+            return Probe(origin, package, False, 0.0, None, str(error))
         init = work / "init.sh"
-        init.write_text(f"""#!/bin/sh
-mount -t proc proc /proc
-uname -r > {work}/release
-for m in {names}; do insmod "$m" 2>>{work}/insmod.err || echo "$m" >> {work}/missing; done
-halt -f
-""")
+        init.write_text(f"{prelude}uname -r > {work}/release\nhalt -f\n")
         init.chmod(0o755)
         argv = boot_argv(candidate.binary, init, f"wanlab-kprobe-{os.getpid()}", work, "256M")
         console = run_bounded(argv, PROBE_TIMEOUT_S)
         release = (work / "release").read_text().strip() if (work / "release").exists() else None
-        missing = (work / "missing").read_text().split() if (work / "missing").exists() else []
+        failed = work / MODULE_FAILED
+        module_failure = failed.read_text().strip() if failed.exists() else None
     seconds = round(time.monotonic() - started, 2)
+    if module_failure is not None:
+        return Probe(origin, package, False, seconds, None, f"a module failed: {module_failure}")
     if release is None:
         detail = panic_line(console) or f"did not reach init; console ends: {console[-300:]!r}"
         return Probe(origin, package, False, seconds, None, detail)
-    if missing:
-        names = ", ".join(Path(m).name for m in missing)
-        return Probe(origin, package, False, seconds, release, f"modules failed to load: {names}")
     return Probe(origin, package, True, seconds, release, "booted; all lab modules loaded")
 
 

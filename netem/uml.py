@@ -10,18 +10,13 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from netem.kernel import Kernel, available, boot_argv, current, run_bounded
-
-__all__ = ["UmlRun", "available", "init_prelude", "run"]
+from netem.kernel import MODULE_FAILED, Kernel, boot_argv, current, init_prelude, run_bounded
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-MODULE_FAILED = "module-failed"
-"""The file (in the guest's host folder) where the prelude names a module that did not load."""
 
 
 @dataclass(frozen=True)
@@ -31,30 +26,6 @@ class UmlRun:
     returncode: int | None
     output: str
     console: str
-
-
-def init_prelude(kernel: Kernel, workdir: Path, n_ifbs: int = 2) -> str:
-    """The shell lines every guest's init starts with: PATH and PYTHONPATH, /proc, /sys, a
-    private /run, and every lab module; a module that does not load is named in
-    WORKDIR/module-failed (with insmod's words) and the guest halts at once."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin:/usr/bin:/sbin:/bin"])
-    loads = []
-    for module_file in kernel.load_order():
-        module = shlex.quote(str(module_file))
-        options = f" numifbs={n_ifbs}" if module_file.name.startswith("ifb.ko") else ""
-        failed = shlex.quote(str(workdir / MODULE_FAILED))
-        on_failure = f"{{ echo {module} $(cat /run/insmod.err) > {failed}; halt -f; }}"
-        loads.append(f"insmod {module}{options} 2>/run/insmod.err || {on_failure}")
-    return f"""#!/bin/sh
-export PATH={shlex.quote(path)}
-export HOME={shlex.quote(str(workdir))}
-export PYTHONPATH={shlex.quote(str(_PACKAGE_ROOT))}
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t tmpfs -o mode=755 run /run
-{chr(10).join(loads)}
-ip link set lo up
-"""
 
 
 def _init_script(kernel: Kernel, workdir: Path, argv: list[str], env: dict[str, str]) -> str:

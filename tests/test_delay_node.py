@@ -16,13 +16,13 @@ import pytest
 from experiments.lab import lab_down, lab_status, lab_up
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
-from netem import uml
+from netem import kernel
 from netem.delaynode import DelayNode
 from netem.fleet import FleetNetem, load_target
 from netem.profile import parse_profile
 from netem.tree import less_forwarding_delay, tree_for_profile
 
-pytestmark = pytest.mark.skipif(not uml.available(), reason="user-mode Linux is not installed")
+pytestmark = pytest.mark.skipif(not kernel.available(), reason="user-mode Linux is not installed")
 PREFIX = "wln"
 
 

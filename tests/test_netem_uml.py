@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from netem import uml
+from netem import kernel, uml
 
-pytestmark = pytest.mark.skipif(not uml.available(), reason="user-mode-linux is not installed")
+pytestmark = pytest.mark.skipif(not kernel.available(), reason="user-mode-linux is not installed")
 
 CHECKS = Path(__file__).with_name("netem_uml_checks.py")
 
