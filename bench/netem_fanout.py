@@ -6,8 +6,8 @@ shipped), and tears the fleet down. The host kernel has no sch_netem, so the pro
 rate-only (1gbit): the same HTB/u32 tree and agent path as any other profile.
 
 Both ways of running the agent are timed: one-shot (a fresh `python -m netem.agent` per command
-and host, as the `wanlab netem` verbs do) and persistent (one agent per host for the session, as
-experiment runs do). Goal: t(16) / t(1) <= 2 on the persistent path.
+and host, as a user runs it on a host by hand) and persistent (one agent per host for the
+session, as every `wanlab` verb does). Goal: t(16) / t(1) <= 2 on the persistent path.
 
 It also says where the CPU went in each round: the whole machine's busy time (from /proc/stat),
 the controller's own (this process, all threads) and, on the persistent path, the agents'
@@ -32,20 +32,46 @@ from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 from netem.fleet import FleetNetem
 from netem.profile import parse_profile
+from netem.tree import tree_for_profile
 
 SIZES = (1, 16)
 MODES = ("one-shot", "persistent")
 PROFILE = "1gbit"
 
 
-def _round(netem: FleetNetem) -> dict[str, float]:
+def _one_shot(netem: FleetNetem, verb: str, *args: str) -> dict[str, dict]:
+    """`python -m netem.agent VERB …` afresh on every host over SSH, as a user would run it."""
+
+    def argv(host) -> list[str]:
+        env = ["env", f"PYTHONPATH={netem.agents.code[host.name]}"]
+        where = ["--interface", host.interface] if host.interface else []
+        return [*env, host.python, "-m", "netem.agent", verb, *where, *args]
+
+    results = netem.ssh.run(argv, timeout=netem.timeout_s)
+    return {
+        name: json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else
+        {"ok": False, "error": r.error or r.stderr[-300:]}
+        for name, r in results.items()
+    }  # fmt: skip
+
+
+def _round(netem: FleetNetem, one_shot: bool) -> dict[str, float]:
     profile = parse_profile(PROFILE)
+    if one_shot:
+        tree = tree_for_profile(profile).model_dump_json()
+        verbs = (
+            ("apply", lambda: _one_shot(netem, "apply", "--lease", "120", "--tree", tree)),
+            ("show", lambda: _one_shot(netem, "show")),
+            ("reset", lambda: _one_shot(netem, "reset")),
+        )
+    else:
+        verbs = (
+            ("apply", lambda: netem.apply(profile, lease_s=120)),
+            ("show", netem.show),
+            ("reset", netem.reset),
+        )
     times = {}
-    for verb, call in (
-        ("apply", lambda: netem.apply(profile, lease_s=120)),
-        ("show", netem.show),
-        ("reset", netem.reset),
-    ):
+    for verb, call in verbs:
         start = time.perf_counter()
         answers = call()
         times[verb] = time.perf_counter() - start
@@ -80,11 +106,11 @@ def measure(fleet, n_hosts: int, rounds: int, persistent: bool) -> dict[str, flo
     seconds per round: the machine's, the controller's and (persistent) the agents'."""
     sub = fleet.model_copy(update={"hosts": fleet.hosts[:n_hosts]})
     start = time.perf_counter()
-    with FleetNetem(sub, persistent=persistent) as netem:
+    with FleetNetem(sub) as netem:
         ship_s = time.perf_counter() - start
-        agents = list(netem.agent_pids.values())
+        agents = list(netem.agents.pids.values()) if persistent else []
         busy, own, agents_cpu = machine_busy_s(), time.process_time(), process_cpu_s(agents)
-        samples = [_round(netem) for _ in range(rounds)]
+        samples = [_round(netem, not persistent) for _ in range(rounds)]
         cpu = {
             "cpu_machine": (machine_busy_s() - busy) / rounds,
             "cpu_controller": (time.process_time() - own) / rounds,

@@ -95,7 +95,7 @@ class MatrixRunner:
         outcome = RunOutcome(skipped=[c.cell_id for c in cells if c.cell_id in done])
         todo = [c for c in cells if c.cell_id not in done]
         self._record_environment()
-        with FleetNetem(self.fleet, self.spec.timeouts.apply_s, persistent=True) as netem:
+        with FleetNetem(self.fleet, self.spec.timeouts.apply_s) as netem:
             launcher = TrainerLauncher(self.fleet, netem.ssh)
             try:
                 self._start_workers(todo, launcher)

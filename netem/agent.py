@@ -1,27 +1,32 @@
-"""The host-side agent: `python -m netem.agent apply|show|reset|renew|status`, JSON in and out.
+"""The host agent: shape this machine's interfaces under a lease; one API behind three faces.
 
-It keeps, per interface, what was there before wanlab touched it and the lease of the current
-shaping in a state directory. `apply` starts a detached watchdog that restores the interface
-when the lease runs out unless `renew` extends it, so a controller that dies never leaves a
-host shaped. Every command prints one JSON object; exit code 0 on success, 1 on failure,
-2 on bad input.
+`Agent` is the API: `apply(interface, tree, lease_s)`, `show`, `reset`, `renew`, `status`, and
+`revert_expired`. Per interface it keeps, in a state folder, what was there before wanlab
+touched it and when the lease of the current shaping runs out. Whoever holds the agent calls
+`revert_expired` often, so a controller that dies never leaves a host shaped:
+- `python -m netem.agent VERB …` (this module's `main`) runs one verb and leaves one watchdog
+  process per state folder that holds its leases until none is left;
+- `python -m netem.agentserve`, the controller's persistent agent on each host, holds them in
+  its own loop;
+- the delay node (`netem/delaynode.py`) holds them in its loop inside its kernel.
+Every face passes requests `{"verb": …, "interface": …, "tree": …, "lease_s": …}` to `handle`,
+which answers with a JSON-able dict: `ok`, and on failure `error` and `error_kind`.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import functools
 import json
+import math
 import os
-import signal
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from netem import shaper
 from netem.probe import spawn_detached
@@ -30,10 +35,12 @@ from netem.tree import Tree, tc_commands
 DEFAULT_STATE_DIR = Path("/run/wanlab/netem")
 DEFAULT_LEASE_S = 300.0
 WATCHDOG_POLL_S = 0.25
+WATCHDOG_FILE = "watchdog.pid"
+VERBS = ("apply", "show", "reset", "renew", "status")
 
 
 class AgentError(Exception):
-    """A failure to report as JSON; `code` is the exit status."""
+    """A failure the agent reports in its answer; `code` is the one-shot command's exit status."""
 
     def __init__(self, message: str, kind: str, code: int = 1):
         super().__init__(message)
@@ -41,204 +48,257 @@ class AgentError(Exception):
         self.code = code
 
 
-@contextmanager
-def _locked(state_dir: Path):
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+class Request(BaseModel):
+    """One verb for one interface (None: the default route's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verb: Literal["apply", "show", "reset", "renew", "status"]
+    interface: str | None = None
+    tree: Tree | None = None
+    lease_s: float = Field(DEFAULT_LEASE_S, ge=0)
+    """Seconds until the interface reverts unless renewed; 0 = never (apply only)."""
+
+    @field_validator("lease_s")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        return value
 
 
-def _state_path(state_dir: Path, ifname: str) -> Path:
-    return state_dir / f"{ifname}.json"
+class Agent:
+    """The interfaces of this machine (or network namespace) that wanlab shapes, and their leases.
 
+    `watchdog`: start a watchdog process to hold the leases (the one-shot command); a face that
+    runs for as long as its leases calls `revert_expired` itself instead.
+    """
 
-def _load(state_dir: Path, ifname: str) -> dict[str, Any] | None:
-    path = _state_path(state_dir, ifname)
-    return json.loads(path.read_text()) if path.exists() else None
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, watchdog: bool = False):
+        self.state_dir = state_dir
+        self.watchdog = watchdog
 
+    # -- the state folder: one JSON file per shaped interface, under one lock --------------------
+    @contextmanager
+    def _locked(self):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
-def _save(state_dir: Path, ifname: str, state: dict[str, Any]) -> None:
-    path = _state_path(state_dir, ifname)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    def _path(self, ifname: str) -> Path:
+        return self.state_dir / f"{ifname}.json"
 
+    def _load(self, ifname: str) -> dict[str, Any] | None:
+        path = self._path(ifname)
+        return json.loads(path.read_text()) if path.exists() else None
 
-def _is_watchdog(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"netem.agent" in cmdline and b"watchdog" in cmdline
+    def _save(self, ifname: str, state: dict[str, Any]) -> None:
+        staging = self._path(ifname).with_suffix(".tmp")
+        staging.write_text(json.dumps(state))
+        staging.replace(self._path(ifname))
 
+    def _revert(self, ifname: str, state: dict[str, Any]) -> None:
+        shaper.restore(state["snapshot"])
+        self._path(ifname).unlink(missing_ok=True)
 
-def _stop_watchdog(state: dict[str, Any]) -> None:
-    pid = state.get("watchdog_pid")
-    if pid != os.getpid() and _is_watchdog(pid):
-        os.kill(pid, signal.SIGTERM)
-
-
-def _start_watchdog(ifname: str, state_dir: Path) -> int:
-    return spawn_detached(["netem.agent", "watchdog", "--interface", ifname,
-                           "--state-dir", str(state_dir)])  # fmt: skip
-
-
-def _revert(state_dir: Path, ifname: str, state: dict[str, Any]) -> None:
-    shaper.restore(state["snapshot"])
-    _state_path(state_dir, ifname).unlink(missing_ok=True)
-
-
-def _read_tree_arg(raw: str | None) -> Tree:
-    text = raw if raw is not None else sys.stdin.read()
-    try:
-        return Tree.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise AgentError(f"the tree given is not valid: {err}", "input", 2) from None
-
-
-def cmd_apply(args: argparse.Namespace, ifname: str) -> dict[str, Any]:
-    """Shape `ifname` with the tree given, read it back, take the lease."""
-    tree = _read_tree_arg(args.tree)
-    if args.dry_run:
-        return {"dry_run": True, "commands": tc_commands(tree, ifname)}
-    with _locked(args.state_dir):
-        state = _load(args.state_dir, ifname)
-        fresh = state is None
-        if fresh:
-            state = {"snapshot": shaper.snapshot(ifname), "watchdog_pid": None}
-            _save(args.state_dir, ifname, state)
+    def _watchdog_pid(self) -> int | None:
         try:
-            result = shaper.apply(ifname, tree)
+            pid = int((self.state_dir / WATCHDOG_FILE).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if b"netem.agent" in cmdline and b"watchdog" in cmdline else None
+
+    def _hold_lease(self) -> None:
+        if self.watchdog and self._watchdog_pid() is None:
+            pid = spawn_detached(["netem.agent", "watchdog", "--state-dir", str(self.state_dir)])
+            (self.state_dir / WATCHDOG_FILE).write_text(str(pid))
+
+    # -- the verbs -------------------------------------------------------------------------------
+    def apply(self, ifname: str, tree: Tree, lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
+        """Shape `ifname` with `tree`, read it back, and take a lease (0 = none)."""
+        with self._locked():
+            state = self._load(ifname)
+            fresh = state is None
+            if fresh:
+                state = {"snapshot": shaper.snapshot(ifname)}
+                self._save(ifname, state)
+            try:
+                result = shaper.apply(ifname, tree)
+            except shaper.ShaperError as err:
+                if fresh or not isinstance(err, shaper.NetemUnavailable):
+                    self._revert(ifname, state)
+                raise
+            actual = shaper.read_tree(ifname)
+            state["tree"] = tree.model_dump()
+            state["lease_until"] = time.time() + lease_s if lease_s > 0 else None
+            self._save(ifname, state)
+            if lease_s > 0:
+                self._hold_lease()
+        return {
+            "result": result,
+            "matches": actual == shaper.normalized(tree),
+            "shaping": None if actual is None else actual.describe(),
+            "lease_until": state["lease_until"],
+        }
+
+    def show(self, ifname: str) -> dict[str, Any]:
+        """What the kernel holds on `ifname`, its counters, and the lease."""
+        tree = shaper.read_tree(ifname)
+        state = self._load(ifname)
+        asked = None if state is None or "tree" not in state else Tree.model_validate(state["tree"])
+        return {
+            "shaped": tree is not None,
+            "tree": None if tree is None else tree.model_dump(),
+            "shaping": None if tree is None else tree.describe(),
+            "matches_applied": None if asked is None else tree == shaper.normalized(asked),
+            "stats": shaper.read_stats(ifname),
+            "lease_until": None if state is None else state.get("lease_until"),
+        }
+
+    def reset(self, ifname: str) -> dict[str, Any]:
+        """Restore what was on `ifname` before wanlab; a no-op when nothing is applied."""
+        with self._locked():
+            state = self._load(ifname)
+            if state is None:
+                return {"result": "clean"}
+            self._revert(ifname, state)
+        return {"result": "restored"}
+
+    def renew(self, ifname: str, lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
+        """Extend the lease of `ifname` to `lease_s` seconds from now."""
+        with self._locked():
+            state = self._load(ifname)
+            if state is None or "tree" not in state:
+                raise AgentError(f"nothing is applied on {ifname}: no lease to renew", "no_lease")
+            state["lease_until"] = time.time() + lease_s
+            self._save(ifname, state)
+            self._hold_lease()
+        return {"lease_until": state["lease_until"]}
+
+    def status(self, ifname: str) -> dict[str, Any]:
+        """The lease of `ifname`, and the watchdog process holding this folder's leases."""
+        state = self._load(ifname) or {}
+        pid = self._watchdog_pid()
+        return {
+            "applied": "tree" in state,
+            "lease_until": state.get("lease_until"),
+            "watchdog_pid": pid,
+            "watchdog_alive": pid is not None,
+        }
+
+    def revert_expired(self) -> int:
+        """Restore every interface whose lease has run out; how many leases still run."""
+        running = 0
+        with self._locked():
+            for path in self.state_dir.glob("*.json"):
+                state = json.loads(path.read_text())
+                lease_until = state.get("lease_until")
+                if lease_until is None:
+                    continue
+                if time.time() >= lease_until:
+                    try:
+                        self._revert(path.stem, state)
+                    except shaper.ShaperError as err:  # the interface is gone: nothing to hold
+                        print(f"agent: {path.stem}: {err}", file=sys.stderr)
+                        path.unlink(missing_ok=True)
+                else:
+                    running += 1
+        return running
+
+    def watch(self) -> None:
+        """Be the watchdog: hold the folder's leases until none is left (or another watchdog
+        took over)."""
+        while True:
+            with self._locked():  # the process that started us writes our PID under this lock
+                if self._watchdog_pid() != os.getpid():
+                    return
+            if not self.revert_expired():
+                return
+            time.sleep(WATCHDOG_POLL_S)
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request; never raises (a failure is an answer with `ok` false)."""
+        answer: dict[str, Any] = {"ok": True, "host": os.uname().nodename}
+        try:
+            asked = Request.model_validate(request)
+        except ValidationError as err:
+            return {**answer, "ok": False, "error": f"bad request: {err}", "error_kind": "input"}
+        answer["verb"] = asked.verb
+        try:
+            ifname = asked.interface or shaper.interface_for_default_route()
+            answer["interface"] = ifname
+            if asked.verb == "apply":
+                if asked.tree is None:
+                    raise AgentError("apply needs a tree", "input", 2)
+                answer.update(self.apply(ifname, asked.tree, asked.lease_s))
+            elif asked.verb == "renew":
+                answer.update(self.renew(ifname, asked.lease_s))
+            else:
+                answer.update(getattr(self, asked.verb)(ifname))
+        except AgentError as err:
+            answer.update(ok=False, error=str(err), error_kind=err.kind)
+        except shaper.NetemUnavailable as err:
+            answer.update(ok=False, error=str(err), error_kind="netem_unavailable")
         except shaper.ShaperError as err:
-            if fresh or not isinstance(err, shaper.NetemUnavailable):
-                _stop_watchdog(state)
-                _revert(args.state_dir, ifname, state)
-            raise
-        actual = shaper.read_tree(ifname)
-        state["tree"] = tree.model_dump()
-        state["lease_until"] = time.time() + args.lease if args.lease > 0 else None
-        if args.lease > 0 and not _is_watchdog(state.get("watchdog_pid")):
-            state["watchdog_pid"] = _start_watchdog(ifname, args.state_dir)
-        _save(args.state_dir, ifname, state)
-    return {
-        "result": result,
-        "matches": actual == shaper.normalized(tree),
-        "shaping": None if actual is None else actual.describe(),
-        "lease_until": state["lease_until"],
-    }
+            answer.update(ok=False, error=str(err), error_kind="shaper")
+        return answer
 
 
-def cmd_show(args: argparse.Namespace, ifname: str) -> dict[str, Any]:
-    """What the kernel holds on `ifname`, its counters, and the lease."""
-    tree = shaper.read_tree(ifname)
-    state = _load(args.state_dir, ifname)
-    asked = None if state is None or "tree" not in state else Tree.model_validate(state["tree"])
-    return {
-        "shaped": tree is not None,
-        "tree": None if tree is None else tree.model_dump(),
-        "shaping": None if tree is None else tree.describe(),
-        "matches_applied": None if asked is None else tree == shaper.normalized(asked),
-        "stats": shaper.read_stats(ifname),
-        "lease_until": None if state is None else state.get("lease_until"),
-    }
-
-
-def cmd_reset(args: argparse.Namespace, ifname: str) -> dict[str, Any]:
-    """Restore what was on `ifname` before wanlab; a no-op when nothing is applied."""
-    with _locked(args.state_dir):
-        state = _load(args.state_dir, ifname)
-        if state is None:
-            return {"result": "clean"}
-        _stop_watchdog(state)
-        _revert(args.state_dir, ifname, state)
-    return {"result": "restored"}
-
-
-def cmd_renew(args: argparse.Namespace, ifname: str) -> dict[str, Any]:
-    """Extend the lease by `--lease` seconds from now."""
-    with _locked(args.state_dir):
-        state = _load(args.state_dir, ifname)
-        if state is None or "tree" not in state:
-            raise AgentError(f"nothing is applied on {ifname}: no lease to renew", "no_lease")
-        state["lease_until"] = time.time() + args.lease
-        if not _is_watchdog(state.get("watchdog_pid")):
-            state["watchdog_pid"] = _start_watchdog(ifname, args.state_dir)
-        _save(args.state_dir, ifname, state)
-    return {"lease_until": state["lease_until"]}
-
-
-def cmd_status(args: argparse.Namespace, ifname: str) -> dict[str, Any]:
-    """The lease and watchdog of `ifname`."""
-    state = _load(args.state_dir, ifname) or {}
-    return {
-        "applied": "tree" in state,
-        "lease_until": state.get("lease_until"),
-        "watchdog_pid": state.get("watchdog_pid"),
-        "watchdog_alive": _is_watchdog(state.get("watchdog_pid")),
-    }
-
-
-def run_watchdog(ifname: str, state_dir: Path) -> None:
-    """Sleep until the lease runs out, then restore the interface; exits once it is reset."""
-    while True:
-        with _locked(state_dir):
-            state = _load(state_dir, ifname)
-            if state is None or state.get("watchdog_pid") != os.getpid():
-                return
-            lease_until = state.get("lease_until")
-            if lease_until is not None and time.time() >= lease_until:
-                _revert(state_dir, ifname, state)
-                return
-        time.sleep(WATCHDOG_POLL_S)
-
-
-COMMANDS = {
-    "apply": cmd_apply,
-    "show": cmd_show,
-    "reset": cmd_reset,
-    "renew": cmd_renew,
-    "status": cmd_status,
-}
-
-
-@functools.cache
+# -- the one-shot face: `python -m netem.agent VERB [--interface IF] [--lease S] [--tree JSON]` --
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m netem.agent", description=__doc__)
-    parser.add_argument("command", choices=[*COMMANDS, "watchdog"])
+    parser.add_argument("verb", choices=[*VERBS, "watchdog"])
     parser.add_argument("--interface", help="interface to shape (default: the default route's)")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, help="seconds; 0 = none")
-    parser.add_argument("--tree", help="the tree as JSON (default: read from stdin)")
+    parser.add_argument("--tree", help="apply: the tree as JSON (default: read from stdin)")
     parser.add_argument("--dry-run", action="store_true", help="print tc commands, touch nothing")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one agent command and print its JSON answer."""
-    args = _parser().parse_args(argv)
-    if args.command == "watchdog":
-        run_watchdog(args.interface, args.state_dir)
-        return 0
-    answer: dict[str, Any] = {"ok": True, "host": os.uname().nodename, "command": args.command}
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {"verb": args.verb, "interface": args.interface}
+    if args.verb in ("apply", "renew"):
+        request["lease_s"] = args.lease
+    if args.verb == "apply":
+        text = args.tree if args.tree is not None else sys.stdin.read()
+        try:
+            request["tree"] = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise AgentError(f"the tree is not JSON: {err}", "input", 2) from None
+    return request
+
+
+def _dry_run(request: dict[str, Any]) -> dict[str, Any]:
     try:
-        ifname = args.interface or shaper.interface_for_default_route()
-        answer["interface"] = ifname
-        answer.update(COMMANDS[args.command](args, ifname))
-        code = 0
+        asked = Request.model_validate(request)
+    except ValidationError as err:
+        raise AgentError(f"bad request: {err}", "input", 2) from None
+    ifname = asked.interface or shaper.interface_for_default_route()
+    return {"ok": True, "dry_run": True, "interface": ifname,
+            "commands": tc_commands(asked.tree, ifname)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb and print its JSON answer; exit 0 on success, 1 on failure, 2 on bad input."""
+    args = _parser().parse_args(argv)
+    if args.verb == "watchdog":
+        Agent(args.state_dir).watch()
+        return 0
+    try:
+        request = _request(args)
+        if args.dry_run and args.verb == "apply":
+            answer = _dry_run(request)
+        else:
+            answer = Agent(args.state_dir, watchdog=True).handle(request)
     except AgentError as err:
-        answer.update(ok=False, error=str(err), error_kind=err.kind)
-        code = err.code
-    except shaper.NetemUnavailable as err:
-        answer.update(ok=False, error=str(err), error_kind="netem_unavailable")
-        code = 1
-    except shaper.ShaperError as err:
-        answer.update(ok=False, error=str(err), error_kind="shaper")
-        code = 1
+        answer = {"ok": False, "error": str(err), "error_kind": err.kind}
     print(json.dumps(answer))
-    return code
+    if answer["ok"]:
+        return 0
+    return 2 if answer["error_kind"] == "input" else 1
 
 
 if __name__ == "__main__":

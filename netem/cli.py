@@ -17,6 +17,7 @@ from inventory.cli import InventoryOption, JsonOption
 from inventory.loader import load_inventory
 from netem.agent import DEFAULT_LEASE_S
 from netem.fleet import FleetNetem, load_target
+from netem.fleet import dry_run as dry_run_commands
 from netem.units import format_rate
 
 app = typer.Typer(help="Shape the fleet's network: apply a profile or pair matrix, show, reset.")
@@ -62,14 +63,17 @@ def apply(
     """Shape every host, read the kernel's tree back and compare it with what was asked."""
     chosen = load_target(target)
     fleet = load_inventory(inventory)
-    with FleetNetem(fleet) as netem:
-        answers = netem.apply(chosen, lease_s=lease, exempt_ssh=ssh_exempt, dry_run=dry_run)
-    if dry_run and not as_json:
-        for name, answer in answers.items():
-            console.print(f"# {name}")
-            for line in answer.get("commands", []):
+    if dry_run:
+        answers = dry_run_commands(fleet, chosen, ssh_exempt)
+        if as_json:
+            print(json.dumps(answers, indent=2))
+        for name, answer in answers.items() if not as_json else ():
+            console.print(f"# {name}" + (": reset (nothing to shape)" if answer["reset"] else ""))
+            for line in answer["commands"]:
                 print(line)
         return
+    with FleetNetem(fleet) as netem:
+        answers = netem.apply(chosen, lease_s=lease, exempt_ssh=ssh_exempt)
     _report(f"netem apply {target}", answers, as_json)
 
 

@@ -5,14 +5,13 @@ The hosts stay network namespaces on the host kernel (fast, every core). Host i'
 tap that the node sees as `vec<i>`; the node bridges all of them (and the controller's tap), and
 redirects what arrives on `vec<i>` (host i's egress) through `ifb<i>`. Shaping host i means
 building on `ifb<i>` exactly the tree that would sit on host i's own interface, with the same
-agent code: the node runs `netem.agent` in process for every request it receives.
+agent code: the node answers every request it receives with its own `netem.agent.Agent`.
 
 Requests travel through a mailbox folder on the host's files (the node's root is hostfs):
-`requests/<id>.json` holds a batch of agent argvs (one per host, so a fleet-wide verb costs one
-round trip), `responses/<id>.json` their exit codes and outputs; the node answers them with
-`netem.agentserve.Leases`, which also keeps the leases (a watchdog process per interface would
-cost the node's single CPU seconds of start-up at every apply, stalling the very packets it
-forwards).
+`requests/<id>.json` holds a batch of agent requests (one per host, so a fleet-wide verb costs
+one round trip), `responses/<id>.json` their answers. The node's loop also holds the leases (a
+watchdog process would cost the node's single CPU seconds of start-up at every apply, stalling
+the very packets it forwards).
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from netem.agentserve import Leases
 from netem.kernel import (
     MODULE_FAILED,
     Kernel,
@@ -244,28 +242,28 @@ halt -f
         measured)."""
         (self.directory / FORWARDING_FILE).write_text(json.dumps(measurement, indent=2))
 
-    def call(
-        self, commands: list[list[str]], timeout: float = 60.0
-    ) -> list[tuple[int | None, str, str]]:
-        """Run `python -m netem.agent ARGV` on the node for each ARGV, in order, in one mailbox
-        round trip; (exit code, stdout, stderr) for each."""
+    def call(self, requests: list[dict], timeout: float = 60.0) -> list[dict]:
+        """The node's agent's answers to `requests`, in order, in one mailbox round trip."""
+
+        def failed(error: str) -> list[dict]:
+            return [{"ok": False, "error": error, "error_kind": "transport"}] * len(requests)
+
         if self.pid() is None:
-            return [(None, "", "the delay node is not running")] * len(commands)
+            return failed("the delay node is not running")
         request_id = uuid.uuid4().hex
         response = self.responses / f"{request_id}.json"
         staging = self.requests / f".{request_id}.tmp"
-        staging.write_text(json.dumps({"batch": commands}))
+        staging.write_text(json.dumps({"batch": requests}))
         staging.rename(self.requests / f"{request_id}.json")
         deadline = time.monotonic() + timeout
         while not response.exists():
             if time.monotonic() > deadline or self.pid() is None:
                 (self.requests / f"{request_id}.json").unlink(missing_ok=True)
-                error = f"the delay node did not answer within {timeout:g} s"
-                return [(None, "", error)] * len(commands)
+                return failed(f"the delay node did not answer within {timeout:g} s")
             time.sleep(POLL_S)
         answers = json.loads(response.read_text())["batch"]
         response.unlink()
-        return [(a["exit_code"], a["stdout"], a["stderr"]) for a in answers]
+        return answers
 
     def stop(self, timeout: float = 20.0) -> None:
         """Halt the node (its kernel forgets every qdisc); kill it by PID if it will not halt."""
@@ -343,24 +341,25 @@ def _set_up_forwarding(n_vecs: int) -> list[dict]:
     return hosts
 
 
-def _warm_up(leases: Leases, interface: str) -> None:
+def _warm_up(agent, interface: str) -> None:
     """Shape and reset one of the node's own interfaces once before saying ready: a process's
     first apply costs twice a later one (imports, its netlink socket), and the first cell
     should not pay for that."""
     from netem.profile import parse_profile
     from netem.tree import tree_for_profile
 
-    tree = tree_for_profile(parse_profile("1gbit")).model_dump_json()
-    leases.answer(["apply", "--interface", interface, "--lease", "0", "--tree", tree])
-    leases.answer(["reset", "--interface", interface])
+    agent.apply(interface, tree_for_profile(parse_profile("1gbit")), lease_s=0)
+    agent.reset(interface)
 
 
 def serve(directory: Path, n_vecs: int) -> None:
     """Set up forwarding, then answer mailbox requests until the `stop` file appears."""
+    from netem.agent import Agent
+
     hosts = _set_up_forwarding(n_vecs)
     requests, responses = directory / "requests", directory / "responses"
-    leases = Leases()
-    _warm_up(leases, host_ifb(0))
+    agent = Agent()  # its state folder is under the node's own /run
+    _warm_up(agent, host_ifb(0))
     ready = {"hosts": hosts, "release": os.uname().release}  # the kernel that really runs
     (directory / "ready.json").write_text(json.dumps(ready))
     last_request = time.monotonic()
@@ -368,14 +367,14 @@ def serve(directory: Path, n_vecs: int) -> None:
         try:
             if (directory / "stop").exists():
                 return
-            leases.revert_expired()
+            agent.revert_expired()
             pending = sorted(requests.glob("*.json"))
             if pending:
                 last_request = time.monotonic()
             for request in pending:
-                commands = json.loads(request.read_text())["batch"]
+                batch = json.loads(request.read_text())["batch"]
                 staging = responses / f".{request.stem}.tmp"
-                staging.write_text(json.dumps({"batch": [leases.answer(a) for a in commands]}))
+                staging.write_text(json.dumps({"batch": [agent.handle(r) for r in batch]}))
                 staging.rename(responses / request.name)
                 request.unlink()
         except OSError as error:

@@ -36,12 +36,11 @@ def lab(tmp_path_factory):
         lab_down(fleet)
 
 
-@pytest.mark.parametrize("persistent", [False, True], ids=["one-shot", "persistent-agents"])
-def test_shaping_on_the_node_is_what_hosts_measure(lab, persistent):
-    """One-shot: the probe runs as its own processes; persistent: inside the hosts' agents."""
+def test_shaping_on_the_node_is_what_hosts_measure(lab):
+    """The node's agent shapes; the hosts' own agents probe."""
     fleet, inventory = lab
     assert inventory.delay_node is not None
-    with FleetNetem(inventory, persistent=persistent) as netem:
+    with FleetNetem(inventory) as netem:
         before = netem.probe(pairs=[("h0", "h1")], seconds=1.0, count=30)[0]
         applied = netem.apply(load_target("10ms/50mbit"), lease_s=120)
         assert all(a["ok"] and a["matches"] for a in applied.values()), applied

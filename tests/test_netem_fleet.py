@@ -71,6 +71,12 @@ def test_cli_dry_run_and_bad_input(fleet):
     assert result.exit_code == 0, result.output
     assert "netem delay 50ms limit 12500" in result.output
     assert _kinds(local) == ["noqueue", "noqueue"]
+    # Dry means no host is contacted: a fleet whose host cannot be reached still prints its plan.
+    unreachable = inventory.source.parent / "unreachable.toml"
+    unreachable.write_text('[[hosts]]\nname = "far"\naddress = "198.18.255.254"\nport = 1\n')
+    result = runner.invoke(app, ["apply", "d50b1", "-i", str(unreachable), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "tc qdisc replace dev IFACE" in result.output
     result = runner.invoke(app, ["apply", "10ms/loss=200%", "-i", str(inventory.source)])
     assert isinstance(result.exception, ConfigError)
     assert result.exception.field == "loss"
@@ -79,7 +85,7 @@ def test_cli_dry_run_and_bad_input(fleet):
 
 def test_persistent_agents_shape_and_revert_when_the_session_dies(fleet):
     inventory, local = fleet
-    with FleetNetem(inventory, persistent=True) as netem:
+    with FleetNetem(inventory) as netem:
         applied = netem.apply(load_target("300mbit"), lease_s=60)
         assert all(a["ok"] and a["matches"] and a["lease_until"] for a in applied.values())
         for i in range(2):
