@@ -33,7 +33,7 @@ from inventory.localfleet import LocalFleet
 from netem import kernel
 from netem.delaynode import DelayNode
 from netem.fleet import FleetNetem
-from netem.matrix import matrix_from_data
+from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN
 
 PROBE_PORT = 5411
@@ -92,7 +92,9 @@ def measure(netem: FleetNetem, scale: int) -> tuple[list[dict], dict]:
         {"src": s, "dst": d, "delay": f"{ms}ms", "rate": f"{rate // scale // 1_000_000}mbit"}
         for s, d, ms, rate in MATRIX_LINKS
     ]
-    netem.apply(matrix_from_data({"by": "host", "link": links}, "fidelity-matrix"), lease_s=300)
+    netem.apply(
+        pair_matrix_from_data({"by": "host", "link": links}, "fidelity-matrix"), lease_s=300
+    )
     for src, dst, delay_ms, rate in MATRIX_LINKS:
         measured = netem.probe(pairs=[(src, dst)], seconds=_seconds(delay_ms), count=PINGS)[0]
         row = _row(f"matrix {src}->{dst}", delay_ms, rate // scale, measured, 0)

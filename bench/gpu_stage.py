@@ -92,7 +92,7 @@ def time_stage(index: int, dtype: str, repeats: int) -> dict:
         if repeat >= 2:
             fwd.append(marks[0].elapsed_time(marks[1]))
             bwd.append(marks[1].elapsed_time(marks[2]))
-    work = make_workload(cfg, pipeline=N_STAGES, data=1, batch=MICRO, micro_batch=MICRO,
+    work = make_workload(cfg, pipeline=N_STAGES, dp_degree=1, batch=MICRO, micro_batch=MICRO,
                          seq=cfg.block_size, recompute=True)  # fmt: skip
     flops = work.forward_flops[index] + work.backward_flops[index]
     total_ms = statistics.median(fwd) + statistics.median(bwd)

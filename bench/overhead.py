@@ -54,11 +54,11 @@ def main() -> None:
         results = args.results or args.out or Path(tmp) / "results"
         if args.results is None:
             run_demo_matrix(results)
-        records = [r for r in ResultsStore(results).records() if r["status"] == "ok"]
+        records = [r for r in ResultsStore(results).records() if r.ok]
     rows = []
     for record in records:
-        timing = record["timing"]
-        rows.append({"cell": record["cell_id"]} | {key: timing[key] for key in
+        timing = record.timing
+        rows.append({"cell": record.cell_id} | {key: getattr(timing, key) for key in
                     ("cell_s", "training_s", "overhead_s", "overhead_share")})  # fmt: skip
         print(
             f"{rows[-1]['cell']:<40} cell {rows[-1]['cell_s']:7.2f} s  overhead "

@@ -24,7 +24,7 @@ from experiments.costmodel.predict import measured_cells, predict_config
 from experiments.costmodel.simulate import explore, random_placements, world_scenario
 from experiments.matrix import load_matrix
 from experiments.results import ResultsStore
-from netem.matrix import PairMatrix
+from netem.pairs import PairMatrix
 from trainer.config import TrainerConfig
 
 GOAL_EVALUATE_S = 1.0
@@ -37,7 +37,7 @@ def scale(args: argparse.Namespace) -> dict:
     figures = {}
     for dp_mode in ("ps", "allreduce"):
         config = TrainerConfig(
-            model="gpt3-xl", batch=64, pipeline=16, data=args.hosts // 16, recompute=True,
+            model="gpt3-xl", batch=64, pipeline=16, dp_degree=args.hosts // 16, recompute=True,
             dp_mode=dp_mode,
         )  # fmt: skip
         built = time.perf_counter()
@@ -80,11 +80,11 @@ def against_results(directory: Path) -> dict:
         params = cell.params()
         calibration = calibrator.for_cell(params)
         row = predict_config(spec.trainer_config(cell), target, calibration)
-        actual = record["summary"]["phases"]["total_s"]["mean"]
+        actual = record.summary.iteration_s
         cells.append(
             {
                 "cell_id": cell.cell_id,
-                "calibrated_on": calibrator.choose(params)["cell_id"],
+                "calibrated_on": calibrator.choose(params).cell_id,
                 "measured_s": actual,
                 "predicted_s": row["predicted_iteration_s"],
                 "error": row["predicted_iteration_s"] / actual - 1,

@@ -27,7 +27,7 @@ BYTES_PER_PARAM = 4  # fp32 gradients
 def run_flags(args: argparse.Namespace, replicas: int) -> list[str]:
     """The trainer flags of one run: one stage, `replicas` pipelines, parameter server."""
     return [
-        "--model", args.model, "--pipeline", "1", "--data", str(replicas), "--dp-mode", "ps",
+        "--model", args.model, "--pipeline", "1", "--dp-degree", str(replicas), "--dp-mode", "ps",
         "--batch", "1", "--micro-batch", "1", "--seq-len", str(args.seq_len),
         "--iterations", str(args.iterations), "--warmup", "1", "--threads", "1",
     ]  # fmt: skip
@@ -46,7 +46,7 @@ def measure(bench: FleetBench, replicas: int, args: argparse.Namespace, rate_bps
         print(f"  D={replicas} repeat {repeat}: ps_sync {syncs[-1]:.3f} s", flush=True)
     sync = statistics.median(syncs)
     return {
-        "data": replicas,
+        "dp_degree": replicas,
         "gradient_bytes": n_bytes,
         "ps_sync_s": sync,
         "runs_ps_sync_s": syncs,
@@ -60,7 +60,7 @@ def measure(bench: FleetBench, replicas: int, args: argparse.Namespace, rate_bps
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="100mbit", help="a rate-only profile")
-    parser.add_argument("--data", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--dp-degree", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--model", default="cpu-small")
     parser.add_argument("--seq-len", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=4)
@@ -72,9 +72,9 @@ def main() -> None:
     if profile.rate_bps is None or profile.delay_ms:
         parser.error("--profile must set a rate and no delay (this kernel has no netem)")
 
-    with FleetBench(max(args.data)) as bench:
+    with FleetBench(max(args.dp_degree)) as bench:
         bench.shape(args.profile)
-        rows = [measure(bench, d, args, profile.rate_bps) for d in args.data]
+        rows = [measure(bench, d, args, profile.rate_bps) for d in args.dp_degree]
         failures = bench.failures
     n_bytes = rows[0]["gradient_bytes"]
     print(
@@ -85,7 +85,7 @@ def main() -> None:
     print(f"{'D':>3} {'ps_sync s':>10} {'bound s':>9} {'ratio':>6} {'own egress s':>13}")
     for r in rows:
         print(
-            f"{r['data']:>3} {r['ps_sync_s']:>10.3f} {r['bound_s']:>9.3f} {r['ratio']:>6.3f} "
+            f"{r['dp_degree']:>3} {r['ps_sync_s']:>10.3f} {r['bound_s']:>9.3f} {r['ratio']:>6.3f} "
             f"{r['own_egress_s']:>13.3f}"
         )
     if args.json:

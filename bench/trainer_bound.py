@@ -68,9 +68,9 @@ def run(stages: int, args: argparse.Namespace, inventory: Path, tmp: Path) -> di
     )
     runner.run()
     (record,) = store.records()
-    if record["status"] != "ok":
-        sys.exit(f"the {stages}-stage run failed: {record['reason']}")
-    return record["summary"]
+    if not record.ok:
+        sys.exit(f"the {stages}-stage run failed: {record.reason}")
+    return record.summary.model_dump()
 
 
 def figures(summary: dict) -> dict:

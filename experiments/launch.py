@@ -51,7 +51,7 @@ def place_ranks(config: TrainerConfig, fleet: Fleet) -> list[Host]:
             str(fleet.source),
             "hosts",
             f"a cell needs {config.world_size} hosts (pipeline {config.pipeline} × "
-            f"data {config.data}) but the inventory has {len(fleet.hosts)}",
+            f"dp_degree {config.dp_degree}) but the inventory has {len(fleet.hosts)}",
         )
     return fleet.hosts[: config.world_size]
 

@@ -44,7 +44,7 @@ from netem.fleet import Target, load_target
 from trainer.config import TrainerConfig, load_config
 
 _TOP_LEVEL = ("matrix", "trainer", "axes", "probe", "timeouts")
-_CELL_FIELDS = ("micro_batch", "data", "engine", "dp_mode", "out", "iface")
+_CELL_FIELDS = ("micro_batch", "dp_degree", "engine", "dp_mode", "out", "iface")
 
 
 class MatrixHeader(BaseModel):
@@ -88,7 +88,7 @@ class Cell:
     """One point of the matrix."""
 
     profile: str
-    dp: int
+    dp_degree: int
     micro_batch: int
     engine: str
     dp_mode: str
@@ -98,7 +98,7 @@ class Cell:
     def cell_id(self) -> str:
         """Stable identifier, used to resume."""
         return (
-            f"{self.profile}|dp{self.dp}|mb{self.micro_batch}|{self.engine}|"
+            f"{self.profile}|dp{self.dp_degree}|mb{self.micro_batch}|{self.engine}|"
             f"{self.dp_mode}|r{self.repeat}"
         )
 
@@ -106,7 +106,7 @@ class Cell:
         """The cell's coordinates as a plain dict."""
         return {
             "profile": self.profile,
-            "dp": self.dp,
+            "dp_degree": self.dp_degree,
             "micro_batch": self.micro_batch,
             "engine": self.engine,
             "dp_mode": self.dp_mode,
@@ -149,7 +149,7 @@ class MatrixSpec:
         return TrainerConfig(
             **self.trainer,
             micro_batch=cell.micro_batch,
-            data=cell.dp,
+            dp_degree=cell.dp_degree,
             engine=cell.engine,
             dp_mode=cell.dp_mode,
         )
@@ -221,14 +221,14 @@ def load_matrix(path: str | Path) -> MatrixSpec:
 def _check_cells(spec: MatrixSpec, file: str) -> None:
     axis_of = {
         "micro_batch": "micro_batches",
-        "data": "dp_degrees",
+        "dp_degree": "dp_degrees",
         "engine": "engines",
         "dp_mode": "dp_modes",
     }
     for cell in spec.cells():
         overrides = {
             "micro_batch": cell.micro_batch,
-            "data": cell.dp,
+            "dp_degree": cell.dp_degree,
             "engine": cell.engine,
             "dp_mode": cell.dp_mode,
         }

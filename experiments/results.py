@@ -1,8 +1,13 @@
-"""The results store: one folder per matrix run, appended cell by cell, never rewritten.
+"""The cell record and the results store: one folder per matrix run, appended cell by cell.
 
-`cells.jsonl` is the record of truth (one JSON object per finished cell, flushed and synced as
-soon as the cell ends); `cells.parquet` is rebuilt from it after every cell for pandas users;
-`matrix.toml` is a copy of the spec and `run.json` the environment of each run into the folder.
+`CellRecord` is what one finished cell leaves: the runner fills it (experiments/runner.py), and
+the reports, the cost model's calibration and `--resume` read it back through
+`ResultsStore.records()`/`latest()`, the one reader. `cells.jsonl` is the record of truth (one
+record per line, flushed and synced as soon as the cell ends, never rewritten);
+`cells.parquet` is rebuilt from it after every cell for pandas users; `matrix.toml` is a copy
+of the spec and `run.json` the environment of each run into the folder. Files written before a
+field was renamed are read with the new name (`dp` and `data` are now `dp_degree`, a pair
+matrix's setting kind `matrix` is now `pairs`).
 """
 
 from __future__ import annotations
@@ -11,12 +16,142 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Literal
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inventory.errors import ConfigError
+from trainer.config import TrainerConfig
 
 CELLS = "cells.jsonl"
+
+
+class CellParams(BaseModel):
+    """A cell's coordinates in its matrix (`experiments.matrix.Cell`)."""
+
+    profile: str
+    dp_degree: int
+    micro_batch: int
+    engine: str
+    dp_mode: str
+    repeat: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "dp" in values and "dp_degree" not in values:
+            values = {**values, "dp_degree": values["dp"]}
+            del values["dp"]
+        return values
+
+
+class Summary(BaseModel):
+    """Rank 0's summary of the timed iterations (written by `trainer.train.build_summary`);
+    fields this model does not name are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phases: dict[str, dict[str, float]]
+    """Per phase (`total_s`, `forward_s`, …): mean, std, median, p10, p90 over iterations."""
+    timed_iterations: int = 1
+    warmup_iterations_s: list[float] = []
+    phases_measured: list[str] = ["forward_s"]
+    stages: list[dict[str, Any]] = []
+    world_size: int | None = None
+    tokens_per_iteration: int | None = None
+
+    @property
+    def iteration_s(self) -> float:
+        """Mean seconds per timed iteration."""
+        return self.phases["total_s"]["mean"]
+
+
+class CellNetwork(BaseModel):
+    """The cell's network: as set, as the kernels read it back, and as probed."""
+
+    setting: dict[str, Any] = {}
+    """`experiments.runner.describe_target`: kind `profile` (its fields) or `pairs`."""
+    applied: dict[str, dict[str, Any] | None] | None = None
+    probe: list[dict[str, Any]] = []
+    probe_from_earlier_cell: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        setting = values.get("setting") if isinstance(values, dict) else None
+        if isinstance(setting, dict) and setting.get("kind") == "matrix":
+            values = {**values, "setting": {**setting, "kind": "pairs"}}
+        return values
+
+
+class CellTiming(BaseModel):
+    """Where the cell's wall time went, in seconds; None where the cell never got there."""
+
+    connect_s: float | None = None
+    apply_s: float | None = None
+    probe_s: float | None = None
+    train_s: float | None = None
+    reset_s: float | None = None
+    cell_s: float | None = None
+    training_s: float | None = None
+    """Rank 0's iterations, warm-up included."""
+    overhead_s: float | None = None
+    """The rest of the cell: shaping, probing, process-group set-up, collecting, reset."""
+    overhead_share: float | None = None
+
+
+class CellRecord(BaseModel):
+    """One finished cell (a failed one too, with its reason)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cell_id: str
+    status: Literal["ok", "failed"] = "failed"
+    reason: str | None = None
+    matrix: str | None = None
+    params: CellParams
+    trainer: dict[str, Any]
+    """The cell's TrainerConfig fields (`config()` builds it)."""
+    network: CellNetwork = Field(default_factory=CellNetwork)
+    summary: Summary | None = None
+    hosts: dict[str, Any] = {}
+    placement: dict[int, str] | None = None
+    """Rank → host name."""
+    timing: CellTiming = Field(default_factory=CellTiming)
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        trainer = values.get("trainer") if isinstance(values, dict) else None
+        if isinstance(trainer, dict) and "data" in trainer:
+            trainer = {**trainer, "dp_degree": trainer["data"]}
+            del trainer["data"]
+            values = {**values, "trainer": trainer}
+        return values
+
+    @property
+    def ok(self) -> bool:
+        """Finished with rank 0's summary."""
+        return self.status == "ok" and self.summary is not None
+
+    def config(self) -> TrainerConfig:
+        """The cell's trainer configuration."""
+        return TrainerConfig(**self.trainer)
+
+    def finish_timing(self) -> None:
+        """Split the cell's time into training (rank 0's iterations, warm-up included) and
+        overhead (the rest)."""
+        timing = self.timing
+        if self.summary is None or timing.cell_s is None:
+            return
+        summary = self.summary
+        timed = summary.iteration_s * summary.timed_iterations
+        timing.training_s = timed + sum(summary.warmup_iterations_s)
+        timing.overhead_s = max(0.0, timing.cell_s - timing.training_s)
+        timing.overhead_share = timing.overhead_s / timing.cell_s
 
 
 class ResultsStore:
@@ -39,7 +174,7 @@ class ResultsStore:
         if not copy.exists():
             shutil.copyfile(matrix_path, copy)
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[CellRecord]:
         """Every cell record, in the order written (a torn line, as a crash can leave last, is
         skipped); ConfigError for a line that is JSON but not a cell record."""
         if not self.cells_path.exists():
@@ -52,30 +187,33 @@ class ResultsStore:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if not isinstance(record, dict) or "cell_id" not in record:
-                where = f"line {number}"
-                raise ConfigError(str(self.cells_path), where, "is not a cell record (no cell_id)")
-            records.append(record)
+            try:
+                records.append(CellRecord.model_validate(record))
+            except ValidationError as error:
+                problem = error.errors()[0]
+                field = ".".join(str(part) for part in problem["loc"])
+                where = f"line {number}" + (f": {field}" if field else "")
+                raise ConfigError(str(self.cells_path), where, problem["msg"]) from None
         return records
 
-    def latest(self) -> list[dict]:
+    def latest(self) -> list[CellRecord]:
         """The last record of each cell (a re-run supersedes a failed try), in first-seen order;
         ConfigError when the folder holds no cells file."""
         if not self.cells_path.is_file():
             raise ConfigError(str(self.directory), CELLS, "not found: not a results folder")
-        latest: dict[str, dict] = {}
+        latest: dict[str, CellRecord] = {}
         for record in self.records():
-            latest[record["cell_id"]] = record
+            latest[record.cell_id] = record
         return list(latest.values())
 
     def done_ids(self) -> set[str]:
         """Cells that already finished successfully."""
-        return {r["cell_id"] for r in self.records() if r.get("status") == "ok"}
+        return {record.cell_id for record in self.records() if record.status == "ok"}
 
-    def append(self, record: dict) -> None:
+    def append(self, record: CellRecord) -> None:
         """Add one cell record durably, then refresh the Parquet copy."""
         with self.cells_path.open("a") as cells:
-            cells.write(json.dumps(record, default=str) + "\n")
+            cells.write(record.model_dump_json() + "\n")
             cells.flush()
             os.fsync(cells.fileno())
         self.write_parquet()
@@ -83,7 +221,8 @@ class ResultsStore:
     def write_parquet(self) -> Path:
         """Rebuild `cells.parquet` (flattened columns) from the JSON lines."""
         path = self.directory / "cells.parquet"
-        frame = pd.json_normalize(self.records(), max_level=2)
+        rows = [record.model_dump(mode="json") for record in self.records()]
+        frame = pd.json_normalize(rows, max_level=2)
         for column in frame.columns:
             if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
                 frame[column] = frame[column].map(json.dumps)

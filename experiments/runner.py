@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from experiments.launch import TrainerLauncher, WorkerLost, place_ranks
 from experiments.matrix import Cell, MatrixSpec
-from experiments.results import ResultsStore
+from experiments.results import CellNetwork, CellRecord, ResultsStore, Summary
 from inventory.check import check_fleet
 from inventory.models import Fleet
 from inventory.ssh import FleetSSH
@@ -59,11 +59,11 @@ def _now() -> str:
 
 
 def describe_target(target: Target) -> dict:
-    """The network setting as stored with a cell: a profile's fields, or the matrix's file."""
+    """The network setting as stored with a cell: a profile's fields, or the pair matrix's links."""
     if isinstance(target, Profile):
         return {"kind": "profile", "short": target.short(), **target.model_dump()}
     return {
-        "kind": "matrix",
+        "kind": "pairs",
         "short": target.source,
         "by": target.by,
         "links": [link.model_dump() for link in target.links],
@@ -158,7 +158,7 @@ class MatrixRunner:
                 record = self.run_cell(cell, netem, launcher)
                 self.store.append(record)
                 outcome.ran.append(cell.cell_id)
-                if record["status"] != "ok":
+                if record.status != "ok":
                     outcome.failed.append(cell.cell_id)
                 # one line per finished cell: a progress bar draws nothing where the output is
                 # not a terminal (a log file, CI), and there this is all the user sees
@@ -167,7 +167,7 @@ class MatrixRunner:
                 )
                 progress.advance(task)
 
-    def run_cell(self, cell: Cell, netem: FleetNetem, launcher: TrainerLauncher) -> dict:
+    def run_cell(self, cell: Cell, netem: FleetNetem, launcher: TrainerLauncher) -> CellRecord:
         """Build, apply, verify, probe, train, collect, reset: one cell's record.
 
         The ranks build their stages before the network is shaped and join their process group
@@ -175,23 +175,20 @@ class MatrixRunner:
         under test (see `trainer.train.train`).
         """
         config = self.spec.trainer_config(cell)
-        record = {
-            "cell_id": cell.cell_id,
-            "status": "failed",
-            "reason": None,
-            "matrix": self.spec.header.name,
-            "params": cell.params(),
-            "trainer": config.model_dump(mode="json", exclude={"out", "iface"}),
-            "network": {"setting": describe_target(self.spec.targets[cell.profile])},
-            "summary": None,
-            "hosts": self.host_facts,
-            "started_at": _now(),
-        }
+        record = CellRecord(
+            cell_id=cell.cell_id,
+            matrix=self.spec.header.name,
+            params=cell.params(),
+            trainer=config.model_dump(mode="json", exclude={"out", "iface"}),
+            network=CellNetwork(setting=describe_target(self.spec.targets[cell.profile])),
+            hosts=self.host_facts,
+            started_at=_now(),
+        )
         started = time.monotonic()
-        timing = record["timing"] = {}
+        timing = record.timing
 
         def shape() -> str | None:
-            timing["connect_s"] = time.monotonic() - started
+            timing.connect_s = time.monotonic() - started
             return self._shape(cell, netem, record)
 
         def probe() -> None:
@@ -201,28 +198,28 @@ class MatrixRunner:
             launched = launcher.run(
                 config, _run_name(cell), self.spec.timeouts.cell_s, shape, while_joining=probe
             )
-            timing["train_s"] = launched.seconds
-            record["placement"] = launched.placement
+            timing.train_s = launched.seconds
+            record.placement = launched.placement
             if launched.ok:
-                record.update(status="ok", summary=launched.summary)
+                record.status, record.summary = "ok", Summary.model_validate(launched.summary)
             else:
-                record["reason"] = launched.reason
+                record.reason = launched.reason
             return record
         finally:
             reset_started = time.monotonic()
             netem.reset()
-            timing["reset_s"] = time.monotonic() - reset_started
-            timing["cell_s"] = time.monotonic() - started
-            record["finished_at"] = _now()
-            _add_overhead(record)
+            timing.reset_s = time.monotonic() - reset_started
+            timing.cell_s = time.monotonic() - started
+            record.finished_at = _now()
+            record.finish_timing()
 
-    def _shape(self, cell: Cell, netem: FleetNetem, record: dict) -> str | None:
+    def _shape(self, cell: Cell, netem: FleetNetem, record: CellRecord) -> str | None:
         """Apply the cell's network and compare the read-back; a failure's reason, or None."""
         started = time.monotonic()
         lease = self.spec.timeouts.cell_s + LEASE_MARGIN_S
         applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease)
-        record["timing"]["apply_s"] = time.monotonic() - started
-        record["network"]["applied"] = {n: a.get("shaping") for n, a in applied.items()}
+        record.timing.apply_s = time.monotonic() - started
+        record.network.applied = {n: a.get("shaping") for n, a in applied.items()}
         bad = {
             n: a.get("error") or "read-back differs"
             for n, a in applied.items()
@@ -232,17 +229,16 @@ class MatrixRunner:
             return "apply: " + "; ".join(f"{n}: {e}" for n, e in bad.items())
         return None
 
-    def _probe_once(self, cell: Cell, config, netem: FleetNetem, record: dict) -> None:
+    def _probe_once(self, cell: Cell, config, netem: FleetNetem, record: CellRecord) -> None:
         """Probe the shaped network, once per profile and run (the ranks join meanwhile: their
         few small messages do not move a median RTT or a bulk window's rate)."""
         started = time.monotonic()
-        network = record["network"]
         if cell.profile not in self.probes:
             self.probes[cell.profile] = self._probe(netem, config)
         else:
-            network["probe_from_earlier_cell"] = True
-        network["probe"] = self.probes[cell.profile]
-        record["timing"]["probe_s"] = time.monotonic() - started
+            record.network.probe_from_earlier_cell = True
+        record.network.probe = self.probes[cell.profile]
+        record.timing.probe_s = time.monotonic() - started
 
     def _probe(self, netem: FleetNetem, config) -> list[dict]:
         hosts = place_ranks(config, self.fleet)
@@ -255,32 +251,18 @@ class MatrixRunner:
         return netem.probe(pairs=pair, seconds=settings.seconds, count=settings.count)
 
 
-def cell_line(record: dict, number: int, total: int) -> str:
+def cell_line(record: CellRecord, number: int, total: int) -> str:
     """One line saying how a finished cell went (rich markup, user text escaped)."""
-    where = f"[{number}/{total}] {escape(record['cell_id'])}"
-    if record["status"] != "ok":
-        return f"{where} [red]failed[/red]: {escape(str(record['reason']))}"
-    summary, timing = record["summary"], record["timing"]
-    mean = summary["phases"]["total_s"]["mean"]
+    where = f"[{number}/{total}] {escape(record.cell_id)}"
+    if not record.ok:
+        return f"{where} [red]failed[/red]: {escape(str(record.reason))}"
+    summary = record.summary
     return (
-        f"{where} ok: {mean:.3f} s per iteration (mean of {summary['timed_iterations']}), "
-        f"cell {timing['cell_s']:.1f} s"
+        f"{where} ok: {summary.iteration_s:.3f} s per iteration "
+        f"(mean of {summary.timed_iterations}), cell {record.timing.cell_s:.1f} s"
     )
 
 
 def _run_name(cell: Cell) -> str:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cell.cell_id)
     return f"{safe}-{int(time.time())}"
-
-
-def _add_overhead(record: dict) -> None:
-    """Training time is rank 0's iterations, warm-up included; the rest of the cell (shaping,
-    probing, process-group set-up, collecting, reset) is overhead."""
-    timing, summary = record["timing"], record.get("summary")
-    if not summary:
-        return
-    timed = summary["phases"]["total_s"]["mean"] * summary["timed_iterations"]
-    training = timed + sum(summary["warmup_iterations_s"])
-    timing["training_s"] = training
-    timing["overhead_s"] = max(0.0, timing["cell_s"] - training)
-    timing["overhead_share"] = timing["overhead_s"] / timing["cell_s"]

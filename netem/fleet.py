@@ -23,7 +23,7 @@ from inventory.ssh import FleetSSH, Stream
 from netem.agent import DEFAULT_LEASE_S
 from netem.agentserve import MARK as AGENT_MARK
 from netem.delaynode import DelayNode
-from netem.matrix import PairMatrix, is_matrix_document, load_matrix_file
+from netem.pairs import PairMatrix, is_pair_matrix_document, load_pair_matrix_file
 from netem.probe import DEFAULT_PORT
 from netem.profile import Profile, load_profile_file, parse_profile
 from netem.tree import Tree, less_forwarding_delay, tc_commands, tree_for_profile, tree_for_routes
@@ -40,7 +40,11 @@ def load_target(spec: str) -> Target:
     if spec.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise ConfigError(spec, None, "no such profile or matrix file")
-        return load_matrix_file(path) if is_matrix_document(path) else load_profile_file(path)
+        return (
+            load_pair_matrix_file(path)
+            if is_pair_matrix_document(path)
+            else load_profile_file(path)
+        )
     return parse_profile(spec, source="profile")
 
 

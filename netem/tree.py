@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from netem.matrix import Route
+from netem.pairs import Route
 from netem.profile import LINE_RATE_BPS, Profile
 from netem.units import format_rate, format_time
 
@@ -151,7 +151,7 @@ class Tree(BaseModel):
         routes = {
             f.match.dst: by_minor[f.minor].short() for f in self.filters if f.prio == ROUTE_PRIO
         }
-        return {"kind": "matrix", "routes": routes, "ssh_exempt": ssh_exempt}
+        return {"kind": "pairs", "routes": routes, "ssh_exempt": ssh_exempt}
 
 
 def _ssh_filters() -> tuple[Filter, ...]:

@@ -18,7 +18,7 @@ from labnet import LAB_IFNAME, LabHost, in_netns, namespaces_down, namespaces_up
 
 from inventory.ports import wait_listening
 from netem import shaper
-from netem.matrix import matrix_from_data
+from netem.pairs import pair_matrix_from_data
 from netem.profile import parse_profile
 from netem.tree import tree_for_profile, tree_for_routes
 
@@ -85,7 +85,7 @@ def checks(hosts: tuple[LabHost, ...], out: dict) -> None:
         LabHost(name=h.name, address=h.address, labels={"region": region})
         for h, region in zip(hosts, ("west", "west", "east"), strict=True)
     ]
-    matrix = matrix_from_data(
+    matrix = pair_matrix_from_data(
         {
             "by": "region",
             "link": [

@@ -17,7 +17,7 @@ from experiments.costmodel.network import (
 )
 from experiments.costmodel.simulate import explore, world_scenario
 from experiments.costmodel.workload import Workload, make_workload
-from netem.matrix import matrix_from_data
+from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
 from trainer.config import TrainerConfig
 from trainer.model import CONFIGS
@@ -178,7 +178,7 @@ def test_allreduce_moves_two_d_minus_1_over_d_of_the_gradients():
 
 
 def test_pair_matrix_hops_use_their_own_pair():
-    matrix = matrix_from_data(
+    matrix = pair_matrix_from_data(
         {
             "by": "region",
             "link": [
@@ -208,7 +208,7 @@ def test_pair_matrix_hops_use_their_own_pair():
 
 def test_workload_sizes_match_the_model():
     gpt = CONFIGS["gpt3-xl"]
-    w = make_workload(gpt, pipeline=12, data=1, batch=64, micro_batch=1, seq=2048)
+    w = make_workload(gpt, pipeline=12, dp_degree=1, batch=64, micro_batch=1, seq=2048)
     assert w.stage_params.sum() == gpt.n_params()
     assert w.activation_bytes == 2048 * 2048 * 4  # a 16 MiB activation in fp32
     total = w.forward_flops.sum() + w.backward_flops.sum()
@@ -221,7 +221,7 @@ def test_reference_calibration_reproduces_the_reference_cell():
     calibration = reference_calibration()
     config = TrainerConfig(model="gpt3-xl", batch=64, pipeline=12, recompute=True)
     workload = make_workload(
-        config.gpt, pipeline=12, data=1, batch=64, micro_batch=1, seq=2048, recompute=True
+        config.gpt, pipeline=12, dp_degree=1, batch=64, micro_batch=1, seq=2048, recompute=True
     )
     network = uniform_network(12, BUILTIN["default"], calibration.native)
     result = predict(workload, calibration.compute_for(workload), network)
@@ -232,7 +232,7 @@ def test_reference_calibration_reproduces_the_reference_cell():
 @pytest.mark.parametrize("dp_mode", ["ps", "allreduce"])
 def test_a_1024_host_world_scenario_gives_sensible_numbers(dp_mode):
     config = TrainerConfig(
-        model="gpt3-xl", batch=64, pipeline=16, data=64, recompute=True, dp_mode=dp_mode
+        model="gpt3-xl", batch=64, pipeline=16, dp_degree=64, recompute=True, dp_mode=dp_mode
     )
     scenario = world_scenario(config, from_flops(), 1024)
     found = explore(scenario, restarts=2, randoms=2)

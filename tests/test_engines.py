@@ -58,7 +58,7 @@ def reference_run(cfg: TrainerConfig) -> tuple[list[float], dict[str, torch.Tens
     source = TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed)
     losses = []
     for iteration in range(ITERATIONS):
-        batches = [source.batch(iteration, r, cfg.batch) for r in range(cfg.data)]
+        batches = [source.batch(iteration, r, cfg.batch) for r in range(cfg.dp_degree)]
         _, loss = model(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
         optimizer.zero_grad()
         loss.backward()
@@ -72,7 +72,7 @@ def check_against_reference(out_dir: Path, cfg: TrainerConfig, runs) -> None:
     for engine, mode in runs:
         ranks = [torch.load(out_dir / f"{engine}-{mode}-r{r}.pt") for r in range(cfg.world_size)]
         last = [r for r in ranks if r["stage"] == cfg.pipeline - 1]
-        losses = [sum(r["losses"][i] for r in last) / cfg.data for i in range(ITERATIONS)]
+        losses = [sum(r["losses"][i] for r in last) / cfg.dp_degree for i in range(ITERATIONS)]
         assert losses == pytest.approx(expected_losses, rel=1e-5), (engine, mode)
         assert all(r["losses"] == [None] * ITERATIONS for r in ranks if r not in last)
         assert all(t > 0 for r in ranks for t in r["pipeline_s"]), (engine, mode)
@@ -105,7 +105,7 @@ def test_every_engine_trains_two_stages_like_the_whole_model(tmp_path):
 
 
 def test_engines_with_two_pipelines_train_like_the_whole_model_on_both_batches(tmp_path):
-    base = BASE | dict(pipeline=2, data=2)
+    base = BASE | dict(pipeline=2, dp_degree=2)
     runs = [("gpipe", "ps"), ("pipelining-gpipe", "ps"), ("pipelining-1f1b", "allreduce")]
     spawn(train_each_engine, 4, str(tmp_path), base, runs)
     check_against_reference(tmp_path, TrainerConfig(**base), runs)

@@ -94,7 +94,7 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 def test_shipped_matrices_load(name):
     spec = load_matrix(MATRICES / name)
     assert len(spec.cells()) == 10
-    assert {cell.dp for cell in spec.cells()} in ({1, 2}, {1, 4})
+    assert {cell.dp_degree for cell in spec.cells()} in ({1, 2}, {1, 4})
 
 
 def test_seed_matrix_is_the_reference_experiment():
@@ -138,7 +138,9 @@ def test_cell_larger_than_fleet_rejected_before_any_host(
     out = tmp_path / "results"
     code, _, stderr = run_cli(monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "local")
     assert code == 2
-    assert "hosts: a cell needs 8 hosts (pipeline 2 × data 4) but the inventory has 4" in stderr
+    assert (
+        "hosts: a cell needs 8 hosts (pipeline 2 × dp_degree 4) but the inventory has 4" in stderr
+    )
     assert not out.exists()
 
 

@@ -20,7 +20,7 @@ from labnet import LAB_IFNAME, in_netns, namespaces_down, namespaces_up
 
 from inventory.ports import wait_listening
 from netem import shaper
-from netem.matrix import Route
+from netem.pairs import Route
 from netem.profile import parse_profile
 from netem.tree import tree_for_profile, tree_for_routes
 

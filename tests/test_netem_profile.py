@@ -6,7 +6,7 @@ import pytest
 from labnet import LabHost
 
 from inventory.errors import ConfigError
-from netem.matrix import Route, is_matrix_document, load_matrix_file, matrix_from_data
+from netem.pairs import Route, is_pair_matrix_document, load_pair_matrix_file, pair_matrix_from_data
 from netem.profile import BUILTIN, Profile, load_profile_file, parse_profile
 from netem.tree import Match, tc_commands, tree_for_profile, tree_for_routes
 
@@ -53,7 +53,7 @@ def test_profile_file(tmp_path):
     assert profile == Profile(
         name="lossy", delay_ms=20, jitter_ms=2, rate_bps=500_000_000, loss_pct=0.5
     )
-    assert not is_matrix_document(path)
+    assert not is_pair_matrix_document(path)
 
 
 MALFORMED_PROFILES = [
@@ -115,7 +115,7 @@ GEO = {
 
 
 def test_matrix_by_region_resolves_each_hosts_row():
-    rows = matrix_from_data(GEO, "geo.toml").resolve(HOSTS)
+    rows = pair_matrix_from_data(GEO, "geo.toml").resolve(HOSTS)
     far, near = parse_profile("67ms/790mbit").shape(), parse_profile("10ms/2gbit").shape()
     assert rows["a"] == [
         Route(dst="b", address="198.19.9.11", shape=near),
@@ -133,8 +133,8 @@ def test_matrix_by_host_one_way(tmp_path):
         '[[link]]\nsrc = "a"\ndst = "c"\ndelay = "5ms"\nboth_ways = false\n'
         '[[link]]\nsrc = "b"\ndst = "c"\ndelay = "5ms"\n'
     )
-    assert is_matrix_document(path)
-    rows = load_matrix_file(path).resolve(HOSTS)
+    assert is_pair_matrix_document(path)
+    rows = load_pair_matrix_file(path).resolve(HOSTS)
     assert [r.dst for r in rows["a"]] == ["c"]
     assert [r.dst for r in rows["c"]] == ["b"]
 
@@ -163,7 +163,7 @@ MALFORMED_MATRICES = [
 @pytest.mark.parametrize(("data", "field"), MALFORMED_MATRICES)
 def test_malformed_matrices_are_rejected(data, field):
     with pytest.raises(ConfigError) as err:
-        matrix_from_data(data, "m.toml")
+        pair_matrix_from_data(data, "m.toml")
     assert err.value.field == field
 
 
@@ -177,7 +177,7 @@ def test_malformed_matrices_are_rejected(data, field):
 )
 def test_matrices_naming_unknown_hosts_are_rejected(data, words):
     with pytest.raises(ConfigError) as err:
-        matrix_from_data(data, "m.toml").resolve(HOSTS)
+        pair_matrix_from_data(data, "m.toml").resolve(HOSTS)
     assert err.value.file == "m.toml"
     assert words in err.value.message
 
@@ -207,7 +207,7 @@ def test_dry_run_prints_the_equivalent_tc_commands():
 
 
 def test_matrix_row_gets_one_class_per_distinct_shape():
-    rows = matrix_from_data(GEO, "geo.toml").resolve(HOSTS)
+    rows = pair_matrix_from_data(GEO, "geo.toml").resolve(HOSTS)
     tree = tree_for_routes(rows["c"])
     assert len(tree.classes) == 1
     assert tree.describe()["routes"] == {

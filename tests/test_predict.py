@@ -15,6 +15,7 @@ from experiments.costmodel.cli import predict
 from experiments.costmodel.network import TCP_PAYLOAD_SHARE
 from experiments.costmodel.predict import predict_config, predict_matrix
 from experiments.matrix import load_matrix
+from experiments.results import CellRecord, ResultsStore
 from inventory.errors import ConfigError
 from netem.profile import BUILTIN, parse_profile
 from trainer.config import TrainerConfig
@@ -40,7 +41,7 @@ PROBE = [{"src": "h0", "dst": "h1", "rtt_ms_median": 0.4, "throughput_bps": 2e9}
 
 def cell_record(profile: str, dp: int, stages, total: float, engine: str = "gpipe") -> dict:
     """A finished cell as the runner stores it, with rank 0's summary."""
-    config = TrainerConfig(**TRAINER, data=dp, engine=engine)
+    config = TrainerConfig(**TRAINER, dp_degree=dp, engine=engine)
     n_micro = config.n_micro
     summary_stages = [
         {
@@ -68,7 +69,7 @@ def cell_record(profile: str, dp: int, stages, total: float, engine: str = "gpip
         "reason": None,
         "params": {
             "profile": profile,
-            "dp": dp,
+            "dp_degree": dp,
             "micro_batch": 1,
             "engine": engine,
             "dp_mode": "ps",
@@ -100,11 +101,13 @@ def results(tmp_path: Path) -> Path:
 
 
 def test_calibration_takes_the_unshaped_cell_of_the_same_dp(results):
-    records = [json.loads(line) for line in (results / "cells.jsonl").read_text().splitlines()]
+    records = ResultsStore(results).records()
     calibrator = ResultsCalibration(records)
-    shaped_dp1 = {"profile": "10ms/100mbit", "dp": 1, "micro_batch": 1, "engine": "gpipe"}
-    assert calibrator.choose(shaped_dp1)["cell_id"] == "default|dp1|mb1|gpipe|ps|r0"
-    assert calibrator.choose({**shaped_dp1, "dp": 2})["cell_id"] == "default|dp2|mb1|gpipe|ps|r0"
+    shaped_dp1 = {"profile": "10ms/100mbit", "dp_degree": 1, "micro_batch": 1, "engine": "gpipe"}
+    assert calibrator.choose(shaped_dp1).cell_id == "default|dp1|mb1|gpipe|ps|r0"
+    assert (
+        calibrator.choose({**shaped_dp1, "dp_degree": 2}).cell_id == "default|dp2|mb1|gpipe|ps|r0"
+    )
     calibration = calibrator.for_cell(shaped_dp1)
     assert calibration.native.latency_s == pytest.approx(0.0002)
     assert calibration.native.rate_bps == pytest.approx(2e9)
@@ -115,8 +118,8 @@ def test_calibration_takes_the_unshaped_cell_of_the_same_dp(results):
 
 
 def test_shaped_cell_prediction_worked_by_hand(results):
-    records = [json.loads(line) for line in (results / "cells.jsonl").read_text().splitlines()]
-    calibration = ResultsCalibration(records).for_cell({"dp": 1, "micro_batch": 1})
+    records = ResultsStore(results).records()
+    calibration = ResultsCalibration(records).for_cell({"dp_degree": 1, "micro_batch": 1})
     config = TrainerConfig(**TRAINER)
     row = predict_config(config, parse_profile("10ms/100mbit"), calibration)
     # 4 micro-batches; stage 1 is the slower one, stage 0 keeps up with it both ways.
@@ -131,7 +134,7 @@ def test_shaped_cell_prediction_worked_by_hand(results):
 
 def test_a_slower_unshaped_cell_is_matched_by_a_lower_native_rate():
     record = cell_record("default", 1, STAGE_TIMES[1], 0.3)
-    calibration = ResultsCalibration([record]).for_cell(record["params"])
+    calibration = ResultsCalibration([CellRecord.model_validate(record)]).for_cell(record["params"])
     assert calibration.native.latency_s == pytest.approx(0.0002)
     assert calibration.native.rate_bps < 2e9
     row = predict_config(TrainerConfig(**TRAINER), BUILTIN["default"], calibration)
@@ -139,8 +142,8 @@ def test_a_slower_unshaped_cell_is_matched_by_a_lower_native_rate():
 
 
 def test_a_larger_micro_batch_scales_the_measured_step_times(results):
-    records = [json.loads(line) for line in (results / "cells.jsonl").read_text().splitlines()]
-    calibration = ResultsCalibration(records).for_cell({"dp": 1, "micro_batch": 2})
+    records = ResultsStore(results).records()
+    calibration = ResultsCalibration(records).for_cell({"dp_degree": 1, "micro_batch": 2})
     config = TrainerConfig(**TRAINER, micro_batch=2)
     row = predict_config(config, BUILTIN["default"], calibration)
     assert row["parts"]["compute"] == pytest.approx(2 * 2 * (0.015 + 0.030))
@@ -150,7 +153,7 @@ def test_a_cell_without_step_times_is_fitted_on_its_total(tmp_path):
     config = TrainerConfig(model="tiny", batch=4, pipeline=1, engine="pipelining-gpipe")
     record = cell_record("default", 1, [(0.0, 0.0, 0.0)] * 2, 0.05, engine="pipelining-gpipe")
     record["trainer"] = config.model_dump(mode="json", exclude={"out", "iface"})
-    calibration = ResultsCalibration([record]).for_cell(record["params"])
+    calibration = ResultsCalibration([CellRecord.model_validate(record)]).for_cell(record["params"])
     workload = workload_of(config)
     optimizer = workload.stage_params.sum() * OPTIMIZER_BYTES_PER_PARAM / 900e9
     work = workload.n_micro * (workload.forward_flops + workload.backward_flops).sum()
@@ -192,7 +195,9 @@ def test_reference_table_orders_the_network_settings():
     spec = load_matrix(Path(__file__).parent.parent / "experiments/matrices/seed-gpt3xl.toml")
     calibration = reference_calibration()
     rows = predict_matrix(spec, lambda params: calibration)
-    time = {(r["params"]["profile"], r["params"]["dp"]): r["predicted_iteration_s"] for r in rows}
+    time = {
+        (r["params"]["profile"], r["params"]["dp_degree"]): r["predicted_iteration_s"] for r in rows
+    }
     assert time[("default", 1)] == pytest.approx(15.16, rel=1e-5)
     for dp in (1, 4):
         ordered = [time[(p, dp)] for p in ("default", "d1b5", "d5b2", "d10b1", "d50b1")]

@@ -26,7 +26,7 @@ from experiments.report.cli import report
 from experiments.report.data import cells_frame, points_frame
 from experiments.report.tables import fmt_mean_spread, fmt_ratio, iteration_table
 from experiments.report.write import FORMATS, parse_formats, write_comparison, write_report
-from experiments.results import ResultsStore
+from experiments.results import CellRecord, ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
@@ -84,6 +84,11 @@ def raw_records(results: Path) -> list[dict]:
     return [json.loads(line) for line in (results / "cells.jsonl").read_text().splitlines()]
 
 
+def typed(*records: dict) -> list[CellRecord]:
+    """Records edited as raw JSON, as the results store would read them."""
+    return [CellRecord.model_validate(record) for record in records]
+
+
 @pytest.fixture(scope="module")
 def with_problems(real_results, tmp_path_factory) -> Path:
     """The real results plus: a failed first try of a cell that later succeeded (the last
@@ -117,12 +122,16 @@ def full_report(with_problems, tmp_path_factory) -> dict[str, Path]:
 
 def expected_numbers(records: list[dict]) -> dict[tuple, dict]:
     """Mean, slowdown, throughput and efficiency per (profile, dp), from the raw records."""
-    ok = {(r["params"]["profile"], r["params"]["dp"]): r for r in records if r["status"] == "ok"}
+    ok = {
+        (r["params"]["profile"], r["params"]["dp_degree"]): r
+        for r in records
+        if r["status"] == "ok"
+    }
     out = {}
     for (profile, dp), r in ok.items():
         mean = r["summary"]["phases"]["total_s"]["mean"]
         hosts = len(set(r["placement"].values()))
-        samples = r["trainer"]["batch"] * r["trainer"]["data"] / mean
+        samples = r["trainer"]["batch"] * r["trainer"]["dp_degree"] / mean
         out[(profile, dp)] = {
             "mean": mean,
             "std": r["summary"]["phases"]["total_s"]["std"],
@@ -141,7 +150,7 @@ def test_numbers_match_the_raw_json_lines(real_results, full_report):
     assert set(expected) == {(p, d) for p in ("default", "200mbit") for d in (1, 2)}
     points = pd.read_csv(full_report["csv:report_points"])
     for (profile, dp), numbers in expected.items():
-        row = points[(points["profile"] == profile) & (points["dp"] == dp)].iloc[0]
+        row = points[(points["profile"] == profile) & (points["dp_degree"] == dp)].iloc[0]
         assert row["status"] == "ok"
         assert row["iter_mean_s"] == pytest.approx(numbers["mean"], rel=1e-12)
         assert row["iter_std_s"] == pytest.approx(numbers["std"], rel=1e-9)
@@ -180,7 +189,9 @@ def test_phase_breakdown_adds_up(real_results, full_report):
     for record in raw_records(real_results):
         phases = {k: v["mean"] for k, v in record["summary"]["phases"].items()}
         params = record["params"]
-        row = points[(points["profile"] == params["profile"]) & (points["dp"] == params["dp"])]
+        row = points[
+            (points["profile"] == params["profile"]) & (points["dp_degree"] == params["dp_degree"])
+        ]
         row = row.iloc[0]
         compute = phases["forward_s"] + phases["backward_s"]
         rest = phases["comm_wait_s"] + phases["ps_sync_s"] + phases["optimizer_s"]
@@ -226,21 +237,15 @@ def test_every_format_is_written_and_the_page_is_self_contained(full_report):
     assert all(f"]({s}.png)" in markdown for s in stems)
 
 
-@pytest.mark.parametrize("where", ["record", "predictions.jsonl"])
-def test_predictions_are_set_beside_the_measurement(real_results, tmp_path, where):
-    """Predictions inside the records, or in the cost model's predictions.jsonl."""
+def test_predictions_are_set_beside_the_measurement(real_results, tmp_path):
+    """The cost model's predictions.jsonl, beside the cells it predicts."""
     folder = tmp_path / "results"
     shutil.copytree(real_results, folder)
-    records = raw_records(real_results)
     rows = []
-    for record in records:
+    for record in raw_records(real_results):
         predicted = record["summary"]["phases"]["total_s"]["mean"] * 1.25
-        if where == "record":
-            record["prediction"] = {"predicted_iteration_s": predicted, "parts": {}}
         rows.append({"cell_id": record["cell_id"], "predicted_iteration_s": predicted})
-    (folder / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    if where == "predictions.jsonl":
-        (folder / where).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     written = write_report(folder, tmp_path / "out", {"md", "csv"})
     points = pd.read_csv(written["csv:report_points"])
     assert points["prediction_error"].tolist() == pytest.approx([0.25] * 4)
@@ -255,7 +260,7 @@ def test_pair_matrix_setting_shows_mean_delay_and_slowest_rate(real_results):
         {"src": "h1", "dst": "h0", "shape": {"delay_ms": 30.0, "rate_bps": 10**9}},
     ]
     record["network"]["setting"] = {"kind": "matrix", "short": "geo.toml", "links": links}
-    table = iteration_table(points_frame(cells_frame([record], {}, {})))
+    table = iteration_table(points_frame(cells_frame(typed(record), {}, {})))
     assert table.loc[0, "one-way delay"] == "20 ms (mean of pairs)"
     assert table.loc[0, "rate"] == "1.00 Gbit/s"
 
@@ -265,13 +270,13 @@ def test_probe_throughput_from_too_short_a_window_is_left_out(real_results):
     record = next(r for r in raw_records(real_results) if r["params"]["profile"] == "200mbit")
     [probe] = record["network"]["probe"]
     assert probe["throughput_window_rtts"] >= 10  # the real run's window was long enough
-    points = points_frame(cells_frame([record], {}, {}))
+    points = points_frame(cells_frame(typed(record), {}, {}))
     assert iteration_table(points).loc[0, "throughput (measured)"] != "—"
     assert points.loc[0, "bdp_bytes"] == pytest.approx(
         probe["throughput_bps"] * probe["rtt_ms_median"] / 1000 / 8
     )
     probe["throughput_window_rtts"] = 3.0
-    points = points_frame(cells_frame([record], {}, {}))
+    points = points_frame(cells_frame(typed(record), {}, {}))
     assert iteration_table(points).loc[0, "throughput (measured)"] == "—"
     rate = record["network"]["setting"]["rate_bps"]  # the BDP falls back to the configured rate
     assert points.loc[0, "bdp_bytes"] == pytest.approx(rate * probe["rtt_ms_median"] / 1000 / 8)
@@ -288,7 +293,9 @@ def test_compare_shows_two_runs_side_by_side_with_ratios(real_results, tmp_path)
     written = write_comparison(real_results, slower, tmp_path / "compare", set(FORMATS))
     compared = pd.read_csv(written["csv:compare_points"])
     dropped = records[-1]["params"]
-    is_dropped = (compared["profile"] == dropped["profile"]) & (compared["dp"] == dropped["dp"])
+    is_dropped = (compared["profile"] == dropped["profile"]) & (
+        compared["dp_degree"] == dropped["dp_degree"]
+    )
     assert compared.loc[~is_dropped, "iter_ratio"].tolist() == pytest.approx([2.0] * 3)
     assert compared.loc[is_dropped, "status_b"].item() == "missing"
     assert compared.loc[is_dropped, "iter_ratio"].isna().all()
@@ -313,7 +320,7 @@ def test_repeats_are_pooled_over_their_iterations(real_results):
         cell_id = base["cell_id"].replace("|r0", f"|r{repeat}")
         params = dict(base["params"], repeat=repeat)
         records.append(dict(base, cell_id=cell_id, params=params, summary=summary))
-    points = points_frame(cells_frame(records, {}, {}))
+    points = points_frame(cells_frame(typed(*records), {}, {}))
     everything = [t for times in iterations for t in times]
     assert points["iter_mean_s"].item() == pytest.approx(statistics.fmean(everything))
     assert points["iter_std_s"].item() == pytest.approx(statistics.pstdev(everything))

@@ -189,8 +189,8 @@ def test_host_killed_mid_cell_fails_that_cell_only(local_fleet, tmp_path):
     assert run.returncode == 1, output
     assert len(records(out)) == 2, output
     first, second = records(out)
-    assert first["params"]["dp"] == 2 and first["status"] == "failed"
+    assert first["params"]["dp_degree"] == 2 and first["status"] == "failed"
     assert "h3" in first["reason"], first["reason"]
-    assert second["params"]["dp"] == 1 and second["status"] == "ok"
+    assert second["params"]["dp_degree"] == 1 and second["status"] == "ok"
     assert root_kinds(local_fleet) == ["noqueue"] * 4
     assert workers_left(local_fleet) == []

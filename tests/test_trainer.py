@@ -81,7 +81,7 @@ def test_pipelined_loss_and_gradients_equal_the_full_models(tmp_path, n_stages):
 
 def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(tmp_path):
     base = dict(
-        model="tiny", pipeline=2, data=2, batch=4, micro_batch=2, seed=SEED, seq_len=16,
+        model="tiny", pipeline=2, dp_degree=2, batch=4, micro_batch=2, seed=SEED, seq_len=16,
         optimizer="sgd", lr=0.5,
     )  # fmt: skip
     modes = ["ps", "allreduce"]
@@ -109,7 +109,7 @@ def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(tmp_pa
 
 def test_cli_trains_with_pipeline_and_parameter_server_and_writes_results(tmp_path):
     out = tmp_path / "run"
-    flags = ["--model", "tiny", "--pipeline", "2", "--data", "2", "--batch", "4",
+    flags = ["--model", "tiny", "--pipeline", "2", "--dp-degree", "2", "--batch", "4",
              "--micro-batch", "1", "--iterations", "12", "--warmup", "2", "--lr", "3e-3",
              "--seq-len", "16", "--iface", "lo", "--out", str(out)]  # fmt: skip
     results = finish(launch_cli(4, flags), timeout=120)
@@ -143,7 +143,7 @@ def test_cli_trains_with_pipeline_and_parameter_server_and_writes_results(tmp_pa
     [
         (["--batch", "6", "--micro-batch", "4"], 2, "micro_batch"),
         (["--pipeline", "5"], 2, "pipeline"),
-        (["--pipeline", "2", "--data", "2"], 2, "WORLD_SIZE"),
+        (["--pipeline", "2", "--dp-degree", "2"], 2, "WORLD_SIZE"),
         (["--model", "gpt-9"], 2, "model"),
     ],
 )

@@ -1,6 +1,6 @@
 """The trainer across the local fleet's namespaces, gloo over the veths, under a bandwidth limit.
 
-Two ranks on two hosts with a centralized parameter server (pipeline 1, data 2): every
+Two ranks on two hosts with a centralized parameter server (pipeline 1, dp_degree 2): every
 iteration the non-server replica pushes its whole gradient through its shaped egress and the
 server sends the average back through its own, so the PS sync time must grow to about
 2 · (gradient bytes) / rate. The rate is enforced by the hosts' kernels (HTB).

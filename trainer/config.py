@@ -26,7 +26,8 @@ class FieldProblem(ValueError):
 
 
 class TrainerConfig(BaseModel):
-    """One training run. `batch` is sequences per pipeline per iteration (global = batch × data)."""
+    """One training run. `batch` is sequences per pipeline per iteration; the global batch is
+    batch × dp_degree."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -34,7 +35,7 @@ class TrainerConfig(BaseModel):
     batch: int = Field(8, ge=1)
     micro_batch: int = Field(1, ge=1)
     pipeline: int = Field(1, ge=1)
-    data: int = Field(1, ge=1)
+    dp_degree: int = Field(1, ge=1)
     dp_mode: Literal["ps", "allreduce"] = "ps"
     engine: Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"] = "gpipe"
     layers: list[int] | None = None
@@ -119,8 +120,8 @@ class TrainerConfig(BaseModel):
 
     @property
     def world_size(self) -> int:
-        """Ranks the run needs: pipeline × data."""
-        return self.pipeline * self.data
+        """Ranks the run needs: pipeline × dp_degree."""
+        return self.pipeline * self.dp_degree
 
     @property
     def applied_loss_scale(self) -> float:
@@ -159,11 +160,11 @@ def _as_config_error(source: str, exc: ValidationError) -> ConfigError:
 
 
 def check_world(cfg: TrainerConfig, world_size: int, source: str = "environment") -> None:
-    """The launched world must hold exactly pipeline × data ranks."""
+    """The launched world must hold exactly pipeline × dp_degree ranks."""
     if world_size != cfg.world_size:
         raise ConfigError(
             source,
             "WORLD_SIZE",
-            f"{world_size} ranks launched but pipeline {cfg.pipeline} × data {cfg.data} "
+            f"{world_size} ranks launched but pipeline {cfg.pipeline} × dp_degree {cfg.dp_degree} "
             f"needs {cfg.world_size}",
         )

@@ -63,7 +63,7 @@ def make_engine(cfg: TrainerConfig, stage: Stage, replica: int, device: torch.de
     # Imported only here: the library adds seconds to every rank's start-up.
     from trainer.pipelining import PipeliningSchedule
 
-    group = pipeline_groups(stage.n_stages, cfg.data)[replica]
+    group = pipeline_groups(stage.n_stages, cfg.dp_degree)[replica]
     return PipeliningSchedule(
         cfg.engine, stage, cfg.n_micro, device, group, compute_dtype, loss_scale
     )

@@ -52,7 +52,7 @@ class RankTrainer:
         self.loss_scale = cfg.applied_loss_scale
         self.pipe = make_engine(cfg, self.module, self.replica, device)
         self.sync = make_gradient_sync(
-            cfg.dp_mode, self.module, self.stage_index, self.replica, cfg.pipeline, cfg.data
+            cfg.dp_mode, self.module, self.stage_index, self.replica, cfg.pipeline, cfg.dp_degree
         )
         self.optimizer = make_optimizer(cfg, self.params)
         needs_data = self.module.is_first or self.module.is_last
@@ -205,7 +205,7 @@ def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device
                 "mean_s": means,
             }
         )
-    tokens = cfg.batch * cfg.data * cfg.seq
+    tokens = cfg.batch * cfg.dp_degree * cfg.seq
     flops = cfg.gpt.flops_per_token(cfg.seq) * tokens
     return {
         "config": json.loads(cfg.model_dump_json()),

@@ -28,6 +28,7 @@ from experiments.costmodel.analytic import (
 )
 from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
 from experiments.costmodel.workload import Workload, make_workload
+from experiments.results import CellRecord, Summary
 from inventory.errors import ConfigError
 from netem.profile import BUILTIN, Profile
 from trainer.config import TrainerConfig
@@ -44,7 +45,7 @@ def workload_of(config: TrainerConfig) -> Workload:
     return make_workload(
         config.gpt,
         pipeline=config.pipeline,
-        data=config.data,
+        dp_degree=config.dp_degree,
         batch=config.batch,
         micro_batch=config.micro_batch,
         seq=config.seq,
@@ -244,20 +245,20 @@ def native_from_probe(probe: list[dict] | None, fallback: Native) -> Native:
     return Native(latency_s=latency, rate_bps=rate)
 
 
-def _profile_of(record: dict) -> Profile | None:
-    setting = (record.get("network") or {}).get("setting") or {}
+def _profile_of(record: CellRecord) -> Profile | None:
+    setting = record.network.setting
     if setting.get("kind") != "profile":
         return None
     fields = {k: v for k, v in setting.items() if k in Profile.model_fields}
     return Profile(**fields)
 
 
-def _stage_times(summary: dict, n_stages: int) -> StageCompute | None:
+def _stage_times(summary: Summary, n_stages: int) -> StageCompute | None:
     """Per-stage means over replicas, or None when the engine did not time its steps."""
-    if "forward_s" not in summary.get("phases_measured", ["forward_s"]):
+    if "forward_s" not in summary.phases_measured:
         return None
     rows = [[] for _ in range(n_stages)]
-    for entry in summary["stages"]:
+    for entry in summary.stages:
         rows[entry["stage"]].append(entry)
     if any(not row for row in rows):
         return None
@@ -283,50 +284,52 @@ class ResultsCalibration:
 
     def __init__(
         self,
-        records: list[dict],
+        records: list[CellRecord],
         fallback: Native = DEFAULT_NATIVE,
         cell_id: str | None = None,
         source: str = "results",
     ):
-        self.records = [r for r in records if _usable(r)]
+        self.records = [r for r in records if r.ok and r.summary.stages]
         self.fallback = fallback
         if not self.records:
             raise ConfigError(source, "cells.jsonl", "holds no finished cell to calibrate on")
-        if cell_id is not None and cell_id not in {r["cell_id"] for r in self.records}:
+        if cell_id is not None and cell_id not in {r.cell_id for r in self.records}:
             raise ConfigError(source, "--calibrate-cell", f"no finished cell {cell_id!r}")
         self.cell_id = cell_id
         self._cache: dict[str, Calibration] = {}
 
-    def choose(self, params: dict) -> dict:
+    def choose(self, params: dict) -> CellRecord:
         """The measured record to calibrate a cell with coordinates `params` on."""
         if self.cell_id is not None:
-            return next(r for r in self.records if r["cell_id"] == self.cell_id)
+            return next(r for r in self.records if r.cell_id == self.cell_id)
         unshaped = [
             r for r in self.records if _profile_of(r) is not None and _profile_of(r).is_default
         ]
-        for keys in (("dp", "micro_batch", "engine", "dp_mode"), ("dp", "micro_batch")):
+        for keys in (
+            ("dp_degree", "micro_batch", "engine", "dp_mode"),
+            ("dp_degree", "micro_batch"),
+        ):
             for record in unshaped:
-                if all(record["params"].get(k) == params.get(k) for k in keys):
+                if all(getattr(record.params, k) == params.get(k) for k in keys):
                     return record
         return self.records[0]
 
     def for_cell(self, params: dict) -> Calibration:
         """The calibration for a cell with coordinates `params` (profile, dp, micro_batch, …)."""
         record = self.choose(params)
-        if record["cell_id"] not in self._cache:
-            self._cache[record["cell_id"]] = self._calibrate(record)
-        return self._cache[record["cell_id"]]
+        if record.cell_id not in self._cache:
+            self._cache[record.cell_id] = self._calibrate(record)
+        return self._cache[record.cell_id]
 
-    def _calibrate(self, record: dict) -> Calibration:
-        config = TrainerConfig(**record["trainer"])
-        summary = record["summary"]
+    def _calibrate(self, record: CellRecord) -> Calibration:
+        config = record.config()
         profile = _profile_of(record)
         native = self.fallback
         if profile is not None and profile.is_default:
-            native = native_from_probe(record["network"].get("probe"), self.fallback)
-        source = f"measured cell {record['cell_id']}"
-        stages = _stage_times(summary, config.pipeline)
-        measured = summary["phases"]["total_s"]["mean"]
+            native = native_from_probe(record.network.probe, self.fallback)
+        source = f"measured cell {record.cell_id}"
+        stages = _stage_times(record.summary, config.pipeline)
+        measured = record.summary.iteration_s
         if stages is not None and profile is not None:
             workload = workload_of(config)
             rate = fit_native_rate(workload, stages, profile, native, measured)
@@ -339,13 +342,3 @@ class ResultsCalibration:
                 source, "network", "a pair-matrix cell cannot be fitted; name another"
             )
         return from_total(config, profile, measured, source, native)
-
-
-def _is_unshaped(record: dict) -> bool:
-    profile = _profile_of(record)
-    return profile is not None and profile.is_default
-
-
-def _usable(record: dict) -> bool:
-    summary = record.get("summary") or {}
-    return record.get("status") == "ok" and "phases" in summary and "stages" in summary

@@ -23,7 +23,7 @@ from experiments.results import ResultsStore
 from inventory.cli import JsonOption, console, print_table
 from inventory.errors import ConfigError
 from inventory.loader import LOCAL, load_inventory
-from netem.matrix import PairMatrix
+from netem.pairs import PairMatrix
 from netem.units import parse_rate_bps, parse_time_ms
 
 REFERENCE = "reference"
@@ -116,7 +116,7 @@ def _flat(row: dict) -> dict:
     params = row["params"]
     flat = {
         "profile": params["profile"],
-        "dp": params["dp"],
+        "dp_degree": params["dp_degree"],
         "mb": params["micro_batch"],
         "engine": f"{params['engine']}/{params['dp_mode']}",
         "predicted s": f"{row['predicted_iteration_s']:.3f}",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from netem.matrix import PairMatrix
+from netem.pairs import PairMatrix
 from netem.profile import Profile
 
 DEFAULT_NATIVE_LATENCY_S = 50e-6

@@ -14,9 +14,10 @@ from experiments.costmodel.analytic import predict
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.network import Network, pair_network, uniform_network
 from experiments.matrix import MatrixSpec
+from experiments.results import CellRecord
 from inventory.errors import ConfigError
 from netem.fleet import Target
-from netem.matrix import Addressable, PairMatrix
+from netem.pairs import Addressable, PairMatrix
 from trainer.config import TrainerConfig
 
 PREDICTIONS = "predictions.jsonl"
@@ -67,18 +68,16 @@ def predict_matrix(
         )
         record = (measured or {}).get(cell.cell_id)
         if record is not None:
-            actual = record["summary"]["phases"]["total_s"]["mean"]
+            actual = record.summary.iteration_s
             row["measured_iteration_s"] = actual
             row["error"] = row["predicted_iteration_s"] / actual - 1
         rows.append(row)
     return rows
 
 
-def measured_cells(records: list[dict]) -> dict[str, dict]:
+def measured_cells(records: list[CellRecord]) -> dict[str, CellRecord]:
     """Finished cells by id (the last record of a cell wins)."""
-    return {
-        r["cell_id"]: r for r in records if r.get("status") == "ok" and (r.get("summary") or {})
-    }
+    return {record.cell_id: record for record in records if record.ok}
 
 
 def store_predictions(directory: Path, rows: list[dict]) -> Path:

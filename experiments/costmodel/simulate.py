@@ -19,7 +19,7 @@ from experiments.costmodel.analytic import StageCompute, evaluate
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.network import Network, pair_network
 from experiments.costmodel.workload import Workload
-from netem.matrix import PairMatrix, load_matrix_file
+from netem.pairs import PairMatrix, load_pair_matrix_file
 from trainer.config import TrainerConfig
 
 WORLD = Path(__file__).with_name("world-regions.toml")
@@ -59,7 +59,7 @@ def world_scenario(
     config: TrainerConfig, calibration: Calibration, n_hosts: int, matrix_path: Path = WORLD
 ) -> Scenario:
     """`n_hosts` spread evenly over the regions of the world-wide matrix."""
-    matrix = load_matrix_file(matrix_path)
+    matrix = load_pair_matrix_file(matrix_path)
     names = sorted({link.src for link in matrix.links})
     base, extra = divmod(n_hosts, len(names))
     counts = {name: base + (1 if i < extra else 0) for i, name in enumerate(names)}

@@ -67,7 +67,7 @@ def make_workload(
     gpt: GPTConfig,
     *,
     pipeline: int,
-    data: int,
+    dp_degree: int,
     batch: int,
     micro_batch: int,
     seq: int,
@@ -77,14 +77,14 @@ def make_workload(
     schedule: str = "gpipe",
     layers: list[int] | None = None,
 ) -> Workload:
-    """The workload of `pipeline` stages × `data` replicas, `batch` sequences per pipeline."""
+    """The workload of `pipeline` stages × `dp_degree` replicas, `batch` sequences per pipeline."""
     split = split_layers(gpt.n_layer, pipeline, layers)
     tokens = micro_batch * seq
     forward = stage_forward_flops_per_token(gpt, split, seq) * tokens
     backward = forward * (3.0 if recompute else 2.0)
     return Workload(
         n_stages=pipeline,
-        n_replicas=data,
+        n_replicas=dp_degree,
         n_micro=batch // micro_batch,
         micro_batch=micro_batch,
         seq=seq,

@@ -21,12 +21,12 @@ import pandas as pd
 
 from experiments.costmodel.predict import PREDICTIONS
 from experiments.matrix import Axes, Cell, MatrixHeader, matrix_cells
-from experiments.results import CELLS, ResultsStore
+from experiments.results import CELLS, CellNetwork, CellRecord, ResultsStore
 from inventory.errors import ConfigError
 from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
-POINT_KEYS = ["profile", "dp", "micro_batch", "engine", "dp_mode"]
+POINT_KEYS = ["profile", "dp_degree", "micro_batch", "engine", "dp_mode"]
 PHASES = ["forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]
 
 
@@ -72,16 +72,16 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _network_columns(network: dict) -> dict:
-    setting = network.get("setting") or {}
-    probes = [p for p in network.get("probe") or [] if p.get("ok", True)]
+def _network_columns(network: CellNetwork) -> dict:
+    setting = network.setting
+    probes = [p for p in network.probe if p.get("ok", True)]
     rtts = [p["rtt_ms_median"] for p in probes if p.get("rtt_ms_median") is not None]
     rates = [
         p["throughput_bps"]
         for p in probes
         if p.get("throughput_bps") and p.get("throughput_window_rtts", math.inf) >= MIN_WINDOW_RTTS
     ]
-    if setting.get("kind") == "matrix":
+    if setting.get("kind") == "pairs":
         shapes = [link["shape"] for link in setting.get("links", [])]
         delays = [s.get("delay_ms", 0.0) for s in shapes]
         limited = [s["rate_bps"] for s in shapes if s.get("rate_bps")]
@@ -106,39 +106,36 @@ def _network_columns(network: dict) -> dict:
     }
 
 
-def cell_row(record: dict, predictions: dict[str, float]) -> dict:
+def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
     """One cell record flattened to the report's columns (timings in seconds)."""
-    params = record.get("params") or {}
-    trainer = record.get("trainer") or {}
-    summary = record.get("summary") or {}
-    ok = record.get("status") == "ok" and bool(summary)
+    trainer = record.trainer
     row = {
-        "cell_id": record["cell_id"],
-        "status": "ok" if ok else "failed",
-        "reason": None if ok else (record.get("reason") or "no summary"),
-        **{key: params.get(key) for key in [*POINT_KEYS, "repeat"]},
-        **_network_columns(record.get("network") or {}),
+        "cell_id": record.cell_id,
+        "status": "ok" if record.ok else "failed",
+        "reason": None if record.ok else (record.reason or "no summary"),
+        **record.params.model_dump(),
+        **_network_columns(record.network),
         "batch": trainer.get("batch"),
         "pipeline": trainer.get("pipeline"),
-        "samples_per_iteration": (trainer.get("batch") or 0) * (trainer.get("data") or 1),
+        "samples_per_iteration": (trainer.get("batch") or 0) * (trainer.get("dp_degree") or 1),
+        "predicted_s": predictions.get(record.cell_id),
     }
-    prediction = (record.get("prediction") or {}).get("predicted_iteration_s")
-    row["predicted_s"] = prediction if prediction is not None else predictions.get(row["cell_id"])
-    if not ok:
+    if not record.ok:
         return row
-    phases = summary["phases"]
+    summary = record.summary
+    phases = summary.phases
     total = phases["total_s"]
-    placement = record.get("placement") or {}
+    placement = record.placement or {}
     row |= {
         "iter_mean_s": total["mean"],
         "iter_std_s": total["std"],
         "iter_median_s": total["median"],
         "iter_p10_s": total["p10"],
         "iter_p90_s": total["p90"],
-        "timed_iterations": summary.get("timed_iterations") or 1,
-        "world_size": summary.get("world_size"),
-        "hosts": len(set(placement.values())) or summary.get("world_size"),
-        "tokens_per_iteration": summary.get("tokens_per_iteration"),
+        "timed_iterations": summary.timed_iterations,
+        "world_size": summary.world_size,
+        "hosts": len(set(placement.values())) or summary.world_size,
+        "tokens_per_iteration": summary.tokens_per_iteration,
         **{phase: (phases.get(phase) or {}).get("mean", 0.0) for phase in PHASES},
     }
     return row
@@ -153,7 +150,9 @@ def _missing_row(cell: Cell) -> dict:
     }
 
 
-def cells_frame(records: list[dict], spec: dict, predictions: dict[str, float]) -> pd.DataFrame:
+def cells_frame(
+    records: list[CellRecord], spec: dict, predictions: dict[str, float]
+) -> pd.DataFrame:
     """One row per cell: recorded ones, then the spec's cells that have no record."""
     rows = [cell_row(r, predictions) for r in records]
     seen = {row["cell_id"] for row in rows}
@@ -163,7 +162,7 @@ def cells_frame(records: list[dict], spec: dict, predictions: dict[str, float]) 
         frame[column] = pd.to_numeric(frame[column]) if column in frame else math.nan
     order = _profile_order(spec, frame)
     frame["_order"] = frame["profile"].map(order.index)
-    frame = frame.sort_values(["_order", "dp", "micro_batch", "engine", "dp_mode", "repeat"])
+    frame = frame.sort_values(["_order", "dp_degree", "micro_batch", "engine", "dp_mode", "repeat"])
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
@@ -233,7 +232,7 @@ def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     path_bps = points["probe_bps"].fillna(points["rate_bps"])
     points["bdp_bytes"] = path_bps * points["rtt_ms"] / 1000 / 8
     points["_order"] = points["profile"].map(order.index)
-    points = points.sort_values(["_order", "dp", "micro_batch", "engine", "dp_mode"])
+    points = points.sort_values(["_order", "dp_degree", "micro_batch", "engine", "dp_mode"])
     return points.drop(columns="_order").reset_index(drop=True)
 
 
@@ -248,10 +247,10 @@ def _baseline(points: pd.DataFrame, column: str, by_dp: bool) -> pd.Series:
 
     by_dp: the same DP degree (slowdown); otherwise the smallest DP degree measured there
     (per-host efficiency)."""
-    keys = ["micro_batch", "engine", "dp_mode"] + (["dp"] if by_dp else [])
+    keys = ["micro_batch", "engine", "dp_mode"] + (["dp_degree"] if by_dp else [])
     base = points[is_baseline(points) & points[column].notna()]
     if not by_dp:
-        base = base.sort_values("dp").drop_duplicates(keys)
+        base = base.sort_values("dp_degree").drop_duplicates(keys)
     lookup = base.set_index(keys)[column]
     index = pd.MultiIndex.from_frame(points[keys])
     return pd.Series(lookup.reindex(index).to_numpy(), index=points.index)

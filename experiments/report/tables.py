@@ -94,12 +94,12 @@ def variant_labels(points: pd.DataFrame) -> pd.Series:
     DP mode take more than one value in these results."""
 
     def label(row) -> str:
-        parts = [f"DP {row.dp}"]
+        parts = [f"DP {row.dp_degree}"]
         if points["micro_batch"].nunique() > 1:
             parts.append(f"mb {row.micro_batch}")
         if points["engine"].nunique() > 1:
             parts.append(str(row.engine))
-        if points["dp_mode"].nunique() > 1 and row.dp > 1:
+        if points["dp_mode"].nunique() > 1 and row.dp_degree > 1:
             parts.append(str(row.dp_mode))
         return " · ".join(parts)
 
@@ -121,7 +121,7 @@ def network_columns(points: pd.DataFrame) -> pd.DataFrame:
     for profile, group in points.groupby("profile", sort=False):
         known = group.dropna(subset=["setting"])
         first = known.iloc[0] if len(known) else None
-        matrix = first is not None and first.setting_kind == "matrix"
+        matrix = first is not None and first.setting_kind == "pairs"
         delay = fmt_delay(first.delay_ms) if first is not None else DASH
         rows.append(
             {

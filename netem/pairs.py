@@ -1,6 +1,6 @@
-"""Heterogeneous (geo) settings: each ordered host pair gets its own delay and rate.
+"""Pair matrices for geo settings: each ordered host pair gets its own delay and rate.
 
-A matrix file (TOML) names pairs by host name (`by = "host"`, the default) or by the value of
+A pair-matrix file (TOML) names pairs by host name (`by = "host"`, the default) or by the value of
 a host label such as `by = "region"`:
 
     by = "region"
@@ -102,7 +102,7 @@ class PairMatrix(BaseModel):
         return rows
 
 
-def matrix_from_data(data: dict[str, Any], source: str | None) -> PairMatrix:
+def pair_matrix_from_data(data: dict[str, Any], source: str | None) -> PairMatrix:
     """Validate a parsed matrix document (see the module docstring for its shape)."""
     unknown = set(data) - {"by", "link"}
     if unknown:
@@ -140,14 +140,14 @@ def matrix_from_data(data: dict[str, Any], source: str | None) -> PairMatrix:
     return PairMatrix(by=by, links=tuple(links.values()), source=source)
 
 
-def load_matrix_file(path: str | Path) -> PairMatrix:
+def load_pair_matrix_file(path: str | Path) -> PairMatrix:
     """Read and validate a TOML matrix file."""
     path = Path(path)
     data = read_toml(path)
-    return matrix_from_data(data, str(path))
+    return pair_matrix_from_data(data, str(path))
 
 
-def is_matrix_document(path: str | Path) -> bool:
+def is_pair_matrix_document(path: str | Path) -> bool:
     """True when a TOML file holds a matrix (has [[link]] tables) rather than one profile."""
     try:
         return "link" in tomllib.loads(Path(path).read_text())
