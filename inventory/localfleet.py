@@ -1,8 +1,10 @@
 """The local fleet: N hosts on this machine, each a network namespace with its own real sshd.
 
-Hosts hang off one bridge; host i has address <prefix>.(10+i) on its `eth0`, its own host key and
-its own hostname (a private UTS namespace) and /run (a private tmpfs). The fleet writes an
-inventory and a known_hosts that pin every host key, so strict host-key checking just works.
+Hosts hang off one bridge (or, for the delay node, each off its own tap); host i has address
+<prefix>.(10+i) on its `eth0`. The namespaces come from `inventory.netns`, each host's sshd
+from `inventory.localsshd`; this module lays the fleet out, brings it up and down, and writes
+its inventory (TOML) and a known_hosts that pins every host key, so strict host-key checking
+just works.
 """
 
 from __future__ import annotations
@@ -11,49 +13,24 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 
-from inventory.ports import port_open
+from inventory import netns
+from inventory.localsshd import LocalSshd, keygen, wait_ready
+from inventory.netns import ip, link_exists, netns_exists
 
 FIRST_HOST_OCTET = 10
 TOPOLOGIES = ("bridge", "delay-node")
 MAX_HOSTS = 200
-SSHD = "/usr/sbin/sshd"
 
 
 def wanlab_home() -> Path:
     """Where wanlab keeps its state: $WANLAB_HOME, else ~/.wanlab."""
     return Path(os.environ.get("WANLAB_HOME", Path.home() / ".wanlab"))
-
-
-def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, check=check)
-
-
-def _netns_exists(name: str) -> bool:
-    return Path("/run/netns", name).exists()
-
-
-def _link_exists(name: str) -> bool:
-    return _ip("link", "show", "dev", name, check=False).returncode == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not Path(f"/proc/{pid}/status").read_text().count("State:\tZ")
 
 
 @dataclass(frozen=True)
@@ -70,31 +47,9 @@ class LocalHost:
     directory: Path
 
     @property
-    def sshd_config(self) -> Path:
-        return self.directory / "sshd_config"
-
-    @property
-    def host_key(self) -> Path:
-        return self.directory / "ssh_host_ed25519_key"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.directory / "sshd.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.directory / "sshd.log"
-
-    def sshd_pid(self) -> int | None:
-        """PID of this host's sshd if it is running, else None."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if not _pid_alive(pid):
-            return None
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        return pid if str(self.sshd_config).encode() in cmdline else None
+    def sshd(self) -> LocalSshd:
+        """This host's sshd."""
+        return LocalSshd(self.name, self.netns, self.address, self.directory)
 
 
 class LocalFleet:
@@ -209,129 +164,46 @@ class LocalFleet:
             if host.index >= n_hosts:
                 self._remove_host(host)
         hosts = [self.host(i) for i in range(n_hosts)]
+        gateway = f"{self.gateway}/{self.network.prefixlen}"
         if topology == "bridge":
-            self._ensure_bridge(self.bridge, address=True)
+            netns.ensure_bridge(self.bridge, address=gateway)
         else:
-            self._ensure_tap(self.controller_tap)
-            _ip("addr", "replace", f"{self.gateway}/{self.network.prefixlen}", "dev",
-                self.controller_tap)  # fmt: skip
+            netns.ensure_tap(self.controller_tap)
+            ip("addr", "replace", gateway, "dev", self.controller_tap)
         for host in hosts:
             self._ensure_host_network(host, topology)
-            self._ensure_sshd(host)
-        self._write_known_hosts(hosts)
+            host.sshd.start(self.directory / "authorized_keys", self.empty_home)
+        self.known_hosts.write_text("".join(h.sshd.known_hosts_line() + "\n" for h in hosts))
         self._write_inventory(hosts, topology)
         if topology == "bridge":
             self.wait_ready()
         return self.inventory_path
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until every host's sshd answers on port 22 and has recorded its PID (it listens
-        before it writes the PID file, and `up` again relies on that file)."""
-        self._wait_started([h for h in self.existing_hosts() if h.directory.exists()], timeout)
+        """Wait until every host's sshd answers on port 22 and has recorded its PID."""
+        wait_ready([h.sshd for h in self.existing_hosts() if h.directory.exists()], timeout)
 
     def _ensure_client_key(self) -> None:
         if not self.client_key.exists():
-            _keygen(self.client_key, comment="wanlab-local")
+            keygen(self.client_key, comment="wanlab-local")
         authorized = self.directory / "authorized_keys"
         authorized.write_text(self.client_key.with_suffix(".pub").read_text())
         authorized.chmod(0o600)
 
-    def _ensure_bridge(self, name: str, address: bool = False) -> None:
-        if not _link_exists(name):
-            _ip("link", "add", name, "type", "bridge")
-        if address:
-            _ip("addr", "replace", f"{self.gateway}/{self.network.prefixlen}", "dev", name)
-        _ip("link", "set", name, "up")
-
-    @staticmethod
-    def _ensure_tap(name: str) -> None:
-        if not _link_exists(name):
-            _ip("tuntap", "add", name, "mode", "tap")
-        _no_offloads(name)
-        _ip("link", "set", name, "up")
-
     def _ensure_host_network(self, host: LocalHost, topology: str) -> None:
-        if not _netns_exists(host.netns):
-            _ip("netns", "add", host.netns)
-        if not _link_exists(host.bridge_port):
-            veth = ["link", "add", host.bridge_port, "type", "veth", "peer", "name", "eth0"]
-            _ip(*veth, "netns", host.netns)
-        if topology == "bridge":
-            _ip("link", "set", host.bridge_port, "master", self.bridge, "up")
-        else:
-            # A frame that crosses the delay node must be a real frame: no segmentation
-            # offload on any hop, or the node drops the oversized packets.
-            self._ensure_bridge(host.own_bridge)
-            self._ensure_tap(host.tap)
-            _ip("link", "set", host.tap, "master", host.own_bridge)
-            _ip("link", "set", host.bridge_port, "master", host.own_bridge, "up")
-            _no_offloads(host.bridge_port)
-            _no_offloads("eth0", netns=host.netns)
-        _ip("link", "set", "lo", "up", netns=host.netns)
         address = f"{host.address}/{self.network.prefixlen}"
-        _ip("addr", "replace", address, "dev", "eth0", netns=host.netns)
-        _ip("link", "set", "eth0", "up", netns=host.netns)
-
-    def _ensure_sshd(self, host: LocalHost) -> None:
-        if host.sshd_pid() is not None:
+        if topology == "bridge":
+            netns.ensure_namespace_link(host.netns, host.bridge_port, address, self.bridge)
             return
-        host.directory.mkdir(parents=True, exist_ok=True)
-        if not host.host_key.exists():
-            _keygen(host.host_key, comment=host.name)
-        host.sshd_config.write_text(self._sshd_config(host))
-        script = (
-            f"hostname {host.name}"
-            " && mount -t tmpfs -o size=16m,mode=755 run /run"
-            " && mkdir -p -m 755 /run/sshd"
-            f" && exec {SSHD} -f {host.sshd_config} -E {host.log_file}"
-        )
-        subprocess.run(
-            ["ip", "netns", "exec", host.netns, "unshare", "--uts", "sh", "-c", script],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-
-    def _sshd_config(self, host: LocalHost) -> str:
-        return "\n".join(
-            [
-                f"ListenAddress {host.address}",
-                "Port 22",
-                f"HostKey {host.host_key}",
-                f"PidFile {host.pid_file}",
-                f"AuthorizedKeysFile {self.directory / 'authorized_keys'}",
-                "PermitRootLogin prohibit-password",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "UseDNS no",
-                "StrictModes no",
-                "MaxStartups 200",
-                "MaxSessions 64",
-                f"SetEnv HOME={self.empty_home}",
-                "Subsystem sftp internal-sftp",
-                "",
-            ]
-        )
-
-    def _wait_started(self, hosts: list[LocalHost], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = list(hosts)
-        while waiting:
-            waiting = [h for h in waiting if h.sshd_pid() is None or not port_open(h.address, 22)]
-            if waiting and time.monotonic() > deadline:
-                names = ", ".join(h.name for h in waiting)
-                raise RuntimeError(f"sshd did not start on {names}; see {waiting[0].log_file}")
-            if waiting:
-                time.sleep(0.05)
-
-    def _write_known_hosts(self, hosts: list[LocalHost]) -> None:
-        lines = []
-        for host in hosts:
-            key_type, key_data = host.host_key.with_suffix(".pub").read_text().split()[:2]
-            lines.append(f"{host.address} {key_type} {key_data}")
-        self.known_hosts.write_text("\n".join(lines) + "\n")
+        # Host i's own bridge joins its veth to its tap. A frame that crosses the delay node
+        # must be a real frame: no segmentation offload on any hop, or the node drops the
+        # oversized packets.
+        netns.ensure_bridge(host.own_bridge)
+        netns.ensure_tap(host.tap)
+        ip("link", "set", host.tap, "master", host.own_bridge)
+        netns.ensure_namespace_link(host.netns, host.bridge_port, address, host.own_bridge)
+        netns.no_offloads(host.bridge_port)
+        netns.no_offloads("eth0", netns=host.netns)
 
     def _write_inventory(self, hosts: list[LocalHost], topology: str) -> None:
         fleet: dict = {
@@ -368,27 +240,14 @@ class LocalFleet:
         for host in self.existing_hosts():
             self._remove_host(host)
         for link in (self.bridge, self.controller_tap):
-            if _link_exists(link):
-                _ip("link", "del", link)
+            netns.remove_link(link)
         if self.directory.exists():
             shutil.rmtree(self.directory)
 
     def _remove_host(self, host: LocalHost) -> None:
-        if _netns_exists(host.netns):
-            pids = subprocess.run(
-                ["ip", "netns", "pids", host.netns], capture_output=True, text=True
-            ).stdout.split()
-            _terminate([int(pid) for pid in pids])
-            _ip("netns", "del", host.netns)
-        # The kernel removes the bridge end of the veth pair with the namespace, asynchronously.
-        deadline = time.monotonic() + 2.0
-        while _link_exists(host.bridge_port) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if _link_exists(host.bridge_port):
-            _ip("link", "del", host.bridge_port, check=False)
+        netns.remove_namespace(host.netns, outer=host.bridge_port)
         for link in (host.tap, host.own_bridge):
-            if _link_exists(link):
-                _ip("link", "del", link)
+            netns.remove_link(link)
         if host.directory.exists():
             shutil.rmtree(host.directory)
 
@@ -397,53 +256,22 @@ class LocalFleet:
         """What exists now: bridge, and per host its namespace, sshd PID and open SSH port."""
         hosts = []
         for host in self.existing_hosts():
-            pid = host.sshd_pid()
+            pid = host.sshd.pid()
             hosts.append(
                 {
                     "name": host.name,
                     "address": host.address,
                     "netns": host.netns,
-                    "netns_exists": _netns_exists(host.netns),
+                    "netns_exists": netns_exists(host.netns),
                     "sshd_pid": pid,
-                    "ssh_port_open": pid is not None and port_open(host.address, 22),
+                    "ssh_port_open": pid is not None and host.sshd.ready(),
                 }
             )
         return {
             "prefix": self.prefix,
             "topology": self.topology,
             "bridge": self.bridge,
-            "bridge_exists": _link_exists(self.bridge),
+            "bridge_exists": link_exists(self.bridge),
             "inventory": str(self.inventory_path) if self.inventory_path.exists() else None,
             "hosts": hosts,
         }
-
-
-def _keygen(path: Path, comment: str) -> None:
-    """Make a new ed25519 key pair at `path` (and `path`.pub), without a passphrase."""
-    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
-    subprocess.run(argv, check=True)
-
-
-def _no_offloads(ifname: str, netns: str | None = None) -> None:
-    """Turn off segmentation and receive offloads and checksum offload on an interface."""
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    features = ["tso", "off", "gso", "off", "gro", "off", "tx", "off"]
-    subprocess.run([*prefix, "ethtool", "-K", ifname, *features], capture_output=True, check=True)
-
-
-def _terminate(pids: list[int], grace: float = 3.0) -> None:
-    """SIGTERM the given PIDs, then SIGKILL whichever is still alive after `grace` seconds."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while any(_pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in pids:
-        if _pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

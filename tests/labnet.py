@@ -1,14 +1,17 @@
-"""A throwaway network for tests: N network namespaces on one bridge.
+"""A throwaway network for tests: N network namespaces on one bridge, without sshd.
 
 Used on the host kernel and inside the user-mode Linux guest (netem.uml); every name starts
-with the given prefix so it never touches anything it did not create. (The local fleet,
-`inventory.localfleet`, is the product's own: hosts with sshd, an inventory, a delay node.)
+with the given prefix so it never touches anything it did not create. It is built from the
+same plumbing as the local fleet (`inventory.netns`), which adds sshd, an inventory and the
+delay node.
 """
 
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
+
+from inventory import netns
 
 LAB_IFNAME = "eth0"
 
@@ -31,30 +34,19 @@ class Lab:
     hosts: tuple[LabHost, ...]
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
 def namespaces_up(n_hosts: int, prefix: str, subnet: str) -> Lab:
     """Create `n_hosts` namespaces `PREFIX-hI` with eth0 at SUBNET.(10+I)/24 on bridge PREFIX-br.
 
     `subnet` is the first three octets, e.g. "198.19.7"; the bridge itself gets SUBNET.1.
     """
     bridge = f"{prefix}-br"
-    _ip("link", "add", bridge, "type", "bridge")
     hosts = []
     try:
-        _ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
-        _ip("link", "set", bridge, "up")
+        netns.ensure_bridge(bridge, address=f"{subnet}.1/24")
         for i in range(n_hosts):
-            name, peer, address = f"{prefix}-h{i}", f"{prefix}-v{i}", f"{subnet}.{10 + i}"
-            _ip("netns", "add", name)
+            name, address = f"{prefix}-h{i}", f"{subnet}.{10 + i}"
             hosts.append(LabHost(name=name, address=address, labels={}))
-            _ip("link", "add", peer, "type", "veth", "peer", "name", LAB_IFNAME, "netns", name)
-            _ip("link", "set", peer, "master", bridge, "up")
-            _ip("-n", name, "addr", "add", f"{address}/24", "dev", LAB_IFNAME)
-            _ip("-n", name, "link", "set", LAB_IFNAME, "up")
-            _ip("-n", name, "link", "set", "lo", "up")
+            netns.ensure_namespace_link(name, f"{prefix}-v{i}", f"{address}/24", bridge)
     except subprocess.CalledProcessError:
         namespaces_down(Lab(prefix=prefix, bridge=bridge, hosts=tuple(hosts)))
         raise

@@ -77,12 +77,12 @@ def test_wrong_host_key_is_rejected(local_fleet, tmp_path):
 
 def test_stopped_sshd_is_unreachable_others_answer(local_fleet, wanlab):
     victim = local_fleet.host(2)
-    pid = victim.sshd_pid()
+    pid = victim.sshd.pid()
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
     try:
         deadline = time.monotonic() + 5
-        while victim.sshd_pid() is not None and time.monotonic() < deadline:
+        while victim.sshd.pid() is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         result = wanlab("inventory", "check", "-i", "local", "--json", "--timeout", "5")
         assert result.returncode == 1
@@ -93,7 +93,7 @@ def test_stopped_sshd_is_unreachable_others_answer(local_fleet, wanlab):
         assert all(reports[name]["reachable"] for name in ("h0", "h1", "h3"))
     finally:
         local_fleet.up(4)
-    assert local_fleet.host(2).sshd_pid() is not None
+    assert local_fleet.host(2).sshd.pid() is not None
 
 
 def test_strict_host_keys_reject_unknown_host(local_fleet, tmp_path):
