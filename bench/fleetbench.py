@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from experiments.localranks import REPO, finish
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 from netem.fleet import FleetNetem, load_target
-from trainer.local import REPO, finish
 
 PREFIX = "wle"
 SUBNET = "198.18.10.0/24"

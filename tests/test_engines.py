@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 from trainer_workers import _join, launch_cli, spawn
 
+from experiments.localranks import finish
 from inventory.errors import ConfigError
 from trainer.config import TrainerConfig, load_config
 from trainer.data import TokenSource
 from trainer.engines import ENGINES, measured_phases
-from trainer.local import finish
 from trainer.model import GPT
 from trainer.timing import PHASES
 from trainer.train import RankTrainer, make_optimizer

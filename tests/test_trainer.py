@@ -13,11 +13,11 @@ import pytest
 import torch
 from trainer_workers import launch_cli, one_data_parallel_step, pipeline_gradients, spawn
 
+from experiments.localranks import REPO, finish, free_port
 from inventory.errors import ConfigError
 from inventory.ports import port_open
 from trainer.config import TrainerConfig, check_world, load_config
 from trainer.data import TokenSource
-from trainer.local import REPO, finish, free_port
 from trainer.model import CONFIGS, GPT
 from trainer.netif import choose_iface, route_iface
 from trainer.partition import Stage, split_layers

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from experiments.localranks import free_port, launch_local
 from trainer.config import TrainerConfig
-from trainer.local import free_port, launch_local
 from trainer.train import RankTrainer
 
 CPU = torch.device("cpu")

@@ -1,4 +1,6 @@
-"""Start every rank of a run as `python -m trainer` processes on this machine (127.0.0.1)."""
+"""Start every rank of a run as `python -m trainer` processes on this machine (127.0.0.1), for
+the tests and benches that run a trainer without a fleet (the controller side: it never ships
+to hosts)."""
 
 from __future__ import annotations
 
