@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from experiments.costmodel.cli import predict
 from experiments.demo import default_results_dir, run_demo
@@ -18,13 +19,18 @@ from experiments.report.cli import report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.cli import JsonOption, console, inventory_app, node_kernel_line, print_table
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, HostsUnreachable
 from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet
 from netem import kernel
 from netem.cli import app as netem_app
 from netem.cli import probe
 from netem.delaynode import DelayNodeError
+
+try:  # typer 0.2x carries its own copy of click; older typer uses click itself
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError
 
 app = typer.Typer(
     help="Measure how distributed training slows down as the network gets worse.",
@@ -118,10 +124,12 @@ def run(
     """Run every cell of MATRIX on the fleet: shape, verify, probe, train, collect, reset."""
     spec = load_matrix(matrix)
     fleet = load_inventory(resolve_inventory(inventory, spec))
+    runner = MatrixRunner(spec, fleet, ResultsStore(out), console)
+    runner.check_inputs(resume)
     if dry_run:
         print_plan(spec, fleet)
         return
-    outcome = MatrixRunner(spec, fleet, ResultsStore(out), console).run(resume=resume)
+    outcome = runner.run(resume=resume)
     console.print(
         f"{len(outcome.ran)} cell(s) run, {len(outcome.failed)} failed, "
         f"{len(outcome.skipped)} already done; results in {out}/cells.jsonl"
@@ -170,19 +178,34 @@ def print_plan(spec: MatrixSpec, fleet: Fleet) -> None:
     rows = plan_rows(spec, fleet)
     print_table(f"plan: {spec.header.name} on {fleet.name}", rows, list(rows[0]))
     for profile, per_host in tc_preview(spec, fleet).items():
-        console.print(f"[bold]{profile}[/bold]")
+        console.print(f"[bold]{escape(profile)}[/bold]", markup=True)
         for host, commands in per_host.items():
             for command in commands:
                 console.print(f"  {host}: {command}", soft_wrap=True, highlight=False)
 
 
 def main() -> None:
-    """Entry point of the `wanlab` console command."""
+    """Entry point of the `wanlab` console command: bad input is one line and exit code 2,
+    hosts out of reach one line per host and exit code 1; never a traceback for either."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except UsageError as error:  # a bad option or argument, as the command line gave it
+        if not error.format_message():  # no command at all: the help says what there is
+            error.show()
+        else:
+            print(f"wanlab: error: {error.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
     except (ConfigError, kernel.KernelError) as error:
         print(f"wanlab: error: {error}", file=sys.stderr)
         sys.exit(2)
     except DelayNodeError as error:
         print(f"wanlab: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except HostsUnreachable as error:
+        print(f"wanlab: error: {error.what} on {len(error.reasons)} host(s):", file=sys.stderr)
+        for name, reason in sorted(error.reasons.items()):
+            print(f"  {name}: {' '.join(reason.split())}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from inventory.errors import ConfigError
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 from inventory.models import Fleet
@@ -29,7 +30,7 @@ FORWARDING_ROUNDS = 3
 def resolve_shaping(shaping: str) -> str:
     """`host` or `delay-node` for `auto`, by what this kernel and machine can do."""
     if shaping not in SHAPING_MODES:
-        raise ValueError(f"shaping must be one of {', '.join(SHAPING_MODES)}")
+        raise ConfigError(None, "--shaping", f"must be one of {', '.join(SHAPING_MODES)}")
     if shaping != "auto":
         return shaping
     return "host" if netem_available() else "delay-node"

@@ -32,11 +32,12 @@ cell_s = 600
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from inventory.errors import ConfigError
 from inventory.loader import first_error, read_toml
@@ -44,6 +45,7 @@ from netem.fleet import Target, load_target
 from trainer.config import TrainerConfig, load_config
 
 _TOP_LEVEL = ("matrix", "trainer", "axes", "probe", "timeouts")
+DEFAULT_MAX_CELLS = 10_000
 _CELL_FIELDS = ("micro_batch", "dp_degree", "engine", "dp_mode", "out", "iface")
 
 
@@ -53,7 +55,9 @@ class MatrixHeader(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "matrix"
     inventory: str = "local"
-    repeats: int = Field(1, ge=1, le=100)
+    repeats: int = Field(1, ge=1, le=100, strict=True)
+    max_cells: int = Field(DEFAULT_MAX_CELLS, ge=1, strict=True)
+    """A matrix with more cells is refused (raise it here for a bigger one)."""
 
 
 class Axes(BaseModel):
@@ -61,8 +65,8 @@ class Axes(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     profiles: list[str] = Field(min_length=1)
-    dp_degrees: list[int] = Field(default=[1], min_length=1)
-    micro_batches: list[int] = Field(default=[1], min_length=1)
+    dp_degrees: list[StrictInt] = Field(default=[1], min_length=1)
+    micro_batches: list[StrictInt] = Field(default=[1], min_length=1)
     engines: list[str] = Field(default=["gpipe"], min_length=1)
     dp_modes: list[str] = Field(default=["ps"], min_length=1)
 
@@ -71,16 +75,19 @@ class ProbeSettings(BaseModel):
     """The [probe] table: how long to measure the network in every cell (0 s: RTT only)."""
 
     model_config = ConfigDict(extra="forbid")
-    seconds: float = Field(1.0, ge=0, le=60)
-    count: int = Field(20, ge=1, le=1000)
+    seconds: float = Field(1.0, ge=0, le=60, strict=True)
+    count: int = Field(20, ge=1, le=1000, strict=True)
 
 
 class Timeouts(BaseModel):
     """The [timeouts] table, in seconds."""
 
     model_config = ConfigDict(extra="forbid")
-    cell_s: float = Field(600.0, gt=0)
-    apply_s: float = Field(60.0, gt=0)
+    cell_s: float = Field(600.0, gt=0, le=7 * 24 * 3600, strict=True)
+    apply_s: float = Field(60.0, gt=0, le=3600, strict=True)
+    lease_s: float = Field(30.0, ge=3, le=300, strict=True)
+    """How long a host stays shaped without hearing from the controller (renewed every third
+    of it while a cell runs)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +217,14 @@ def load_matrix(path: str | Path) -> MatrixSpec:
         values = getattr(axes, axis)
         if len(set(values)) != len(values):
             raise ConfigError(file, f"axes.{axis}", "lists a value twice")
+    n_cells = header.repeats * math.prod(
+        len(getattr(axes, axis))
+        for axis in ("profiles", "dp_degrees", "micro_batches", "engines", "dp_modes")
+    )
+    if n_cells > header.max_cells:
+        raise ConfigError(
+            file, "axes", f"makes {n_cells} cells, more than matrix.max_cells = {header.max_cells}"
+        )
     targets = {
         spec: _resolve_profile(spec, path.parent, file, i) for i, spec in enumerate(axes.profiles)
     }

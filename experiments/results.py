@@ -160,32 +160,52 @@ class ResultsStore:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.cells_path = self.directory / CELLS
+        self.torn_lines: list[int] = []  # lines of the last records() that were not JSON
 
-    def open_for_run(self, matrix_path: Path, resume: bool) -> None:
-        """Create the folder, or continue it with `resume`; refuse to mix runs silently."""
+    def check_for_run(self, resume: bool) -> None:
+        """Refuse a folder a run cannot write into, without touching it: a file, a folder
+        holding another run's results (unless `resume`), or torn records."""
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(str(self.directory), "-o", "exists and is not a folder")
         if self.cells_path.exists() and not resume:
             raise ConfigError(
                 str(self.directory),
                 None,
                 "already holds results; pass --resume to continue it or choose another -o folder",
             )
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.records()  # a record that is not one is named now, not after the first cell
+
+    def open_for_run(self, matrix_path: Path, resume: bool) -> None:
+        """Create the folder, or continue it with `resume`; refuse to mix runs silently."""
+        self.check_for_run(resume)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(str(self.directory), "-o", f"cannot be made: {error}") from None
         copy = self.directory / "matrix.toml"
         if not copy.exists():
             shutil.copyfile(matrix_path, copy)
 
     def records(self) -> list[CellRecord]:
         """Every cell record, in the order written (a torn line, as a crash can leave last, is
-        skipped); ConfigError for a line that is JSON but not a cell record."""
+        skipped, and its number kept in `torn_lines`); ConfigError for a line that is JSON but
+        not a cell record."""
+        self.torn_lines = []
         if not self.cells_path.exists():
             return []
         records = []
-        for number, line in enumerate(self.cells_path.read_text().splitlines(), start=1):
+        try:
+            text = self.cells_path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(str(self.cells_path), None, f"cannot be read: {error}") from None
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                self.torn_lines.append(number)
                 continue
             try:
                 records.append(CellRecord.model_validate(record))
@@ -212,7 +232,12 @@ class ResultsStore:
 
     def append(self, record: CellRecord) -> None:
         """Add one cell record durably, then refresh the Parquet copy."""
-        with self.cells_path.open("a") as cells:
+        with self.cells_path.open("a+") as cells:
+            cells.seek(0, os.SEEK_END)
+            if cells.tell() > 0:
+                cells.seek(cells.tell() - 1)
+                if cells.read(1) != "\n":  # a torn last line: start a line of our own
+                    cells.write("\n")
             cells.write(record.model_dump_json() + "\n")
             cells.flush()
             os.fsync(cells.fileno())

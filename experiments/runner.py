@@ -11,6 +11,7 @@ and every rank started is stopped before the runner returns.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -26,12 +27,11 @@ from experiments.launch import TrainerLauncher, WorkerLost, place_ranks
 from experiments.matrix import Cell, MatrixSpec
 from experiments.results import CellNetwork, CellRecord, ResultsStore, Summary
 from inventory.check import check_fleet
+from inventory.errors import HostsUnreachable
 from inventory.models import Fleet
 from inventory.ssh import FleetSSH
-from netem.fleet import FleetNetem, Target
+from netem.fleet import FleetNetem, Heartbeat, Target, controller_identity, trees_for
 from netem.profile import Profile
-
-LEASE_MARGIN_S = 120.0
 
 
 @dataclass
@@ -80,29 +80,45 @@ class MatrixRunner:
         self.console = console
         self.host_facts: dict[str, dict] = {}
         self.probes: dict[str, list[dict]] = {}  # by profile: measured once per run
+        self.heartbeat: Heartbeat | None = None  # renews the shaped hosts' leases
 
-    def check_inputs(self) -> None:
+    def check_inputs(self, resume: bool = False) -> None:
         """Everything that can be checked without touching a host: raises ConfigError."""
+        self.store.check_for_run(resume)
         for cell in self.spec.cells():
             place_ranks(self.spec.trainer_config(cell), self.fleet)
+        for target in self.spec.targets.values():
+            trees_for(target, self.fleet.hosts)  # pair matrices name hosts of this fleet
 
     def run(self, resume: bool = False) -> RunOutcome:
         """Run every cell not already done; reset the fleet and stop ranks however it ends."""
-        self.check_inputs()
+        self.check_inputs(resume)
         self.store.open_for_run(self.spec.source, resume)
         done = self.store.done_ids() if resume else set()
+        for number in self.store.torn_lines:
+            self.console.print(
+                f"warning: {self.store.cells_path} line {number} is not a whole record "
+                "(a crash cut it); it is ignored and its cell runs again",
+                highlight=False,
+            )
         cells = self.spec.cells()
         outcome = RunOutcome(skipped=[c.cell_id for c in cells if c.cell_id in done])
         todo = [c for c in cells if c.cell_id not in done]
         self._record_environment()
-        with FleetNetem(self.fleet, self.spec.timeouts.apply_s) as netem:
+        owner = f"{controller_identity()} run {os.getpid()}"
+        with FleetNetem(self.fleet, self.spec.timeouts.apply_s, owner) as netem:
+            held = netem.held_by_others()
+            if held:
+                raise HostsUnreachable("in use by another controller", held)
             launcher = TrainerLauncher(self.fleet, netem.ssh)
             try:
                 self._start_workers(todo, launcher)
                 self._run_cells(todo, netem, launcher, outcome)
             except KeyboardInterrupt:
                 outcome.interrupted = True
-                self.console.print("[yellow]interrupted: stopping ranks and resetting hosts")
+                self.console.print(
+                    "[yellow]interrupted: stopping ranks and resetting hosts", markup=True
+                )
             finally:
                 with interrupts_held(), FleetSSH(self.fleet) as control:
                     launcher.stop_all(control)
@@ -122,6 +138,7 @@ class MatrixRunner:
                 "matrix": self.spec.header.name,
                 "inventory": str(self.fleet.source),
                 "delay_node": self.fleet.delay_node is not None,
+                "strict_host_keys": self.fleet.strict_host_keys,
                 "hosts": self.host_facts,
             }
         )
@@ -139,13 +156,14 @@ class MatrixRunner:
             launcher.start_workers(place_ranks(self.spec.trainer_config(widest), self.fleet))
         except (WorkerLost, OSError, paramiko.SSHException) as error:
             self.console.print(
-                f"[yellow]workers did not all start ({escape(str(error))}); cells retry"
+                f"[yellow]workers did not all start ({escape(str(error))}); cells retry",
+                markup=True,
             )
             launcher.stop_all()
 
     def _run_cells(self, todo, netem, launcher, outcome: RunOutcome) -> None:
         columns = [
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} cells"),
             TimeElapsedColumn(),
@@ -163,7 +181,10 @@ class MatrixRunner:
                 # one line per finished cell: a progress bar draws nothing where the output is
                 # not a terminal (a log file, CI), and there this is all the user sees
                 progress.console.print(
-                    cell_line(record, number, len(todo)), highlight=False, soft_wrap=True
+                    cell_line(record, number, len(todo)),
+                    highlight=False,
+                    soft_wrap=True,
+                    markup=True,
                 )
                 progress.advance(task)
 
@@ -206,6 +227,9 @@ class MatrixRunner:
                 record.reason = launched.reason
             return record
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+                self.heartbeat = None
             reset_started = time.monotonic()
             netem.reset()
             timing.reset_s = time.monotonic() - reset_started
@@ -216,8 +240,11 @@ class MatrixRunner:
     def _shape(self, cell: Cell, netem: FleetNetem, record: CellRecord) -> str | None:
         """Apply the cell's network and compare the read-back; a failure's reason, or None."""
         started = time.monotonic()
-        lease = self.spec.timeouts.cell_s + LEASE_MARGIN_S
-        applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease)
+        lease_s = self.spec.timeouts.lease_s
+        applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease_s)
+        shaped = [name for name, answer in applied.items() if answer.get("lease_until")]
+        if shaped:
+            self.heartbeat = netem.heartbeat(lease_s, shaped)
         record.timing.apply_s = time.monotonic() - started
         record.network.applied = {n: a.get("shaping") for n, a in applied.items()}
         bad = {

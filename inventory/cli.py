@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from inventory.check import check_fleet
+from inventory.errors import check_option
 from inventory.loader import load_inventory
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
-console = Console()
+console = Console(markup=False)  # user text (names, labels, paths) is never markup
 
 InventoryOption = Annotated[
     str, typer.Option("-i", "--inventory", help="Inventory file, or 'local' for the local fleet.")
@@ -60,6 +61,7 @@ def inventory_check(
     timeout: Annotated[float, typer.Option(help="Seconds each host may take.")] = 20.0,
 ):
     """SSH into every host in parallel: reachability, round trip, versions, qdisc support."""
+    check_option("--timeout", timeout, 0, 3600, low_open=True)
     reports = check_fleet(load_inventory(inventory), timeout=timeout)
     if as_json:
         print(json.dumps(reports, indent=2))

@@ -37,12 +37,22 @@ def first_error(error: ValidationError, file: str, prefix: str = "") -> ConfigEr
     return ConfigError(file, field or None, message)
 
 
+MAX_TOML_BYTES = 4 * 1024 * 1024
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning a missing file or a syntax error into a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(str(path), None, "no such file")
+    """Parse a TOML file, turning a missing, unreadable or malformed file into a ConfigError."""
     try:
-        return tomllib.loads(path.read_text())
+        if not path.is_file():
+            raise ConfigError(str(path), None, "is not a file" if path.exists() else "no such file")
+        with path.open("rb") as stream:  # not read_text(): /proc files claim size 0
+            raw = stream.read(MAX_TOML_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(str(path), None, f"cannot be read: {error.strerror}") from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise ConfigError(str(path), None, f"larger than {MAX_TOML_BYTES} bytes")
+    try:
+        return tomllib.loads(raw.decode())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), None, f"not valid TOML: {error}") from None
     except UnicodeDecodeError:
@@ -106,11 +116,32 @@ def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
     return fleet
 
 
+MAX_KEY_BYTES = 64 * 1024
+
+
 def check_key_files(fleet: Fleet) -> None:
-    """Raise a ConfigError for the first host whose key file or the known_hosts file is missing."""
+    """Raise a ConfigError for the first host whose key file is missing or not a private key,
+    or when the known_hosts file is missing."""
     file = str(fleet.source)
     if fleet.known_hosts is not None and not fleet.known_hosts.is_file():
         raise ConfigError(file, "fleet.known_hosts", f"{fleet.known_hosts} does not exist")
     for index, host in enumerate(fleet.hosts):
-        if host.key_file is not None and not host.key_file.is_file():
-            raise ConfigError(file, f"hosts[{index}].key_file", f"{host.key_file} does not exist")
+        if host.key_file is not None:
+            problem = _not_a_private_key(host.key_file)
+            if problem:
+                raise ConfigError(file, f"hosts[{index}].key_file", f"{host.key_file} {problem}")
+
+
+def _not_a_private_key(path: Path) -> str | None:
+    """Why `path` is not a private key file (None when it looks like one)."""
+    if not path.is_file():
+        return "does not exist"
+    try:
+        if path.stat().st_size > MAX_KEY_BYTES:
+            return "is too large to be a private key"
+        first = path.read_bytes()[:100].split(b"\n", 1)[0].strip()
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    if not (first.startswith(b"-----BEGIN ") and b"PRIVATE KEY" in first):
+        return "is not a private key (no -----BEGIN ... PRIVATE KEY----- line)"
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from pathlib import Path
 import tomli_w
 
 from inventory import netns
+from inventory.errors import ConfigError
 from inventory.localsshd import LocalSshd, keygen, wait_ready
 from inventory.netns import ip, link_exists, netns_exists
 
 FIRST_HOST_OCTET = 10
 TOPOLOGIES = ("bridge", "delay-node")
 MAX_HOSTS = 200
+_PREFIX = re.compile(r"[a-z][a-z0-9]{0,7}")
 
 
 def wanlab_home() -> Path:
@@ -64,10 +67,19 @@ class LocalFleet:
         self, prefix: str | None = None, subnet: str | None = None, home: Path | None = None
     ):
         self.prefix = prefix or os.environ.get("WANLAB_FLEET_PREFIX", "wl")
+        if not _PREFIX.fullmatch(self.prefix):  # it begins every link name (15 characters)
+            raise ConfigError(
+                "environment", "WANLAB_FLEET_PREFIX", "must be 1-8 lower-case letters or digits"
+            )
         subnet = subnet or os.environ.get("WANLAB_FLEET_SUBNET", "198.18.0.0/24")
-        self.network = ipaddress.ip_network(subnet)
+        try:
+            self.network = ipaddress.ip_network(subnet)
+        except ValueError as error:
+            raise ConfigError("environment", "WANLAB_FLEET_SUBNET", str(error)) from None
         if not self.network.subnet_of(ipaddress.ip_network("198.18.0.0/15")):
-            raise ValueError(f"local fleet subnet {subnet} must lie inside 198.18.0.0/15")
+            raise ConfigError(
+                "environment", "WANLAB_FLEET_SUBNET", f"{subnet} must lie inside 198.18.0.0/15"
+            )
         self.directory = (home or wanlab_home()) / f"fleet-{self.prefix}"
         self.bridge = f"{self.prefix}-br0"
         self.controller_tap = f"{self.prefix}-tc"
@@ -150,10 +162,11 @@ class LocalFleet:
         not waited for, since nothing is reachable until the node runs (see `wait_ready`).
         """
         if topology not in TOPOLOGIES:
-            raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}")
+            raise ConfigError(None, "topology", f"must be one of {', '.join(TOPOLOGIES)}")
         capacity = self.network.num_addresses - FIRST_HOST_OCTET - 1
         if not 1 <= n_hosts <= min(MAX_HOSTS, capacity):
-            raise ValueError(f"--hosts must be between 1 and {min(MAX_HOSTS, capacity)}")
+            limit = min(MAX_HOSTS, capacity)
+            raise ConfigError(None, "--hosts", f"must be between 1 and {limit}")
         if self.topology not in (None, topology):
             self.down()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)

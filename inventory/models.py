@@ -13,6 +13,17 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _INTERFACE = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}")
+_PATH = re.compile(r"[A-Za-z0-9_./~+-]{1,255}")
+
+
+def normalized_address(text: str) -> str:
+    """An address as one spelling: an IP address in its canonical form, a host name in lower
+    case (DNS names are case-insensitive, so `LOCALHOST` is `localhost`)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text.lower()
 
 
 def is_valid_address(text: str) -> bool:
@@ -36,7 +47,7 @@ class Host(BaseModel):
     name: str
     address: str
     user: str = "root"
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int = Field(default=22, ge=1, le=65535, strict=True)
     key_file: Path | None = None
     interface: str | None = None
     python: str = "python3"
@@ -55,7 +66,7 @@ class Host(BaseModel):
     def _address_is_valid(cls, address: str) -> str:
         if not is_valid_address(address):
             raise ValueError(f"{address!r} is neither an IP address nor a host name")
-        return address
+        return normalized_address(address)
 
     @field_validator("user")
     @classmethod
@@ -73,6 +84,34 @@ class Host(BaseModel):
             raise ValueError(f"{interface!r} is not a valid interface name (1-15 characters)")
         return interface
 
+    @field_validator("python")
+    @classmethod
+    def _python_is_a_command(cls, python: str) -> str:
+        if not _PATH.fullmatch(python):
+            raise ValueError(f"{python!r} is not a command or path (letters, digits, _ . / ~ + -)")
+        return python
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir_is_a_folder_of_its_own(cls, workdir: str) -> str:
+        parts = workdir.split("/")
+        if not _PATH.fullmatch(workdir) or not workdir.startswith("/") or ".." in parts:
+            raise ValueError(f"{workdir!r} must be an absolute path without '..'")
+        if workdir.rstrip("/") == "":
+            raise ValueError("must not be / (the code is unpacked there)")
+        return workdir
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_simple(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            for text in (key, value):
+                if not _LABEL.fullmatch(text):
+                    raise ValueError(
+                        f"{text!r}: label keys and values are 1-63 letters, digits, _ . : / -"
+                    )
+        return labels
+
 
 class DelayNode(BaseModel):
     """A kernel that forwards between the hosts and shapes each host's egress on their behalf.
@@ -86,6 +125,14 @@ class DelayNode(BaseModel):
     mailbox: Path
     interfaces: dict[str, str]
 
+    @field_validator("interfaces")
+    @classmethod
+    def _interfaces_are_names(cls, interfaces: dict[str, str]) -> dict[str, str]:
+        for name, interface in interfaces.items():
+            if not _INTERFACE.fullmatch(interface):
+                raise ValueError(f"{name}: {interface!r} is not a valid interface name")
+        return interfaces
+
 
 class Fleet(BaseModel):
     """A named set of hosts, how to verify their host keys, and where it was read from."""
@@ -95,10 +142,17 @@ class Fleet(BaseModel):
     name: str = "fleet"
     hosts: list[Host] = Field(min_length=1)
     known_hosts: Path | None = None
-    strict_host_keys: bool = True
-    connect_timeout: float = Field(default=10.0, gt=0)
+    strict_host_keys: bool = Field(True, strict=True)
+    connect_timeout: float = Field(default=10.0, gt=0, le=600, strict=True, allow_inf_nan=False)
     delay_node: DelayNode | None = None
     source: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, name: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise ValueError("must be 1-63 letters, digits, '-', '_' or '.', starting alphanumeric")
+        return name
 
     @model_validator(mode="after")
     def _names_and_addresses_unique(self) -> Fleet:

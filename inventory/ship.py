@@ -11,6 +11,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from inventory.errors import HostsUnreachable
 from inventory.models import Fleet, Host
 from inventory.ssh import FleetSSH, HostResult
 
@@ -28,11 +29,10 @@ def code_zip(patterns: tuple[str, ...]) -> bytes:
 
 
 def raise_on_failure(results: dict[str, HostResult], what: str) -> None:
-    """Raise ConnectionError naming every host whose result failed."""
+    """Raise HostsUnreachable naming every host whose result failed, with its reason."""
     bad = {name: r.error or r.stderr.strip() for name, r in results.items() if not r.ok}
     if bad:
-        details = "; ".join(f"{name}: {reason}" for name, reason in sorted(bad.items()))
-        raise ConnectionError(f"{what} on {len(bad)} host(s): {details}")
+        raise HostsUnreachable(what, bad)
 
 
 def ship_code(ssh: FleetSSH, fleet: Fleet, patterns: tuple[str, ...], name: str) -> dict[str, str]:

@@ -58,6 +58,11 @@ class Request(BaseModel):
     tree: Tree | None = None
     lease_s: float = Field(DEFAULT_LEASE_S, ge=0)
     """Seconds until the interface reverts unless renewed; 0 = never (apply only)."""
+    owner: str | None = Field(None, max_length=200)
+    """Who shapes: while one owner's shaping holds, another's apply, renew and reset are
+    refused (two controllers must not interleave profiles on one fleet)."""
+    force: bool = False
+    """Reset even what another owner shapes (a person putting a fleet back by hand)."""
 
     @field_validator("lease_s")
     @classmethod
@@ -98,6 +103,22 @@ class Agent:
         staging.write_text(json.dumps(state))
         staging.replace(self._path(ifname))
 
+    def _check_owner(self, ifname: str, state: dict | None, owner: str | None, force: bool) -> None:
+        """Refuse to touch `ifname` while another owner's shaping holds on it."""
+        if state is None or force or "tree" not in state:
+            return
+        holder, until = state.get("owner"), state.get("lease_until")
+        if holder is None or owner is None or holder == owner:
+            return
+        if until is not None and until <= time.time():
+            return
+        how_long = "until reset" if until is None else f"for {until - time.time():.0f} s more"
+        raise AgentError(
+            f"{ifname} is shaped by {holder} ({how_long}); another controller is using this "
+            "host. Wait for it, or put the host back by hand with `wanlab netem reset`",
+            "locked",
+        )
+
     def _revert(self, ifname: str, state: dict[str, Any]) -> None:
         shaper.restore(state["snapshot"])
         self._path(ifname).unlink(missing_ok=True)
@@ -116,10 +137,13 @@ class Agent:
             (self.state_dir / WATCHDOG_FILE).write_text(str(pid))
 
     # -- the verbs -------------------------------------------------------------------------------
-    def apply(self, ifname: str, tree: Tree, lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
-        """Shape `ifname` with `tree`, read it back, and take a lease (0 = none)."""
+    def apply(
+        self, ifname: str, tree: Tree, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None
+    ) -> dict[str, Any]:
+        """Shape `ifname` with `tree`, read it back, and take a lease (0 = none) for `owner`."""
         with self._locked():
             state = self._load(ifname)
+            self._check_owner(ifname, state, owner, force=False)
             fresh = state is None
             if fresh:
                 state = {"snapshot": shaper.snapshot(ifname)}
@@ -132,6 +156,7 @@ class Agent:
                 raise
             actual = shaper.read_tree(ifname)
             state["tree"] = tree.model_dump()
+            state["owner"] = owner
             state["lease_until"] = time.time() + lease_s if lease_s > 0 else None
             self._save(ifname, state)
             if lease_s > 0:
@@ -155,23 +180,28 @@ class Agent:
             "matches_applied": None if asked is None else tree == shaper.normalized(asked),
             "stats": shaper.read_stats(ifname),
             "lease_until": None if state is None else state.get("lease_until"),
+            "owner": None if state is None else state.get("owner"),
         }
 
-    def reset(self, ifname: str) -> dict[str, Any]:
+    def reset(self, ifname: str, owner: str | None = None, force: bool = False) -> dict[str, Any]:
         """Restore what was on `ifname` before wanlab; a no-op when nothing is applied."""
         with self._locked():
             state = self._load(ifname)
             if state is None:
                 return {"result": "clean"}
+            self._check_owner(ifname, state, owner, force)
             self._revert(ifname, state)
         return {"result": "restored"}
 
-    def renew(self, ifname: str, lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
+    def renew(
+        self, ifname: str, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None
+    ) -> dict[str, Any]:
         """Extend the lease of `ifname` to `lease_s` seconds from now."""
         with self._locked():
             state = self._load(ifname)
             if state is None or "tree" not in state:
                 raise AgentError(f"nothing is applied on {ifname}: no lease to renew", "no_lease")
+            self._check_owner(ifname, state, owner, force=False)
             state["lease_until"] = time.time() + lease_s
             self._save(ifname, state)
             self._hold_lease()
@@ -232,9 +262,11 @@ class Agent:
             if asked.verb == "apply":
                 if asked.tree is None:
                     raise AgentError("apply needs a tree", "input", 2)
-                answer.update(self.apply(ifname, asked.tree, asked.lease_s))
+                answer.update(self.apply(ifname, asked.tree, asked.lease_s, asked.owner))
             elif asked.verb == "renew":
-                answer.update(self.renew(ifname, asked.lease_s))
+                answer.update(self.renew(ifname, asked.lease_s, asked.owner))
+            elif asked.verb == "reset":
+                answer.update(self.reset(ifname, asked.owner, asked.force))
             else:
                 answer.update(getattr(self, asked.verb)(ifname))
         except AgentError as err:

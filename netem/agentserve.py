@@ -14,6 +14,7 @@ This process holds the leases of what it applied (no watchdog process): when its
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -37,7 +38,14 @@ class ProbeServers:
         from netem import probe
 
         if (bind, port) not in self.listening:
-            server = probe.open_server(bind, port)
+            try:
+                server = probe.open_server(bind, port)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                # Another agent on this host listens there already (an earlier controller's,
+                # which lives on while its leases run): it answers the same probe.
+                return {"ok": True, "port": port, "served_by": "another agent"}
             forever = float("inf")
             threading.Thread(
                 target=probe.serve_on, args=(server, forever, warmup_s), daemon=True

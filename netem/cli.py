@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inventory.cli import InventoryOption, JsonOption
+from inventory.errors import check_option
 from inventory.loader import load_inventory
 from netem.agent import DEFAULT_LEASE_S
 from netem.fleet import FleetNetem, load_target
@@ -21,7 +22,8 @@ from netem.fleet import dry_run as dry_run_commands
 from netem.units import format_rate
 
 app = typer.Typer(help="Shape the fleet's network: apply a profile or pair matrix, show, reset.")
-console = Console()
+MAX_LEASE_S = 7 * 24 * 3600.0
+console = Console(markup=False)  # user text (names, labels, paths) is never markup
 
 
 def _report(title: str, answers: dict[str, dict[str, Any]], as_json: bool) -> None:
@@ -61,6 +63,7 @@ def apply(
     as_json: JsonOption = False,
 ):
     """Shape every host, read the kernel's tree back and compare it with what was asked."""
+    check_option("--lease", lease, 0, MAX_LEASE_S)
     chosen = load_target(target)
     fleet = load_inventory(inventory)
     if dry_run:
@@ -88,7 +91,7 @@ def show(inventory: InventoryOption, as_json: JsonOption = False):
 def reset(inventory: InventoryOption, as_json: JsonOption = False):
     """Put every host's interface back as it was before wanlab; safe to run twice."""
     with FleetNetem(load_inventory(inventory)) as netem:
-        _report("netem reset", netem.reset(), as_json)
+        _report("netem reset", netem.reset(force=True), as_json)
 
 
 def probe(
@@ -101,6 +104,8 @@ def probe(
     as_json: JsonOption = False,
 ):
     """Measure RTT (median of many TCP round trips) and bulk throughput between host pairs."""
+    check_option("--seconds", seconds, 0, 600)
+    check_option("--count", count, 1, 100_000)
     fleet = load_inventory(inventory)
     names = [host.name for host in fleet.hosts]
     pairs = [(a, b) for a in names for b in names if a != b] if all_pairs else None

@@ -10,13 +10,16 @@ packages from a zip), so hosts only need Python with pyroute2 and pydantic.
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, HostsUnreachable
 from inventory.models import Fleet, Host
 from inventory.ship import ship_code
 from inventory.ssh import FleetSSH, Stream
@@ -28,6 +31,12 @@ from netem.probe import DEFAULT_PORT
 from netem.profile import Profile, load_profile_file, parse_profile
 from netem.tree import Tree, less_forwarding_delay, tc_commands, tree_for_profile, tree_for_routes
 
+
+def controller_identity() -> str:
+    """Who this controller is, as the hosts' agents record it: user@machine."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 Target = Profile | PairMatrix
 Requests = dict[str, dict[str, Any]]
 """Per host name, one agent request (or answer)."""
@@ -37,8 +46,12 @@ AGENT_CODE = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py", "inv
 def load_target(spec: str) -> Target:
     """A profile name / short form, or a TOML file holding a profile or a pair matrix."""
     path = Path(spec)
-    if spec.endswith(".toml") or path.is_file():
-        if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a name too long to be a file is a profile (or nothing)
+        is_file = False
+    if spec.endswith(".toml") or is_file:
+        if not is_file:
             raise ConfigError(spec, None, "no such profile or matrix file")
         return (
             load_pair_matrix_file(path)
@@ -80,6 +93,7 @@ class ServedAgents:
         self.pool = pool
         self.streams: dict[str, Stream] = {}
         self.pids: dict[str, int] = {}  # each agent's PID on its host
+        self.locks: dict[str, threading.Lock] = {}  # one request at a time per stream
 
     def start(self, names: list[str], timeout_s: float) -> None:
         """Start the agents of `names` that are not running yet; raises if one does not."""
@@ -88,10 +102,11 @@ class ServedAgents:
             host = self.ssh.fleet.host(name)
             argv = [host.python, "-m", "netem.agentserve"]
             self.streams[name] = self.ssh.open_stream(name, argv, {"PYTHONPATH": self.code[name]})
+            self.locks[name] = threading.Lock()
         ready = dict(zip(new, self.pool.map(lambda n: self._read(n, timeout_s), new), strict=True))
         bad = {name: answer.get("error") for name, answer in ready.items() if "ready" not in answer}
         if bad:
-            raise ConnectionError(f"the agent did not start on: {bad}")
+            raise HostsUnreachable("the agent did not start", bad)
         self.pids.update({name: answer["pid"] for name, answer in ready.items()})
 
     def _read(self, name: str, timeout_s: float) -> dict[str, Any]:
@@ -103,8 +118,9 @@ class ServedAgents:
 
     def _one(self, name: str, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         started = time.monotonic()
-        self.streams[name].send_line(json.dumps(request))
-        answer = self._read(name, timeout_s)
+        with self.locks[name]:
+            self.streams[name].send_line(json.dumps(request))
+            answer = self._read(name, timeout_s)
         return {**answer, "host": name, "seconds": round(time.monotonic() - started, 3)}
 
     def call(self, requests: Requests, timeout_s: float) -> Requests:
@@ -143,9 +159,10 @@ class FleetNetem:
     then revert the hosts by themselves.
     """
 
-    def __init__(self, fleet: Fleet, timeout_s: float = 60.0):
+    def __init__(self, fleet: Fleet, timeout_s: float = 60.0, owner: str | None = None):
         self.fleet = fleet
         self.timeout_s = timeout_s
+        self.owner = owner or controller_identity()
         self.ssh = FleetSSH(fleet)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts)))
         self.agents: ServedAgents | None = None
@@ -177,7 +194,7 @@ class FleetNetem:
         forwarding = self.node.forwarding() if self.node is not None else None
         requests = {}
         for name in names:
-            request = {"verb": verb, **fields}
+            request = {"verb": verb, "owner": self.owner, **fields}
             if self.node is not None:
                 request["interface"] = self.fleet.delay_node.interfaces[name]
             else:
@@ -218,13 +235,31 @@ class FleetNetem:
         """What every host's kernel holds, with counters and lease."""
         return self._shape("show")
 
-    def reset(self) -> Requests:
-        """Restore every host's interface to what it was before wanlab; safe to repeat."""
-        return self._shape("reset")
+    def reset(self, force: bool = False) -> Requests:
+        """Restore every host's interface to what it was before wanlab; safe to repeat. What
+        another owner shapes is left alone unless `force`."""
+        return self._shape("reset", force=force)
 
-    def renew(self, lease_s: float = DEFAULT_LEASE_S) -> Requests:
-        """Extend every host's lease to `lease_s` seconds from now."""
-        return self._shape("renew", lease_s=lease_s)
+    def held_by_others(self) -> dict[str, str]:
+        """Hosts whose shaping another owner holds now, with who and for how long."""
+        held = {}
+        for name, answer in self.show().items():
+            owner, until = answer.get("owner"), answer.get("lease_until")
+            live = until is None or until > time.time()
+            if answer.get("shaped") and owner not in (None, self.owner) and live:
+                how_long = "until reset" if until is None else f"for {until - time.time():.0f} s"
+                held[name] = f"shaped by {owner} ({how_long})"
+        return held
+
+    def renew(self, lease_s: float = DEFAULT_LEASE_S, names: list[str] | None = None) -> Requests:
+        """Extend every host's (or `names`') lease to `lease_s` seconds from now."""
+        return self._shape("renew", names, lease_s=lease_s)
+
+    def heartbeat(self, lease_s: float, names: list[str]) -> Heartbeat:
+        """Start renewing the leases of `names` every `lease_s` / 3 seconds; `stop()` it before
+        the reset. If this process dies, the renewals stop and the hosts revert within
+        `lease_s`."""
+        return Heartbeat(lambda: self.renew(lease_s, names), lease_s / 3)
 
     def probe(
         self,
@@ -254,3 +289,26 @@ class FleetNetem:
             answer = {key: value for key, value in answer.items() if key != "host"}
             out.append({**answer, "src": src, "dst": dst})
         return out
+
+
+class Heartbeat:
+    """Calls `renew` every `period_s` seconds in a thread until stopped."""
+
+    def __init__(self, renew, period_s: float):
+        self._stop = threading.Event()
+        self.failures: list[Requests] = []  # answers of renewals some host refused
+        self._thread = threading.Thread(
+            target=self._beat, args=(renew, period_s), name="lease-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self, renew, period_s: float) -> None:
+        while not self._stop.wait(period_s):
+            answers = renew()
+            if not all(answer.get("ok") for answer in answers.values()):
+                self.failures.append(answers)
+
+    def stop(self) -> None:
+        """Stop renewing (waits for a renewal in flight)."""
+        self._stop.set()
+        self._thread.join()

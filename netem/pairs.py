@@ -22,7 +22,7 @@ Pairs that no link names stay unshaped.
 
 from __future__ import annotations
 
-import tomllib
+import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,9 +97,22 @@ class PairMatrix(BaseModel):
             for dst in hosts:
                 shape = table.get((keys[src.name], keys[dst.name]))
                 if dst.name != src.name and shape is not None and not shape.is_default:
-                    row.append(Route(dst=dst.name, address=dst.address, shape=shape))
-            rows[src.name] = sorted(row, key=lambda r: tuple(map(int, r.address.split("."))))
+                    row.append(Route(dst=dst.name, address=_ipv4(dst, self.source), shape=shape))
+            rows[src.name] = sorted(row, key=lambda r: ipaddress.IPv4Address(r.address))
         return rows
+
+
+def _ipv4(host: Addressable, source: str | None) -> str:
+    """The host's address as IPv4: the shaper matches a destination by its IPv4 address."""
+    try:
+        return str(ipaddress.IPv4Address(host.address))
+    except ValueError:
+        raise ConfigError(
+            source,
+            f"host {host.name}",
+            f"is addressed as {host.address!r}; a pair matrix matches destinations by their IPv4 "
+            "address, so give the host's address as one",
+        ) from None
 
 
 def pair_matrix_from_data(data: dict[str, Any], source: str | None) -> PairMatrix:
@@ -150,6 +163,6 @@ def load_pair_matrix_file(path: str | Path) -> PairMatrix:
 def is_pair_matrix_document(path: str | Path) -> bool:
     """True when a TOML file holds a matrix (has [[link]] tables) rather than one profile."""
     try:
-        return "link" in tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+        return "link" in read_toml(Path(path))
+    except ConfigError:  # the profile loader then says what is wrong with the file
         return False

@@ -168,10 +168,12 @@ BUILTIN = {
 
 def parse_profile(text: str, source: str | None = None) -> Profile:
     """A built-in name or the short form: `10ms/1gbit`, `10ms`, `1gbit`, `10ms/loss=1%`."""
+    where = source or "profile"
+    if not text.isprintable():  # a newline or tab would split every command it is printed in
+        raise ConfigError(where, None, f"{text!r} holds a control character")
     text = text.strip()
     if text in BUILTIN:
         return BUILTIN[text]
-    where = source or "profile"
     if not text:
         raise ConfigError(where, None, "empty profile")
     fields: dict[str, str] = {}

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 
-_NUMBER = r"(?P<num>[0-9]+(?:\.[0-9]+)?)"
-_TIME = re.compile(_NUMBER + r"\s*(?P<unit>us|ms|s)$")
-_RATE = re.compile(_NUMBER + r"\s*(?P<unit>[kmgt]?)(?:bit|bps)$")
-_PERCENT = re.compile(_NUMBER + r"\s*%?$")
+# Matched whole (fullmatch): a `$` would also accept a trailing newline.
+_NUMBER = r"(?P<num>[0-9]{1,15}(?:\.[0-9]{1,15})?)"
+_TIME = re.compile(_NUMBER + r"\s*(?P<unit>us|ms|s)")
+_RATE = re.compile(_NUMBER + r"\s*(?P<unit>[kmgt]?)(?:bit|bps)")
+_PERCENT = re.compile(_NUMBER + r"\s*%?")
+MAX_TIME_MS = 3_600_000.0
+"""One hour: no network setting wanlab knows of delays a packet longer."""
+MAX_RATE_BPS = 10**13
 
 _TIME_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 _RATE_BPS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -18,11 +23,11 @@ def parse_time_ms(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a time: {value!r}")
     if isinstance(value, int | float):
-        return float(value)
-    match = _TIME.match(str(value).strip().lower())
+        return _bounded(float(value), MAX_TIME_MS, "a time", "ms")
+    match = _TIME.fullmatch(str(value).strip().lower())
     if not match:
         raise ValueError(f"not a time: {value!r} (write it like 10ms, 500us or 1s)")
-    return float(match["num"]) * _TIME_MS[match["unit"]]
+    return _bounded(float(match["num"]) * _TIME_MS[match["unit"]], MAX_TIME_MS, "a time", "ms")
 
 
 def parse_rate_bps(value: str | int) -> int:
@@ -30,11 +35,12 @@ def parse_rate_bps(value: str | int) -> int:
     if isinstance(value, bool):
         raise ValueError(f"not a rate: {value!r}")
     if isinstance(value, int):
-        return value
-    match = _RATE.match(str(value).strip().lower())
+        return round(_bounded(value, MAX_RATE_BPS, "a rate", "bit/s"))
+    match = _RATE.fullmatch(str(value).strip().lower())
     if not match:
         raise ValueError(f"not a rate: {value!r} (write it like 100mbit, 1gbit or 2.5gbit)")
-    return round(float(match["num"]) * _RATE_BPS[match["unit"]])
+    rate = float(match["num"]) * _RATE_BPS[match["unit"]]
+    return round(_bounded(rate, MAX_RATE_BPS, "a rate", "bit/s"))
 
 
 def parse_percent(value: str | int | float) -> float:
@@ -42,11 +48,17 @@ def parse_percent(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a percentage: {value!r}")
     if isinstance(value, int | float):
-        return float(value)
-    match = _PERCENT.match(str(value).strip())
+        return _bounded(float(value), 100.0, "a percentage", "%")
+    match = _PERCENT.fullmatch(str(value).strip())
     if not match:
         raise ValueError(f"not a percentage: {value!r} (write it like 0.1%)")
-    return float(match["num"])
+    return _bounded(float(match["num"]), 100.0, "a percentage", "%")
+
+
+def _bounded(value: float, high: float, what: str, unit: str) -> float:
+    if not math.isfinite(value) or not 0 <= value <= high:
+        raise ValueError(f"{what} must lie between 0 and {high:g} {unit}, not {value:g}")
+    return value
 
 
 def format_time(ms: float) -> str:

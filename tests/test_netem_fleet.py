@@ -99,3 +99,28 @@ def test_persistent_agents_shape_and_revert_when_the_session_dies(fleet):
     while _kinds(local) != ["noqueue", "noqueue"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _kinds(local) == ["noqueue", "noqueue"]
+
+
+def test_a_second_controller_is_refused_while_the_first_holds_the_fleet(fleet):
+    """The agents hold the lock: a second owner can neither reshape nor reset the hosts while
+    the first one's lease runs; the first one's reset or its lease's end releases them."""
+    inventory, local = fleet
+    with (
+        FleetNetem(inventory, owner="first") as first,
+        FleetNetem(inventory, owner="second") as second,
+    ):
+        assert all(a["ok"] for a in first.apply(load_target("300mbit"), lease_s=60).values())
+        refused = second.apply(load_target("100mbit"), lease_s=60)
+        assert {a["error_kind"] for a in refused.values()} == {"locked"}
+        assert all("shaped by first" in a["error"] for a in refused.values())
+        assert not any(a["ok"] for a in second.reset().values())
+        for i in range(2):  # the first controller's shaping is untouched
+            assert netem_tc.classes(local.host(i).netns, "eth0")["1:20"] == (300e6, 300e6)
+        assert set(second.held_by_others()) == {"h0", "h1"}
+        assert first.held_by_others() == {}
+        assert all(a["ok"] for a in first.apply(load_target("300mbit"), lease_s=1.5).values())
+        time.sleep(2.5)  # the first one's lease has run out: the hosts are free again
+        assert second.held_by_others() == {}
+        assert all(a["ok"] for a in second.apply(load_target("100mbit"), lease_s=60).values())
+        assert all(a["ok"] for a in second.reset().values())
+    assert _kinds(local) == ["noqueue", "noqueue"]

@@ -86,3 +86,12 @@ def test_the_last_record_of_a_cell_wins(tmp_path):
         ("other", "ok"),
     ]
     assert store.done_ids() == {"default|dp2|mb1|gpipe|ps|r0", "other"}
+
+
+def test_a_record_appended_after_a_torn_line_is_kept_whole(tmp_path):
+    good = json.dumps(new_record())
+    (tmp_path / "cells.jsonl").write_text(good + "\n" + good[:40])  # a crash cut the last line
+    store = ResultsStore(tmp_path)
+    store.append(CellRecord.model_validate(new_record("after")))
+    assert [r.cell_id for r in store.records()] == ["default|dp2|mb1|gpipe|ps|r0", "after"]
+    assert store.torn_lines == [2]

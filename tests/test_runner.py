@@ -137,6 +137,17 @@ def test_two_cell_matrix_end_to_end(local_fleet, wanlab, tmp_path):
     assert (out / "cells.parquet").exists() and (out / "matrix.toml").exists()
     assert root_kinds(local_fleet) == ["noqueue"] * 4  # every qdisc reset
     assert workers_left(local_fleet) == []
+    # No secret reaches an output: no line of the private key in what the run printed, wrote
+    # into its results folder, or left on the hosts; the host-key policy is recorded.
+    secret = [line for line in local_fleet.client_key.read_text().splitlines() if "---" not in line]
+    outputs = [result.stdout, result.stderr]
+    for folder in (out, local_fleet.directory / "work"):
+        outputs += [
+            p.read_bytes().decode(errors="replace") for p in folder.rglob("*") if p.is_file()
+        ]
+    assert not any(line in text for line in secret for text in outputs)
+    [run_info] = json.loads((out / "run.json").read_text())
+    assert run_info["strict_host_keys"] is True
 
 
 def test_interrupt_resets_hosts_then_resume_redoes_nothing(local_fleet, tmp_path):
@@ -194,3 +205,43 @@ def test_host_killed_mid_cell_fails_that_cell_only(local_fleet, tmp_path):
     assert second["params"]["dp_degree"] == 1 and second["status"] == "ok"
     assert root_kinds(local_fleet) == ["noqueue"] * 4
     assert workers_left(local_fleet) == []
+
+
+def test_controller_killed_mid_cell_hosts_revert_within_the_lease(local_fleet, tmp_path):
+    """SIGKILL leaves no clean-up to run: the hosts' agents must revert by themselves when the
+    heartbeat stops (lease 10 s here, the default is 30 s), and the ranks must end with their
+    SSH sessions; `--resume` then finishes the matrix."""
+    text = MATRIX.format(name="dead", profiles='["250mbit"]', dp=[2], iterations=30)
+    matrix = tmp_path / "dead.toml"
+    long_cell = text.replace("iterations = 30", "iterations = 100000")
+    matrix.write_text(long_cell.replace("cell_s = 120", "cell_s = 120\nlease_s = 10"))
+    out = tmp_path / "results"
+    cells = local_fleet.directory / "work" / "cells"
+    run = start_run(matrix, out)
+    try:
+
+        def training() -> bool:
+            logs = list(cells.glob("250mbit_dp2*/rank3/rank-3.jsonl"))
+            return bool(logs) and logs[0].read_text().count("\n") >= 2
+
+        wait_for(training, 240, "the cell's ranks training")
+        time.sleep(12)  # past the first lease: the heartbeat must have kept the hosts shaped
+        assert run.poll() is None and root_kinds(local_fleet) == ["htb"] * 4
+        run.kill()
+        killed = time.monotonic()
+        run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    wait_for(lambda: root_kinds(local_fleet) == ["noqueue"] * 4, 30, "every host reverted")
+    reverted_s = time.monotonic() - killed
+    print(f"hosts reverted {reverted_s:.1f} s after the controller was killed (lease 10 s)")
+    assert reverted_s <= 10 + 5
+    wait_for(lambda: workers_left(local_fleet) == [], 30, "no trainer process left")
+    assert records(out) == []
+    matrix.write_text(text)  # the same cell, fewer iterations
+    resumed = start_run(matrix, out, "--resume")
+    output, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, output
+    assert [c["status"] for c in records(out)] == ["ok"]
+    assert root_kinds(local_fleet) == ["noqueue"] * 4

@@ -138,6 +138,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             values = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(source, None, "no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(source, None, f"cannot be read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, None, f"not valid TOML: {exc}") from None
         values = {key.replace("-", "_"): value for key, value in values.items()}

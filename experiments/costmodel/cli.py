@@ -21,7 +21,7 @@ from experiments.costmodel.predict import measured_cells, predict_matrix, store_
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import ResultsStore
 from inventory.cli import JsonOption, console, print_table
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, check_option
 from inventory.loader import LOCAL, load_inventory
 from netem.pairs import PairMatrix
 from netem.units import parse_rate_bps, parse_time_ms
@@ -64,6 +64,7 @@ def predict(
     as_json: JsonOption = False,
 ):
     """Predict every cell's iteration time and its parts with the analytic cost model."""
+    check_option("--flops", flops, 0, 1e21, low_open=True)
     spec = load_matrix(matrix)
     native = _native(native_latency, native_rate)
     results = None

@@ -269,10 +269,23 @@ def load_results(directory: str | Path) -> Results:
     if not records and not expected_cells(spec):
         raise ConfigError(str(directory / CELLS), None, "holds no cell records")
     run_path = directory / "run.json"
-    runs = json.loads(run_path.read_text()) if run_path.is_file() else []
+    runs = _read_runs(run_path)
     cells = cells_frame(records, spec, read_predictions(directory))
     name = (spec.get("matrix") or {}).get("name") or directory.name
     return Results(directory, name, cells, points_frame(cells), spec_text, runs)
+
+
+def _read_runs(path: Path) -> list[dict]:
+    """`run.json`: the environment of each run into the folder (none if there is no file)."""
+    if not path.is_file():
+        return []
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(str(path), None, f"not readable as JSON: {error}") from None
+    if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+        raise ConfigError(str(path), None, "must be a list of objects, one per run")
+    return runs
 
 
 COMPARED = ["status", "iter_mean_s", "iter_std_s", "samples_s", "tokens_s", "slowdown"]

@@ -198,7 +198,12 @@ def _write_outputs(
 ) -> dict[str, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(str(out_dir), "-o", "exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ".wanlab-write-check").touch()
+        (out_dir / ".wanlab-write-check").unlink()
+    except OSError as error:
+        raise ConfigError(str(out_dir), "-o", f"cannot be written: {error.strerror}") from None
     written: dict[str, Path] = {}
     for name, frame in frames.items():
         if "csv" in formats:

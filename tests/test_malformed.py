@@ -1,0 +1,374 @@
+"""A catalogue of malformed and hostile input: every one gets one line naming the file (or the
+command line, or the environment) and the field, exit code 2, and no connection to any host.
+
+The real `wanlab` entry point runs in process with SSH connections forbidden (a connection
+attempt fails the test). The parsers of units, profiles and pair matrices are also fed
+generated input (hypothesis): whatever they are given, they answer with a value or a
+ConfigError, never another exception.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import paramiko
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments.cli import main
+from inventory.errors import ConfigError
+from netem.pairs import pair_matrix_from_data
+from netem.profile import parse_profile
+from netem.units import parse_percent, parse_rate_bps, parse_time_ms
+
+HOST = '[[hosts]]\nname = "a"\naddress = "198.18.9.1"\n'
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+
+# (case, inventory text, field named, words in the message)
+INVENTORIES = [
+    ("port-bool", HOST + "port = true\n", "hosts[0].port", "integer"),
+    ("port-text", HOST + 'port = "22"\n', "hosts[0].port", "integer"),
+    ("port-zero", HOST + "port = 0\n", "hosts[0].port", "greater than or equal"),
+    ("port-float", HOST + "port = 22.5\n", "hosts[0].port", "integer"),
+    ("timeout-inf", "[fleet]\nconnect_timeout = inf\n" + HOST, "fleet.connect_timeout", ""),
+    ("timeout-nan", "[fleet]\nconnect_timeout = nan\n" + HOST, "fleet.connect_timeout", ""),
+    ("timeout-huge", "[fleet]\nconnect_timeout = 1e9\n" + HOST, "fleet.connect_timeout", ""),
+    ("timeout-text", '[fleet]\nconnect_timeout = "5"\n' + HOST, "fleet.connect_timeout", ""),
+    ("strict-text", '[fleet]\nstrict_host_keys = "no"\n' + HOST, "fleet.strict_host_keys", ""),
+    ("fleet-markup", '[fleet]\nname = "[/x]"\n' + HOST, "fleet.name", "letters"),
+    ("label-markup", HOST + 'labels = { region = "[/x]" }\n', "hosts[0].labels", "label"),
+    ("label-newline", HOST + 'labels = { region = "w\\n" }\n', "hosts[0].labels", "label"),
+    ("workdir-empty", HOST + 'workdir = ""\n', "hosts[0].workdir", "absolute"),
+    ("workdir-root", HOST + 'workdir = "/"\n', "hosts[0].workdir", "must not be /"),
+    ("workdir-relative", HOST + 'workdir = "wanlab"\n', "hosts[0].workdir", "absolute"),
+    ("workdir-dotdot", HOST + 'workdir = "/tmp/../etc"\n', "hosts[0].workdir", "'..'"),
+    ("workdir-space", HOST + 'workdir = "/tmp/a b"\n', "hosts[0].workdir", "absolute"),
+    ("python-space", HOST + 'python = "python3 -c x"\n', "hosts[0].python", "command"),
+    ("python-subshell", HOST + 'python = "$(reboot)"\n', "hosts[0].python", "command"),
+    ("python-empty", HOST + 'python = ""\n', "hosts[0].python", "command"),
+    ("name-dash", '[[hosts]]\nname = "-oProxy"\naddress = "198.18.9.1"\n', "hosts[0].name", ""),
+    ("name-semicolon", '[[hosts]]\nname = "a;b"\naddress = "198.18.9.1"\n', "hosts[0].name", ""),
+    (
+        "address-dash",
+        '[[hosts]]\nname = "a"\naddress = "-oProxyCommand=x"\n',
+        "hosts[0].address",
+        "",
+    ),
+    ("address-subshell", '[[hosts]]\nname = "a"\naddress = "$(id)"\n', "hosts[0].address", ""),
+    ("address-backtick", '[[hosts]]\nname = "a"\naddress = "`id`"\n', "hosts[0].address", ""),
+    ("address-numeric", '[[hosts]]\nname = "a"\naddress = "1.2.3"\n', "hosts[0].address", ""),
+    ("address-int", '[[hosts]]\nname = "a"\naddress = 7\n', "hosts[0].address", "string"),
+    ("user-dash", HOST + 'user = "-oProxy"\n', "hosts[0].user", "not a valid"),
+    ("user-backtick", HOST + 'user = "`id`"\n', "hosts[0].user", "not a valid"),
+    ("interface-space", HOST + 'interface = "e th0"\n', "hosts[0].interface", "not a valid"),
+    ("interface-dot", HOST + 'interface = "."\n', "hosts[0].interface", "not a valid"),
+    (
+        "same-host-other-case",
+        HOST.replace("198.18.9.1", "LOCALHOST") + '[[hosts]]\nname = "b"\naddress = "localhost"\n',
+        "hosts[1].address",
+        "already used",
+    ),
+    (
+        "same-ip-other-spelling",
+        HOST.replace("198.18.9.1", "::1") + '[[hosts]]\nname = "b"\naddress = "0::0:1"\n',
+        "hosts[1].address",
+        "already used",
+    ),
+    ("key-not-private", HOST + 'key_file = "notakey"\n', "hosts[0].key_file", "not a private key"),
+    ("key-is-folder", HOST + 'key_file = "."\n', "hosts[0].key_file", "does not exist"),
+    ("hosts-empty", "hosts = []\n", "hosts", "at least one"),
+    ("defaults-not-table", 'defaults = "x"\n' + HOST, "defaults", "must be a table"),
+    (
+        "node-bad-interface",
+        '[fleet.delay_node]\nmailbox = "m"\ninterfaces = { a = "if b" }\n' + HOST,
+        "fleet.delay_node.interfaces",
+        "",
+    ),
+    (
+        "node-unknown-host",
+        '[fleet.delay_node]\nmailbox = "m"\ninterfaces = { a = "ifb0", z = "ifb1" }\n' + HOST,
+        "fleet.delay_node.interfaces",
+        "unknown host",
+    ),
+]
+
+GOOD_MATRIX = """
+[matrix]
+name = "t"
+[trainer]
+model = "tiny"
+batch = 4
+pipeline = 2
+iterations = 3
+[axes]
+profiles = ["default", "200mbit"]
+dp_degrees = [1, 2]
+"""
+
+# (case, matrix text, field named, words in the message)
+MATRICES = [
+    ("repeats-bool", GOOD_MATRIX.replace('"t"', '"t"\nrepeats = true'), "matrix.repeats", ""),
+    ("repeats-text", GOOD_MATRIX.replace('"t"', '"t"\nrepeats = "2"'), "matrix.repeats", ""),
+    ("dp-text", GOOD_MATRIX.replace("[1, 2]", '["1", "2"]'), "axes.dp_degrees[0]", "integer"),
+    ("dp-bool", GOOD_MATRIX.replace("[1, 2]", "[true]"), "axes.dp_degrees[0]", "integer"),
+    ("micro-float", GOOD_MATRIX + "micro_batches = [1.0]\n", "axes.micro_batches[0]", "integer"),
+    ("cell-inf", GOOD_MATRIX + "[timeouts]\ncell_s = inf\n", "timeouts.cell_s", ""),
+    ("cell-nan", GOOD_MATRIX + "[timeouts]\ncell_s = nan\n", "timeouts.cell_s", ""),
+    ("cell-text", GOOD_MATRIX + '[timeouts]\ncell_s = "60"\n', "timeouts.cell_s", ""),
+    ("lease-short", GOOD_MATRIX + "[timeouts]\nlease_s = 1\n", "timeouts.lease_s", ""),
+    ("lease-long", GOOD_MATRIX + "[timeouts]\nlease_s = 3600\n", "timeouts.lease_s", ""),
+    ("apply-negative", GOOD_MATRIX + "[timeouts]\napply_s = -1\n", "timeouts.apply_s", ""),
+    ("probe-count-zero", GOOD_MATRIX + "[probe]\ncount = 0\n", "probe.count", ""),
+    ("probe-count-text", GOOD_MATRIX + '[probe]\ncount = "5"\n', "probe.count", ""),
+    ("probe-seconds-inf", GOOD_MATRIX + "[probe]\nseconds = inf\n", "probe.seconds", ""),
+    ("probe-typo", GOOD_MATRIX + "[probe]\nsecs = 1\n", "probe.secs", "not permitted"),
+    (
+        "too-many-cells",
+        GOOD_MATRIX.replace('"t"', '"t"\nrepeats = 100\nmax_cells = 50'),
+        "axes",
+        "more than matrix.max_cells",
+    ),
+    (
+        "rate-310-digits",
+        GOOD_MATRIX.replace('"200mbit"', f'"{"9" * 310}bit"'),
+        "axes.profiles[1]",
+        "",
+    ),
+    ("rate-huge", GOOD_MATRIX.replace('"200mbit"', '"99999tbit"'), "axes.profiles[1]", "rate"),
+    ("delay-huge", GOOD_MATRIX.replace('"200mbit"', '"99999s"'), "axes.profiles[1]", "99999s"),
+    ("profile-newline", GOOD_MATRIX.replace('"200mbit"', '"200mbit\\n"'), "axes.profiles[1]", ""),
+    ("profiles-empty", GOOD_MATRIX.replace('["default", "200mbit"]', "[]"), "axes.profiles", ""),
+    ("batch-text", GOOD_MATRIX.replace("batch = 4", 'batch = "4x"'), "trainer.batch", ""),
+    (
+        "dtype-unknown",
+        GOOD_MATRIX.replace("iterations = 3", 'iterations = 3\ndtype = "fp8"'),
+        "trainer.dtype",
+        "",
+    ),  # fmt: skip
+]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The real `wanlab` entry point, in process, with every SSH connection forbidden."""
+
+    def no_connection(*_args, **_kwargs):
+        raise AssertionError("a host was contacted")
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", no_connection)
+    monkeypatch.setattr(sys, "argv", ["wanlab", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_one_line(stderr: str, where: str, field: str | None, words: str = "") -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    prefix = f"wanlab: error: {where}: " + (f"{field}: " if field else "")
+    assert lines[0].startswith(prefix), lines[0]
+    assert words in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(("case", "text", "field", "words"), INVENTORIES,
+                         ids=[c[0] for c in INVENTORIES])  # fmt: skip
+def test_inventory(monkeypatch, capsys, tmp_path, case, text, field, words):
+    (tmp_path / "notakey").write_text("just some text\n")
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "netem", "apply", "1gbit", "-i", str(path))
+    assert code == 2 and stdout == "", stderr
+    assert_one_line(stderr, str(path), field, words)
+
+
+@pytest.mark.parametrize(("case", "text", "field", "words"), MATRICES,
+                         ids=[c[0] for c in MATRICES])  # fmt: skip
+def test_matrix(monkeypatch, capsys, tmp_path, case, text, field, words):
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    out = tmp_path / "results"
+    code, _, stderr = run_cli(monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "x")
+    assert code == 2, stderr
+    assert_one_line(stderr, str(path), field, words)
+    assert not out.exists()
+
+
+def good_inventory(tmp_path: Path) -> Path:
+    (tmp_path / "id").write_text(KEY)
+    path = tmp_path / "inventory.toml"
+    path.write_text(HOST + 'key_file = "id"\n[[hosts]]\nname = "b"\naddress = "198.18.9.2"\n')
+    return path
+
+
+# (case, command line with INV for a good inventory and TMP for the test's folder, field)
+OPTIONS = [
+    ("lease-negative", ["netem", "apply", "1gbit", "-i", "INV", "--lease", "-5"], "--lease"),
+    ("lease-inf", ["netem", "apply", "1gbit", "-i", "INV", "--lease", "inf"], "--lease"),
+    ("lease-nan", ["netem", "apply", "1gbit", "-i", "INV", "--lease", "nan"], "--lease"),
+    ("lease-text", ["netem", "apply", "1gbit", "-i", "INV", "--lease", "soon"], "'--lease'"),
+    ("probe-seconds", ["probe", "-i", "INV", "--seconds", "-1"], "--seconds"),
+    ("probe-count", ["probe", "-i", "INV", "--count", "0"], "--count"),
+    ("check-timeout", ["inventory", "check", "-i", "INV", "--timeout", "-1"], "--timeout"),
+    ("check-timeout-zero", ["inventory", "check", "-i", "INV", "--timeout", "0"], "--timeout"),
+    ("predict-flops-zero", ["predict", "MATRIX", "--flops", "0"], "--flops"),
+    ("predict-flops-negative", ["predict", "MATRIX", "--flops", "-1"], "--flops"),
+    ("predict-flops-nan", ["predict", "MATRIX", "--flops", "nan"], "--flops"),
+    ("predict-native-rate", ["predict", "MATRIX", "--native-rate", "fast"], "--native-latency"),
+    ("fleet-hosts-zero", ["fleet", "up", "--hosts", "0"], "--hosts"),
+    ("fleet-hosts-many", ["fleet", "up", "--hosts", "100000"], "--hosts"),
+    ("fleet-shaping", ["fleet", "up", "--shaping", "magic"], "--shaping"),
+    ("demo-shaping", ["demo", "--shaping", "magic"], "--shaping"),
+    ("unknown-option", ["netem", "show", "-i", "INV", "--colour"], None),
+    ("unknown-profile", ["netem", "apply", "d99x", "-i", "INV"], "profile"),
+    ("profile-loss", ["netem", "apply", "10ms/loss=200%", "-i", "INV"], "profile"),
+    ("run-out-is-a-file", ["run", "MATRIX", "-i", "INV", "-o", "INV", "--dry-run"], "-o"),
+    ("report-no-folder", ["report", "TMP/nothing"], None),
+    ("report-out-in-proc", ["report", "RESULTS", "-o", "/proc/wanlab"], "-o"),
+]
+
+
+def results_folder(tmp_path: Path, cells: str, run_json: str | None = None) -> Path:
+    folder = tmp_path / "results"
+    folder.mkdir(exist_ok=True)
+    (folder / "cells.jsonl").write_text(cells)
+    if run_json is not None:
+        (folder / "run.json").write_text(run_json)
+    return folder
+
+
+@pytest.mark.parametrize(("case", "argv", "field"), OPTIONS, ids=[c[0] for c in OPTIONS])
+def test_command_line(monkeypatch, capsys, tmp_path, case, argv, field):
+    monkeypatch.setenv("WANLAB_HOME", str(tmp_path / "home"))
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(GOOD_MATRIX)
+    results = results_folder(tmp_path, json.dumps({"cell_id": "x"}) + "\n")
+    names = {"INV": str(good_inventory(tmp_path)), "MATRIX": str(matrix), "TMP": str(tmp_path),
+             "RESULTS": str(results)}  # fmt: skip
+    argv = [names.get(arg, arg).replace("TMP", str(tmp_path)) for arg in argv]
+    code, _, stderr = run_cli(monkeypatch, capsys, *argv)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("wanlab: error: "), lines[0]
+    if field:
+        assert field in lines[0], lines[0]
+
+
+# (case, cells.jsonl, run.json, field named)
+RESULTS = [
+    ("record-only-id", json.dumps({"cell_id": "x"}) + "\n", None, "line 1: params"),
+    ("record-not-object", "[1, 2]\n", None, "line 1"),
+    (
+        "record-bad-status",
+        json.dumps({"cell_id": "x", "status": "great", "params": {}, "trainer": {}}) + "\n",
+        None,
+        "line 1",
+    ),  # fmt: skip
+    ("run-json-corrupt", "", "{not json", None),
+    ("run-json-not-list", "", '{"a": 1}', None),
+]
+
+
+@pytest.mark.parametrize(("case", "cells", "run_json", "field"), RESULTS,
+                         ids=[c[0] for c in RESULTS])  # fmt: skip
+def test_results_folder(monkeypatch, capsys, tmp_path, case, cells, run_json, field):
+    folder = results_folder(tmp_path, cells, run_json)
+    (folder / "matrix.toml").write_text(GOOD_MATRIX)
+    code, _, stderr = run_cli(monkeypatch, capsys, "report", str(folder))
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert str(folder) in lines[0], lines[0]
+    if field:
+        assert field in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WANLAB_FLEET_SUBNET", "garbage"),
+        ("WANLAB_FLEET_SUBNET", "10.0.0.0/24"),
+        ("WANLAB_FLEET_SUBNET", "198.18.0.0/33"),
+        ("WANLAB_FLEET_PREFIX", "Bad!"),
+        ("WANLAB_FLEET_PREFIX", "waytoolongprefix"),
+    ],
+)
+def test_environment(monkeypatch, capsys, tmp_path, variable, value):
+    monkeypatch.setenv("WANLAB_HOME", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    code, _, stderr = run_cli(monkeypatch, capsys, "fleet", "status")
+    assert code == 2, stderr
+    assert_one_line(stderr, "environment", variable)
+
+
+def test_inventory_that_is_not_a_regular_file(monkeypatch, capsys, tmp_path):
+    for path in ("/proc/self/mem", str(tmp_path / ("x" * 300)), str(tmp_path)):
+        code, _, stderr = run_cli(monkeypatch, capsys, "inventory", "show", "-i", path)
+        assert code == 2, stderr
+        assert_one_line(stderr, path, None)
+
+
+# -- generated input: a value or a ConfigError/ValueError, never anything else ------------------
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_units_answer_any_text(text):
+    for parse in (parse_time_ms, parse_rate_bps, parse_percent):
+        try:
+            value = parse(text)
+        except ValueError:
+            continue
+        assert 0 <= value < float("inf")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans()))
+def test_units_answer_any_number(number):
+    for parse in (parse_time_ms, parse_percent):
+        try:
+            value = parse(number)
+        except ValueError:
+            continue
+        assert 0 <= value < float("inf") and not isinstance(number, bool)
+
+
+PROFILE_WORDS = st.sampled_from(
+    ["10ms", "1gbit", "loss=1%", "jitter=2ms", "d10b1", "default", "/", "=", "%", "ms", "9" * 40,
+     "-1ms", "inf", "nan", "\n", "[/x]", "rate=", "limit=5", "1e9bit"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(PROFILE_WORDS, max_size=5).map("".join), st.text(max_size=30)))
+def test_profile_parser_answers_any_text(text):
+    try:
+        parse_profile(text, source="profile")
+    except ConfigError as error:
+        assert error.file == "profile" and "\n" not in str(error).strip()
+
+
+LINK_VALUES = st.one_of(
+    st.text(max_size=8), st.integers(), st.floats(), st.booleans(), st.none(),
+    st.lists(st.integers(), max_size=2),
+)  # fmt: skip
+LINKS = st.dictionaries(
+    st.sampled_from(["src", "dst", "delay", "rate", "loss", "both_ways", "jitter", "x"]),
+    LINK_VALUES,
+    max_size=6,
+)
+
+
+DOCUMENTS = st.dictionaries(
+    st.sampled_from(["by", "link", "x"]), st.one_of(st.lists(LINKS, max_size=3), LINK_VALUES)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(DOCUMENTS)
+def test_pair_matrix_parser_answers_any_document(document):
+    try:
+        pair_matrix_from_data(document, "pairs.toml")
+    except ConfigError as error:
+        assert error.file == "pairs.toml"
