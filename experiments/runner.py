@@ -241,7 +241,9 @@ class MatrixRunner:
         """Apply the cell's network and compare the read-back; a failure's reason, or None."""
         started = time.monotonic()
         lease_s = self.spec.timeouts.lease_s
-        applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease_s)
+        # only the cell's own hosts: a host it does not use (or one that is lost) stays out
+        used = [host.name for host in place_ranks(self.spec.trainer_config(cell), self.fleet)]
+        applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease_s, names=used)
         shaped = [name for name, answer in applied.items() if answer.get("lease_until")]
         if shaped:
             self.heartbeat = netem.heartbeat(lease_s, shaped)

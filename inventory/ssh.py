@@ -109,6 +109,9 @@ class Stream:
         self.channel.close()
 
 
+KEEPALIVE_S = 5
+
+
 class FleetSSH:
     """Parallel SSH over a fleet, one reusable connection per host; use as a context manager."""
 
@@ -151,6 +154,13 @@ class FleetSSH:
                 client.load_system_host_keys()
             if self.fleet.strict_host_keys:
                 client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            connection.open()
+            # A host that drops off the network must not hold a caller for paramiko's default
+            # hour: opening a channel gives up after the connect timeout, and keepalives let a
+            # dead connection be noticed.
+            transport = client.get_transport()
+            transport.channel_timeout = self.fleet.connect_timeout
+            transport.set_keepalive(KEEPALIVE_S)
             self._connections[host.name] = connection
         return connection
 

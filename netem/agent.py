@@ -35,6 +35,7 @@ from netem.tree import Tree, tc_commands
 DEFAULT_STATE_DIR = Path("/run/wanlab/netem")
 DEFAULT_LEASE_S = 300.0
 WATCHDOG_POLL_S = 0.25
+LEASE_CHECK_S = 0.5
 WATCHDOG_FILE = "watchdog.pid"
 VERBS = ("apply", "show", "reset", "renew", "status")
 
@@ -82,6 +83,8 @@ class Agent:
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, watchdog: bool = False):
         self.state_dir = state_dir
         self.watchdog = watchdog
+        self._next_check = 0.0  # when revert_expired looks at the state folder again
+        self._running = 0  # leases running at its last look
 
     # -- the state folder: one JSON file per shaped interface, under one lock --------------------
     @contextmanager
@@ -161,6 +164,7 @@ class Agent:
             self._save(ifname, state)
             if lease_s > 0:
                 self._hold_lease()
+        self._next_check = 0.0  # a new lease: the next revert_expired looks afresh
         return {
             "result": result,
             "matches": actual == shaper.normalized(tree),
@@ -205,6 +209,7 @@ class Agent:
             state["lease_until"] = time.time() + lease_s
             self._save(ifname, state)
             self._hold_lease()
+        self._next_check = 0.0
         return {"lease_until": state["lease_until"]}
 
     def status(self, ifname: str) -> dict[str, Any]:
@@ -219,7 +224,15 @@ class Agent:
         }
 
     def revert_expired(self) -> int:
-        """Restore every interface whose lease has run out; how many leases still run."""
+        """Restore every interface whose lease has run out; how many leases still run.
+
+        Looks at the state folder at most every LEASE_CHECK_S (leases are seconds long), so a
+        loop may call it as often as it likes: on the delay node every look costs the one CPU
+        that also forwards the packets."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return self._running
+        self._next_check = now + LEASE_CHECK_S
         running = 0
         with self._locked():
             for path in self.state_dir.glob("*.json"):
@@ -235,6 +248,7 @@ class Agent:
                         path.unlink(missing_ok=True)
                 else:
                     running += 1
+        self._running = running
         return running
 
     def watch(self) -> None:

@@ -6,7 +6,9 @@ object per line: the agent's own (`{"verb": "apply", "interface": "eth0", "tree"
 "lease_s": 30}`, see `netem.agent`) and the probe's (`{"verb": "probe-serve", "bind": …,
 "port": …}` starts a probe server that lives as long as this process; `{"verb":
 "probe-measure", "to": …, "port": …, "count": …, "seconds": …}` measures), so probing costs no
-Python start-up either. Each answer is one line, `WANLAB-AGENT {…}`.
+Python start-up either. Each answer is one line, `WANLAB-AGENT {…}`, carrying the request's
+`id` when it had one (so an answer that comes after its asker gave up is never taken for the
+next one's).
 
 This process holds the leases of what it applied (no watchdog process): when its input ends
 (the controller is gone) it keeps going until every lease has run out, reverts, and exits.
@@ -87,7 +89,10 @@ def serve() -> int:
         if not line:
             break
         if line.strip():
-            print(MARK + json.dumps(answer(agent, probes, json.loads(line))), flush=True)
+            request = json.loads(line)
+            request_id = request.pop("id", None)
+            reply = answer(agent, probes, request)
+            print(MARK + json.dumps({**reply, "id": request_id}), flush=True)
     while agent.revert_expired():  # the controller is gone: the dead-man revert still fires
         time.sleep(POLL_S)
     return 0

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
 from inventory.errors import ConfigError, HostsUnreachable
 from inventory.models import Fleet, Host
 from inventory.ship import ship_code
@@ -84,8 +86,8 @@ def dry_run(fleet: Fleet, target: Target, exempt_ssh: bool = True) -> Requests:
 
 
 class ServedAgents:
-    """One persistent agent (`python -m netem.agentserve`) per host, over an SSH stream each,
-    started at a host's first request."""
+    """One persistent agent (`python -m netem.agentserve`) per host, over an SSH stream each
+    (`start` starts them; a request to a host not started yet starts its agent first)."""
 
     def __init__(self, ssh: FleetSSH, code: dict[str, str], pool: ThreadPoolExecutor):
         self.ssh = ssh
@@ -94,40 +96,83 @@ class ServedAgents:
         self.streams: dict[str, Stream] = {}
         self.pids: dict[str, int] = {}  # each agent's PID on its host
         self.locks: dict[str, threading.Lock] = {}  # one request at a time per stream
+        self.request_ids: dict[str, int] = {}  # the last request's id per stream
 
-    def start(self, names: list[str], timeout_s: float) -> None:
-        """Start the agents of `names` that are not running yet; raises if one does not."""
-        new = [name for name in names if name not in self.streams]
-        for name in new:
+    def start(self, names: list[str], timeout_s: float) -> dict[str, str]:
+        """Start the agents of `names` that are not running yet; why, per host whose agent
+        did not start."""
+        failed: dict[str, str] = {}
+        new = []
+        for name in names:
+            if name in self.streams:
+                continue
             host = self.ssh.fleet.host(name)
             argv = [host.python, "-m", "netem.agentserve"]
-            self.streams[name] = self.ssh.open_stream(name, argv, {"PYTHONPATH": self.code[name]})
+            try:
+                self.streams[name] = self.ssh.open_stream(
+                    name, argv, {"PYTHONPATH": self.code[name]}
+                )
+            except (OSError, EOFError, paramiko.SSHException) as error:
+                failed[name] = f"{type(error).__name__}: {error}"
+                continue
             self.locks[name] = threading.Lock()
+            new.append(name)
         ready = dict(zip(new, self.pool.map(lambda n: self._read(n, timeout_s), new), strict=True))
-        bad = {name: answer.get("error") for name, answer in ready.items() if "ready" not in answer}
-        if bad:
-            raise HostsUnreachable("the agent did not start", bad)
-        self.pids.update({name: answer["pid"] for name, answer in ready.items()})
+        for name, answer in ready.items():
+            if "ready" in answer:
+                self.pids[name] = answer["pid"]
+            else:
+                failed[name] = answer.get("error") or "no ready message"
+                self._forget(name)
+        return failed
 
-    def _read(self, name: str, timeout_s: float) -> dict[str, Any]:
-        try:
-            message = self.streams[name].read_message(AGENT_MARK, timeout_s)
-        except TimeoutError as error:
-            message = {"ok": False, "error": str(error), "error_kind": "transport"}
-        return message or {"ok": False, "error": "the agent ended", "error_kind": "transport"}
+    def _forget(self, name: str) -> None:
+        """Drop a host's stream (a later request starts a new agent there)."""
+        stream = self.streams.pop(name, None)
+        if stream is not None:
+            stream.close()
+
+    def _read(self, name: str, timeout_s: float, request_id: int | None = None) -> dict[str, Any]:
+        """The agent's next message (with `request_id`, skipping late answers to requests that
+        timed out before), or an error answer if none comes within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                left = max(deadline - time.monotonic(), 0.001)
+                message = self.streams[name].read_message(AGENT_MARK, left)
+            except TimeoutError as error:
+                return {"ok": False, "error": str(error), "error_kind": "transport"}
+            if message is None:
+                return {"ok": False, "error": "the agent ended", "error_kind": "transport"}
+            if message.pop("id", None) == request_id:
+                return message
 
     def _one(self, name: str, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         started = time.monotonic()
         with self.locks[name]:
-            self.streams[name].send_line(json.dumps(request))
-            answer = self._read(name, timeout_s)
+            self.request_ids[name] = request_id = self.request_ids.get(name, 0) + 1
+            try:
+                self.streams[name].send_line(json.dumps({**request, "id": request_id}))
+                answer = self._read(name, timeout_s, request_id)
+            except (OSError, EOFError, paramiko.SSHException) as error:  # the host is lost
+                answer = {"ok": False, "error": f"lost: {error}", "error_kind": "transport"}
+                self._forget(name)
         return {**answer, "host": name, "seconds": round(time.monotonic() - started, 3)}
 
     def call(self, requests: Requests, timeout_s: float) -> Requests:
-        """Every host's answer to its request, all hosts in parallel."""
-        self.start(list(requests), timeout_s)
-        futures = {n: self.pool.submit(self._one, n, r, timeout_s) for n, r in requests.items()}
-        return {name: future.result() for name, future in futures.items()}
+        """Every host's answer to its request, all hosts in parallel (a host whose agent
+        cannot be started answers with the reason)."""
+        failed = self.start(list(requests), timeout_s)
+        answers = {name: {"ok": False, "error": f"the agent did not start: {reason}",
+                          "error_kind": "transport", "host": name}
+                   for name, reason in failed.items()}  # fmt: skip
+        futures = {
+            n: self.pool.submit(self._one, n, r, timeout_s)
+            for n, r in requests.items()
+            if n not in failed
+        }
+        answers.update({name: future.result() for name, future in futures.items()})
+        return {name: answers[name] for name in requests}
 
     def close(self) -> None:
         """Close the streams; each agent then lives on only while its leases run."""
@@ -170,11 +215,17 @@ class FleetNetem:
         self.shapers: ServedAgents | NodeAgent | None = NodeAgent(self.node) if self.node else None
 
     def __enter__(self) -> FleetNetem:
-        code = ship_code(self.ssh, self.fleet, AGENT_CODE, "wanlab-netem")
-        self.agents = ServedAgents(self.ssh, code, self._pool)
-        if self.shapers is None:
-            self.shapers = self.agents
-            self.agents.start([host.name for host in self.fleet.hosts], self.timeout_s)
+        try:
+            code = ship_code(self.ssh, self.fleet, AGENT_CODE, "wanlab-netem")
+            self.agents = ServedAgents(self.ssh, code, self._pool)
+            self.shapers = self.shapers or self.agents
+            # Every host's agent starts now, so no later step (a cell's first probe) pays for it.
+            failed = self.agents.start([host.name for host in self.fleet.hosts], self.timeout_s)
+            if failed:
+                raise HostsUnreachable("the agent did not start", failed)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -184,8 +235,8 @@ class FleetNetem:
         self._pool.shutdown()
 
     def _shape(
-        self, verb: str, names: list[str] | None = None, trees: dict[str, Tree] | None = None,
-        **fields: Any,
+        self, verb: str, names: list[str] | None = None, timeout_s: float | None = None,
+        trees: dict[str, Tree] | None = None, **fields: Any,
     ) -> Requests:  # fmt: skip
         """Send `verb` (with each host's tree, if any) to the agents that shape `names`."""
         names = list(trees) if trees is not None else names
@@ -205,17 +256,24 @@ class FleetNetem:
                     tree = less_forwarding_delay(tree, forwarding)
                 request["tree"] = tree.model_dump(mode="json")
             requests[name] = request
-        return self.shapers.call(requests, self.timeout_s)
+        return self.shapers.call(requests, timeout_s or self.timeout_s)
 
     def apply(
-        self, target: Target, lease_s: float = DEFAULT_LEASE_S, exempt_ssh: bool = True
+        self,
+        target: Target,
+        lease_s: float = DEFAULT_LEASE_S,
+        exempt_ssh: bool = True,
+        names: list[str] | None = None,
     ) -> Requests:
-        """Shape every host (hosts with nothing to shape are reset); read back and lease.
+        """Shape every host, or those of `names` (hosts with nothing to shape are reset); read
+        back and lease.
 
         If any host fails, the hosts this call shaped are reset again, so the fleet is never
         left half-shaped.
         """
         trees = trees_for(target, self.fleet.hosts, exempt_ssh)
+        if names is not None:
+            trees = {name: tree for name, tree in trees.items() if name in names}
         shaped = {name: tree for name, tree in trees.items() if tree is not None}
         unshaped = [name for name, tree in trees.items() if tree is None]
         answers: Requests = {}
@@ -251,15 +309,22 @@ class FleetNetem:
                 held[name] = f"shaped by {owner} ({how_long})"
         return held
 
-    def renew(self, lease_s: float = DEFAULT_LEASE_S, names: list[str] | None = None) -> Requests:
+    def renew(
+        self,
+        lease_s: float = DEFAULT_LEASE_S,
+        names: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Requests:
         """Extend every host's (or `names`') lease to `lease_s` seconds from now."""
-        return self._shape("renew", names, lease_s=lease_s)
+        return self._shape("renew", names, timeout_s, lease_s=lease_s)
 
     def heartbeat(self, lease_s: float, names: list[str]) -> Heartbeat:
         """Start renewing the leases of `names` every `lease_s` / 3 seconds; `stop()` it before
         the reset. If this process dies, the renewals stop and the hosts revert within
-        `lease_s`."""
-        return Heartbeat(lambda: self.renew(lease_s, names), lease_s / 3)
+        `lease_s`. A host that does not answer a renewal within a period is given up on for
+        that beat, so one lost host never holds up the others' renewals."""
+        period_s = lease_s / 3
+        return Heartbeat(lambda: self.renew(lease_s, names, timeout_s=period_s), period_s)
 
     def probe(
         self,

@@ -245,3 +245,39 @@ def test_controller_killed_mid_cell_hosts_revert_within_the_lease(local_fleet, t
     assert resumed.returncode == 0, output
     assert [c["status"] for c in records(out)] == ["ok"]
     assert root_kinds(local_fleet) == ["noqueue"] * 4
+
+
+def test_host_unplugged_mid_cell_fails_that_cell_and_the_matrix_goes_on(local_fleet, tmp_path):
+    """h3's link goes down while its cell trains: the cell fails with a reason within its
+    timeout, the next cell (which does not need h3) runs, and once h3 is back its own agent has
+    put it back (its lease ran out: nobody could renew it)."""
+    text = MATRIX.format(name="unplug", profiles='["150mbit"]', dp=[2, 1], iterations=300)
+    text = text.replace("cell_s = 120", "cell_s = 120\napply_s = 10\nlease_s = 10")
+    matrix = tmp_path / "unplug.toml"
+    matrix.write_text(text)
+    out = tmp_path / "results"
+    cells = local_fleet.directory / "work" / "cells"
+    h3 = local_fleet.host(3).netns
+    run = start_run(matrix, out)
+    try:
+
+        def training() -> bool:
+            logs = list(cells.glob("150mbit_dp2*/rank3/rank-3.jsonl"))
+            return bool(logs) and logs[0].read_text().count("\n") >= 2
+
+        wait_for(training, 240, "rank 3 of the first cell training")
+        subprocess.run(["ip", "-n", h3, "link", "set", "eth0", "down"], check=True)
+        wait_for(lambda: len(records(out)) >= 1, 200, "the first cell's record")
+        subprocess.run(["ip", "-n", h3, "link", "set", "eth0", "up"], check=True)
+        output, _ = run.communicate(timeout=300)
+    finally:
+        subprocess.run(["ip", "-n", h3, "link", "set", "eth0", "up"], check=False)
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, output
+    first, second = records(out)
+    assert first["status"] == "failed" and first["reason"], first
+    assert first["timing"]["cell_s"] < 120 + 30
+    assert second["params"]["dp_degree"] == 1 and second["status"] == "ok", second
+    wait_for(lambda: workers_left(local_fleet) == [], 60, "no trainer process left")
+    wait_for(lambda: root_kinds(local_fleet) == ["noqueue"] * 4, 40, "every host put back")
