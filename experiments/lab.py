@@ -40,6 +40,7 @@ def lab_up(n_hosts: int, shaping: str = "auto", fleet: LocalFleet | None = None)
     """Bring up the local fleet (and its delay node if needed); return its inventory path.
     If any part fails, everything the lab had is removed before the error goes on."""
     fleet = fleet or LocalFleet()
+    fleet.check_size(n_hosts)  # bad input touches nothing: checked before any teardown
     mode = resolve_shaping(shaping)
     if mode == "host":
         if fleet.topology == "delay-node":

@@ -163,10 +163,7 @@ class LocalFleet:
         """
         if topology not in TOPOLOGIES:
             raise ConfigError(None, "topology", f"must be one of {', '.join(TOPOLOGIES)}")
-        capacity = self.network.num_addresses - FIRST_HOST_OCTET - 1
-        if not 1 <= n_hosts <= min(MAX_HOSTS, capacity):
-            limit = min(MAX_HOSTS, capacity)
-            raise ConfigError(None, "--hosts", f"must be between 1 and {limit}")
+        self.check_size(n_hosts)
         if self.topology not in (None, topology):
             self.down()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -191,6 +188,12 @@ class LocalFleet:
         if topology == "bridge":
             self.wait_ready()
         return self.inventory_path
+
+    def check_size(self, n_hosts: int) -> None:
+        """Refuse a host count the fleet's subnet (or wanlab) cannot hold, touching nothing."""
+        limit = min(MAX_HOSTS, self.network.num_addresses - FIRST_HOST_OCTET - 1)
+        if not 1 <= n_hosts <= limit:
+            raise ConfigError(None, "--hosts", f"must be between 1 and {limit}")
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until every host's sshd answers on port 22 and has recorded its PID."""

@@ -240,7 +240,9 @@ def results_folder(tmp_path: Path, cells: str, run_json: str | None = None) -> P
 
 
 @pytest.mark.parametrize(("case", "argv", "field"), OPTIONS, ids=[c[0] for c in OPTIONS])
-def test_command_line(monkeypatch, capsys, tmp_path, case, argv, field):
+def test_command_line(monkeypatch, capsys, tmp_path, case, argv, field, local_fleet):
+    """`local_fleet` is the session's fleet, which bad input must leave as it is."""
+    before = local_fleet.status()
     monkeypatch.setenv("WANLAB_HOME", str(tmp_path / "home"))
     matrix = tmp_path / "m.toml"
     matrix.write_text(GOOD_MATRIX)
@@ -255,6 +257,7 @@ def test_command_line(monkeypatch, capsys, tmp_path, case, argv, field):
     assert lines[0].startswith("wanlab: error: "), lines[0]
     if field:
         assert field in lines[0], lines[0]
+    assert local_fleet.status()["hosts"] == before["hosts"], "bad input touched the fleet"
 
 
 # (case, cells.jsonl, run.json, field named)
@@ -372,3 +375,39 @@ def test_pair_matrix_parser_answers_any_document(document):
         pair_matrix_from_data(document, "pairs.toml")
     except ConfigError as error:
         assert error.file == "pairs.toml"
+
+
+@pytest.mark.parametrize("field", ["name", "address", "user", "python", "workdir", "interface"])
+def test_injection_through_a_remote_command_field_is_refused(monkeypatch, capsys, tmp_path, field):
+    """Every inventory field that reaches a remote command, given a shell payload that would
+    create a marker file: refused at load, and the marker never appears."""
+    marker = tmp_path / "injected"
+    values = {"name": "a", "address": "198.18.9.1", "user": "root", "python": "python3",
+              "workdir": "/tmp/wanlab", "interface": "eth0"}  # fmt: skip
+    values[field] = f"x;touch {marker}"
+    body = "".join(f'{key} = "{value}"\n' for key, value in values.items())
+    path = tmp_path / "inventory.toml"
+    path.write_text("[[hosts]]\n" + body)
+    code, _, stderr = run_cli(monkeypatch, capsys, "netem", "reset", "-i", str(path))
+    assert code == 2, stderr
+    assert_one_line(stderr, str(path), f"hosts[0].{field}")
+    assert not marker.exists()
+
+
+def test_hosts_out_of_reach_give_one_line_each_and_exit_1(monkeypatch, capsys, tmp_path):
+    """Nothing listens on port 1 of this machine's loopback: both hosts are out of reach."""
+    (tmp_path / "id").write_text(KEY)
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        '[fleet]\nconnect_timeout = 2\n[defaults]\nkey_file = "id"\nport = 1\n'
+        '[[hosts]]\nname = "a"\naddress = "127.0.0.1"\n'
+        '[[hosts]]\nname = "b"\naddress = "localhost"\n'
+    )
+    monkeypatch.setattr(sys, "argv", ["wanlab", "netem", "show", "-i", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and lines[0].startswith("wanlab: error: "), stderr
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["a", "b"], stderr
