@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Matched whole (fullmatch): a `$` would also accept a trailing newline.
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -15,6 +16,16 @@ _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _INTERFACE = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}")
 _PATH = re.compile(r"[A-Za-z0-9_./~+-]{1,255}")
+
+
+def _simple_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError("must be 1-63 letters, digits, '-', '_' or '.', starting alphanumeric")
+    return name
+
+
+SimpleName = Annotated[str, AfterValidator(_simple_name)]
+"""A host's or fleet's name: it reaches file names and remote commands."""
 
 
 def normalized_address(text: str) -> str:
@@ -44,7 +55,7 @@ class Host(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: SimpleName
     address: str
     user: str = "root"
     port: int = Field(default=22, ge=1, le=65535, strict=True)
@@ -53,13 +64,6 @@ class Host(BaseModel):
     python: str = "python3"
     workdir: str = "/tmp/wanlab"
     labels: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_simple(cls, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise ValueError("must be 1-63 letters, digits, '-', '_' or '.', starting alphanumeric")
-        return name
 
     @field_validator("address")
     @classmethod
@@ -139,20 +143,13 @@ class Fleet(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = "fleet"
+    name: SimpleName = "fleet"
     hosts: list[Host] = Field(min_length=1)
     known_hosts: Path | None = None
     strict_host_keys: bool = Field(True, strict=True)
     connect_timeout: float = Field(default=10.0, gt=0, le=600, strict=True, allow_inf_nan=False)
     delay_node: DelayNode | None = None
     source: Path | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_simple(cls, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise ValueError("must be 1-63 letters, digits, '-', '_' or '.', starting alphanumeric")
-        return name
 
     @model_validator(mode="after")
     def _names_and_addresses_unique(self) -> Fleet:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import math
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from netem import shaper
 from netem.probe import spawn_detached
@@ -57,20 +56,13 @@ class Request(BaseModel):
     verb: Literal["apply", "show", "reset", "renew", "status"]
     interface: str | None = None
     tree: Tree | None = None
-    lease_s: float = Field(DEFAULT_LEASE_S, ge=0)
+    lease_s: float = Field(DEFAULT_LEASE_S, ge=0, allow_inf_nan=False)
     """Seconds until the interface reverts unless renewed; 0 = never (apply only)."""
     owner: str | None = Field(None, max_length=200)
     """Who shapes: while one owner's shaping holds, another's apply, renew and reset are
     refused (two controllers must not interleave profiles on one fleet)."""
     force: bool = False
     """Reset even what another owner shapes (a person putting a fleet back by hand)."""
-
-    @field_validator("lease_s")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number of seconds")
-        return value
 
 
 class Agent:
@@ -106,21 +98,29 @@ class Agent:
         staging.write_text(json.dumps(state))
         staging.replace(self._path(ifname))
 
-    def _check_owner(self, ifname: str, state: dict | None, owner: str | None, force: bool) -> None:
-        """Refuse to touch `ifname` while another owner's shaping holds on it."""
-        if state is None or force or "tree" not in state:
-            return
+    @staticmethod
+    def _held_by_another(state: dict | None, owner: str | None) -> str | None:
+        """ "shaped by HOLDER (for N s more)" while a shaping another owner applied still holds;
+        None otherwise (nothing applied, no owner on either side, or the lease is over)."""
+        if state is None or "tree" not in state:
+            return None
         holder, until = state.get("owner"), state.get("lease_until")
         if holder is None or owner is None or holder == owner:
-            return
+            return None
         if until is not None and until <= time.time():
-            return
+            return None
         how_long = "until reset" if until is None else f"for {until - time.time():.0f} s more"
-        raise AgentError(
-            f"{ifname} is shaped by {holder} ({how_long}); another controller is using this "
-            "host. Wait for it, or put the host back by hand with `wanlab netem reset`",
-            "locked",
-        )
+        return f"shaped by {holder} ({how_long})"
+
+    def _check_owner(self, ifname: str, state: dict | None, owner: str | None, force: bool) -> None:
+        """Refuse to touch `ifname` while another owner's shaping holds on it."""
+        held = None if force else self._held_by_another(state, owner)
+        if held is not None:
+            raise AgentError(
+                f"{ifname} is {held}; another controller is using this host. Wait for it, or "
+                "put the host back by hand with `wanlab netem reset`",
+                "locked",
+            )
 
     def _revert(self, ifname: str, state: dict[str, Any]) -> None:
         shaper.restore(state["snapshot"])
@@ -172,8 +172,9 @@ class Agent:
             "lease_until": state["lease_until"],
         }
 
-    def show(self, ifname: str) -> dict[str, Any]:
-        """What the kernel holds on `ifname`, its counters, and the lease."""
+    def show(self, ifname: str, owner: str | None = None) -> dict[str, Any]:
+        """What the kernel holds on `ifname`, its counters, the lease, and whether an owner
+        other than `owner` holds it."""
         tree = shaper.read_tree(ifname)
         state = self._load(ifname)
         asked = None if state is None or "tree" not in state else Tree.model_validate(state["tree"])
@@ -185,6 +186,7 @@ class Agent:
             "stats": shaper.read_stats(ifname),
             "lease_until": None if state is None else state.get("lease_until"),
             "owner": None if state is None else state.get("owner"),
+            "held_by_another": self._held_by_another(state, owner),
         }
 
     def reset(self, ifname: str, owner: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -281,6 +283,8 @@ class Agent:
                 answer.update(self.renew(ifname, asked.lease_s, asked.owner))
             elif asked.verb == "reset":
                 answer.update(self.reset(ifname, asked.owner, asked.force))
+            elif asked.verb == "show":
+                answer.update(self.show(ifname, asked.owner))
             else:
                 answer.update(getattr(self, asked.verb)(ifname))
         except AgentError as err:

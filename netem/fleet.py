@@ -300,14 +300,10 @@ class FleetNetem:
 
     def held_by_others(self) -> dict[str, str]:
         """Hosts whose shaping another owner holds now, with who and for how long."""
-        held = {}
-        for name, answer in self.show().items():
-            owner, until = answer.get("owner"), answer.get("lease_until")
-            live = until is None or until > time.time()
-            if answer.get("shaped") and owner not in (None, self.owner) and live:
-                how_long = "until reset" if until is None else f"for {until - time.time():.0f} s"
-                held[name] = f"shaped by {owner} ({how_long})"
-        return held
+        answers = self.show()
+        return {
+            name: a["held_by_another"] for name, a in answers.items() if a.get("held_by_another")
+        }
 
     def renew(
         self,
@@ -361,7 +357,6 @@ class Heartbeat:
 
     def __init__(self, renew, period_s: float):
         self._stop = threading.Event()
-        self.failures: list[Requests] = []  # answers of renewals some host refused
         self._thread = threading.Thread(
             target=self._beat, args=(renew, period_s), name="lease-heartbeat", daemon=True
         )
@@ -369,9 +364,7 @@ class Heartbeat:
 
     def _beat(self, renew, period_s: float) -> None:
         while not self._stop.wait(period_s):
-            answers = renew()
-            if not all(answer.get("ok") for answer in answers.values()):
-                self.failures.append(answers)
+            renew()  # a host that misses a renewal reverts when its lease runs out
 
     def stop(self) -> None:
         """Stop renewing (waits for a renewal in flight)."""

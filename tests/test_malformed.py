@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-import paramiko
 import pytest
+from clirun import GOOD_MATRIX, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,19 +95,6 @@ INVENTORIES = [
     ),
 ]
 
-GOOD_MATRIX = """
-[matrix]
-name = "t"
-[trainer]
-model = "tiny"
-batch = 4
-pipeline = 2
-iterations = 3
-[axes]
-profiles = ["default", "200mbit"]
-dp_degrees = [1, 2]
-"""
-
 # (case, matrix text, field named, words in the message)
 MATRICES = [
     ("repeats-bool", GOOD_MATRIX.replace('"t"', '"t"\nrepeats = true'), "matrix.repeats", ""),
@@ -149,20 +136,6 @@ MATRICES = [
         "",
     ),  # fmt: skip
 ]
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The real `wanlab` entry point, in process, with every SSH connection forbidden."""
-
-    def no_connection(*_args, **_kwargs):
-        raise AssertionError("a host was contacted")
-
-    monkeypatch.setattr(paramiko.SSHClient, "connect", no_connection)
-    monkeypatch.setattr(sys, "argv", ["wanlab", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def assert_one_line(stderr: str, where: str, field: str | None, words: str = "") -> None:

@@ -2,92 +2,75 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import GOOD_MATRIX, run_cli
 
-from experiments.cli import main
 from experiments.matrix import load_matrix
 
 MATRICES = Path(__file__).parent.parent / "experiments" / "matrices"
 
-GOOD = """
-[matrix]
-name = "t"
-[trainer]
-model = "tiny"
-batch = 4
-pipeline = 2
-iterations = 3
-[axes]
-profiles = ["default", "200mbit"]
-dp_degrees = [1, 2]
-"""
 
-# (case, text replacing or added to GOOD, field named, words in the message)
+# (case, text replacing or added to GOOD_MATRIX, field named, words in the message)
 MALFORMED = [
     ("syntax", "[axes\n", None, "not valid TOML"),
-    ("unknown-section", GOOD + "[axis]\nx = 1\n", "axis", "unknown section"),
+    ("unknown-section", GOOD_MATRIX + "[axis]\nx = 1\n", "axis", "unknown section"),
     (
         "no-profiles",
-        GOOD.replace('profiles = ["default", "200mbit"]', ""),
+        GOOD_MATRIX.replace('profiles = ["default", "200mbit"]', ""),
         "axes.profiles",
         "required",
     ),
-    ("unknown-profile", GOOD.replace('"200mbit"', '"d99x"'), "axes.profiles[1]", "d99x"),
+    ("unknown-profile", GOOD_MATRIX.replace('"200mbit"', '"d99x"'), "axes.profiles[1]", "d99x"),
     (
         "missing-profile-file",
-        GOOD.replace('"200mbit"', '"geo.toml"'),
+        GOOD_MATRIX.replace('"200mbit"', '"geo.toml"'),
         "axes.profiles[1]",
         "no such",
     ),
-    ("dp-zero", GOOD.replace("[1, 2]", "[1, 0]"), "axes.dp_degrees[1]", "at least 1"),
+    ("dp-zero", GOOD_MATRIX.replace("[1, 2]", "[1, 0]"), "axes.dp_degrees[1]", "at least 1"),
     (
         "micro-batch-divides",
-        GOOD + "micro_batches = [1, 3]\n",
+        GOOD_MATRIX + "micro_batches = [1, 3]\n",
         "axes.micro_batches[1]",
         "does not divide",
     ),
-    ("unknown-model", GOOD.replace('"tiny"', '"gpt5"'), "trainer.model", "unknown model"),
+    ("unknown-model", GOOD_MATRIX.replace('"tiny"', '"gpt5"'), "trainer.model", "unknown model"),
     (
         "per-cell-field",
-        GOOD.replace("batch = 4", "batch = 4\nmicro_batch = 2"),
+        GOOD_MATRIX.replace("batch = 4", "batch = 4\nmicro_batch = 2"),
         "trainer.micro_batch",
         "set per cell",
     ),
-    ("duplicate-profile", GOOD.replace('"200mbit"', '"default"'), "axes.profiles", "twice"),
+    ("duplicate-profile", GOOD_MATRIX.replace('"200mbit"', '"default"'), "axes.profiles", "twice"),
     (
         "repeats-zero",
-        GOOD.replace('name = "t"', 'name = "t"\nrepeats = 0'),
+        GOOD_MATRIX.replace('name = "t"', 'name = "t"\nrepeats = 0'),
         "matrix.repeats",
         "greater than or equal to 1",
     ),
-    ("unknown-engine", GOOD + 'engines = ["fastest"]\n', "axes.engines[0]", "should be 'gpipe'"),
-    ("probe-negative", GOOD + "[probe]\nseconds = -1\n", "probe.seconds", "greater than"),
-    ("timeout-zero", GOOD + "[timeouts]\ncell_s = 0\n", "timeouts.cell_s", "greater than 0"),
+    (
+        "unknown-engine",
+        GOOD_MATRIX + 'engines = ["fastest"]\n',
+        "axes.engines[0]",
+        "should be 'gpipe'",
+    ),
+    ("probe-negative", GOOD_MATRIX + "[probe]\nseconds = -1\n", "probe.seconds", "greater than"),
+    ("timeout-zero", GOOD_MATRIX + "[timeouts]\ncell_s = 0\n", "timeouts.cell_s", "greater than 0"),
     (
         "stages-exceed-layers",
-        GOOD.replace("pipeline = 2", "pipeline = 9"),
+        GOOD_MATRIX.replace("pipeline = 2", "pipeline = 9"),
         "trainer.pipeline",
         "layers",
     ),
     (
         "trainer-typo",
-        GOOD.replace("iterations = 3", "iteration = 3"),
+        GOOD_MATRIX.replace("iterations = 3", "iteration = 3"),
         "trainer.iteration",
         "not permitted",
     ),
 ]
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The real `wanlab` entry point, in process."""
-    monkeypatch.setattr(sys, "argv", ["wanlab", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("name", ["local-demo.toml", "seed-gpt3xl.toml"])
@@ -134,7 +117,7 @@ def test_cell_larger_than_fleet_rejected_before_any_host(
     monkeypatch, capsys, tmp_path, local_fleet
 ):
     path = tmp_path / "big.toml"
-    path.write_text(GOOD.replace("[1, 2]", "[1, 4]"))
+    path.write_text(GOOD_MATRIX.replace("[1, 2]", "[1, 4]"))
     out = tmp_path / "results"
     code, _, stderr = run_cli(monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "local")
     assert code == 2
@@ -146,7 +129,7 @@ def test_cell_larger_than_fleet_rejected_before_any_host(
 
 def test_dry_run_prints_plan_and_touches_nothing(monkeypatch, capsys, tmp_path, local_fleet):
     path = tmp_path / "m.toml"
-    path.write_text(GOOD)
+    path.write_text(GOOD_MATRIX)
     out = tmp_path / "results"
     code, stdout, _ = run_cli(
         monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "local", "--dry-run"
