@@ -40,7 +40,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from inventory.errors import ConfigError
-from inventory.loader import first_error, read_toml
+from inventory.loader import first_error
+from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from trainer.config import TrainerConfig, load_config
 

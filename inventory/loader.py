@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from pydantic import ValidationError
 
 from inventory.errors import ConfigError
 from inventory.models import Fleet
+from inventory.tomlfile import read_toml
 
 LOCAL = "local"
 _TOP_LEVEL = {"fleet", "defaults", "hosts"}
@@ -35,28 +35,6 @@ def first_error(error: ValidationError, file: str, prefix: str = "") -> ConfigEr
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
     return ConfigError(file, field or None, message)
-
-
-MAX_TOML_BYTES = 4 * 1024 * 1024
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning a missing, unreadable or malformed file into a ConfigError."""
-    try:
-        if not path.is_file():
-            raise ConfigError(str(path), None, "is not a file" if path.exists() else "no such file")
-        with path.open("rb") as stream:  # not read_text(): /proc files claim size 0
-            raw = stream.read(MAX_TOML_BYTES + 1)
-    except OSError as error:
-        raise ConfigError(str(path), None, f"cannot be read: {error.strerror}") from None
-    if len(raw) > MAX_TOML_BYTES:
-        raise ConfigError(str(path), None, f"larger than {MAX_TOML_BYTES} bytes")
-    try:
-        return tomllib.loads(raw.decode())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(path), None, f"not valid TOML: {error}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), None, "not a text file") from None
 
 
 def _resolve(value: Any, base: Path) -> Any:

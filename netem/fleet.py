@@ -42,7 +42,13 @@ def controller_identity() -> str:
 Target = Profile | PairMatrix
 Requests = dict[str, dict[str, Any]]
 """Per host name, one agent request (or answer)."""
-AGENT_CODE = ("netem/*.py", "inventory/__init__.py", "inventory/errors.py", "inventory/ports.py")
+# What runs on a host (the agent, its shaper and probes) and what those import; nothing else,
+# so a host needs no copy of wanlab (tests/test_ship.py imports each from the zip alone).
+AGENT_CODE = tuple(
+    [f"netem/{name}.py" for name in ("__init__", "agent", "agentserve", "pairs", "probe",
+                                     "profile", "shaper", "tree", "units")]
+    + [f"inventory/{name}.py" for name in ("__init__", "errors", "ports", "tomlfile")]
+)  # fmt: skip
 
 
 def load_target(spec: str) -> Target:
@@ -143,7 +149,9 @@ class ServedAgents:
             except TimeoutError as error:
                 return {"ok": False, "error": str(error), "error_kind": "transport"}
             if message is None:
-                return {"ok": False, "error": "the agent ended", "error_kind": "transport"}
+                said = self.streams[name].chatter[-1:]  # e.g. the agent's last traceback line
+                error = "the agent ended" + (f": {said[0].strip()}" if said else "")
+                return {"ok": False, "error": error, "error_kind": "transport"}
             if message.pop("id", None) == request_id:
                 return message
 

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from inventory.errors import ConfigError
-from inventory.loader import read_toml
+from inventory.tomlfile import read_toml
 from netem.profile import Profile, profile_from_fields
 
 _LINK_KEYS = {"src", "dst", "both_ways"}

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inventory.errors import ConfigError
-from inventory.loader import read_toml
+from inventory.tomlfile import read_toml
 from netem.units import format_rate, format_time, parse_percent, parse_rate_bps, parse_time_ms
 
 MTU_BYTES = 1500

@@ -16,10 +16,11 @@ from trainer_workers import launch_cli, one_data_parallel_step, pipeline_gradien
 from experiments.localranks import REPO, finish, free_port
 from inventory.errors import ConfigError
 from inventory.ports import port_open
+from trainer.__main__ import rendezvous_store
 from trainer.config import TrainerConfig, check_world, load_config
 from trainer.data import TokenSource
 from trainer.model import CONFIGS, GPT
-from trainer.netif import choose_iface, route_iface
+from trainer.netif import choose_iface, route_iface, store_address
 from trainer.partition import Stage, split_layers
 from trainer.worker import GO, MARK, START
 
@@ -201,6 +202,28 @@ def test_the_interface_is_the_flag_else_the_route_to_the_master(monkeypatch):
     assert choose_iface("veth7", "127.0.0.1") == "veth7"
     monkeypatch.setenv("WANLAB_IFACE", "eth9")
     assert choose_iface(None, "127.0.0.1") == "eth9"
+
+
+def test_the_rendezvous_store_listens_only_on_the_masters_address():
+    # torch's own store listens on every interface; 127.0.0.2 (loopback too, but another
+    # address) reaches a socket bound to 0.0.0.0 and must not reach this one.
+    port = free_port()
+    store = rendezvous_store(TrainerConfig(timeout_s=10), 0, 1, "127.0.0.1", port)
+    store.set("joined", "yes")
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                               text=True, check=True).stdout.split()  # fmt: skip
+    assert f"127.0.0.1:{port}" in listening, listening
+    assert port_open("127.0.0.1", port, timeout=2)
+    assert not port_open("127.0.0.2", port, timeout=2)
+    client = rendezvous_store(TrainerConfig(timeout_s=10), 1, 2, "127.0.0.1", port)
+    assert client.get("joined") == b"yes"
+
+
+def test_a_master_address_this_host_does_not_hold_binds_the_interfaces_own():
+    assert store_address("127.0.0.1", "lo") == "127.0.0.1"
+    # 198.18.255.254 is on no interface here (a master reached through NAT): the store binds to
+    # the address of the interface the trainer uses instead; nothing is sent to it.
+    assert store_address("198.18.255.254", "lo") == "127.0.0.1"
 
 
 @pytest.fixture

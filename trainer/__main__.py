@@ -102,6 +102,23 @@ def wait_for_store(addr: str, port: int, timeout_s: float) -> None:
         wait_listening(addr, port, timeout_s, poll_s=0.01)
 
 
+def rendezvous_store(cfg, rank: int, world_size: int, addr: str, port: int):
+    """The process group's TCP store. Rank 0's listens only on its fleet interface's address
+    (torch's own would listen on every interface); the others connect to it."""
+    import torch.distributed as dist
+
+    from trainer.netif import choose_iface, listening_socket, store_address
+
+    timeout = timedelta(seconds=cfg.timeout_s)
+    if rank != 0:
+        return dist.TCPStore(addr, port, world_size, False, timeout=timeout)
+    listener = listening_socket(store_address(addr, choose_iface(cfg.iface, addr)), port)
+    # detach(): the store owns the descriptor from here on (closing it would stop the store)
+    return dist.TCPStore(
+        addr, port, world_size, True, timeout=timeout, master_listen_fd=listener.detach()
+    )
+
+
 def run_rank(
     argv: list[str] | None,
     on_ready: Callable[[], None] | None = None,
@@ -129,7 +146,7 @@ def run_rank(
             wait_for_store(addr, port, cfg.timeout_s)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
-            init_method=f"tcp://{addr}:{port}",
+            store=rendezvous_store(cfg, rank, world_size, addr, port),
             rank=rank,
             world_size=world_size,
             timeout=timedelta(seconds=cfg.timeout_s),

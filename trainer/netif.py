@@ -37,6 +37,33 @@ def choose_iface(flag: str | None, master_addr: str) -> str:
     )
 
 
+def store_address(master_addr: str, iface: str) -> str:
+    """The address rank 0's rendezvous store listens on: the master address when this host holds
+    it, else the first IPv4 address of `iface` (a master reached through NAT, say)."""
+    ip = socket.gethostbyname(master_addr)
+    with IPRoute() as ipr:
+        if ipaddress.ip_address(ip).is_loopback or ipr.get_addr(address=ip):
+            return ip
+        links = ipr.link_lookup(ifname=iface)
+        held = ipr.get_addr(family=socket.AF_INET, index=links[0]) if links else []
+    if not held:
+        raise OSError(f"interface {iface!r} holds no IPv4 address for the rendezvous store")
+    return held[0].get_attr("IFA_ADDRESS")
+
+
+def listening_socket(address: str, port: int) -> socket.socket:
+    """A TCP socket bound to `address` only and listening (for the store to take over)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def export_iface(iface: str) -> None:
     """Tell gloo and NCCL to use `iface` (else gloo may resolve the hostname to 127.0.0.1)."""
     for var in SOCKET_IFNAME_VARS:
