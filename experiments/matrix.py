@@ -19,6 +19,11 @@ dp_degrees = [1, 2]
 micro_batches = [1]
 engines = ["gpipe"]
 dp_modes = ["ps"]
+tcp = ["host", "ubuntu-2022", "big"]   # the hosts' TCP settings: as they are, presets, [tcp.*]
+
+[tcp.big]                  # a TCP setting of this matrix; fields left out stay as the host's
+rmem = [4096, 131072, 268435456]
+slow_start_after_idle = false
 
 [probe]                    # the brief network measurement stored with every cell
 seconds = 1.0
@@ -33,7 +38,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +49,13 @@ from inventory.errors import ConfigError
 from inventory.loader import first_error
 from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
+from netem.tcp import HOST, PRESETS, TcpSettings
 from trainer.config import TrainerConfig, load_config
 
-_TOP_LEVEL = ("matrix", "trainer", "axes", "probe", "timeouts")
+_TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "probe", "timeouts")
+_AXES = ("profiles", "tcp", "dp_degrees", "micro_batches", "engines", "dp_modes")
+_AXES_AS_CELL = ("profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode")
+_TCP_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
 DEFAULT_MAX_CELLS = 10_000
 _CELL_FIELDS = ("micro_batch", "dp_degree", "engine", "dp_mode", "out", "iface")
 
@@ -70,6 +80,8 @@ class Axes(BaseModel):
     micro_batches: list[StrictInt] = Field(default=[1], min_length=1)
     engines: list[str] = Field(default=["gpipe"], min_length=1)
     dp_modes: list[str] = Field(default=["ps"], min_length=1)
+    tcp: list[str] = Field(default=[HOST], min_length=1)
+    """The hosts' TCP settings: `host` (as they are), a preset of `netem.tcp`, or a [tcp.NAME]."""
 
 
 class ProbeSettings(BaseModel):
@@ -101,12 +113,15 @@ class Cell:
     engine: str
     dp_mode: str
     repeat: int
+    tcp: str = HOST
 
     @property
     def cell_id(self) -> str:
-        """Stable identifier, used to resume."""
+        """Stable identifier, used to resume (the hosts' own TCP adds nothing to it, so ids
+        from before the tcp axis still match)."""
+        tcp = "" if self.tcp == HOST else f"|tcp={self.tcp}"
         return (
-            f"{self.profile}|dp{self.dp_degree}|mb{self.micro_batch}|{self.engine}|"
+            f"{self.profile}{tcp}|dp{self.dp_degree}|mb{self.micro_batch}|{self.engine}|"
             f"{self.dp_mode}|r{self.repeat}"
         )
 
@@ -118,22 +133,19 @@ class Cell:
             "micro_batch": self.micro_batch,
             "engine": self.engine,
             "dp_mode": self.dp_mode,
+            "tcp": self.tcp,
             "repeat": self.repeat,
         }
 
 
 def matrix_cells(axes: Axes, repeats: int) -> list[Cell]:
     """Every cell of these axes, profiles outermost (so a profile is applied once for its
-    cells), repeats innermost: the one order the runner, `--resume` and the reports share."""
-    product = itertools.product(
-        axes.profiles,
-        axes.dp_degrees,
-        axes.micro_batches,
-        axes.engines,
-        axes.dp_modes,
-        range(repeats),
-    )
-    return [Cell(*values) for values in product]
+    cells), then TCP settings, repeats innermost: the one order the runner, `--resume` and the
+    reports share."""
+    product = itertools.product(*(getattr(axes, axis) for axis in _AXES), range(repeats))
+    return [
+        Cell(**dict(zip([*_AXES_AS_CELL, "repeat"], values, strict=True))) for values in product
+    ]
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,8 @@ class MatrixSpec:
     probe: ProbeSettings
     timeouts: Timeouts
     targets: dict[str, Target]
+    tcp: dict[str, TcpSettings | None] = field(default_factory=lambda: {HOST: None})
+    """Each TCP setting of the axis: None for `host` (left as it is)."""
 
     def cells(self) -> list[Cell]:
         """Every cell, profiles outermost (so a profile is applied once for its cells)."""
@@ -214,14 +228,11 @@ def load_matrix(path: str | Path) -> MatrixSpec:
         for index, value in enumerate(getattr(axes, axis)):
             if value < 1:
                 raise ConfigError(file, f"axes.{axis}[{index}]", "must be at least 1")
-    for axis in ("profiles", "dp_degrees", "micro_batches", "engines", "dp_modes"):
+    for axis in _AXES:
         values = getattr(axes, axis)
         if len(set(values)) != len(values):
             raise ConfigError(file, f"axes.{axis}", "lists a value twice")
-    n_cells = header.repeats * math.prod(
-        len(getattr(axes, axis))
-        for axis in ("profiles", "dp_degrees", "micro_batches", "engines", "dp_modes")
-    )
+    n_cells = header.repeats * math.prod(len(getattr(axes, axis)) for axis in _AXES)
     if n_cells > header.max_cells:
         raise ConfigError(
             file, "axes", f"makes {n_cells} cells, more than matrix.max_cells = {header.max_cells}"
@@ -229,9 +240,35 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     targets = {
         spec: _resolve_profile(spec, path.parent, file, i) for i, spec in enumerate(axes.profiles)
     }
-    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets)
+    tcp = _tcp_settings(data.get("tcp", {}), axes.tcp, file)
+    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp)
     _check_cells(spec, file)
     return spec
+
+
+def _tcp_settings(tables: Any, axis: list[str], file: str) -> dict[str, TcpSettings | None]:
+    """The settings each value of the tcp axis names: `host`, a preset, or a [tcp.NAME] table."""
+    if not isinstance(tables, dict):
+        raise ConfigError(file, "tcp", "must be a table of [tcp.NAME] tables")
+    known: dict[str, TcpSettings | None] = {HOST: None, **PRESETS}
+    for name, table in tables.items():
+        where = f"tcp.{name}"
+        if not _TCP_NAME.fullmatch(name):
+            raise ConfigError(file, where, "a name is 1-40 lower-case letters, digits, '-_.'")
+        if name in known:
+            raise ConfigError(file, where, "is a built-in TCP setting; choose another name")
+        if not isinstance(table, dict):
+            raise ConfigError(file, where, "must be a table")
+        try:
+            known[name] = TcpSettings(**table)
+        except ValidationError as error:
+            raise first_error(error, file, prefix=where) from None
+    for index, name in enumerate(axis):
+        if name not in known:
+            choices = ", ".join(known)
+            raise ConfigError(file, f"axes.tcp[{index}]", f"unknown TCP setting {name!r} "
+                              f"(known: {choices})")  # fmt: skip
+    return {name: known[name] for name in axis}
 
 
 def _check_cells(spec: MatrixSpec, file: str) -> None:

@@ -36,6 +36,8 @@ class CellParams(BaseModel):
     engine: str
     dp_mode: str
     repeat: int = 0
+    tcp: str = "host"
+    """The hosts' TCP setting (`netem.tcp`): `host` leaves them as they are."""
 
     @model_validator(mode="before")
     @classmethod
@@ -73,6 +75,10 @@ class CellNetwork(BaseModel):
     setting: dict[str, Any] = {}
     """`experiments.runner.describe_target`: kind `profile` (its fields) or `pairs`."""
     applied: dict[str, dict[str, Any] | None] | None = None
+    tcp_setting: dict[str, Any] | None = None
+    """The TCP settings the cell set (`netem.tcp.TcpSettings`); None: the hosts' own."""
+    tcp: dict[str, dict[str, Any] | None] = {}
+    """Per host, its TCP settings as read back once the cell's were applied."""
     probe: list[dict[str, Any]] = []
     probe_from_earlier_cell: bool = False
 

@@ -1,12 +1,13 @@
 """Run an experiment matrix on a fleet, cell by cell.
 
 For every cell: hand the cell to the ranks' workers (they join their process group and build
-their stages), shape every host with the cell's profile, read the shaping back and compare,
-probe the network briefly (once per profile and run: later cells of the profile reuse it),
+their stages), shape every host with the cell's profile and set its TCP settings (or read them,
+where the cell leaves them as they are), read both back and compare, probe the network briefly
+(once per profile, TCP setting and run: later cells of the pair reuse it),
 let the ranks train, collect rank 0's timings, and reset.
 Each finished cell is appended to the results store at once; a failed cell is recorded with its
-reason and the matrix goes on. Whatever happens (failure, Ctrl-C), every host's qdisc is reset
-and every rank started is stopped before the runner returns.
+reason and the matrix goes on. Whatever happens (failure, Ctrl-C), every host's qdisc and TCP
+settings are reset and every rank started is stopped before the runner returns.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from inventory.models import Fleet
 from inventory.ssh import FleetSSH
 from netem.fleet import FleetNetem, Heartbeat, Target, controller_identity, trees_for
 from netem.profile import Profile
+from netem.tcp import TcpSettings
 
 
 @dataclass
@@ -79,7 +81,7 @@ class MatrixRunner:
         self.store = store
         self.console = console
         self.host_facts: dict[str, dict] = {}
-        self.probes: dict[str, list[dict]] = {}  # by profile: measured once per run
+        self.probes: dict[tuple[str, str], list[dict]] = {}  # by (profile, tcp), once per run
         self.heartbeat: Heartbeat | None = None  # renews the shaped hosts' leases
 
     def check_inputs(self, resume: bool = False) -> None:
@@ -130,7 +132,7 @@ class MatrixRunner:
         unreachable = [f["name"] for f in facts if not f["reachable"]]
         if unreachable:
             raise ConnectionError(f"unreachable before the run: {', '.join(unreachable)}")
-        keep = ("kernel", "python", "torch", "pyroute2", "cpus", "interface", "netem")
+        keep = ("kernel", "python", "torch", "pyroute2", "cpus", "interface", "netem", "tcp")
         self.host_facts = {f["name"]: {k: f.get(k) for k in keep} for f in facts}
         self.store.write_run_info(
             {
@@ -201,7 +203,10 @@ class MatrixRunner:
             matrix=self.spec.header.name,
             params=cell.params(),
             trainer=config.model_dump(mode="json", exclude={"out", "iface"}),
-            network=CellNetwork(setting=describe_target(self.spec.targets[cell.profile])),
+            network=CellNetwork(
+                setting=describe_target(self.spec.targets[cell.profile]),
+                tcp_setting=_tcp_setting(self.spec.tcp[cell.tcp]),
+            ),
             hosts=self.host_facts,
             started_at=_now(),
         )
@@ -238,35 +243,43 @@ class MatrixRunner:
             record.finish_timing()
 
     def _shape(self, cell: Cell, netem: FleetNetem, record: CellRecord) -> str | None:
-        """Apply the cell's network and compare the read-back; a failure's reason, or None."""
+        """Apply the cell's network and TCP settings and compare the read-back; a failure's
+        reason, or None."""
         started = time.monotonic()
         lease_s = self.spec.timeouts.lease_s
         # only the cell's own hosts: a host it does not use (or one that is lost) stays out
         used = [host.name for host in place_ranks(self.spec.trainer_config(cell), self.fleet)]
         applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease_s, names=used)
+        settings = self.spec.tcp[cell.tcp]
+        if settings is None:
+            tcp = netem.show_tcp(used)
+        else:
+            tcp = netem.apply_tcp(settings, lease_s=lease_s, names=used)
         shaped = [name for name, answer in applied.items() if answer.get("lease_until")]
-        if shaped:
-            self.heartbeat = netem.heartbeat(lease_s, shaped)
+        tcp_set = [name for name, answer in tcp.items() if answer.get("lease_until")]
+        if shaped or tcp_set:
+            self.heartbeat = netem.heartbeat(lease_s, shaped, tcp_set)
         record.timing.apply_s = time.monotonic() - started
         record.network.applied = {n: a.get("shaping") for n, a in applied.items()}
-        bad = {
-            n: a.get("error") or "read-back differs"
-            for n, a in applied.items()
+        record.network.tcp = {n: a.get("tcp") for n, a in tcp.items()}
+        failures = [
+            f"{what}{n}: {a.get('error') or 'read-back differs'}"
+            for what, answers in (("", applied), ("TCP settings on ", tcp))
+            for n, a in answers.items()
             if not a.get("ok") or a.get("matches") is False
-        }
-        if bad:
-            return "apply: " + "; ".join(f"{n}: {e}" for n, e in bad.items())
-        return None
+        ]
+        return "apply: " + "; ".join(failures) if failures else None
 
     def _probe_once(self, cell: Cell, config, netem: FleetNetem, record: CellRecord) -> None:
-        """Probe the shaped network, once per profile and run (the ranks join meanwhile: their
-        few small messages do not move a median RTT or a bulk window's rate)."""
+        """Probe the shaped network, once per profile, TCP setting and run (the ranks join
+        meanwhile: their few small messages do not move a median RTT or a bulk window's rate)."""
         started = time.monotonic()
-        if cell.profile not in self.probes:
-            self.probes[cell.profile] = self._probe(netem, config)
+        key = (cell.profile, cell.tcp)
+        if key not in self.probes:
+            self.probes[key] = self._probe(netem, config)
         else:
             record.network.probe_from_earlier_cell = True
-        record.network.probe = self.probes[cell.profile]
+        record.network.probe = self.probes[key]
         record.timing.probe_s = time.monotonic() - started
 
     def _probe(self, netem: FleetNetem, config) -> list[dict]:
@@ -278,6 +291,10 @@ class MatrixRunner:
         settings = self.spec.probe
         pair = [(hosts[0].name, hosts[1].name)]
         return netem.probe(pairs=pair, seconds=settings.seconds, count=settings.count)
+
+
+def _tcp_setting(settings: TcpSettings | None) -> dict | None:
+    return None if settings is None else settings.model_dump(mode="json", exclude_none=True)
 
 
 def cell_line(record: CellRecord, number: int, total: int) -> str:

@@ -32,6 +32,25 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     console.print(table)
 
 
+TCP_COLUMNS = {
+    "congestion_control": "cc",
+    "available_congestion_control": "available",
+    "rmem": "rmem",
+    "wmem": "wmem",
+    "adv_win_scale": "adv_win_scale",
+    "slow_start_after_idle": "slow_start_after_idle",
+    "initcwnd": "initcwnd",
+}
+
+
+def tcp_row(report: dict) -> dict:
+    """A host's TCP settings as one table row (lists as space-separated words)."""
+    row = {TCP_COLUMNS[k]: v for k, v in report["tcp"].items() if k in TCP_COLUMNS}
+    return {"name": report["name"]} | {
+        k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()
+    }
+
+
 def node_kernel_line(description: dict) -> str:
     """One line for the delay node's kernel: which, its version, and why it was chosen."""
     if not description.get("kernel"):
@@ -60,7 +79,8 @@ def inventory_check(
     as_json: JsonOption = False,
     timeout: Annotated[float, typer.Option(help="Seconds each host may take.")] = 20.0,
 ):
-    """SSH into every host in parallel: reachability, round trip, versions, qdisc support."""
+    """SSH into every host in parallel: reachability, round trip, versions, qdisc support, and
+    the TCP settings."""
     check_option("--timeout", timeout, 0, 3600, low_open=True)
     reports = check_fleet(load_inventory(inventory), timeout=timeout)
     if as_json:
@@ -82,6 +102,8 @@ def inventory_check(
             "error",
         ]
         print_table("inventory check", reports, columns)
+        tcp_rows = [tcp_row(report) for report in reports if "tcp" in report]
+        print_table("TCP settings", tcp_rows, ["name", *TCP_COLUMNS.values()])
         node_kernel = reports[0].get("node_kernel") if reports else None
         if node_kernel is not None:
             console.print(f"delay node kernel: {node_kernel_line(node_kernel)}", highlight=False)

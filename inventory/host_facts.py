@@ -3,6 +3,8 @@
 It is sent as `python -c SOURCE PEER INTERFACE` so nothing has to be installed on the host first.
 Kernel support for a qdisc kind is tested for real: the script adds one to the loopback device of a
 throwaway network namespace, which loads the module if it is loadable and touches nothing else.
+The host's TCP settings are read as `netem.tcp` reads them (initcwnd: the smallest of the routes
+out of the interface, 10 where a route sets none).
 """
 
 import importlib.metadata
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 
+KERNEL_INITCWND = 10
 QDISC_TRIALS = {
     "netem": ["delay", "1ms"],
     "htb": ["default", "1"],
@@ -55,6 +58,33 @@ def qdisc_supported(kind):
     return module_present(kind)
 
 
+def sysctl_words(name):
+    with open(f"/proc/sys/net/ipv4/{name}") as sysctl:
+        return sysctl.read().split()
+
+
+def tcp_settings(interface):
+    settings = {
+        "congestion_control": sysctl_words("tcp_congestion_control")[0],
+        "available_congestion_control": sysctl_words("tcp_available_congestion_control"),
+        "rmem": [int(word) for word in sysctl_words("tcp_rmem")],
+        "wmem": [int(word) for word in sysctl_words("tcp_wmem")],
+        "adv_win_scale": int(sysctl_words("tcp_adv_win_scale")[0]),
+        "slow_start_after_idle": sysctl_words("tcp_slow_start_after_idle") != ["0"],
+    }
+    routes = subprocess.run(
+        ["ip", "-o", "-4", "route", "show", "table", "main", "dev", interface or "lo"],
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    windows = []
+    for words in (route.split() for route in routes):
+        given = "initcwnd" in words and words[words.index("initcwnd") + 1]
+        windows.append(int(given) if given else KERNEL_INITCWND)
+    settings["initcwnd"] = min(windows) if windows else None
+    return settings
+
+
 def main():
     peer, configured = sys.argv[1], sys.argv[2]
     interface = configured or interface_towards(peer)
@@ -69,6 +99,7 @@ def main():
         "cpus": os.cpu_count(),
     }
     facts.update({kind: qdisc_supported(kind) for kind in QDISC_TRIALS})
+    facts["tcp"] = tcp_settings(interface)
     print(json.dumps(facts))
 
 

@@ -170,6 +170,7 @@ class LocalFleet:
         self.state_file.write_text(json.dumps({"topology": topology}))
         self.empty_home.mkdir(exist_ok=True)
         self._ensure_client_key()
+        netns.allow_every_congestion_control()  # so a TCP preset may choose any of them
         for host in self.existing_hosts():
             if host.index >= n_hosts:
                 self._remove_host(host)

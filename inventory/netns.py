@@ -66,6 +66,19 @@ def no_offloads(ifname: str, netns: str | None = None) -> None:
     subprocess.run([*prefix, "ethtool", "-K", ifname, *features], capture_output=True, check=True)
 
 
+def allow_every_congestion_control() -> None:
+    """Let network namespaces choose every congestion control this kernel has.
+
+    A namespace other than the machine's own may only choose those in
+    net.ipv4.tcp_allowed_congestion_control, which only the machine's own namespace can widen;
+    widening it changes no connection."""
+    sysctls = Path("/proc/sys/net/ipv4")
+    available = (sysctls / "tcp_available_congestion_control").read_text().split()
+    allowed = sysctls / "tcp_allowed_congestion_control"
+    if set(available) - set(allowed.read_text().split()):
+        allowed.write_text(" ".join(available))
+
+
 def remove_namespace(netns: str, outer: str | None = None) -> None:
     """End every process in `netns` (by PID), delete it, and wait for its veth's outer end."""
     if netns_exists(netns):

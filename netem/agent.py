@@ -1,15 +1,18 @@
 """The host agent: shape this machine's interfaces under a lease; one API behind three faces.
 
 `Agent` is the API: `apply(interface, tree, lease_s)`, `show`, `reset`, `renew`, `status`, and
-`revert_expired`. Per interface it keeps, in a state folder, what was there before wanlab
-touched it and when the lease of the current shaping runs out. Whoever holds the agent calls
-`revert_expired` often, so a controller that dies never leaves a host shaped:
+`revert_expired`; the host's TCP settings (`netem.tcp`) likewise, through `tcp_apply`,
+`tcp_show`, `tcp_renew` and `tcp_reset`. Per interface, and for the TCP settings, it keeps in
+a state folder what was there before wanlab touched it and when the lease runs out. Whoever
+holds the agent calls `revert_expired` often, so a controller that dies never leaves a host
+shaped (or its TCP changed):
 - `python -m netem.agent VERB …` (this module's `main`) runs one verb and leaves one watchdog
   process per state folder that holds its leases until none is left;
 - `python -m netem.agentserve`, the controller's persistent agent on each host, holds them in
   its own loop;
 - the delay node (`netem/delaynode.py`) holds them in its loop inside its kernel.
-Every face passes requests `{"verb": …, "interface": …, "tree": …, "lease_s": …}` to `handle`,
+Every face passes requests `{"verb": …, "interface": …, "tree": …, "lease_s": …}` (or, for the
+`tcp-*` verbs, `"tcp": …` instead of a tree) to `handle`,
 which answers with a JSON-able dict: `ok`, and on failure `error` and `error_kind`.
 """
 
@@ -27,8 +30,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from netem import shaper
+from netem import shaper, tcp
 from netem.probe import spawn_detached
+from netem.tcp import TcpSettings
 from netem.tree import Tree, tc_commands
 
 DEFAULT_STATE_DIR = Path("/run/wanlab/netem")
@@ -37,6 +41,8 @@ WATCHDOG_POLL_S = 0.25
 LEASE_CHECK_S = 0.5
 WATCHDOG_FILE = "watchdog.pid"
 VERBS = ("apply", "show", "reset", "renew", "status")
+TCP_VERBS = ("tcp-apply", "tcp-show", "tcp-reset", "tcp-renew")
+TCP_STATE = "host.tcp"  # the TCP settings' state (not *.json, which are interfaces')
 
 
 class AgentError(Exception):
@@ -53,9 +59,10 @@ class Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    verb: Literal["apply", "show", "reset", "renew", "status"]
+    verb: Literal["apply", "show", "reset", "renew", "status", *TCP_VERBS]
     interface: str | None = None
     tree: Tree | None = None
+    tcp: TcpSettings | None = None
     lease_s: float = Field(DEFAULT_LEASE_S, ge=0, allow_inf_nan=False)
     """Seconds until the interface reverts unless renewed; 0 = never (apply only)."""
     owner: str | None = Field(None, max_length=200)
@@ -89,20 +96,31 @@ class Agent:
     def _path(self, ifname: str) -> Path:
         return self.state_dir / f"{ifname}.json"
 
-    def _load(self, ifname: str) -> dict[str, Any] | None:
-        path = self._path(ifname)
+    @property
+    def _tcp_path(self) -> Path:
+        return self.state_dir / TCP_STATE
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.exists() else None
 
-    def _save(self, ifname: str, state: dict[str, Any]) -> None:
-        staging = self._path(ifname).with_suffix(".tmp")
+    @staticmethod
+    def _write(path: Path, state: dict[str, Any]) -> None:
+        staging = path.with_suffix(".tmp")
         staging.write_text(json.dumps(state))
-        staging.replace(self._path(ifname))
+        staging.replace(path)
+
+    def _load(self, ifname: str) -> dict[str, Any] | None:
+        return self._read(self._path(ifname))
+
+    def _save(self, ifname: str, state: dict[str, Any]) -> None:
+        self._write(self._path(ifname), state)
 
     @staticmethod
     def _held_by_another(state: dict | None, owner: str | None) -> str | None:
         """ "shaped by HOLDER (for N s more)" while a shaping another owner applied still holds;
         None otherwise (nothing applied, no owner on either side, or the lease is over)."""
-        if state is None or "tree" not in state:
+        if state is None or "lease_until" not in state:  # saved before applying: not held
             return None
         holder, until = state.get("owner"), state.get("lease_until")
         if holder is None or owner is None or holder == owner:
@@ -113,7 +131,7 @@ class Agent:
         return f"shaped by {holder} ({how_long})"
 
     def _check_owner(self, ifname: str, state: dict | None, owner: str | None, force: bool) -> None:
-        """Refuse to touch `ifname` while another owner's shaping holds on it."""
+        """Refuse to touch `ifname` (or the TCP settings) while another owner holds it."""
         held = None if force else self._held_by_another(state, owner)
         if held is not None:
             raise AgentError(
@@ -125,6 +143,10 @@ class Agent:
     def _revert(self, ifname: str, state: dict[str, Any]) -> None:
         shaper.restore(state["snapshot"])
         self._path(ifname).unlink(missing_ok=True)
+
+    def _revert_tcp(self, state: dict[str, Any]) -> None:
+        tcp.restore(state["originals"])
+        self._tcp_path.unlink(missing_ok=True)
 
     def _watchdog_pid(self) -> int | None:
         try:
@@ -225,6 +247,70 @@ class Agent:
             "watchdog_alive": pid is not None,
         }
 
+    # -- the TCP settings: the same lease and owner rules, one state file -----------------------
+    def tcp_apply(
+        self, ifname: str, settings: TcpSettings, lease_s: float, owner: str | None = None
+    ) -> dict[str, Any]:
+        """Set the TCP settings, keep the originals until reset or the lease (0 = none) ends,
+        and read them back."""
+        with self._locked():
+            state = self._read(self._tcp_path)
+            self._check_owner("the TCP settings", state, owner, force=False)
+            state = state or {"originals": {}}
+            try:
+                tcp.apply(ifname, settings, state["originals"])
+            except tcp.TcpError:
+                self._revert_tcp(state)  # as it was before wanlab, as a failed apply leaves it
+                raise
+            state["owner"] = owner
+            state["lease_until"] = time.time() + lease_s if lease_s > 0 else None
+            self._write(self._tcp_path, state)
+            if lease_s > 0:
+                self._hold_lease()
+        self._next_check = 0.0
+        actual = tcp.read(ifname)
+        asked = settings.model_dump(exclude_none=True)
+        return {
+            "tcp": actual.model_dump(mode="json"),
+            "matches": actual.model_dump(include=set(asked)) == asked,
+            "lease_until": state["lease_until"],
+        }
+
+    def tcp_show(self, ifname: str, owner: str | None = None) -> dict[str, Any]:
+        """The TCP settings as they are, the congestion controls this kernel has, and who
+        holds the settings wanlab changed."""
+        state = self._read(self._tcp_path)
+        return {
+            "tcp": tcp.read(ifname).model_dump(mode="json"),
+            "congestion_controls": tcp.congestion_controls(),
+            "changed": sorted(state["originals"].get("sysctls", {})) if state else [],
+            "lease_until": None if state is None else state.get("lease_until"),
+            "held_by_another": self._held_by_another(state, owner),
+        }
+
+    def tcp_reset(self, owner: str | None = None, force: bool = False) -> dict[str, Any]:
+        """Put back the TCP settings wanlab changed; a no-op when it changed none."""
+        with self._locked():
+            state = self._read(self._tcp_path)
+            if state is None:
+                return {"result": "clean"}
+            self._check_owner("the TCP settings", state, owner, force)
+            self._revert_tcp(state)
+        return {"result": "restored"}
+
+    def tcp_renew(self, lease_s: float, owner: str | None = None) -> dict[str, Any]:
+        """Extend the TCP settings' lease to `lease_s` seconds from now."""
+        with self._locked():
+            state = self._read(self._tcp_path)
+            if state is None or "lease_until" not in state:
+                raise AgentError("no TCP settings are applied: no lease to renew", "no_lease")
+            self._check_owner("the TCP settings", state, owner, force=False)
+            state["lease_until"] = time.time() + lease_s
+            self._write(self._tcp_path, state)
+            self._hold_lease()
+        self._next_check = 0.0
+        return {"lease_until": state["lease_until"]}
+
     def revert_expired(self) -> int:
         """Restore every interface whose lease has run out; how many leases still run.
 
@@ -237,15 +323,19 @@ class Agent:
         self._next_check = now + LEASE_CHECK_S
         running = 0
         with self._locked():
-            for path in self.state_dir.glob("*.json"):
-                state = json.loads(path.read_text())
-                lease_until = state.get("lease_until")
+            paths = [*self.state_dir.glob("*.json"), self._tcp_path]
+            for path in paths:
+                state = self._read(path)
+                lease_until = None if state is None else state.get("lease_until")
                 if lease_until is None:
                     continue
                 if time.time() >= lease_until:
                     try:
-                        self._revert(path.stem, state)
-                    except shaper.ShaperError as err:  # the interface is gone: nothing to hold
+                        if path == self._tcp_path:
+                            self._revert_tcp(state)
+                        else:
+                            self._revert(path.stem, state)
+                    except (shaper.ShaperError, tcp.TcpError) as err:  # gone: nothing to hold
                         print(f"agent: {path.stem}: {err}", file=sys.stderr)
                         path.unlink(missing_ok=True)
                 else:
@@ -275,7 +365,9 @@ class Agent:
         try:
             ifname = asked.interface or shaper.interface_for_default_route()
             answer["interface"] = ifname
-            if asked.verb == "apply":
+            if asked.verb in TCP_VERBS:
+                answer.update(self._tcp_verb(ifname, asked))
+            elif asked.verb == "apply":
                 if asked.tree is None:
                     raise AgentError("apply needs a tree", "input", 2)
                 answer.update(self.apply(ifname, asked.tree, asked.lease_s, asked.owner))
@@ -293,7 +385,20 @@ class Agent:
             answer.update(ok=False, error=str(err), error_kind="netem_unavailable")
         except shaper.ShaperError as err:
             answer.update(ok=False, error=str(err), error_kind="shaper")
+        except tcp.TcpError as err:
+            answer.update(ok=False, error=str(err), error_kind="tcp")
         return answer
+
+    def _tcp_verb(self, ifname: str, asked: Request) -> dict[str, Any]:
+        if asked.verb == "tcp-apply":
+            if asked.tcp is None:
+                raise AgentError("tcp-apply needs tcp settings", "input", 2)
+            return self.tcp_apply(ifname, asked.tcp, asked.lease_s, asked.owner)
+        if asked.verb == "tcp-renew":
+            return self.tcp_renew(asked.lease_s, asked.owner)
+        if asked.verb == "tcp-reset":
+            return self.tcp_reset(asked.owner, asked.force)
+        return self.tcp_show(ifname, asked.owner)
 
 
 # -- the one-shot face: `python -m netem.agent VERB [--interface IF] [--lease S] [--tree JSON]` --

@@ -3,8 +3,9 @@
 The controller resolves each host's tree here and sends it, as an agent request (see
 `netem.agent`), to whichever agent shapes that host: the host's own persistent agent
 (`python -m netem.agentserve` over SSH, `ServedAgents`) or, on a fleet with a delay node, the
-node's agent behind its mailbox (`NodeAgent`). Both answer `call(requests)`; probes always run
-in the hosts' own agents. The agent's code travels as one zip file per host (Python imports
+node's agent behind its mailbox (`NodeAgent`). Both answer `call(requests)`; probes and the
+hosts' TCP settings (`netem.tcp`, which belong to the host, not to its link) always go to the
+hosts' own agents. The agent's code travels as one zip file per host (Python imports
 packages from a zip), so hosts only need Python with pyroute2 and pydantic.
 """
 
@@ -31,6 +32,7 @@ from netem.delaynode import DelayNode
 from netem.pairs import PairMatrix, is_pair_matrix_document, load_pair_matrix_file
 from netem.probe import DEFAULT_PORT
 from netem.profile import Profile, load_profile_file, parse_profile
+from netem.tcp import TcpSettings
 from netem.tree import Tree, less_forwarding_delay, tc_commands, tree_for_profile, tree_for_routes
 
 
@@ -46,7 +48,7 @@ Requests = dict[str, dict[str, Any]]
 # so a host needs no copy of wanlab (tests/test_ship.py imports each from the zip alone).
 AGENT_CODE = tuple(
     [f"netem/{name}.py" for name in ("__init__", "agent", "agentserve", "pairs", "probe",
-                                     "profile", "shaper", "tree", "units")]
+                                     "profile", "shaper", "tcp", "tree", "units")]
     + [f"inventory/{name}.py" for name in ("__init__", "errors", "ports", "tomlfile")]
 )  # fmt: skip
 
@@ -302,9 +304,50 @@ class FleetNetem:
         return self._shape("show")
 
     def reset(self, force: bool = False) -> Requests:
-        """Restore every host's interface to what it was before wanlab; safe to repeat. What
-        another owner shapes is left alone unless `force`."""
-        return self._shape("reset", force=force)
+        """Restore every host's interface, and the TCP settings wanlab changed, to what they
+        were before wanlab; safe to repeat. What another owner holds is left alone unless
+        `force`. A host whose TCP settings could not be restored answers `ok` false."""
+        answers = self._shape("reset", force=force)
+        for name, answer in self._tcp("tcp-reset", force=force).items():
+            answers[name]["tcp"] = answer.get("result")
+            if not answer["ok"]:
+                answers[name].update(ok=False, error=f"TCP settings: {answer['error']}")
+        return answers
+
+    def _tcp(
+        self, verb: str, names: list[str] | None = None, timeout_s: float | None = None,
+        **fields: Any,
+    ) -> Requests:  # fmt: skip
+        """Send a `tcp-*` verb to the own agents of `names` (default: every host)."""
+        if names is None:
+            names = [host.name for host in self.fleet.hosts]
+        requests = {
+            name: {"verb": verb, "owner": self.owner, "interface": self.fleet.host(name).interface,
+                   **fields}
+            for name in names
+        }  # fmt: skip
+        return self.agents.call(requests, timeout_s or self.timeout_s)
+
+    def apply_tcp(
+        self,
+        settings: TcpSettings,
+        lease_s: float = DEFAULT_LEASE_S,
+        names: list[str] | None = None,
+    ) -> Requests:
+        """Set every host's (or `names'`) TCP settings under a lease and read them back; if any
+        host fails, the others are put back too."""
+        fields = {"tcp": settings.model_dump(mode="json", exclude_none=True), "lease_s": lease_s}
+        answers = self._tcp("tcp-apply", names, **fields)
+        applied = [name for name, answer in answers.items() if answer["ok"]]
+        if len(applied) < len(answers) and applied:
+            self._tcp("tcp-reset", applied)
+            for name in applied:
+                answers[name]["rolled_back"] = True
+        return answers
+
+    def show_tcp(self, names: list[str] | None = None) -> Requests:
+        """Every host's (or `names'`) TCP settings as they are, and its congestion controls."""
+        return self._tcp("tcp-show", names)
 
     def held_by_others(self) -> dict[str, str]:
         """Hosts whose shaping another owner holds now, with who and for how long."""
@@ -322,13 +365,23 @@ class FleetNetem:
         """Extend every host's (or `names`') lease to `lease_s` seconds from now."""
         return self._shape("renew", names, timeout_s, lease_s=lease_s)
 
-    def heartbeat(self, lease_s: float, names: list[str]) -> Heartbeat:
-        """Start renewing the leases of `names` every `lease_s` / 3 seconds; `stop()` it before
-        the reset. If this process dies, the renewals stop and the hosts revert within
-        `lease_s`. A host that does not answer a renewal within a period is given up on for
-        that beat, so one lost host never holds up the others' renewals."""
+    def heartbeat(
+        self, lease_s: float, names: list[str], tcp_names: list[str] | None = None
+    ) -> Heartbeat:
+        """Start renewing the shaping leases of `names` (and the TCP settings' of `tcp_names`)
+        every `lease_s` / 3 seconds; `stop()` it before the reset. If this process dies, the
+        renewals stop and the hosts revert within `lease_s`. A host that does not answer a
+        renewal within a period is given up on for that beat, so one lost host never holds
+        up the others' renewals."""
         period_s = lease_s / 3
-        return Heartbeat(lambda: self.renew(lease_s, names, timeout_s=period_s), period_s)
+
+        def renew() -> None:
+            if names:
+                self.renew(lease_s, names, timeout_s=period_s)
+            if tcp_names:
+                self._tcp("tcp-renew", tcp_names, timeout_s=period_s, lease_s=lease_s)
+
+        return Heartbeat(renew, period_s)
 
     def probe(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -16,16 +18,27 @@ from experiments.costmodel.network import (
     uniform_network,
 )
 from experiments.costmodel.simulate import explore, world_scenario
-from experiments.costmodel.workload import Workload, make_workload
+from experiments.costmodel.workload import (
+    Workload,
+    make_workload,
+    stage_params,
+    stage_tensor_sizes,
+)
 from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
 from trainer.config import TrainerConfig
 from trainer.model import CONFIGS
+from trainer.partition import Stage, split_layers
 
 
-def toy_workload(stages, replicas, micro, *, schedule="gpipe", dp_mode="ps", act=1.0, params=1.0):
-    """A workload with round numbers; FLOPs are unused when stage times are given."""
+def toy_workload(
+    stages, replicas, micro, *, schedule="gpipe", dp_mode="ps-star", act=1.0, params=1.0,
+    buckets=1, chunk=256 * 1024,
+):  # fmt: skip
+    """A workload with round numbers; FLOPs are unused when stage times are given. Each stage's
+    gradients (4 bytes per parameter) go in `buckets` equal buckets."""
     ones = np.ones(stages)
+    per_bucket = np.full(buckets, 4 * params / buckets)
     return Workload(
         n_stages=stages,
         n_replicas=replicas,
@@ -38,6 +51,8 @@ def toy_workload(stages, replicas, micro, *, schedule="gpipe", dp_mode="ps", act
         stage_params=ones * params,
         forward_flops=ones,
         backward_flops=2 * ones,
+        sync_buckets=tuple(per_bucket for _ in range(stages)),
+        chunk_bytes=chunk,
     )
 
 
@@ -170,11 +185,43 @@ def test_allreduce_moves_two_d_minus_1_over_d_of_the_gradients():
         2 * (d - 1) * alpha + 2 * (d - 1) / d * n / beta
     )
     no_latency = uniform_network(d, BUILTIN["default"], Native(latency_s=0.0, rate_bps=rate_bps))
-    ps = predict(toy_workload(1, d, 1, params=n / 4), times(1, 0.0, 0.0), no_latency)
+    star = predict(toy_workload(1, d, 1, params=n / 4), times(1, 0.0, 0.0), no_latency)
     ring0 = predict(
         toy_workload(1, d, 1, dp_mode="allreduce", params=n / 4), times(1, 0.0, 0.0), no_latency
     )
-    assert ps.parts["ps_sync"] / ring0.parts["allreduce"] == pytest.approx(d)
+    assert star.parts["ps_sync"] / ring0.parts["allreduce"] == pytest.approx(d)
+
+
+def test_chained_ps_costs_each_bucket_its_pipelined_reduce_and_broadcast():
+    d, n, alpha, rate_bps, chunk, buckets = 4, 4e6, 0.002, 8e8, 1e5, 5
+    net = uniform_network(d, BUILTIN["default"], Native(latency_s=alpha, rate_bps=rate_bps))
+    beta, size = rate_bps / 8, n / buckets
+    workload = toy_workload(1, d, 1, dp_mode="ps", params=n / 4, buckets=buckets, chunk=chunk)
+    result = predict(workload, times(1, 0.0, 0.0), net)
+    # per phase: the receives' notice, the first chunk through D − 1 hops, the rest behind it
+    phase = alpha + (d - 1) * (chunk / beta + alpha) + (size - chunk) / beta
+    assert result.parts["ps_sync"] == pytest.approx(buckets * 2 * phase)
+    assert phase == pytest.approx(d * alpha + (size + (d - 2) * chunk) / beta)
+
+
+def test_sharded_ps_sends_d_minus_1_over_d_of_the_gradients_per_host_and_phase():
+    d, n, rate_bps, chunk = 4, 4e6, 8e8, 1e5
+    net = uniform_network(d, BUILTIN["default"], Native(latency_s=0.0, rate_bps=rate_bps))
+    beta, size = rate_bps / 8, n / d  # one bucket per replica
+    workload = toy_workload(1, d, 1, dp_mode="sharded-ps", params=n / 4, buckets=d, chunk=chunk)
+    sharded = predict(workload, times(1, 0.0, 0.0), net)
+    phase = (d - 1) * chunk / beta + ((d - 1) * size - chunk) / beta
+    assert sharded.parts["ps_sync"] == pytest.approx(2 * phase)
+    central = predict(replace(workload, dp_mode="ps"), times(1, 0.0, 0.0), net)
+    assert central.parts["ps_sync"] == pytest.approx(d * 2 * (size + (d - 2) * chunk) / beta)
+
+
+def test_stage_tensor_sizes_are_the_stages_own_parameters():
+    for gpt in (CONFIGS["tiny"], replace(CONFIGS["tiny"], bias=False)):
+        layers = split_layers(gpt.n_layer, 3)
+        expected = [[p.numel() for p in Stage(gpt, s, 3).parameters()] for s in range(3)]
+        assert stage_tensor_sizes(gpt, layers) == expected
+        assert [sum(sizes) for sizes in expected] == list(stage_params(gpt, layers))
 
 
 def test_pair_matrix_hops_use_their_own_pair():
@@ -229,7 +276,7 @@ def test_reference_calibration_reproduces_the_reference_cell():
     assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
 
 
-@pytest.mark.parametrize("dp_mode", ["ps", "allreduce"])
+@pytest.mark.parametrize("dp_mode", ["ps", "sharded-ps", "ps-star", "allreduce"])
 def test_a_1024_host_world_scenario_gives_sensible_numbers(dp_mode):
     config = TrainerConfig(
         model="gpt3-xl", batch=64, pipeline=16, dp_degree=64, recompute=True, dp_mode=dp_mode

@@ -18,6 +18,8 @@ from pathlib import Path
 import netem_tc
 import pytest
 
+from netem.tcp import PRESETS
+
 MATRIX = """
 [matrix]
 name = "{name}"
@@ -281,3 +283,44 @@ def test_host_unplugged_mid_cell_fails_that_cell_and_the_matrix_goes_on(local_fl
     assert second["params"]["dp_degree"] == 1 and second["status"] == "ok", second
     wait_for(lambda: workers_left(local_fleet) == [], 60, "no trainer process left")
     wait_for(lambda: root_kinds(local_fleet) == ["noqueue"] * 4, 40, "every host put back")
+
+
+def host_tcp(fleet) -> dict[str, str]:
+    """Each host's TCP sysctls and routes, read inside its namespace."""
+    names = ["net.ipv4.tcp_congestion_control", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
+             "net.ipv4.tcp_slow_start_after_idle"]  # fmt: skip
+    read = {}
+    for host in fleet.existing_hosts():
+        argv = ["ip", "netns", "exec", host.netns, "sysctl", "-n", *names]
+        sysctls = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        routes = subprocess.run(["ip", "-n", host.netns, "route"], capture_output=True, text=True)
+        read[host.name] = sysctls + routes.stdout
+    return read
+
+
+def test_tcp_axis_sets_records_and_restores_the_hosts_tcp(local_fleet, wanlab, tmp_path):
+    matrix = write_matrix(tmp_path, "tcp", ["200mbit"], [1], iterations=3)
+    matrix.write_text(matrix.read_text().replace("[probe]", 'tcp = ["host", "tuned"]\n[probe]'))
+    out = tmp_path / "results"
+    before = host_tcp(local_fleet)
+    result = wanlab("run", str(matrix), "-o", str(out), "-i", "local", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    own, tuned = records(out)
+    assert [own["cell_id"], tuned["cell_id"]] == [
+        "200mbit|dp1|mb1|gpipe|ps|r0",
+        "200mbit|tcp=tuned|dp1|mb1|gpipe|ps|r0",
+    ]
+    assert (own["params"]["tcp"], tuned["params"]["tcp"]) == ("host", "tuned")
+    assert own["network"]["tcp_setting"] is None
+    assert tuned["network"]["tcp_setting"]["rmem"] == list(PRESETS["tuned"].rmem)
+    assert set(own["network"]["tcp"]) == set(tuned["network"]["tcp"]) == {"h0", "h1"}
+    for settings in tuned["network"]["tcp"].values():
+        assert settings == PRESETS["tuned"].model_dump(mode="json")
+    for name, settings in own["network"]["tcp"].items():
+        assert "\t".join(map(str, settings["rmem"])) in before[name]
+    assert host_tcp(local_fleet) == before  # put back after the cell
+    [run_info] = json.loads((out / "run.json").read_text())
+    assert all("congestion_control" in facts["tcp"] for facts in run_info["hosts"].values())
+    report = wanlab("report", str(out), "-o", str(tmp_path / "report"), "--format", "md")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "TCP tuned" in (tmp_path / "report" / "report.md").read_text()

@@ -19,6 +19,7 @@ from inventory.ports import port_open
 from trainer.__main__ import rendezvous_store
 from trainer.config import TrainerConfig, check_world, load_config
 from trainer.data import TokenSource
+from trainer.dataparallel import make_buckets
 from trainer.model import CONFIGS, GPT
 from trainer.netif import choose_iface, route_iface, store_address
 from trainer.partition import Stage, split_layers
@@ -80,32 +81,58 @@ def test_pipelined_loss_and_gradients_equal_the_full_models(tmp_path, n_stages):
             torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(tmp_path):
+# Every data-parallel mode, with the chains cut into many chunks (4 KiB) and with buckets; `ps`
+# and `sharded-ps` also on the backend's own reduce and broadcast (NCCL's path, here on gloo).
+SYNC_VARIANTS = [
+    ("ps", {"dp_mode": "ps", "ps_chunk_kb": 4}, False),
+    ("ps-buckets", {"dp_mode": "ps", "ps_bucket_mb": 0.05, "ps_chunk_kb": 16}, False),
+    ("sharded", {"dp_mode": "sharded-ps", "ps_chunk_kb": 4}, False),
+    ("ps-backend", {"dp_mode": "ps"}, True),
+    ("sharded-backend", {"dp_mode": "sharded-ps", "ps_bucket_mb": 0.02}, True),
+    ("star", {"dp_mode": "ps-star"}, False),
+    ("allreduce", {"dp_mode": "allreduce"}, False),
+]
+
+
+@pytest.mark.parametrize("pipeline, dp_degree", [(2, 2), (1, 3)])
+def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(
+    tmp_path, pipeline, dp_degree
+):
     base = dict(
-        model="tiny", pipeline=2, dp_degree=2, batch=4, micro_batch=2, seed=SEED, seq_len=16,
-        optimizer="sgd", lr=0.5,
+        model="tiny", pipeline=pipeline, dp_degree=dp_degree, batch=4, micro_batch=2, seed=SEED,
+        seq_len=16, optimizer="sgd", lr=0.5,
     )  # fmt: skip
-    modes = ["ps", "allreduce"]
-    spawn(one_data_parallel_step, 4, str(tmp_path), base, modes)
+    world = pipeline * dp_degree
+    spawn(one_data_parallel_step, world, str(tmp_path), base, SYNC_VARIANTS)
 
     cfg = TrainerConfig(**base)
     source = TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed)
-    model, _ = reference_gradients(cfg, [source.batch(0, r, cfg.batch) for r in range(2)])
+    batches = [source.batch(0, r, cfg.batch) for r in range(dp_degree)]
+    model, _ = reference_gradients(cfg, batches)
     expected_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     torch.optim.SGD(model.parameters(), lr=cfg.lr).step()
     expected = dict(model.named_parameters())
-    for mode in modes:
-        ranks = [torch.load(tmp_path / f"{mode}-r{r}.pt") for r in range(4)]
-        for stage in range(2):
-            replica0, replica1 = ranks[stage], ranks[2 + stage]
-            for name, param in replica0["params"].items():
-                torch.testing.assert_close(param, replica1["params"][name], rtol=0, atol=0)
+    for label, _, _ in SYNC_VARIANTS:
+        ranks = [torch.load(tmp_path / f"{label}-r{r}.pt") for r in range(world)]
+        for stage in range(pipeline):
+            replicas = [ranks[replica * pipeline + stage] for replica in range(dp_degree)]
+            for name, param in replicas[0]["params"].items():
+                for other in replicas[1:]:
+                    torch.testing.assert_close(param, other["params"][name], rtol=0, atol=0)
                 torch.testing.assert_close(
-                    replica0["grads"][name], expected_grads[name], rtol=1e-5, atol=1e-7
+                    replicas[0]["grads"][name], expected_grads[name], rtol=1e-5, atol=1e-7
                 )
                 torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6)
         names = {name for r in ranks for name in r["params"]}
-        assert names == expected.keys()
+        assert names == expected.keys(), label
+
+
+def test_buckets_group_consecutive_tensors_up_to_their_size():
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (10, 10, 30, 5, 5)]
+    sizes = lambda buckets: [[p.numel() for p in bucket] for bucket in buckets]  # noqa: E731
+    assert sizes(make_buckets(params, 0)) == [[10], [10], [30], [5], [5]]
+    assert sizes(make_buckets(params, 80)) == [[10, 10], [30], [5, 5]]
+    assert sizes(make_buckets(params, 10**6)) == [[10, 10, 30, 5, 5]]
 
 
 def test_cli_trains_with_pipeline_and_parameter_server_and_writes_results(tmp_path):

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from experiments.localranks import free_port, launch_local
 from trainer.config import TrainerConfig
+from trainer.dataparallel import make_gradient_sync
 from trainer.train import RankTrainer
 
 CPU = torch.device("cpu")
@@ -39,17 +40,27 @@ def pipeline_gradients(rank, world_size, port, out_dir, base, micro_counts):
     dist.destroy_process_group()
 
 
-def one_data_parallel_step(rank, world_size, port, out_dir, base, modes):
-    """One full iteration (pipeline, gradient sync, optimizer) per mode; save params and grads."""
+def one_data_parallel_step(rank, world_size, port, out_dir, base, variants):
+    """One full iteration (pipeline, gradient sync, optimizer) per variant; save params and grads.
+
+    A variant is (label, TrainerConfig overrides, collectives): `collectives` runs `ps` and
+    `sharded-ps` on gloo's own reduce and broadcast, the path NCCL takes.
+    """
     _join(rank, world_size, port)
-    for mode in modes:
-        trainer = RankTrainer(TrainerConfig(**base, dp_mode=mode), rank, CPU)
+    for label, overrides, collectives in variants:
+        cfg = TrainerConfig(**base, **overrides)
+        trainer = RankTrainer(cfg, rank, CPU)
+        if collectives:
+            trainer.sync = make_gradient_sync(
+                cfg.dp_mode, trainer.module, trainer.stage_index, trainer.replica, cfg.pipeline,
+                cfg.dp_degree, bucket_bytes=int(cfg.ps_bucket_mb * 2**20), collectives=True,
+            )  # fmt: skip
         trainer.step(0)
         state = {
             "params": {n: p.detach().clone() for n, p in trainer.module.named_parameters()},
             "grads": {n: p.grad.clone() for n, p in trainer.module.named_parameters()},
         }
-        torch.save(state, Path(out_dir) / f"{mode}-r{rank}.pt")
+        torch.save(state, Path(out_dir) / f"{label}-r{rank}.pt")
     dist.destroy_process_group()
 
 

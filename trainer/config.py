@@ -36,7 +36,11 @@ class TrainerConfig(BaseModel):
     micro_batch: int = Field(1, ge=1)
     pipeline: int = Field(1, ge=1)
     dp_degree: int = Field(1, ge=1)
-    dp_mode: Literal["ps", "allreduce"] = "ps"
+    dp_mode: Literal["ps", "sharded-ps", "ps-star", "allreduce"] = "ps"
+    ps_bucket_mb: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False)
+    """`ps`/`sharded-ps`: gradients per reduce-and-broadcast, in MiB (0: one per tensor)."""
+    ps_chunk_kb: int = Field(256, ge=4, le=65536)
+    """`ps`/`sharded-ps` on gloo: the piece each hop of the chain forwards at a time, in KiB."""
     engine: Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"] = "gpipe"
     layers: list[int] | None = None
     seq_len: int | None = Field(None, ge=1)

@@ -1,15 +1,26 @@
-"""Averaging a stage's gradients over the D pipelines.
+"""Averaging a stage's gradients over the D pipelines (its replicas), in one of four modes.
 
-`ps` mode is a centralized parameter server per stage: the stage's rank in pipeline 0 is the
-server. Every other replica pushes its flattened gradients to it with `isend`; the server sums
-them with its own, divides by D and sends the average back to each replica with `isend`. Every
-replica then applies the same average with its own optimizer, so the replicas stay identical.
-`allreduce` mode averages with the backend's all-reduce inside the stage's replica group.
+- `ps`, the reference system's centralized parameter server: bucket after bucket (one bucket
+  per parameter tensor by default), a reduce of the gradients to replica 0, which divides by
+  D, then a broadcast of the average from it. Both are pipelined in chunks along the chain of
+  replicas, so each costs about (N + (D − 1)·chunk)/β + (D − 1)·α, nearly independent of D.
+- `sharded-ps`: each bucket is owned by one replica, round-robin; every bucket's reduce to its
+  owner runs at once, then every broadcast from it, each along the chain rotated to start at
+  its owner. Each host then sends about (D − 1)/D of the gradients per phase.
+- `ps-star`: replica 0 is a server that receives every other replica's whole gradients and
+  sends each of them the average: (D − 1)·N through the server's link each way.
+- `allreduce`: the backend's all-reduce inside the stage's replica group.
+
+Every replica then applies the same average with its own optimizer, so replicas stay equal.
+On NCCL the chains are the backend's own `reduce` and `broadcast` (it pipelines them along a
+ring); on gloo, whose collectives do not, they are chunked `isend`/`irecv` between neighbours.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -17,8 +28,13 @@ from torch import nn
 
 from trainer.layout import rank_of
 
-PS_PUSH_TAG = 1 << 20
-PS_PULL_TAG = PS_PUSH_TAG + 1
+DP_MODES = ("ps", "sharded-ps", "ps-star", "allreduce")
+STAR_PUSH_TAG = 1 << 20
+STAR_PULL_TAG = STAR_PUSH_TAG + 1
+CHAIN_TAG_BASE = 1 << 24
+CHUNKS_PER_TAG_BLOCK = 1 << 16
+"""A chain message's tag: base + (bucket·2 + phase)·CHUNKS_PER_TAG_BLOCK + chunk, unique within
+a sync, so no message is ever taken for another."""
 
 
 class GradientSync(ABC):
@@ -29,49 +45,233 @@ class GradientSync(ABC):
         self.replica, self.n_replicas = replica, n_replicas
         self.ranks = [rank_of(stage, r, n_stages) for r in range(n_replicas)]
 
-    def _flat(self) -> torch.Tensor:
-        return torch.cat([p.grad.reshape(-1) for p in self.params])
-
-    def _scatter(self, flat: torch.Tensor) -> None:
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
-
     @abstractmethod
     def sync(self) -> None:
         """Replace this replica's gradients by the average over all replicas."""
 
 
-class ParameterServer(GradientSync):
-    """Push to the stage's server (the pipeline-0 rank), which averages and sends back."""
+def flatten(params: list[nn.Parameter]) -> torch.Tensor:
+    """The gradients of `params` as one flat tensor (a view of the gradient for one tensor)."""
+    if len(params) == 1:
+        return params[0].grad.view(-1)
+    return torch.cat([p.grad.reshape(-1) for p in params])
+
+
+def unflatten(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
+    """Copy `flat` back into the gradients it was made from (nothing to do for a view)."""
+    if len(params) == 1:
+        return
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def bucket_spans(sizes: list[int], bucket_bytes: int) -> list[range]:
+    """Consecutive items (of `sizes` bytes) grouped up to `bucket_bytes` each (0: one per item)."""
+    spans: list[range] = []
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and (bucket_bytes == 0 or total + size > bucket_bytes):
+            spans.append(range(start, index))
+            start, total = index, 0
+        total += size
+    if sizes:
+        spans.append(range(start, len(sizes)))
+    return spans
+
+
+def make_buckets(params: list[nn.Parameter], bucket_bytes: int) -> list[list[nn.Parameter]]:
+    """The parameters in buckets of up to `bucket_bytes` of gradient (0: one per tensor)."""
+    sizes = [p.numel() * p.element_size() for p in params]
+    return [params[span.start : span.stop] for span in bucket_spans(sizes, bucket_bytes)]
+
+
+@dataclass
+class ChainJob:
+    """One flat tensor to reduce to `chain[0]` and broadcast from it, along `chain` (ranks)."""
+
+    flat: torch.Tensor
+    chain: list[int]
+    position: int  # this rank's place in the chain; 0 is the root
+    bucket: int  # which bucket of the stage: it makes the messages' tags
+
+    def chunks(self, chunk_elems: int) -> list[torch.Tensor]:
+        """Views of `flat`, `chunk_elems` each (the last may be shorter)."""
+        return list(self.flat.split(chunk_elems))
+
+    def tag(self, phase: int, chunk: int) -> int:
+        """The tag of chunk `chunk` in phase 0 (reduce) or 1 (broadcast)."""
+        return CHAIN_TAG_BASE + (self.bucket * 2 + phase) * CHUNKS_PER_TAG_BLOCK + chunk
+
+
+def chain_reduce(jobs: list[ChainJob], chunk_elems: int, n_replicas: int) -> None:
+    """Sum every job's tensor into its root, chunk by chunk from the chain's tail (each rank
+    adds its own chunk to what came from behind and passes it on); the root divides by D.
+
+    The jobs advance together, chunk after chunk, in the same order on every rank, and every
+    receive is posted first: no rank ever waits for one that waits for it.
+    """
+    incoming = {}
+    for index, job in enumerate(jobs):
+        if job.position < len(job.chain) - 1:
+            buffer = torch.empty_like(job.flat)
+            src = job.chain[job.position + 1]
+            incoming[index] = [
+                (part, dist.irecv(part, src=src, tag=job.tag(0, i)))
+                for i, part in enumerate(buffer.split(chunk_elems))
+            ]
+    sends = []
+    chunked = [job.chunks(chunk_elems) for job in jobs]
+    for i in range(max(len(parts) for parts in chunked)):
+        for index, job in enumerate(jobs):
+            if i >= len(chunked[index]):
+                continue
+            own = chunked[index][i]
+            if index in incoming:
+                part, work = incoming[index][i]
+                work.wait()
+                own += part
+            if job.position > 0:
+                dst = job.chain[job.position - 1]
+                sends.append(dist.isend(own, dst=dst, tag=job.tag(0, i)))
+    for work in sends:
+        work.wait()
+    for job in jobs:
+        if job.position == 0:
+            job.flat /= n_replicas
+
+
+def chain_broadcast(jobs: list[ChainJob], chunk_elems: int) -> None:
+    """Send every job's tensor from its root down the chain, chunk by chunk: each rank
+    receives a chunk into its tensor and passes it on to the next."""
+    chunked = [job.chunks(chunk_elems) for job in jobs]
+    incoming = {
+        index: [
+            dist.irecv(part, src=job.chain[job.position - 1], tag=job.tag(1, i))
+            for i, part in enumerate(chunked[index])
+        ]
+        for index, job in enumerate(jobs)
+        if job.position > 0
+    }
+    sends = []
+    for i in range(max(len(parts) for parts in chunked)):
+        for index, job in enumerate(jobs):
+            if i >= len(chunked[index]):
+                continue
+            if index in incoming:
+                incoming[index][i].wait()
+            if job.position < len(job.chain) - 1:
+                dst = job.chain[job.position + 1]
+                sends.append(dist.isend(chunked[index][i], dst=dst, tag=job.tag(1, i)))
+    for work in sends:
+        work.wait()
+
+
+class ChainedParameterServer(GradientSync):
+    """`ps` and `sharded-ps`: reduce each bucket to its owner, then broadcast it from there."""
+
+    def __init__(
+        self, module, stage, replica, n_stages, n_replicas, group, *, sharded: bool,
+        bucket_bytes: int, chunk_bytes: int, collectives: bool,
+    ):  # fmt: skip
+        super().__init__(module, stage, replica, n_stages, n_replicas)
+        self.group, self.sharded, self.collectives = group, sharded, collectives
+        self.buckets = make_buckets(self.params, bucket_bytes)
+        self.chunk_elems = max(1, chunk_bytes // 4)
+        self.pool = ThreadPoolExecutor(n_replicas, thread_name_prefix="sharded-ps")
+        largest = max(flatten(bucket).numel() for bucket in self.buckets)
+        if -(-largest // self.chunk_elems) > CHUNKS_PER_TAG_BLOCK:
+            raise ValueError(f"a bucket of {largest} gradients needs larger chunks")
+        if CHAIN_TAG_BASE + 2 * len(self.buckets) * CHUNKS_PER_TAG_BLOCK >= 1 << 31:
+            raise ValueError(f"{len(self.buckets)} buckets are too many: set a bucket size")
+
+    def owner(self, bucket_index: int) -> int:
+        """The replica that a bucket is reduced to: replica 0 for `ps`, round-robin if sharded."""
+        return bucket_index % self.n_replicas if self.sharded else 0
+
+    def _job(self, flat: torch.Tensor, bucket: int) -> ChainJob:
+        owner = self.owner(bucket)
+        chain = self.ranks[owner:] + self.ranks[:owner]
+        return ChainJob(flat, chain, (self.replica - owner) % self.n_replicas, bucket)
 
     def sync(self) -> None:
         if self.n_replicas == 1:
             return
-        flat = self._flat()
+        flats = [flatten(bucket) for bucket in self.buckets]
+        jobs = [self._job(flat, i) for i, flat in enumerate(flats)]
+        # the reference's central PS: one bucket after another; sharded: all at once (grouped)
+        if self.collectives:
+            for together in [jobs] if self.sharded else [[job] for job in jobs]:
+                self._collective(together)
+        elif self.sharded:
+            self._sharded_chains(jobs)
+        else:
+            for job in jobs:
+                chain_reduce([job], self.chunk_elems, self.n_replicas)
+                chain_broadcast([job], self.chunk_elems)
+        for flat, bucket in zip(flats, self.buckets, strict=True):
+            unflatten(flat, bucket)
+
+    def _sharded_chains(self, jobs: list[ChainJob]) -> None:
+        """Every owner's chains at once, one thread per owner: within a thread every rank
+        takes that owner's buckets in the same order, and no owner's chain waits for
+        another's (one thread for all of them would make each bucket wait for the last)."""
+        by_owner = [[job for job in jobs if job.chain[0] == rank] for rank in self.ranks]
+        by_owner = [owned for owned in by_owner if owned]
+        for phase in (
+            lambda owned: chain_reduce(owned, self.chunk_elems, self.n_replicas),
+            lambda owned: chain_broadcast(owned, self.chunk_elems),
+        ):
+            list(self.pool.map(phase, by_owner))
+
+    def _collective(self, jobs: list[ChainJob]) -> None:
+        """The backend's own reduce, then broadcast (what NCCL pipelines along its ring)."""
+        reduces = [
+            dist.reduce(job.flat, dst=job.chain[0], group=self.group, async_op=True) for job in jobs
+        ]
+        for work in reduces:
+            work.wait()
+        for job in jobs:
+            if job.position == 0:
+                job.flat /= self.n_replicas
+        broadcasts = [
+            dist.broadcast(job.flat, src=job.chain[0], group=self.group, async_op=True)
+            for job in jobs
+        ]
+        for work in broadcasts:
+            work.wait()
+
+
+class StarParameterServer(GradientSync):
+    """`ps-star`: push whole gradients to the stage's server (the pipeline-0 rank), which
+    averages and sends the average back to each replica."""
+
+    def sync(self) -> None:
+        if self.n_replicas == 1:
+            return
+        flat = flatten(self.params)
         server = self.ranks[0]
         if self.replica == 0:
             pushed = [torch.empty_like(flat) for _ in self.ranks[1:]]
             works = [
-                dist.irecv(buf, src=src, tag=PS_PUSH_TAG)
+                dist.irecv(buf, src=src, tag=STAR_PUSH_TAG)
                 for buf, src in zip(pushed, self.ranks[1:], strict=True)
             ]
             for work, buf in zip(works, pushed, strict=True):
                 work.wait()
                 flat += buf
             flat /= self.n_replicas
-            for work in [dist.isend(flat, dst=dst, tag=PS_PULL_TAG) for dst in self.ranks[1:]]:
+            for work in [dist.isend(flat, dst=dst, tag=STAR_PULL_TAG) for dst in self.ranks[1:]]:
                 work.wait()
         else:
-            push = dist.isend(flat, dst=server, tag=PS_PUSH_TAG)
+            push = dist.isend(flat, dst=server, tag=STAR_PUSH_TAG)
             averaged = torch.empty_like(flat)
-            pull = dist.irecv(averaged, src=server, tag=PS_PULL_TAG)
+            pull = dist.irecv(averaged, src=server, tag=STAR_PULL_TAG)
             push.wait()
             pull.wait()
-            flat = averaged
-        self._scatter(flat)
+            flat.copy_(averaged)
+        unflatten(flat, self.params)
 
 
 class AllReduce(GradientSync):
@@ -84,20 +284,42 @@ class AllReduce(GradientSync):
     def sync(self) -> None:
         if self.n_replicas == 1:
             return
-        flat = self._flat()
+        flat = flatten(self.params)
         dist.all_reduce(flat, group=self.group)
         flat /= self.n_replicas
-        self._scatter(flat)
+        unflatten(flat, self.params)
 
 
 def make_gradient_sync(
-    mode: str, module: nn.Module, stage: int, replica: int, n_stages: int, n_replicas: int
+    mode: str,
+    module: nn.Module,
+    stage: int,
+    replica: int,
+    n_stages: int,
+    n_replicas: int,
+    *,
+    bucket_bytes: int = 0,
+    chunk_bytes: int = 256 * 1024,
+    collectives: bool | None = None,
 ) -> GradientSync:
-    """The sync for `mode` ('ps' or 'allreduce'). Collective: every rank must call it."""
-    if mode == "ps" or n_replicas == 1:
-        return ParameterServer(module, stage, replica, n_stages, n_replicas)
+    """The sync for `mode` (one of DP_MODES). Collective: every rank must call it.
+
+    `collectives`: run `ps`/`sharded-ps` on the backend's reduce and broadcast (default: on
+    NCCL only) instead of chunked point-to-point chains.
+    """
+    if mode not in DP_MODES:
+        raise ValueError(f"unknown data-parallel mode {mode!r}; known: {DP_MODES}")
+    if mode == "ps-star" or n_replicas == 1:
+        return StarParameterServer(module, stage, replica, n_stages, n_replicas)
     groups = [
         dist.new_group([rank_of(s, r, n_stages) for r in range(n_replicas)])
         for s in range(n_stages)
     ]
-    return AllReduce(module, stage, replica, n_stages, n_replicas, groups[stage])
+    if mode == "allreduce":
+        return AllReduce(module, stage, replica, n_stages, n_replicas, groups[stage])
+    if collectives is None:
+        collectives = dist.get_backend() == "nccl"
+    return ChainedParameterServer(
+        module, stage, replica, n_stages, n_replicas, groups[stage], sharded=mode == "sharded-ps",
+        bucket_bytes=bucket_bytes, chunk_bytes=chunk_bytes, collectives=collectives,
+    )  # fmt: skip

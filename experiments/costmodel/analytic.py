@@ -18,7 +18,15 @@ serialized on its egress) and arrives α later. With equal stages and a free net
 the GPipe bound (M + S − 1)·(t_f + t_b).
 
 Then each stage's replicas average gradients of N bytes:
-- `ps`: the stage's replica-0 host is the server. Each other replica pushes N to it once the
+- `ps` (the reference system's): bucket after bucket (one per tensor unless a bucket size is
+  set), a reduce to replica 0 pipelined in chunks of c along the chain of replicas, then a
+  broadcast back along it; a bucket of B bytes costs per phase the receives' notice (α), its
+  first chunk through the D − 1 hops (c/β + α each) and the rest at the slowest hop's rate:
+  with equal links 2·(B + (D − 2)·c)/β + 2·D·α.
+- `sharded-ps`: every bucket at once, owned round-robin, each along the chain rotated to its
+  owner: host r sends the buckets it does not own (reduce) or is not the tail of (broadcast),
+  about (D − 1)/D·N per phase, plus one chunk's fill through the chain.
+- `ps-star`: the stage's replica-0 host is the server. Each other replica pushes N to it once the
   server's receive is heard (α + N/β over its own egress, all at once; the server's native
   ingress rate bounds their sum), then the server sends the average back to all D − 1 over
   its one egress: (D − 1)·N/β, + α. With an ingress as slow as the egress and everyone done
@@ -250,6 +258,8 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     done = np.broadcast_to(done, hosts.shape).astype(float)
     if n_replicas == 1:
         return done
+    if workload.dp_mode in ("ps", "sharded-ps"):
+        return _chain_sync(workload, network, hosts, done)
     size = workload.grad_bytes.reshape(-1, 1)
     if workload.dp_mode == "allreduce":
         ring_next = np.roll(hosts, -1, axis=2)
@@ -272,3 +282,54 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     sent = push_end + pull_wire
     received = sent[..., None] + network.latency_s[server, others]
     return np.concatenate([sent[..., None], received], axis=2)
+
+
+def _chain_phase(
+    bucket: float, chunk: float, latency: np.ndarray, rate: np.ndarray, egress_bytes: float
+) -> np.ndarray:
+    """One pipelined pass along a chain, its hops' `latency` and `rate` on the last axis: the
+    receives' notice (α), the first chunk through every hop, then the rest of the busiest
+    egress (`egress_bytes` from each hop's sender) at that hop's rate."""
+    first = min(chunk, bucket)
+    through = (first / rate + latency).sum(axis=-1)
+    rest = ((egress_bytes - first) / rate).max(axis=-1)
+    return latency.max(axis=-1) + through + np.maximum(rest, 0.0)
+
+
+def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndarray):
+    """`ps`: bucket after bucket, a chunked reduce along the chain of replicas to replica 0
+    and a broadcast back; `sharded-ps`: every bucket at once, each along the chain rotated to
+    its owner (round-robin), so host r sends to r − 1 in the reduce and to r + 1 in the
+    broadcast, the buckets it does not own (reduce) or is not the tail of (broadcast)."""
+    n_replicas = workload.n_replicas
+    chunk = workload.chunk_bytes
+    toward_root = np.roll(hosts, 1, axis=2)  # replica r − 1 (cyclic)
+    away = np.roll(hosts, -1, axis=2)  # replica r + 1
+    end = done.max(axis=2)  # (S, K): the sync starts once every replica is done
+    for s, buckets in enumerate(workload.sync_buckets):
+        h = hosts[s]
+        if workload.dp_mode == "ps":
+            up_lat = network.latency_s[h[:, 1:], h[:, :-1]]
+            up_rate = network.bytes_per_s[h[:, 1:], h[:, :-1]]
+            down_lat = network.latency_s[h[:, :-1], h[:, 1:]]
+            down_rate = network.bytes_per_s[h[:, :-1], h[:, 1:]]
+            for size in buckets:
+                end[s] += _chain_phase(size, chunk, up_lat, up_rate, size)
+                end[s] += _chain_phase(
+                    size, chunk, down_lat, down_rate, np.full(up_lat.shape, size)
+                )
+            continue
+        owners = np.arange(len(buckets)) % n_replicas
+        replicas = np.arange(n_replicas)
+        reduce_load = np.array([buckets[owners != r].sum() for r in replicas])
+        tails = (owners - 1) % n_replicas
+        broadcast_load = np.array([buckets[tails != r].sum() for r in replicas])
+        largest = float(buckets.max())
+        for target, load in ((toward_root[s], reduce_load), (away[s], broadcast_load)):
+            lat = network.latency_s[h, target]
+            rate = network.bytes_per_s[h, target]
+            # the first chunk of the largest bucket crosses D − 1 hops of its chain
+            first_lat, first_rate = lat[:, : n_replicas - 1], rate[:, : n_replicas - 1]
+            fill = _chain_phase(largest, chunk, first_lat, first_rate, 0.0)
+            end[s] += fill + np.maximum(((load - min(chunk, largest)) / rate).max(axis=-1), 0.0)
+    return np.broadcast_to(end[..., None], done.shape)

@@ -54,6 +54,8 @@ def workload_of(config: TrainerConfig) -> Workload:
         dp_mode=config.dp_mode,
         schedule="1f1b" if config.engine == "pipelining-1f1b" else "gpipe",
         layers=config.layers,
+        bucket_bytes=int(config.ps_bucket_mb * 2**20),
+        chunk_bytes=config.ps_chunk_kb * 1024,
     )
 
 

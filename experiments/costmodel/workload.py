@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.dataparallel import bucket_spans
 from trainer.model import GPTConfig
 from trainer.partition import split_layers
 
@@ -37,6 +38,10 @@ class Workload:
     stage_params: np.ndarray
     forward_flops: np.ndarray
     backward_flops: np.ndarray
+    sync_buckets: tuple[np.ndarray, ...] = ()
+    """`ps`/`sharded-ps`: each stage's buckets, in bytes of gradient, in the order they go."""
+    chunk_bytes: float = 256 * 1024
+    """`ps`/`sharded-ps`: the piece each hop of a chain forwards at a time."""
 
     @property
     def grad_bytes(self) -> np.ndarray:
@@ -52,6 +57,21 @@ def stage_params(gpt: GPTConfig, layers: list[range]) -> np.ndarray:
     counts[0] += v * d + t * d
     counts[-1] += (2 * d if gpt.bias else d) + v * d
     return counts
+
+
+def stage_tensor_sizes(gpt: GPTConfig, layers: list[range]) -> list[list[int]]:
+    """Element count of each parameter tensor of each stage, in the stage's own order."""
+    d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
+    norm = [d, d] if gpt.bias else [d]
+
+    def linear(n_in: int, n_out: int) -> list[int]:
+        return [n_in * n_out, n_out] if gpt.bias else [n_in * n_out]
+
+    block = norm + linear(d, 3 * d) + linear(d, d) + norm + linear(d, 4 * d) + linear(4 * d, d)
+    stages = [block * len(own) for own in layers]
+    stages[0] = [v * d, t * d] + stages[0]
+    stages[-1] = stages[-1] + norm + [v * d]
+    return stages
 
 
 def stage_forward_flops_per_token(gpt: GPTConfig, layers: list[range], seq: int) -> np.ndarray:
@@ -76,12 +96,19 @@ def make_workload(
     dp_mode: str = "ps",
     schedule: str = "gpipe",
     layers: list[int] | None = None,
+    bucket_bytes: int = 0,
+    chunk_bytes: int = 256 * 1024,
 ) -> Workload:
     """The workload of `pipeline` stages × `dp_degree` replicas, `batch` sequences per pipeline."""
     split = split_layers(gpt.n_layer, pipeline, layers)
     tokens = micro_batch * seq
     forward = stage_forward_flops_per_token(gpt, split, seq) * tokens
     backward = forward * (3.0 if recompute else 2.0)
+    buckets = []
+    for sizes in stage_tensor_sizes(gpt, split):
+        nbytes = [size * GRAD_BYTES for size in sizes]
+        spans = bucket_spans(nbytes, bucket_bytes)
+        buckets.append(np.array([sum(nbytes[span.start : span.stop]) for span in spans], float))
     return Workload(
         n_stages=pipeline,
         n_replicas=dp_degree,
@@ -94,4 +121,6 @@ def make_workload(
         stage_params=stage_params(gpt, split),
         forward_flops=forward,
         backward_flops=backward,
+        sync_buckets=tuple(buckets),
+        chunk_bytes=float(chunk_bytes),
     )

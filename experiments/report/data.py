@@ -26,7 +26,7 @@ from inventory.errors import ConfigError
 from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
-POINT_KEYS = ["profile", "dp_degree", "micro_batch", "engine", "dp_mode"]
+POINT_KEYS = ["profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode"]
 PHASES = ["forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]
 
 
@@ -160,15 +160,18 @@ def cells_frame(
     frame = pd.DataFrame(rows)
     for column in ["iter_mean_s", "iter_std_s", "predicted_s", "rtt_ms", "probe_bps", *PHASES]:
         frame[column] = pd.to_numeric(frame[column]) if column in frame else math.nan
-    order = _profile_order(spec, frame)
-    frame["_order"] = frame["profile"].map(order.index)
-    frame = frame.sort_values(["_order", "dp_degree", "micro_batch", "engine", "dp_mode", "repeat"])
-    return frame.drop(columns="_order").reset_index(drop=True)
+    for column, axis in (("profile", "profiles"), ("tcp", "tcp")):
+        order = _axis_order(spec, frame, column, axis)
+        frame[f"_{column}"] = frame[column].map(order.index)
+    keys = ["_profile", "_tcp", "dp_degree", "micro_batch", "engine", "dp_mode", "repeat"]
+    frame = frame.sort_values(keys)
+    return frame.drop(columns=["_profile", "_tcp"]).reset_index(drop=True)
 
 
-def _profile_order(spec: dict, frame: pd.DataFrame) -> list[str]:
-    listed = list((spec.get("axes") or {}).get("profiles") or [])
-    return listed + [p for p in frame["profile"].drop_duplicates() if p not in listed]
+def _axis_order(spec: dict, frame: pd.DataFrame, column: str, axis: str) -> list[str]:
+    """The values of `column` in the matrix's order of `axis`, then any others as found."""
+    listed = list((spec.get("axes") or {}).get(axis) or [])
+    return listed + [v for v in frame[column].drop_duplicates() if v not in listed]
 
 
 def _first(group: pd.DataFrame, column: str):
@@ -213,6 +216,7 @@ def _pool(group: pd.DataFrame) -> dict:
 def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per point (repeats pooled), with throughput, phases, slowdown and efficiency."""
     order = cells["profile"].drop_duplicates().tolist()
+    tcp_order = cells["tcp"].drop_duplicates().tolist()
     groups = cells.groupby(POINT_KEYS, sort=False, dropna=False)
     points = pd.DataFrame([dict(zip(POINT_KEYS, key, strict=True)) | _pool(g) for key, g in groups])
     numeric = ["iter_mean_s", "iter_std_s", "samples_per_iteration", "tokens_per_iteration"]
@@ -232,8 +236,9 @@ def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     path_bps = points["probe_bps"].fillna(points["rate_bps"])
     points["bdp_bytes"] = path_bps * points["rtt_ms"] / 1000 / 8
     points["_order"] = points["profile"].map(order.index)
-    points = points.sort_values(["_order", "dp_degree", "micro_batch", "engine", "dp_mode"])
-    return points.drop(columns="_order").reset_index(drop=True)
+    points["_tcp"] = points["tcp"].map(tcp_order.index)
+    keys = ["_order", "_tcp", "dp_degree", "micro_batch", "engine", "dp_mode"]
+    return points.sort_values(keys).drop(columns=["_order", "_tcp"]).reset_index(drop=True)
 
 
 def is_baseline(points: pd.DataFrame) -> pd.Series:
@@ -246,8 +251,8 @@ def _baseline(points: pd.DataFrame, column: str, by_dp: bool) -> pd.Series:
     """The value of `column` on the default network for each point's variant.
 
     by_dp: the same DP degree (slowdown); otherwise the smallest DP degree measured there
-    (per-host efficiency)."""
-    keys = ["micro_batch", "engine", "dp_mode"] + (["dp_degree"] if by_dp else [])
+    (per-host efficiency). Always with the same TCP setting."""
+    keys = ["tcp", "micro_batch", "engine", "dp_mode"] + (["dp_degree"] if by_dp else [])
     base = points[is_baseline(points) & points[column].notna()]
     if not by_dp:
         base = base.sort_values("dp_degree").drop_duplicates(keys)

@@ -90,8 +90,8 @@ def fmt_share(value: float | None) -> str:
 
 
 def variant_labels(points: pd.DataFrame) -> pd.Series:
-    """Each point's column label: its DP degree, plus whichever of micro-batch, engine and
-    DP mode take more than one value in these results."""
+    """Each point's column label: its DP degree, plus whichever of micro-batch, engine, DP mode
+    and the hosts' TCP setting take more than one value in these results."""
 
     def label(row) -> str:
         parts = [f"DP {row.dp_degree}"]
@@ -101,6 +101,8 @@ def variant_labels(points: pd.DataFrame) -> pd.Series:
             parts.append(str(row.engine))
         if points["dp_mode"].nunique() > 1 and row.dp_degree > 1:
             parts.append(str(row.dp_mode))
+        if points["tcp"].nunique() > 1:
+            parts.append(f"TCP {row.tcp}")
         return " · ".join(parts)
 
     return pd.Series([label(row) for row in points.itertuples()], index=points.index)
