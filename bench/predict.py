@@ -79,7 +79,9 @@ def against_results(directory: Path) -> dict:
             continue
         params = cell.params()
         calibration = calibrator.for_cell(params)
-        row = predict_config(spec.trainer_config(cell), target, calibration)
+        row = predict_config(
+            spec.trainer_config(cell), target, calibration, None, spec.tcp[cell.tcp]
+        )
         actual = record.summary.iteration_s
         cells.append(
             {

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from experiments.costmodel.analytic import StageCompute, _run_pipeline, evaluate, predict
+from experiments.costmodel.analytic import Hops, StageCompute, _run_pipeline, evaluate, predict
 from experiments.costmodel.barrier import dissemination_barrier
 from experiments.costmodel.calibrate import from_flops, reference_calibration
 from experiments.costmodel.network import (
@@ -18,6 +18,7 @@ from experiments.costmodel.network import (
     uniform_network,
 )
 from experiments.costmodel.simulate import explore, world_scenario
+from experiments.costmodel.tcp import receive_window, start_window, tcp_side, wire_s
 from experiments.costmodel.workload import (
     Workload,
     make_workload,
@@ -26,6 +27,7 @@ from experiments.costmodel.workload import (
 )
 from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
+from netem.tcp import PRESETS
 from trainer.config import TrainerConfig
 from trainer.model import CONFIGS
 from trainer.partition import Stage, split_layers
@@ -135,12 +137,7 @@ def test_a_forward_send_waits_for_the_receivers_notice():
     net = Network(np.full((2, 2), alpha), np.full((2, 2), 1e30), np.full(2, 1e30))
     workload = toy_workload(2, 1, 1)
     hosts = np.array([[[0]], [[1]]])
-    hops = (
-        net.latency_s[hosts[:-1], hosts[1:]],
-        np.zeros((1, 1, 1)),
-        net.latency_s[hosts[1:], hosts[:-1]],
-        np.zeros((1, 1, 1)),
-    )
+    hops = Hops(net, hosts[:-1], hosts[1:], size=0.0)
     done = _run_pipeline(workload, times(2, step, step), hops, np.zeros((2, 1, 1)))
     stage_1_done = 2 * alpha + 2 * step
     assert done[1, 0, 0] == pytest.approx(stage_1_done)
@@ -267,12 +264,13 @@ def test_workload_sizes_match_the_model():
 def test_reference_calibration_reproduces_the_reference_cell():
     calibration = reference_calibration()
     config = TrainerConfig(model="gpt3-xl", batch=64, pipeline=12, recompute=True)
-    workload = make_workload(
-        config.gpt, pipeline=12, dp_degree=1, batch=64, micro_batch=1, seq=2048, recompute=True
-    )
+    workload = calibration.workload_for(config)
+    assert workload.schedule == "reference"
     network = uniform_network(12, BUILTIN["default"], calibration.native)
+    network = network.with_tcp(tcp_side([calibration.tcp] * 12, calibration.sockets))
     result = predict(workload, calibration.compute_for(workload), network)
     assert result.iteration_s == pytest.approx(15.16, rel=1e-5)
+    assert calibration.tcp["rmem"][2] == 6 * 2**20 and calibration.tcp["slow_start_after_idle"]
     assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
 
 
@@ -291,3 +289,80 @@ def test_a_1024_host_world_scenario_gives_sensible_numbers(dp_mode):
     assert found["best_regions_per_pipeline"] == 1.0  # greedy pipelines stay in one region
     assert found["best_slowest_hop_s"] < min(found["random_slowest_hop_s"])
     assert found["best_iteration_s"] <= min(found["random_iteration_s"]) * 1.01
+
+
+MSS = 1448
+
+
+def test_a_warm_connection_with_room_moves_at_the_rate_and_a_full_window_at_w_over_r():
+    size, rtt, rate = 16e6, np.array(0.1), np.array(125e6)
+    unlimited = wire_s(size, rtt, rate, np.array(np.inf), np.array(rate * rtt))
+    assert unlimited == pytest.approx(size / rate)
+    window = np.array(3 * 2**20)  # below β·R = 12.5 MB: the window sets the pace
+    assert wire_s(size, rtt, rate, window, window) == pytest.approx(size * rtt / window)
+
+
+def test_slow_start_doubles_the_window_each_round_trip():
+    rtt, rate, initial = np.array(0.1), np.array(1e12), np.array(10.0 * MSS)
+    # three rounds carry 1 + 2 + 4 initial windows: two round trips, then the last at line rate
+    size = 7 * 10 * MSS
+    assert wire_s(size, rtt, rate, np.array(np.inf), initial) == pytest.approx(0.2, abs=1e-6)
+    # one byte more needs a fourth round
+    assert wire_s(size + 1, rtt, rate, np.array(np.inf), initial) == pytest.approx(0.3, abs=1e-6)
+
+
+def test_an_idle_connection_halves_its_window_per_rto_when_told_to():
+    cap, initial, rtt = np.array(1e6), np.array(10.0 * MSS), np.array(0.05)
+    rto = 0.05 + 0.2
+    on, off = np.array(True), np.array(False)
+    assert start_window(cap, initial, on, np.array(0.9 * rto), rtt) == cap
+    assert start_window(cap, initial, on, np.array(2.1 * rto), rtt) == cap / 4
+    assert start_window(cap, initial, on, np.array(np.inf), rtt) == initial
+    assert start_window(cap, initial, off, np.array(np.inf), rtt) == cap
+
+
+def test_the_window_is_what_both_ends_buffers_allow():
+    assert receive_window(6 * 2**20, 1) == 3 * 2**20
+    assert receive_window(4 * 2**20, 2) == 3 * 2**20
+    side = tcp_side([PRESETS["ubuntu-2022"].model_dump(), None], sockets=2)
+    assert side.window(np.array(0), np.array(0)) == 2 * 3 * 2**20  # rmem 6 MiB / 2, 2 sockets
+    assert side.window(np.array(1), np.array(0)) == 2 * 3 * 2**20  # host 1's own is unknown
+    assert tcp_side([None, None]) is None
+
+
+def test_each_links_first_send_of_an_iteration_ramps_up_and_the_rest_do_not():
+    """Two stages, three micro-batches, no compute: stage 1 has its last activation after one
+    cold send and two warm ones, and stage 0 its last gradient likewise."""
+    native = Native(latency_s=0.025, rate_bps=8e8)
+    size = 2e6
+    workload = toy_workload(2, 1, 3, act=size)
+    settings = PRESETS["ubuntu-2022"].model_dump()
+    base = uniform_network(2, BUILTIN["default"], native)
+    done = {}
+    for ramp in (True, False):
+        network = base.with_tcp(tcp_side([settings | {"slow_start_after_idle": ramp}] * 2))
+        hops = Hops(network, np.array([[[0]]]), np.array([[[1]]]), size)
+        done[ramp] = _run_pipeline(workload, times(2, 0.0, 0.0), hops, np.zeros((2, 1, 1)))
+    a, b = np.array(0), np.array(1)
+    network = base.with_tcp(tcp_side([settings] * 2))
+    cold, warm = network.wire_s(size, a, b), network.wire_s(size, a, b, 0.0)
+    assert cold > 2 * warm  # 2 MB in slow start from 10 segments over a 50 ms round trip
+    notice, alpha = 0.025, 0.025
+    assert done[True][0, 0, 0] == pytest.approx(notice + 2 * (cold + 2 * warm + alpha))
+    assert done[False][0, 0, 0] == pytest.approx(notice + 2 * (3 * warm + alpha))
+
+
+def test_the_reference_schedule_waits_between_phases_and_for_each_last_stage_send():
+    """Two stages, M = 3, t_b = 1 s, each gradient 0.5 s on the wire: our last stage computes
+    its backwards back to back while its sends trail (done at 3 + 0.5); the reference's waits
+    for each send before its next backward (3 × 1.5)."""
+    net = Network(np.zeros((2, 2)), np.full((2, 2), 2.0), np.full(2, 1e30))
+    hops = Hops(net, np.array([[[0]]]), np.array([[[1]]]), size=1.0)
+    compute = times(2, 0.0, 1.0)
+    ours = _run_pipeline(toy_workload(2, 1, 3), compute, hops, np.zeros((2, 1, 1)))
+    theirs = _run_pipeline(
+        toy_workload(2, 1, 3, schedule="reference"), compute, hops, np.zeros((2, 1, 1))
+    )
+    forward_end = 3 * 0.5  # three activations of 0.5 s each reach stage 1
+    assert ours[1, 0, 0] == pytest.approx(forward_end + 3 * 1.0 + 0.5)
+    assert theirs[1, 0, 0] == pytest.approx(forward_end + 3 * (1.0 + 0.5))

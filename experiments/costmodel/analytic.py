@@ -176,8 +176,9 @@ def evaluate(
         sync_name: work_end - optimizer_end,
         "barrier": total - work_end,
     }
-    fw_lat, fw_wire, bw_lat, bw_wire = hops
-    slowest = np.maximum(fw_lat + fw_wire, bw_lat + bw_wire).max(axis=(0, 2), initial=0.0)
+    forward = hops.forward_latency + network.wire_s(hops.size, hops.senders, hops.receivers, 0.0)
+    backward = hops.backward_latency + network.wire_s(hops.size, hops.receivers, hops.senders, 0.0)
+    slowest = np.maximum(forward, backward).max(axis=(0, 2), initial=0.0)
     return Evaluation(
         iteration_s=total,
         parts=parts,
@@ -198,58 +199,113 @@ def _by_stage(per_rank: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.moveaxis(per_rank.reshape(n_batch, n_replicas, n_stages).transpose(0, 2, 1), 0, 1)
 
 
-def _hops(workload: Workload, network: Network, hosts: np.ndarray):
-    """Latency and wire time of each stage boundary, forward (s → s+1) and backward."""
-    a, b = hosts[:-1], hosts[1:]
-    size = workload.activation_bytes
-    return (
-        network.latency_s[a, b],
-        size / network.bytes_per_s[a, b],
-        network.latency_s[b, a],
-        size / network.bytes_per_s[b, a],
-    )
+@dataclass(frozen=True)
+class Hops:
+    """The stage boundaries' links: latency each way, and the wire time of one activation (or
+    its gradient) given how long the connection was idle (TCP may have to ramp up again)."""
+
+    network: Network
+    senders: np.ndarray  # (S − 1, K, D): the host of stage s
+    receivers: np.ndarray  # the host of stage s + 1
+    size: float
+
+    @property
+    def forward_latency(self) -> np.ndarray:
+        """α of s → s + 1."""
+        return self.network.latency_s[self.senders, self.receivers]
+
+    @property
+    def backward_latency(self) -> np.ndarray:
+        """α of s + 1 → s."""
+        return self.network.latency_s[self.receivers, self.senders]
+
+    def forward_wire(self, s: int, idle_s) -> np.ndarray:
+        """Wire time of an activation from stage s to s + 1."""
+        return self.network.wire_s(self.size, self.senders[s], self.receivers[s], idle_s)
+
+    def backward_wire(self, s: int, idle_s) -> np.ndarray:
+        """Wire time of a gradient from stage s + 1 to s."""
+        return self.network.wire_s(self.size, self.receivers[s], self.senders[s], idle_s)
+
+
+def _hops(workload: Workload, network: Network, hosts: np.ndarray) -> Hops:
+    """The links between consecutive stages of every pipeline."""
+    return Hops(network, hosts[:-1], hosts[1:], workload.activation_bytes)
 
 
 def _run_pipeline(
-    workload: Workload, compute: StageCompute, hops, start: np.ndarray | None = None
+    workload: Workload, compute: StageCompute, hops: Hops | None, start: np.ndarray | None = None
 ) -> np.ndarray:
     """When each stage of each pipeline is done (its last step and its last send).
 
     `hops` None means free transfers. `start` (S, K, D) is when each rank starts (zero when
     None); a rank posts its forward receives then, so a forward send to it leaves no earlier
     than its start plus the hop back (gloo's rendezvous). Backward receives are posted when a
-    stage's forwards end, always before the gradient it waits for can reach it.
+    stage's forwards end, always before the gradient it waits for can reach it. A connection's
+    first send of the iteration follows a long idle; later ones follow the gap since its last.
+
+    Under the `reference` schedule (the reference system's GPipe) every rank waits in a barrier
+    between its forwards and its backwards, and the last stage waits for each backward send to
+    leave before its next backward.
     """
     n_stages, n_micro = workload.n_stages, workload.n_micro
-    if hops is None:
-        shape = (1, 1)
-        zero = np.zeros((max(n_stages - 1, 0), 1, 1))
-        fw_lat = fw_wire = bw_lat = bw_wire = zero
-    else:
-        fw_lat, fw_wire, bw_lat, bw_wire = hops
-        shape = fw_lat.shape[1:] if n_stages > 1 else (1, 1)
     if start is None:
-        start = np.zeros((n_stages, *shape))
+        start = np.zeros((n_stages, *(hops.senders.shape[1:] if hops else (1, 1))))
     free = start.astype(float)
     egress = free.copy()
+    zero = np.zeros((max(n_stages - 1, 0), *free.shape[1:]))
+    fw_lat = hops.forward_latency if hops else zero
+    bw_lat = hops.backward_latency if hops else zero
+    forward_done = [-np.inf] * max(n_stages - 1, 0)  # when each link's last send ended
+    backward_done = list(forward_done)
     receiver_ready = start[1:] + bw_lat  # the forward receiver's notice reaches the sender
     forward_in = np.zeros((n_stages, n_micro, *free.shape[1:]))
     backward_in = np.zeros_like(forward_in)
     t_f, t_b = compute.forward_s, compute.backward_s
     last = n_stages - 1
-    for s, backward, m in op_order(workload.schedule, n_stages, n_micro):
+    reference = workload.schedule == "reference"
+    crossed = False
+    for s, backward, m in _steps(workload.schedule, n_stages, n_micro):
+        if backward and reference and not crossed:
+            free = _phase_barrier(hops, np.maximum(free, egress))
+            crossed = True
         if not backward:
             free[s] = np.maximum(free[s], forward_in[s, m]) + t_f[s]
             if s < last:
                 leaves = np.maximum(np.maximum(free[s], egress[s]), receiver_ready[s])
-                egress[s] = leaves + fw_wire[s]
+                wire = hops.forward_wire(s, leaves - forward_done[s]) if hops else 0.0
+                egress[s] = forward_done[s] = leaves + wire
                 forward_in[s + 1, m] = egress[s] + fw_lat[s]
         else:
             free[s] = np.maximum(free[s], backward_in[s, m]) + t_b[s]
             if s > 0:
-                egress[s] = np.maximum(free[s], egress[s]) + bw_wire[s - 1]
+                leaves = np.maximum(free[s], egress[s])
+                wire = hops.backward_wire(s - 1, leaves - backward_done[s - 1]) if hops else 0.0
+                egress[s] = backward_done[s - 1] = leaves + wire
                 backward_in[s - 1, m] = egress[s] + bw_lat[s - 1]
+                if reference and s == last:
+                    free[s] = np.maximum(free[s], egress[s])
     return np.maximum(free, egress)
+
+
+def _steps(schedule: str, n_stages: int, n_micro: int) -> list:
+    """Every step in an order that respects what each waits for; the reference's GPipe runs
+    GPipe's steps with every forward before every backward (its barrier between them)."""
+    if schedule != "reference":
+        return list(op_order(schedule, n_stages, n_micro))
+    steps = op_order("gpipe", n_stages, n_micro)
+    return [op for op in steps if not op[1]] + [op for op in steps if op[1]]
+
+
+def _phase_barrier(hops: Hops | None, arrive: np.ndarray) -> np.ndarray:
+    """When every rank of a pipeline leaves a barrier all of them entered at `arrive` (S, K, D):
+    the last to arrive, plus a dissemination barrier's ⌈log2 S⌉ rounds of the slowest hop."""
+    n_stages = arrive.shape[0]
+    if n_stages == 1:
+        return arrive
+    rounds = int(np.ceil(np.log2(n_stages)))
+    slowest = np.maximum(hops.forward_latency, hops.backward_latency).max(axis=0) if hops else 0.0
+    return np.broadcast_to(arrive.max(axis=0) + rounds * slowest, arrive.shape).copy()
 
 
 def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndarray):
@@ -263,44 +319,45 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     size = workload.grad_bytes.reshape(-1, 1)
     if workload.dp_mode == "allreduce":
         ring_next = np.roll(hosts, -1, axis=2)
-        step = (
-            network.latency_s[hosts, ring_next]
-            + size[..., None] / n_replicas / (network.bytes_per_s[hosts, ring_next])
-        )
-        start = done.max(axis=2)
-        end = start + 2 * (n_replicas - 1) * step.max(axis=2)
+        piece = size[..., None] / n_replicas
+        latency = network.latency_s[hosts, ring_next]
+        first = (latency + network.wire_s(piece, hosts, ring_next)).max(axis=2)  # after idle
+        step = (latency + network.wire_s(piece, hosts, ring_next, 0.0)).max(axis=2)
+        end = done.max(axis=2) + first + (2 * n_replicas - 3) * step
         return np.broadcast_to(end[..., None], done.shape)
     server, others = hosts[..., :1], hosts[..., 1:]
     posted = done[..., :1] + network.latency_s[server, others]  # the server's receive, heard
     push_start = np.maximum(done[..., 1:], posted)
     push_latency = network.latency_s[others, server]
-    arrivals = push_start + push_latency + size[..., None] / network.bytes_per_s[others, server]
+    arrivals = push_start + push_latency + network.wire_s(size[..., None], others, server)
     ingress = network.ingress_bytes_per_s[server[..., 0]]
     ingress_bound = (push_start + push_latency).min(axis=2) + (n_replicas - 1) * size / ingress
     push_end = np.maximum(arrivals.max(axis=2), ingress_bound)
     pull_wire = (size[..., None] / network.bytes_per_s[server, others]).sum(axis=2)
+    if network.tcp is not None:  # D − 1 connections share the egress, each within its window
+        share = network.wire_s(size[..., None], server, others, rate_share=1 / (n_replicas - 1))
+        pull_wire = np.maximum(pull_wire, share.max(axis=2))
     sent = push_end + pull_wire
     received = sent[..., None] + network.latency_s[server, others]
     return np.concatenate([sent[..., None], received], axis=2)
 
 
-def _chain_phase(
-    bucket: float, chunk: float, latency: np.ndarray, rate: np.ndarray, egress_bytes: float
-) -> np.ndarray:
-    """One pipelined pass along a chain, its hops' `latency` and `rate` on the last axis: the
-    receives' notice (α), the first chunk through every hop, then the rest of the busiest
-    egress (`egress_bytes` from each hop's sender) at that hop's rate."""
-    first = min(chunk, bucket)
-    through = (first / rate + latency).sum(axis=-1)
-    rest = ((egress_bytes - first) / rate).max(axis=-1)
-    return latency.max(axis=-1) + through + np.maximum(rest, 0.0)
+def _chain_phase(first_s: np.ndarray, latency: np.ndarray, rest_s: np.ndarray) -> np.ndarray:
+    """One pipelined pass along a chain, its hops on the last axis: the receives' notice (α),
+    the first chunk through every hop (`first_s` on the wire, then α), then the rest of the
+    busiest hop's bytes (`rest_s`: its wire time less the first chunk's)."""
+    through = (first_s + latency).sum(axis=-1)
+    return latency.max(axis=-1) + through + np.maximum(rest_s.max(axis=-1), 0.0)
 
 
 def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndarray):
     """`ps`: bucket after bucket, a chunked reduce along the chain of replicas to replica 0
     and a broadcast back; `sharded-ps`: every bucket at once, each along the chain rotated to
     its owner (round-robin), so host r sends to r − 1 in the reduce and to r + 1 in the
-    broadcast, the buckets it does not own (reduce) or is not the tail of (broadcast)."""
+    broadcast, the buckets it does not own (reduce) or is not the tail of (broadcast).
+
+    A connection's first bucket of the iteration follows a long idle; under `ps` the next one
+    follows the other direction's pass of the bucket before it."""
     n_replicas = workload.n_replicas
     chunk = workload.chunk_bytes
     toward_root = np.roll(hosts, 1, axis=2)  # replica r − 1 (cyclic)
@@ -309,27 +366,28 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
     for s, buckets in enumerate(workload.sync_buckets):
         h = hosts[s]
         if workload.dp_mode == "ps":
-            up_lat = network.latency_s[h[:, 1:], h[:, :-1]]
-            up_rate = network.bytes_per_s[h[:, 1:], h[:, :-1]]
-            down_lat = network.latency_s[h[:, :-1], h[:, 1:]]
-            down_rate = network.bytes_per_s[h[:, :-1], h[:, 1:]]
+            links = ((h[:, 1:], h[:, :-1]), (h[:, :-1], h[:, 1:]))  # reduce, broadcast
+            idle = [np.inf, np.inf]
             for size in buckets:
-                end[s] += _chain_phase(size, chunk, up_lat, up_rate, size)
-                end[s] += _chain_phase(
-                    size, chunk, down_lat, down_rate, np.full(up_lat.shape, size)
-                )
+                first = min(chunk, size)
+                for direction, (src, dst) in enumerate(links):
+                    rate = network.bytes_per_s[src, dst]
+                    rest = network.wire_s(size, src, dst, idle[direction]) - first / rate
+                    phase = _chain_phase(first / rate, network.latency_s[src, dst], rest)
+                    end[s] += phase
+                    idle[1 - direction] = phase  # the other link waited this long
             continue
         owners = np.arange(len(buckets)) % n_replicas
         replicas = np.arange(n_replicas)
         reduce_load = np.array([buckets[owners != r].sum() for r in replicas])
         tails = (owners - 1) % n_replicas
         broadcast_load = np.array([buckets[tails != r].sum() for r in replicas])
-        largest = float(buckets.max())
+        first = min(chunk, float(buckets.max()))
         for target, load in ((toward_root[s], reduce_load), (away[s], broadcast_load)):
-            lat = network.latency_s[h, target]
             rate = network.bytes_per_s[h, target]
-            # the first chunk of the largest bucket crosses D − 1 hops of its chain
-            first_lat, first_rate = lat[:, : n_replicas - 1], rate[:, : n_replicas - 1]
-            fill = _chain_phase(largest, chunk, first_lat, first_rate, 0.0)
-            end[s] += fill + np.maximum(((load - min(chunk, largest)) / rate).max(axis=-1), 0.0)
+            rest = network.wire_s(load, h, target) - first / rate
+            # the first chunk of the largest bucket crosses the D − 1 hops of its chain
+            hops = slice(0, n_replicas - 1)
+            fill = first / rate[:, hops], network.latency_s[h, target][:, hops]
+            end[s] += _chain_phase(*fill, rest)
     return np.broadcast_to(end[..., None], done.shape)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,12 @@ from experiments.costmodel.analytic import (
     predict,
 )
 from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
+from experiments.costmodel.tcp import tcp_side
 from experiments.costmodel.workload import Workload, make_workload
 from experiments.results import CellRecord, Summary
 from inventory.errors import ConfigError
 from netem.profile import BUILTIN, Profile
+from netem.tcp import PRESETS
 from trainer.config import TrainerConfig
 
 REFERENCE_FILE = Path(__file__).with_name("reference.toml")
@@ -38,6 +40,11 @@ FIT_TOLERANCE = 1e-6
 FIT_ROUNDS = 100
 MIN_NATIVE_RATE_BPS = 1e5
 """The slowest native rate a calibration may fit: 100 kbit/s."""
+REFERENCE_SOCKETS = 16
+"""Sockets per connection of the reference's backend: NCCL's socket transport opens 2 threads ×
+8 sockets on an AWS network adapter, so a connection has 16 windows."""
+REFERENCE_TCP = "ubuntu-2022"
+"""The reference hosts' TCP: their Ubuntu's defaults (cubic, 6 MiB/4 MiB buffer maxima)."""
 
 
 def workload_of(config: TrainerConfig) -> Workload:
@@ -69,6 +76,22 @@ class Calibration:
     native: Native
     stages: StageCompute | None = None
     measured: Workload | None = None
+    tcp: dict | None = None
+    """The hosts' own TCP settings (`netem.tcp.TcpSettings` fields) where known: the recorded
+    ones of the cell calibrated on, or the reference hosts' preset."""
+    sockets: int = 1
+    """Sockets per connection (gloo: 1)."""
+    gpipe_schedule: str = "gpipe"
+    """How the GPipe engine is modelled: wanlab's (`gpipe`) or the reference system's
+    (`reference`: a barrier between the forwards and the backwards, and the last stage waiting
+    for each backward send)."""
+
+    def workload_for(self, config: TrainerConfig) -> Workload:
+        """The cost model's view of `config`, with this calibration's GPipe schedule."""
+        workload = workload_of(config)
+        if workload.schedule == "gpipe":
+            return replace(workload, schedule=self.gpipe_schedule)
+        return workload
 
     def compute_for(self, workload: Workload) -> StageCompute:
         """Stage times of `workload`: the measured ones when the partition matches, else FLOPs."""
@@ -85,6 +108,9 @@ class Calibration:
             "memory_bytes_per_s": self.memory_bytes_per_s,
             "native_latency_s": self.native.latency_s,
             "native_rate_bps": self.native.rate_bps,
+            "tcp": self.tcp,
+            "sockets": self.sockets,
+            "gpipe_schedule": self.gpipe_schedule,
         }
 
 
@@ -153,12 +179,23 @@ def from_total(
     source: str,
     native: Native,
     memory_bytes_per_s: float = DEFAULT_MEMORY_BYTES_PER_S,
+    tcp: dict | None = None,
+    sockets: int = 1,
+    gpipe_schedule: str = "gpipe",
 ) -> Calibration:
-    """Fit the FLOP rate to one cell's measured iteration time (its network uniform `profile`)."""
-    workload = workload_of(config)
+    """Fit the FLOP rate to one cell's measured iteration time (its network uniform `profile`,
+    its hosts' TCP `tcp` over `sockets` sockets per connection where known, its GPipe run as
+    `gpipe_schedule`)."""
+    calibration = Calibration(
+        f"{source} (fitted)", DEFAULT_FLOPS, memory_bytes_per_s, native, tcp=tcp,
+        sockets=sockets, gpipe_schedule=gpipe_schedule,
+    )  # fmt: skip
     network = uniform_network(config.world_size, profile, native)
-    rate = fit_flops(workload, network, measured_s, memory_bytes_per_s)
-    return Calibration(f"{source} (fitted)", rate, memory_bytes_per_s, native)
+    network = network.with_tcp(tcp_side([tcp] * config.world_size, sockets))
+    workload = calibration.workload_for(config)
+    return replace(
+        calibration, flops_per_s=fit_flops(workload, network, measured_s, memory_bytes_per_s)
+    )
 
 
 def fit_native_rate(
@@ -235,7 +272,11 @@ def reference_calibration(native: Native = DEFAULT_NATIVE) -> Calibration:
     if ref.profile not in BUILTIN:
         raise ConfigError(str(REFERENCE_FILE), "measurement[0].profile", "not a built-in profile")
     source = f"{ref.source}: {ref.name}, {ref.iteration_s:g} s"
-    return from_total(ref.config, BUILTIN[ref.profile], ref.iteration_s, source, native)
+    tcp = PRESETS[REFERENCE_TCP].model_dump()
+    return from_total(
+        ref.config, BUILTIN[ref.profile], ref.iteration_s, source, native,
+        tcp=tcp, sockets=REFERENCE_SOCKETS, gpipe_schedule="reference",
+    )  # fmt: skip
 
 
 def native_from_probe(probe: list[dict] | None, fallback: Native) -> Native:
@@ -308,6 +349,7 @@ class ResultsCalibration:
             r for r in self.records if _profile_of(r) is not None and _profile_of(r).is_default
         ]
         for keys in (
+            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp"),
             ("dp_degree", "micro_batch", "engine", "dp_mode"),
             ("dp_degree", "micro_batch"),
         ):
@@ -320,7 +362,9 @@ class ResultsCalibration:
         """The calibration for a cell with coordinates `params` (profile, dp, micro_batch, …)."""
         record = self.choose(params)
         if record.cell_id not in self._cache:
-            self._cache[record.cell_id] = self._calibrate(record)
+            recorded = [tcp for tcp in record.network.tcp.values() if tcp]
+            tcp = recorded[0] if recorded else None  # the hosts are taken to be alike
+            self._cache[record.cell_id] = replace(self._calibrate(record), tcp=tcp)
         return self._cache[record.cell_id]
 
     def _calibrate(self, record: CellRecord) -> Calibration:

@@ -11,10 +11,11 @@ reordering are not modelled (the prediction assumes a clean, if slow, link).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from experiments.costmodel.tcp import TcpSide, path_cap, start_window, wire_s
 from netem.pairs import PairMatrix
 from netem.profile import Profile
 
@@ -42,16 +43,40 @@ DEFAULT_NATIVE = Native()
 
 @dataclass(frozen=True)
 class Network:
-    """Per ordered host pair: latency_s[i, j] and bytes_per_s[i, j]; each host's ingress rate."""
+    """Per ordered host pair: latency_s[i, j] and bytes_per_s[i, j]; each host's ingress rate;
+    and the hosts' TCP settings where known (None: every transfer at the ideal A/β)."""
 
     latency_s: np.ndarray
     bytes_per_s: np.ndarray
     ingress_bytes_per_s: np.ndarray
+    tcp: TcpSide | None = None
 
     @property
     def n_hosts(self) -> int:
         """Hosts the network spans."""
         return len(self.ingress_bytes_per_s)
+
+    def wire_s(
+        self, size, src: np.ndarray, dst: np.ndarray, idle_s=np.inf, rate_share: float = 1.0
+    ) -> np.ndarray:
+        """Seconds `size` bytes take to leave src for dst (the latency comes on top), on a
+        connection idle for `idle_s` (its first use in an iteration: idle since the last one),
+        with `rate_share` of the sender's rate (connections sharing its egress)."""
+        rate = self.bytes_per_s[src, dst] * rate_share
+        if self.tcp is None:
+            return size / rate
+        rtt = self.latency_s[src, dst] + self.latency_s[dst, src]
+        window = self.tcp.window(src, dst)
+        cap = path_cap(window, rate, rtt)
+        start = start_window(
+            cap, self.tcp.initial_window_bytes[src], self.tcp.slow_start_after_idle[src],
+            idle_s, rtt,
+        )  # fmt: skip
+        return wire_s(size, rtt, rate, window, start)
+
+    def with_tcp(self, tcp: TcpSide | None) -> Network:
+        """The same network with these hosts' TCP settings."""
+        return replace(self, tcp=tcp)
 
 
 def _egress(native: Native, shape: Profile | None) -> tuple[float, float]:

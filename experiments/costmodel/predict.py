@@ -11,13 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from experiments.costmodel.analytic import predict
-from experiments.costmodel.calibrate import Calibration, workload_of
+from experiments.costmodel.calibrate import Calibration
 from experiments.costmodel.network import Network, pair_network, uniform_network
+from experiments.costmodel.tcp import tcp_side
 from experiments.matrix import MatrixSpec
 from experiments.results import CellRecord
 from inventory.errors import ConfigError
 from netem.fleet import Target
 from netem.pairs import Addressable, PairMatrix
+from netem.tcp import TcpSettings
 from trainer.config import TrainerConfig
 
 PREDICTIONS = "predictions.jsonl"
@@ -39,15 +41,26 @@ def network_for(
     return pair_network(keys, target, calibration.native)
 
 
+def tcp_for(setting: TcpSettings | None, hosts_own: dict | None) -> dict | None:
+    """A cell's TCP: its setting's fields over the hosts' own (None: unknown, the ideal)."""
+    if setting is None:
+        return hosts_own
+    return (hosts_own or {}) | setting.model_dump(exclude_none=True)
+
+
 def predict_config(
     config: TrainerConfig,
     target: Target,
     calibration: Calibration,
     hosts: Sequence[Addressable] | None = None,
+    tcp_setting: TcpSettings | None = None,
 ) -> dict:
-    """`{"predicted_iteration_s", "parts", "slowest_hop_s", ...}` for one configuration."""
-    workload = workload_of(config)
+    """`{"predicted_iteration_s", "parts", "slowest_hop_s", ...}` for one configuration;
+    `tcp_setting` is what the cell set on the hosts (None: their own)."""
+    workload = calibration.workload_for(config)
+    tcp = tcp_for(tcp_setting, calibration.tcp)
     network = network_for(target, config.world_size, calibration, hosts)
+    network = network.with_tcp(tcp_side([tcp] * network.n_hosts, calibration.sockets))
     prediction = predict(workload, calibration.compute_for(workload), network)
     return prediction.as_dict() | {"calibration": calibration.describe()}
 
@@ -64,8 +77,9 @@ def predict_matrix(
         params = cell.params()
         row = {"cell_id": cell.cell_id, "params": params}
         row |= predict_config(
-            spec.trainer_config(cell), spec.targets[cell.profile], calibration_for(params), hosts
-        )
+            spec.trainer_config(cell), spec.targets[cell.profile], calibration_for(params), hosts,
+            spec.tcp[cell.tcp],
+        )  # fmt: skip
         record = (measured or {}).get(cell.cell_id)
         if record is not None:
             actual = record.summary.iteration_s

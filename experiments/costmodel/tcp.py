@@ -1,0 +1,104 @@
+"""How long TCP takes to move a message: the window dynamics the ideal α + A/β leaves out.
+
+A connection's congestion window starts at the initial window (the route's `initcwnd` segments)
+and doubles every round trip (slow start) until it reaches the most the path can carry: the
+bandwidth-delay product β·R, or the window the socket buffers allow, whichever is smaller. The
+buffers allow the receiver's `tcp_rmem` maximum less the share `tcp_adv_win_scale` keeps for
+overhead (rmem · (1 − 2^−scale)), and no more than the sender's `tcp_wmem` maximum in flight.
+Below β·R the window, not the rate, sets the pace: W/R. With `tcp_slow_start_after_idle` a
+connection idle for an RTO (≈ R + 200 ms on Linux) halves its window for every RTO it waited,
+down to the initial window; without it the window stays.
+
+A backend that spreads a connection over k sockets gets k windows (`sockets`). Losses are not
+modelled: the path is clean, if slow. With an unlimited window and a warm connection this is
+the ideal A/β on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MSS_BYTES = 1448
+"""Payload per segment at a 1,500-byte MTU with timestamps."""
+RTO_MIN_S = 0.2
+"""Linux's smallest retransmission timeout; an idle connection's RTO is about R + this."""
+
+
+@dataclass(frozen=True)
+class TcpSide:
+    """The TCP settings of each host that matter to a transfer (arrays, one entry per host)."""
+
+    receive_window_bytes: np.ndarray
+    send_buffer_bytes: np.ndarray
+    initial_window_bytes: np.ndarray
+    slow_start_after_idle: np.ndarray
+    sockets: int = 1
+
+    def window(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """The most a connection src → dst may have in flight (all its sockets together)."""
+        one = np.minimum(self.receive_window_bytes[dst], self.send_buffer_bytes[src])
+        return one * self.sockets
+
+
+def receive_window(rmem_max: float, adv_win_scale: int) -> float:
+    """The window a receive buffer of `rmem_max` bytes offers."""
+    if adv_win_scale > 0:
+        return rmem_max * (1 - 2.0**-adv_win_scale)
+    return rmem_max / 2.0**-adv_win_scale
+
+
+def tcp_side(settings: list[dict | None], sockets: int = 1) -> TcpSide | None:
+    """Per-host TCP from recorded or preset settings (`netem.tcp.TcpSettings` fields); None
+    when no host's are known (the ideal network)."""
+    if not any(settings):
+        return None
+    unknown = float("inf")
+    receive, send, initial, restart = [], [], [], []
+    for one in settings:
+        one = one or {}
+        rmem, wmem = one.get("rmem"), one.get("wmem")
+        receive.append(receive_window(rmem[2], one.get("adv_win_scale", 1)) if rmem else unknown)
+        send.append(wmem[2] if wmem else unknown)
+        initial.append((one.get("initcwnd") or 10) * MSS_BYTES)
+        restart.append(bool(one.get("slow_start_after_idle", False)))
+    return TcpSide(np.array(receive), np.array(send), np.array(initial), np.array(restart), sockets)
+
+
+def path_cap(window: np.ndarray, rate: np.ndarray, rtt_s: np.ndarray) -> np.ndarray:
+    """The most worth having in flight: the window, or the bandwidth-delay product β·R."""
+    return np.maximum(np.minimum(window, rate * rtt_s), MSS_BYTES)
+
+
+def start_window(
+    cap: np.ndarray,
+    initial: np.ndarray,
+    restart: np.ndarray,
+    idle_s: np.ndarray,
+    rtt_s: np.ndarray,
+) -> np.ndarray:
+    """The window a warm connection (window `cap`) has after `idle_s` without sending."""
+    rto = rtt_s + RTO_MIN_S
+    halvings = np.floor(np.maximum(idle_s, 0.0) / rto)
+    cooled = np.maximum(initial, cap / 2.0 ** np.minimum(halvings, 60))
+    return np.where(restart, np.minimum(cooled, cap), cap)
+
+
+def wire_s(
+    size: float, rtt_s: np.ndarray, rate: np.ndarray, window: np.ndarray, start: np.ndarray
+) -> np.ndarray:
+    """Seconds from a message's first byte leaving to its last byte leaving, starting with a
+    congestion window of `start` bytes: slow-start rounds of R each until the window reaches
+    its cap min(window, β·R), then the rest at min(β, window/R)."""
+    cap = path_cap(window, rate, rtt_s)
+    start = np.minimum(np.maximum(start, MSS_BYTES), cap)
+    steady = np.minimum(rate, window / np.maximum(rtt_s, 1e-12))
+    rounds_to_cap = np.ceil(np.log2(cap / start) - 1e-9).clip(min=0)
+    slow_start_bytes = start * (2.0**rounds_to_cap - 1)
+    # a message that ends during slow start: k rounds, the last one's bytes at line rate
+    k = np.ceil(np.log2(size / start + 1) - 1e-9).clip(min=1)
+    before_last = start * (2.0 ** (k - 1) - 1)
+    within = (k - 1) * rtt_s + (size - before_last) / rate
+    beyond = rounds_to_cap * rtt_s + (size - slow_start_bytes) / steady
+    return np.where(size <= slow_start_bytes, within, beyond)
