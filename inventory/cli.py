@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,14 +11,21 @@ from rich.console import Console
 from rich.table import Table
 
 from inventory.check import check_fleet
-from inventory.errors import check_option
+from inventory.errors import ConfigError, check_option
+from inventory.freeze import write_fleet
+from inventory.fromsource import SourceOptions, read_source
 from inventory.loader import load_inventory
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
 console = Console(markup=False)  # user text (names, labels, paths) is never markup
 
 InventoryOption = Annotated[
-    str, typer.Option("-i", "--inventory", help="Inventory file, or 'local' for the local fleet.")
+    str,
+    typer.Option(
+        "-i",
+        "--inventory",
+        help="Inventory file (TOML; Ansible as ansible:FILE or *.yml/*.yaml/*.ini), or 'local'.",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -59,18 +67,64 @@ def node_kernel_line(description: dict) -> str:
 
 
 @inventory_app.command("show")
-def inventory_show(inventory: InventoryOption, as_json: JsonOption = False):
-    """Print the hosts of an inventory as read and validated."""
-    fleet = load_inventory(inventory, check_keys=False)
+def inventory_show(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The source's file: ansible's inventory, ssh-config's (~/.ssh/config)."
+        ),
+    ] = None,
+    inventory: Annotated[
+        str | None,
+        typer.Option("-i", "--inventory", help="Inventory file (TOML or Ansible), or 'local'."),
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="Read another source: ansible, ssh-config, ec2.")
+    ] = None,
+    write: Annotated[
+        Path | None, typer.Option("--write", help="Also write the fleet as a TOML inventory.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The fleet's name (--from).")] = None,
+    group: Annotated[str | None, typer.Option(help="ansible: the group (default all).")] = None,
+    hosts: Annotated[
+        str | None, typer.Option(help="ssh-config: aliases matching, e.g. 'gpu-*'.")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="ec2: Key=Value, repeatable.")] = None,
+    instance_type: Annotated[str | None, typer.Option("--type", help="ec2: instance type.")] = None,
+    region: Annotated[str | None, typer.Option(help="ec2: region.")] = None,
+    public: Annotated[bool, typer.Option(help="ec2: public addresses, not private.")] = False,
+    order_tag: Annotated[str | None, typer.Option(help="ec2: tag that orders the hosts.")] = None,
+    user: Annotated[str | None, typer.Option(help="ec2: the hosts' login (default root).")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="ec2: the hosts' private key.")] = None,
+    as_json: JsonOption = False,
+):
+    """Print the hosts of an inventory (-i) or another source (--from) as read and validated;
+    --write freezes them into a TOML inventory."""
+    if (inventory is None) == (source is None):
+        raise ConfigError(None, "-i/--from", "give exactly one of -i INVENTORY and --from SOURCE")
+    if source is None:
+        if file is not None or name is not None:
+            which = "FILE" if file is not None else "--name"
+            raise ConfigError(None, which, "only with --from (-i names the inventory)")
+        fleet = load_inventory(inventory, check_keys=False)
+    else:
+        options = SourceOptions(name, group, hosts, tag or [], instance_type, region, public,
+                                order_tag, user, key_file)  # fmt: skip
+        fleet = read_source(source, file, options)
+    if write is not None:
+        write_fleet(fleet, write)
     if as_json:
         print(fleet.model_dump_json(indent=2))
         return
     rows = [
-        {**host.model_dump(), "labels": ", ".join(f"{k}={v}" for k, v in host.labels.items())}
+        {**host.model_dump(), "labels": ", ".join(f"{k}={v}" for k, v in host.labels.items()),
+         "jump": host.jump and f"{host.jump.user}@{host.jump.address}:{host.jump.port}"}
         for host in fleet.hosts
-    ]
-    columns = ["name", "address", "user", "port", "interface", "python", "labels"]
-    print_table(f"{fleet.name} ({fleet.source})", rows, columns)
+    ]  # fmt: skip
+    columns = ["name", "address", "user", "port", "jump", "interface", "python", "labels"]
+    print_table(f"{fleet.name} ({fleet.source or source})", rows, columns)
+    if write is not None:
+        console.print(f"written: {write}", highlight=False, soft_wrap=True)
 
 
 @inventory_app.command("check")

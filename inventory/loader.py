@@ -1,4 +1,5 @@
-"""Read a fleet inventory from TOML, with errors that name the file and the field."""
+"""Read a fleet inventory (TOML, or through `-i` an Ansible inventory), with errors that name
+the file and the field."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from inventory.models import Fleet
 from inventory.tomlfile import read_toml
 
 LOCAL = "local"
+ANSIBLE_PREFIX = "ansible:"
+ANSIBLE_SUFFIXES = (".yml", ".yaml", ".ini")
 _TOP_LEVEL = {"fleet", "defaults", "hosts"}
 _PATH_FIELDS = ("key_file",)
 
@@ -44,16 +47,34 @@ def _resolve(value: Any, base: Path) -> Any:
     return path if path.is_absolute() else base / path
 
 
+def is_ansible_spec(spec: str) -> bool:
+    """True when an -i value names an Ansible inventory: `ansible:FILE`, or a file ending in
+    .yml, .yaml or .ini."""
+    return spec.startswith(ANSIBLE_PREFIX) or Path(spec).suffix.lower() in ANSIBLE_SUFFIXES
+
+
 def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
-    """Load an inventory file, or the local fleet's own inventory when `spec` is 'local'."""
+    """Load an inventory: a TOML file, an Ansible inventory (every host; see
+    `is_ansible_spec`), or the local fleet's own when `spec` is 'local'."""
     if str(spec) == LOCAL:
         from inventory.localfleet import LocalFleet
 
         path = LocalFleet().inventory_path
         if not path.is_file():
             raise ConfigError(LOCAL, None, "the local fleet is not up; run `wanlab fleet up`")
+        fleet = _load_toml(path)
+    elif is_ansible_spec(str(spec)):
+        from inventory.ansible import load_ansible  # it builds on this module
+
+        fleet = load_ansible(Path(str(spec).removeprefix(ANSIBLE_PREFIX)))
     else:
-        path = Path(spec)
+        fleet = _load_toml(Path(spec))
+    if check_keys:
+        check_key_files(fleet)
+    return fleet
+
+
+def _load_toml(path: Path) -> Fleet:
     file = str(path)
     data = read_toml(path)
     unknown = sorted(set(data) - _TOP_LEVEL)
@@ -76,6 +97,9 @@ def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
         for key in _PATH_FIELDS:
             if key in merged:
                 merged[key] = _resolve(merged[key], base)
+        jump = merged.get("jump")
+        if isinstance(jump, dict) and "key_file" in jump:
+            merged["jump"] = {**jump, "key_file": _resolve(jump["key_file"], base)}
         merged_hosts.append(merged)
     fleet_fields = dict(fleet_table)
     if "known_hosts" in fleet_fields:
@@ -89,8 +113,6 @@ def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
         detail_loc = error.errors()[0]["loc"]
         prefix = "fleet" if detail_loc and detail_loc[0] not in ("hosts",) else ""
         raise first_error(error, file, prefix) from None
-    if check_keys:
-        check_key_files(fleet)
     return fleet
 
 
@@ -104,10 +126,13 @@ def check_key_files(fleet: Fleet) -> None:
     if fleet.known_hosts is not None and not fleet.known_hosts.is_file():
         raise ConfigError(file, "fleet.known_hosts", f"{fleet.known_hosts} does not exist")
     for index, host in enumerate(fleet.hosts):
-        if host.key_file is not None:
-            problem = _not_a_private_key(host.key_file)
+        for field, key_file in (
+            ("key_file", host.key_file),
+            ("jump.key_file", host.jump and host.jump.key_file),
+        ):
+            problem = key_file and _not_a_private_key(key_file)
             if problem:
-                raise ConfigError(file, f"hosts[{index}].key_file", f"{host.key_file} {problem}")
+                raise ConfigError(file, f"hosts[{index}].{field}", f"{key_file} {problem}")
 
 
 def _not_a_private_key(path: Path) -> str | None:

@@ -50,34 +50,53 @@ def is_valid_address(text: str) -> bool:
     return all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
+def _address(address: str) -> str:
+    if not is_valid_address(address):
+        raise ValueError(f"{address!r} is neither an IP address nor a host name")
+    return normalized_address(address)
+
+
+def _user(user: str) -> str:
+    if not _USER.fullmatch(user):
+        raise ValueError(f"{user!r} is not a valid user name")
+    return user
+
+
+Address = Annotated[str, AfterValidator(_address)]
+"""An IP address or DNS host name, in its one normalized spelling."""
+
+UserName = Annotated[str, AfterValidator(_user)]
+"""A login name: it reaches the SSH layer and remote commands."""
+
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+
+
+class JumpHost(BaseModel):
+    """The host SSH passes through to reach a fleet host (one hop, as ProxyJump)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: Address
+    user: UserName = "root"
+    port: Port = 22
+    key_file: Path | None = None
+
+
 class Host(BaseModel):
     """One machine of the fleet and everything needed to reach it over SSH."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: SimpleName
-    address: str
-    user: str = "root"
-    port: int = Field(default=22, ge=1, le=65535, strict=True)
+    address: Address
+    user: UserName = "root"
+    port: Port = 22
     key_file: Path | None = None
+    jump: JumpHost | None = None
     interface: str | None = None
     python: str = "python3"
     workdir: str = "/tmp/wanlab"
     labels: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("address")
-    @classmethod
-    def _address_is_valid(cls, address: str) -> str:
-        if not is_valid_address(address):
-            raise ValueError(f"{address!r} is neither an IP address nor a host name")
-        return normalized_address(address)
-
-    @field_validator("user")
-    @classmethod
-    def _user_is_valid(cls, user: str) -> str:
-        if not _USER.fullmatch(user):
-            raise ValueError(f"{user!r} is not a valid user name")
-        return user
 
     @field_validator("interface")
     @classmethod

@@ -2,13 +2,15 @@
 
 Connections are opened once per host and reused; every host gets its own timeout and its own
 result, so one dead host never hides the answers of the others. Host keys are checked strictly
-against the fleet's known_hosts (or the user's) unless the inventory turns that off.
+against the fleet's known_hosts (or the user's) unless the inventory turns that off. A host
+behind a jump host is reached through a channel of the jump host's connection (one hop).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
-from inventory.models import Fleet, Host
+from inventory.models import Fleet, Host, JumpHost
 
 Command = list[str] | Callable[[Host], list[str]]
 
@@ -118,6 +120,8 @@ class FleetSSH:
     def __init__(self, fleet: Fleet):
         self.fleet = fleet
         self._connections: dict[str, Connection] = {}
+        self._jumps: dict[JumpHost, Connection] = {}
+        self._jump_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(64, len(fleet.hosts))))
 
     def __enter__(self) -> FleetSSH:
@@ -128,40 +132,63 @@ class FleetSSH:
 
     def close(self) -> None:
         """Close every connection and the worker threads."""
-        for connection in self._connections.values():
+        for connection in [*self._connections.values(), *self._jumps.values()]:
             connection.close()
         self._connections.clear()
+        self._jumps.clear()
         self._pool.shutdown(wait=True)
+
+    def _open(self, target: Host | JumpHost, sock: paramiko.Channel | None = None) -> Connection:
+        """An open connection to `target` (through `sock`, a jump host's channel), its host key
+        checked as the fleet says."""
+        connect_kwargs = {"allow_agent": True, "look_for_keys": target.key_file is None}
+        if target.key_file is not None:
+            connect_kwargs["key_filename"] = str(target.key_file)
+        if sock is not None:
+            connect_kwargs["sock"] = sock
+        connection = Connection(
+            target.address,
+            user=target.user,
+            port=target.port,
+            connect_timeout=self.fleet.connect_timeout,
+            connect_kwargs=connect_kwargs,
+            config=Config(overrides={"run": {"in_stream": False}}),
+        )
+        client = connection.client
+        if self.fleet.known_hosts is not None:
+            client.load_host_keys(str(self.fleet.known_hosts))
+        else:
+            client.load_system_host_keys()
+        if self.fleet.strict_host_keys:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        connection.open()
+        # A host that drops off the network must not hold a caller for paramiko's default
+        # hour: opening a channel gives up after the connect timeout, and keepalives let a
+        # dead connection be noticed.
+        transport = client.get_transport()
+        transport.channel_timeout = self.fleet.connect_timeout
+        transport.set_keepalive(KEEPALIVE_S)
+        return connection
+
+    def _jump_channel(self, host: Host) -> paramiko.Channel:
+        """A `direct-tcpip` channel to `host` through its jump host, whose one connection every
+        host behind it shares."""
+        with self._jump_lock:
+            jump = self._jumps.get(host.jump)
+            if jump is None or not jump.is_connected:
+                jump = self._jumps[host.jump] = self._open(host.jump)
+        return jump.transport.open_channel(
+            "direct-tcpip",
+            dest_addr=(host.address, host.port),
+            src_addr=("", 0),
+            timeout=self.fleet.connect_timeout,
+        )
 
     def _connection(self, host: Host) -> Connection:
         connection = self._connections.get(host.name)
         if connection is None:
-            connect_kwargs = {"allow_agent": True, "look_for_keys": host.key_file is None}
-            if host.key_file is not None:
-                connect_kwargs["key_filename"] = str(host.key_file)
-            connection = Connection(
-                host.address,
-                user=host.user,
-                port=host.port,
-                connect_timeout=self.fleet.connect_timeout,
-                connect_kwargs=connect_kwargs,
-                config=Config(overrides={"run": {"in_stream": False}}),
-            )
-            client = connection.client
-            if self.fleet.known_hosts is not None:
-                client.load_host_keys(str(self.fleet.known_hosts))
-            else:
-                client.load_system_host_keys()
-            if self.fleet.strict_host_keys:
-                client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            connection.open()
-            # A host that drops off the network must not hold a caller for paramiko's default
-            # hour: opening a channel gives up after the connect timeout, and keepalives let a
-            # dead connection be noticed.
-            transport = client.get_transport()
-            transport.channel_timeout = self.fleet.connect_timeout
-            transport.set_keepalive(KEEPALIVE_S)
-            self._connections[host.name] = connection
+            sock = self._jump_channel(host) if host.jump is not None else None
+            connection = self._connections[host.name] = self._open(host, sock)
         return connection
 
     def _drop(self, host: Host) -> None:

@@ -95,6 +95,50 @@ INVENTORIES = [
     ),
 ]
 
+YML_HOST = "all:\n  hosts:\n    a.example:\n"
+SSH_HOST = "Host a\n  HostName 10.0.0.1\n"
+
+# Inventory sources beside TOML: (case, file name, text, options after the file, field named,
+# words in the message). An Ansible file without options is given as `netem apply -i FILE`.
+SOURCES = [
+    ("ansible-unknown-group", "h.yml", YML_HOST, ["--group", "gpus"], "group", "no group"),
+    ("ansible-no-address", "h.yml", "all:\n  hosts:\n    gpu1:\n", [], "gpu1.ansible_host", ""),
+    ("ansible-playbook", "h.yml", "- hosts: all\n  tasks: []\n", [], None, "not an Ansible"),
+    ("ansible-bad-yaml", "h.yml", "all: [\n", [], "line 2", "not valid YAML"),
+    ("ansible-unknown-key", "h.yml", "all:\n  host:\n", [], "all.host", "not an inventory key"),
+    ("ansible-hosts-list", "h.yml", "all:\n  hosts: [a]\n", [], "all.hosts", "mapping"),
+    ("ansible-port-text", "h.yml", YML_HOST + "      ansible_port: '22'\n", [],
+     "a.example.ansible_port", "integer"),
+    ("ansible-port-range", "h.yml", YML_HOST + "      ansible_port: 70000\n", [],
+     "a.example.ansible_port", "less than or equal"),
+    ("ansible-user-shell", "h.yml", YML_HOST + "      ansible_user: root;id\n", [],
+     "a.example.ansible_user", "not a valid"),
+    ("ansible-label-number", "h.yml", YML_HOST + "      wanlab_rank: 3\n", [],
+     "a.example.wanlab_rank", "string"),
+    ("ansible-empty-range", "h.yml", "all:\n  hosts:\n    n[3:1].example:\n", [],
+     "all.hosts.n[3:1].example", "empty range"),
+    ("ini-host-line", "h.ini", "[g]\nh.example port\n", [], "line 2", "NAME=VALUE"),
+    ("ini-header", "h.ini", "[g\nh.example\n", [], "line 1", "a section is"),
+    ("ini-vars-line", "h.ini", "[g:vars]\nflag\n", [], "line 2", "NAME=VALUE"),
+    ("ini-port-word", "h.ini", "[g]\nh.example ansible_port=ssh\n", [],
+     "h.example.ansible_port", "not a port"),
+    ("ini-cycle", "h.ini", "[a]\nh.example\n[a:children]\nb\n[b:children]\na\n", [], "a",
+     "contain each other"),
+    ("ini-same-address", "h.ini", "[g]\na ansible_host=10.0.0.1\nb ansible_host=10.0.0.1\n", [],
+     "b.ansible_host", "already used by a"),
+    ("ssh-no-hostname", "config", "Host gpu1\n  User ubuntu\n", [], "gpu1.HostName", "missing"),
+    ("ssh-port-word", "config", SSH_HOST + "  Port ssh\n", [], "a.Port", "not a port"),
+    ("ssh-port-range", "config", SSH_HOST + "  Port 70000\n", [], "a.Port", "less than"),
+    ("ssh-user-dash", "config", SSH_HOST + "  User -oProxy\n", [], "a.User", "not a valid"),
+    ("ssh-two-hops", "config", SSH_HOST + "  ProxyJump b.example,c.example\n", [],
+     "a.ProxyJump", "only one jump host"),
+    ("ssh-jump-alias", "config", SSH_HOST + "  ProxyJump gw\n", [], "a.ProxyJump.HostName", ""),
+    ("ssh-proxy-command", "config", SSH_HOST + "  ProxyCommand nc %h %p\n", [],
+     "a.ProxyCommand", "not supported"),
+    ("ssh-no-match", "config", SSH_HOST, ["--hosts", "gpu-*"], "hosts", "no Host alias"),
+    ("ssh-unparsable", "config", "Host\n", [], None, "not a valid SSH configuration"),
+]  # fmt: skip
+
 # (case, matrix text, field named, words in the message)
 MATRICES = [
     ("repeats-bool", GOOD_MATRIX.replace('"t"', '"t"\nrepeats = true'), "matrix.repeats", ""),
@@ -177,6 +221,48 @@ def test_inventory(monkeypatch, capsys, tmp_path, case, text, field, words):
     code, stdout, stderr = run_cli(monkeypatch, capsys, "netem", "apply", "1gbit", "-i", str(path))
     assert code == 2 and stdout == "", stderr
     assert_one_line(stderr, str(path), field, words)
+
+
+@pytest.mark.parametrize(("case", "name", "text", "options", "field", "words"), SOURCES,
+                         ids=[c[0] for c in SOURCES])  # fmt: skip
+def test_inventory_source(monkeypatch, capsys, tmp_path, case, name, text, options, field, words):
+    path = tmp_path / name
+    path.write_text(text)
+    if name == "config":
+        argv = ["inventory", "show", "--from", "ssh-config", str(path), *options]
+    elif options:
+        argv = ["inventory", "show", "--from", "ansible", str(path), *options]
+    else:
+        argv = ["netem", "apply", "1gbit", "-i", str(path)]
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *argv)
+    assert code == 2 and stdout == "", stderr
+    assert_one_line(stderr, str(path), field, words)
+
+
+# Options of `inventory show --from`: (case, options, option named, words in the message)
+SOURCE_OPTIONS = [
+    ("tag-for-ansible", ["--from", "ansible", "h.yml", "--tag", "a=b"], "--tag", "only with"),
+    ("group-for-ec2", ["--from", "ec2", "--group", "g"], "--group", "only with --from ansible"),
+    ("tag-no-equals", ["--from", "ec2", "--tag", "Project"], "--tag", "Key=Value"),
+    ("ec2-user-shell", ["--from", "ec2", "--user", "root;id"], "--user", "not a valid"),
+    ("ec2-file", ["--from", "ec2", "h.yml"], "FILE", "reads no file"),
+    ("ansible-no-file", ["--from", "ansible"], "FILE", "needs the inventory file"),
+    ("unknown-source", ["--from", "cloud"], "--from", "not one of"),
+    ("both", ["--from", "ec2", "-i", "h.yml"], "-i/--from", "exactly one"),
+    ("neither", [], "-i/--from", "exactly one"),
+    ("name-for-toml", ["-i", "h.yml", "--name", "x"], "--name", "only with --from"),
+    ("write-nowhere", ["-i", "h.yml", "--write", "/proc/fleet.toml"], "/proc/fleet.toml", "cannot"),
+]
+
+
+@pytest.mark.parametrize(("case", "options", "option", "words"), SOURCE_OPTIONS,
+                         ids=[c[0] for c in SOURCE_OPTIONS])  # fmt: skip
+def test_inventory_source_option(monkeypatch, capsys, tmp_path, case, options, option, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "h.yml").write_text(YML_HOST)
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "inventory", "show", *options)
+    assert code == 2 and stdout == "", stderr
+    assert_one_line(stderr, option, None, words)
 
 
 @pytest.mark.parametrize(("case", "text", "field", "words"), MATRICES,

@@ -8,8 +8,11 @@ import signal
 import subprocess
 import time
 
+import paramiko
+
 from inventory.loader import load_inventory
 from inventory.ssh import FleetSSH
+from inventory.sshconfig import load_ssh_config
 
 
 def test_check_reports_every_host(local_fleet, wanlab):
@@ -103,3 +106,24 @@ def test_strict_host_keys_reject_unknown_host(local_fleet, tmp_path):
     with FleetSSH(fleet.model_copy(update={"known_hosts": empty})) as ssh:
         results = ssh.run(["true"])
     assert all(not r.ok and "not found in known_hosts" in r.error for r in results.values())
+
+
+def test_proxy_jump_reaches_h1_through_h0(local_fleet, tmp_path):
+    """h1 as an SSH client configuration names it, with h0 as its ProxyJump: the command runs
+    on h1, its SSH connection comes from h0's address, and it rides a channel of h0's."""
+    fleet = load_inventory("local")
+    h0, h1 = fleet.hosts[0], fleet.hosts[1]
+    config = tmp_path / "config"
+    config.write_text(
+        f"Host jump\n  HostName {h0.address}\n"
+        f"Host target\n  HostName {h1.address}\n  ProxyJump jump\n"
+        f"Host *\n  User {h1.user}\n  IdentityFile {h1.key_file}\n"
+    )
+    behind = load_ssh_config(config, "target").model_copy(update={"known_hosts": fleet.known_hosts})
+    assert behind.hosts[0].jump.address == h0.address
+    with FleetSSH(behind) as ssh:
+        result = ssh.run(["sh", "-c", "hostname; echo $SSH_CONNECTION"])["target"]
+        assert result.ok, result.error
+        name, connection = result.stdout.split("\n")[:2]
+        assert name == "h1" and connection.split()[0] == h0.address
+        assert isinstance(ssh._connections["target"].transport.sock, paramiko.Channel)
