@@ -18,7 +18,14 @@ from experiments.plan import plan_rows, tc_preview
 from experiments.report.cli import report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
-from inventory.cli import JsonOption, console, inventory_app, node_kernel_line, print_table
+from inventory.cli import (
+    JsonOption,
+    console,
+    deploy,
+    inventory_app,
+    node_kernel_line,
+    print_table,
+)
 from inventory.errors import ConfigError, HostsUnreachable
 from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet
@@ -42,6 +49,7 @@ app.add_typer(fleet_app, name="fleet")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(netem_app, name="netem")
 app.command("probe")(probe)
+app.command("deploy")(deploy)
 app.command("predict")(predict)
 app.command("report")(report)
 

@@ -16,7 +16,6 @@ from pathlib import PurePosixPath
 
 import paramiko
 
-from inventory.errors import ConfigError
 from inventory.models import Fleet, Host
 from inventory.ship import ship_code
 from inventory.ssh import FleetSSH, Stream
@@ -42,18 +41,6 @@ class LaunchResult:
     reason: str | None
     placement: dict[int, str]
     seconds: float
-
-
-def place_ranks(config: TrainerConfig, fleet: Fleet) -> list[Host]:
-    """Rank r runs on host r (one rank per host); rank 0 is stage 0 of pipeline 0."""
-    if config.world_size > len(fleet.hosts):
-        raise ConfigError(
-            str(fleet.source),
-            "hosts",
-            f"a cell needs {config.world_size} hosts (pipeline {config.pipeline} × "
-            f"dp_degree {config.dp_degree}) but the inventory has {len(fleet.hosts)}",
-        )
-    return fleet.hosts[: config.world_size]
 
 
 def trainer_flags(config: TrainerConfig) -> list[str]:
@@ -90,7 +77,7 @@ class TrainerLauncher:
         self.workers: dict[str, Stream] = {}
 
     def _pid_file(self, host: Host) -> str:
-        # Named per host: hosts of a local fleet share one file system and one workdir.
+        # Named per host: hosts of a local fleet share one file system.
         return str(PurePosixPath(host.workdir) / f"trainer-worker-{host.name}.pid")
 
     def _reply(self, host: str, timeout_s: float) -> dict:
@@ -129,12 +116,13 @@ class TrainerLauncher:
     def run(
         self,
         config: TrainerConfig,
+        hosts: list[Host],
         run_name: str,
         timeout_s: float,
         prepare: Callable[[], str | None] | None = None,
         while_joining: Callable[[], None] | None = None,
     ) -> LaunchResult:
-        """Run one cell on its ranks' workers and return rank 0's summary.
+        """Run one cell on its ranks' workers (rank r on `hosts[r]`) and return rank 0's summary.
 
         The ranks first build their stages; then `prepare` runs (the runner shapes the network
         there). Unless it returns a reason to stop, the ranks join their process group on the
@@ -142,7 +130,6 @@ class TrainerLauncher:
         then they train.
         `LaunchResult.seconds` counts from "go" to the last answer.
         """
-        hosts = place_ranks(config, self.fleet)
         placement = {rank: host.name for rank, host in enumerate(hosts)}
         started = time.monotonic()
         port = random.randint(20000, 40000)

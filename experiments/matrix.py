@@ -25,6 +25,9 @@ tcp = ["host", "ubuntu-2022", "big"]   # the hosts' TCP settings: as they are, p
 rmem = [4096, 131072, 268435456]
 slow_start_after_idle = false
 
+[placement]                # which host runs which rank: experiments/placement.py
+by = "order"               # or "ranks" (ranks = ["h3", "h0", ...]) or "label" (label = "region")
+
 [probe]                    # the brief network measurement stored with every cell
 seconds = 1.0
 count = 20
@@ -45,14 +48,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from experiments.placement import Placement, place_ranks
 from inventory.errors import ConfigError
 from inventory.loader import first_error
+from inventory.models import Fleet, Host
 from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
 from trainer.config import TrainerConfig, load_config
 
-_TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "probe", "timeouts")
+_TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts")
 _AXES = ("profiles", "tcp", "dp_degrees", "micro_batches", "engines", "dp_modes")
 _AXES_AS_CELL = ("profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode")
 _TCP_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
@@ -161,6 +166,12 @@ class MatrixSpec:
     targets: dict[str, Target]
     tcp: dict[str, TcpSettings | None] = field(default_factory=lambda: {HOST: None})
     """Each TCP setting of the axis: None for `host` (left as it is)."""
+    placement: Placement = field(default_factory=Placement)
+    """Which host runs which rank (`experiments.placement`)."""
+
+    def place(self, cell: Cell, fleet: Fleet) -> list[Host]:
+        """The host of each rank of `cell`, rank order."""
+        return place_ranks(self.trainer_config(cell), fleet, self.placement, str(self.source))
 
     def cells(self) -> list[Cell]:
         """Every cell, profiles outermost (so a profile is applied once for its cells)."""
@@ -241,7 +252,8 @@ def load_matrix(path: str | Path) -> MatrixSpec:
         spec: _resolve_profile(spec, path.parent, file, i) for i, spec in enumerate(axes.profiles)
     }
     tcp = _tcp_settings(data.get("tcp", {}), axes.tcp, file)
-    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp)
+    placement = _section(data, "placement", Placement, file)
+    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp, placement)
     _check_cells(spec, file)
     return spec
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from experiments.launch import place_ranks
 from experiments.matrix import MatrixSpec
 from inventory.models import Fleet
 from netem.fleet import trees_for
@@ -10,11 +9,12 @@ from netem.tree import tc_commands
 
 
 def plan_rows(spec: MatrixSpec, fleet: Fleet) -> list[dict]:
-    """One row per cell: its id, world size and the hosts its ranks run on (rank order)."""
+    """One row per cell: its id, world size and the hosts its ranks run on (rank order, as the
+    matrix's placement puts them)."""
     rows = []
     for cell in spec.cells():
         config = spec.trainer_config(cell)
-        hosts = place_ranks(config, fleet)
+        hosts = spec.place(cell, fleet)
         rows.append(
             {
                 "cell": cell.cell_id,

@@ -123,7 +123,9 @@ class CellRecord(BaseModel):
     summary: Summary | None = None
     hosts: dict[str, Any] = {}
     placement: dict[int, str] | None = None
-    """Rank → host name."""
+    """Rank → host name (rank = replica · pipeline + stage)."""
+    placement_rule: str | None = None
+    """How the matrix placed the ranks (`experiments.placement.Placement.describe`)."""
     timing: CellTiming = Field(default_factory=CellTiming)
     started_at: str | None = None
     finished_at: str | None = None

@@ -24,11 +24,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from experiments.launch import TrainerLauncher, WorkerLost, place_ranks
+from experiments.launch import TrainerLauncher, WorkerLost
 from experiments.matrix import Cell, MatrixSpec
 from experiments.results import CellNetwork, CellRecord, ResultsStore, Summary
 from inventory.check import check_fleet
-from inventory.errors import HostsUnreachable
+from inventory.errors import ConfigError, HostsUnreachable
 from inventory.models import Fleet
 from inventory.ssh import FleetSSH
 from netem.fleet import FleetNetem, Heartbeat, Target, controller_identity, trees_for
@@ -88,7 +88,7 @@ class MatrixRunner:
         """Everything that can be checked without touching a host: raises ConfigError."""
         self.store.check_for_run(resume)
         for cell in self.spec.cells():
-            place_ranks(self.spec.trainer_config(cell), self.fleet)
+            self.spec.place(cell, self.fleet)
         for target in self.spec.targets.values():
             trees_for(target, self.fleet.hosts)  # pair matrices name hosts of this fleet
 
@@ -132,8 +132,9 @@ class MatrixRunner:
         unreachable = [f["name"] for f in facts if not f["reachable"]]
         if unreachable:
             raise ConnectionError(f"unreachable before the run: {', '.join(unreachable)}")
-        keep = ("kernel", "python", "torch", "pyroute2", "cpus", "interface", "netem", "tcp")
+        keep = ("kernel", "python", "torch", "pyroute2", "cpus", "interface", "netem", "tcp", "gpu")
         self.host_facts = {f["name"]: {k: f.get(k) for k in keep} for f in facts}
+        check_gpus(self.spec, self.fleet, self.host_facts)
         self.store.write_run_info(
             {
                 "started_at": _now(),
@@ -155,7 +156,7 @@ class MatrixRunner:
             return
         widest = max(todo, key=lambda cell: self.spec.trainer_config(cell).world_size)
         try:
-            launcher.start_workers(place_ranks(self.spec.trainer_config(widest), self.fleet))
+            launcher.start_workers(self.spec.place(widest, self.fleet))
         except (WorkerLost, OSError, paramiko.SSHException) as error:
             self.console.print(
                 f"[yellow]workers did not all start ({escape(str(error))}); cells retry",
@@ -222,10 +223,12 @@ class MatrixRunner:
 
         try:
             launched = launcher.run(
-                config, _run_name(cell), self.spec.timeouts.cell_s, shape, while_joining=probe
-            )
+                config, self.spec.place(cell, self.fleet), _run_name(cell),
+                self.spec.timeouts.cell_s, shape, while_joining=probe,
+            )  # fmt: skip
             timing.train_s = launched.seconds
             record.placement = launched.placement
+            record.placement_rule = self.spec.placement.describe()
             if launched.ok:
                 record.status, record.summary = "ok", Summary.model_validate(launched.summary)
             else:
@@ -248,7 +251,7 @@ class MatrixRunner:
         started = time.monotonic()
         lease_s = self.spec.timeouts.lease_s
         # only the cell's own hosts: a host it does not use (or one that is lost) stays out
-        used = [host.name for host in place_ranks(self.spec.trainer_config(cell), self.fleet)]
+        used = [host.name for host in self.spec.place(cell, self.fleet)]
         applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease_s, names=used)
         settings = self.spec.tcp[cell.tcp]
         if settings is None:
@@ -276,14 +279,14 @@ class MatrixRunner:
         started = time.monotonic()
         key = (cell.profile, cell.tcp)
         if key not in self.probes:
-            self.probes[key] = self._probe(netem, config)
+            self.probes[key] = self._probe(netem, cell)
         else:
             record.network.probe_from_earlier_cell = True
         record.network.probe = self.probes[key]
         record.timing.probe_s = time.monotonic() - started
 
-    def _probe(self, netem: FleetNetem, config) -> list[dict]:
-        hosts = place_ranks(config, self.fleet)
+    def _probe(self, netem: FleetNetem, cell: Cell) -> list[dict]:
+        hosts = self.spec.place(cell, self.fleet)
         if len(hosts) < 2:
             hosts = self.fleet.hosts[:2]
         if len(hosts) < 2:
@@ -312,3 +315,20 @@ def cell_line(record: CellRecord, number: int, total: int) -> str:
 def _run_name(cell: Cell) -> str:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cell.cell_id)
     return f"{safe}-{int(time.time())}"
+
+
+def check_gpus(spec: MatrixSpec, fleet: Fleet, host_facts: dict[str, dict]) -> None:
+    """Refuse a matrix whose CUDA cells need a GPU on a host that has none (one rank per host,
+    so each host of a cell needs one GPU)."""
+    if spec.trainer.get("device") != "cuda":
+        return
+    needed = max(spec.trainer_config(cell).world_size for cell in spec.cells())
+    without = [
+        host.name for host in fleet.hosts[:needed]
+        if not (host_facts.get(host.name, {}).get("gpu") or {}).get("count")
+    ]  # fmt: skip
+    if without:
+        raise ConfigError(
+            str(spec.source), "trainer.device",
+            f"cuda cells need a GPU on each of {needed} hosts; none on {', '.join(without)}",
+        )  # fmt: skip

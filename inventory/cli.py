@@ -1,4 +1,5 @@
-"""CLI verbs of the inventory package: `wanlab inventory show|check`, and shared options."""
+"""CLI verbs of the inventory package: `wanlab inventory show|check`, `wanlab deploy`, and shared
+options."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from inventory.check import check_fleet
+from inventory.deploy import deploy as deploy_hosts
+from inventory.deploy import with_environments
 from inventory.errors import ConfigError, check_option
 from inventory.freeze import write_fleet
 from inventory.fromsource import SourceOptions, read_source
-from inventory.loader import load_inventory
+from inventory.loader import LOCAL, load_inventory
+from inventory.localfleet import LocalFleet
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
 console = Console(markup=False)  # user text (names, labels, paths) is never markup
@@ -57,6 +61,22 @@ def tcp_row(report: dict) -> dict:
     return {"name": report["name"]} | {
         k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()
     }
+
+
+GPU_COLUMNS = ["name", "gpus", "model", "memory_mib", "driver", "cuda", "torch_cuda", "nccl"]
+
+
+def gpu_row(report: dict) -> dict:
+    """A host's GPUs as one table row: how many, and the first one's model and memory (a host
+    of mixed GPUs lists each model once); why there are none where there are none."""
+    facts = report["gpu"]
+    gpus = facts.get("gpus", [])
+    row = {"name": report["name"], "gpus": facts["count"], "model": facts.get("why")}
+    if gpus:
+        models = sorted({gpu["model"] for gpu in gpus})
+        row |= {"model": ", ".join(models), "memory_mib": gpus[0]["memory_mib"],
+                "driver": gpus[0]["driver"]}  # fmt: skip
+    return row | {key: facts.get(key) for key in ("cuda", "torch_cuda", "nccl")}
 
 
 def node_kernel_line(description: dict) -> str:
@@ -133,8 +153,8 @@ def inventory_check(
     as_json: JsonOption = False,
     timeout: Annotated[float, typer.Option(help="Seconds each host may take.")] = 20.0,
 ):
-    """SSH into every host in parallel: reachability, round trip, versions, qdisc support, and
-    the TCP settings."""
+    """SSH into every host in parallel: reachability, round trip, versions, qdisc support, the
+    TCP settings and the GPUs."""
     check_option("--timeout", timeout, 0, 3600, low_open=True)
     reports = check_fleet(load_inventory(inventory), timeout=timeout)
     if as_json:
@@ -158,8 +178,59 @@ def inventory_check(
         print_table("inventory check", reports, columns)
         tcp_rows = [tcp_row(report) for report in reports if "tcp" in report]
         print_table("TCP settings", tcp_rows, ["name", *TCP_COLUMNS.values()])
+        gpu_rows = [gpu_row(report) for report in reports if "gpu" in report]
+        print_table("GPUs", gpu_rows, GPU_COLUMNS)
         node_kernel = reports[0].get("node_kernel") if reports else None
         if node_kernel is not None:
             console.print(f"delay node kernel: {node_kernel_line(node_kernel)}", highlight=False)
     if not all(report["reachable"] for report in reports):
+        raise typer.Exit(1)
+
+
+DEPLOY_COLUMNS = ["name", "status", "installed", "reused", "torch", "python", "why"]
+
+
+def deploy_row(name: str, report: dict) -> dict:
+    """A host's deploy report as one table row."""
+    versions = report.get("versions") or {}
+    return {
+        "name": name,
+        "status": report["status"],
+        "installed": " ".join(report.get("installed", [])),
+        "reused": " ".join(report.get("reused", [])),
+        "torch": versions.get("torch"),
+        "python": report.get("python"),
+        "why": report.get("why"),
+    }
+
+
+def deploy(
+    inventory: InventoryOption,
+    with_torch: Annotated[
+        bool,
+        typer.Option("--with-torch", help="Install this machine's torch where a host has none."),
+    ] = False,
+    write: Annotated[
+        Path | None,
+        typer.Option("--write", help="Write the inventory with each host's new python here."),
+    ] = None,
+    as_json: JsonOption = False,
+):
+    """Install wanlab and its host-side requirements into WORKDIR/env on every host, in
+    parallel, from a wheelhouse made here (hosts need no package registry); a torch already on
+    a host is reused; a host already at this version is skipped. `-i local` points the local
+    fleet's hosts at their environments."""
+    fleet = load_inventory(inventory)
+    if write is not None and not write.parent.is_dir():
+        raise ConfigError(str(write), "--write", "its folder does not exist")
+    reports = deploy_hosts(fleet, with_torch)
+    if str(inventory) == LOCAL:
+        LocalFleet().refresh_inventory()
+    if write is not None:
+        write_fleet(with_environments(fleet, reports), write)
+    if as_json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print_table("deploy", [deploy_row(n, r) for n, r in reports.items()], DEPLOY_COLUMNS)
+    if any(report["status"] == "failed" for report in reports.values()):
         raise typer.Exit(1)

@@ -222,6 +222,19 @@ class LocalFleet:
         netns.no_offloads(host.bridge_port)
         netns.no_offloads("eth0", netns=host.netns)
 
+    def workdir(self, host: LocalHost) -> Path:
+        """The host's own folder (its code, its agent's state, its deployed environment)."""
+        return self.directory / "work" / host.name
+
+    def python(self, host: LocalHost) -> str:
+        """The environment `wanlab deploy` made in the host's folder, else this python."""
+        deployed = self.workdir(host) / "env" / "bin" / "python"
+        return str(deployed) if deployed.exists() else sys.executable
+
+    def refresh_inventory(self) -> None:
+        """Write the inventory again for the hosts that are up (after a deploy, say)."""
+        self._write_inventory(self.existing_hosts(), self.topology or "bridge")
+
     def _write_inventory(self, hosts: list[LocalHost], topology: str) -> None:
         fleet: dict = {
             "name": f"local-{self.prefix}",
@@ -239,13 +252,13 @@ class LocalFleet:
                 "user": "root",
                 "key_file": str(self.client_key),
                 "interface": "eth0",
-                "python": sys.executable,
-                "workdir": str(self.directory / "work"),
             },
             "hosts": [
-                {"name": h.name, "address": h.address, "labels": {"netns": h.netns}} for h in hosts
+                {"name": h.name, "address": h.address, "labels": {"netns": h.netns},
+                 "workdir": str(self.workdir(h)), "python": self.python(h)}
+                for h in hosts
             ],
-        }
+        }  # fmt: skip
         header = (
             "# Written by `wanlab fleet up`: the local fleet, one network namespace per host.\n"
         )

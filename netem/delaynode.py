@@ -45,6 +45,11 @@ FORWARDING_FILE = "forwarding.json"
 POLL_S = 0.01
 """How often the controller looks for an answer, and the node for requests while busy."""
 IDLE_POLL_S = 0.1
+QUEUE_PACKETS = 1000
+"""Queue length of the node's interfaces when nothing shapes them (an Ethernet device's
+default). An ifb's own is 32 packets: unshaped, the node dropped a quarter of a bulk
+transfer's segments there (64 MiB between two hosts: 12,397 retransmitted), and TCP then
+crawled through retransmission timeouts."""
 BUSY_WINDOW_S = 0.2
 """After BUSY_WINDOW_S without a request the node looks for one only every IDLE_POLL_S: each
 look is a few hostfs calls, which hold up the node's single CPU and so its packets (polling
@@ -314,12 +319,14 @@ def _set_up_forwarding(n_vecs: int) -> list[dict]:
         bridge = ipr.link_lookup(ifname=BRIDGE)[0]
         for index in range(n_vecs):
             vec = ipr.link_lookup(ifname=host_vec(index))[0]
+            ipr.link("set", index=vec, txqlen=QUEUE_PACKETS)
             ipr.link("set", index=vec, master=bridge, state="up")
         ipr.link("set", index=bridge, state="up")
         for index in range(n_vecs - 1):  # the last vector interface is the controller's
             vec = ipr.link_lookup(ifname=host_vec(index))[0]
             ifb = ipr.link_lookup(ifname=host_ifb(index))[0]
-            ipr.link("set", index=ifb, state="up")
+            ipr.link("set", index=ifb, txqlen=QUEUE_PACKETS)  # before up: the default qdisc
+            ipr.link("set", index=ifb, state="up")  # takes its length from it
             ipr.tc("add", "ingress", vec, 0xFFFF0000)
             ipr.tc(
                 "add-filter",

@@ -54,6 +54,11 @@ def test_shaping_on_the_node_is_what_hosts_measure(lab):
         after = netem.probe(pairs=[("h0", "h1")], seconds=1.0, count=30)[0]
     # One-way 10 ms on each host's egress: a round trip of 2 x 10 ms (the node takes its own
     # latency out of the delay it applies), within 5 %.
+    assert all("rtt_ms_median" in probe for probe in (before, shaped, after)), (
+        before,
+        shaped,
+        after,
+    )
     assert 19.0 <= shaped["rtt_ms_median"] <= 21.0, (before, shaped)
     assert 0.80 * 50e6 <= shaped["throughput_bps"] <= 1.05 * 50e6, shaped
     assert after["rtt_ms_median"] < before["rtt_ms_median"] + 2.0, after
@@ -152,7 +157,7 @@ def test_controller_killed_mid_cell_the_node_reverts_within_the_lease(lab, tmp_p
     argv = [sys.executable, "-c", "from experiments.cli import main; main()", "run", str(matrix),
             "-o", str(tmp_path / "results"), "-i", str(inventory.source)]  # fmt: skip
     run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    cells = fleet.directory / "work" / "cells"
+    cells = fleet.workdir(fleet.host(1)) / "cells"
     try:
         deadline = time.monotonic() + 240
         while not any(p.read_text().count("\n") >= 2 for p in cells.glob("*/rank1/rank-1.jsonl")):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from clirun import run_cli
 
 from inventory.loader import load_inventory
 
@@ -98,14 +99,14 @@ def test_missing_file_is_one_clear_error(wanlab, tmp_path):
 @pytest.mark.parametrize(
     ("case", "text", "field", "words"), MALFORMED, ids=[m[0] for m in MALFORMED]
 )
-def test_malformed_inventory_rejected(wanlab, tmp_path, case, text, field, words):
+def test_malformed_inventory_rejected(monkeypatch, capsys, tmp_path, case, text, field, words):
     path = tmp_path / f"{case}.toml"
     path.write_text(text)
-    result = wanlab("inventory", "check", "-i", str(path), "--json")
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "inventory", "check", "-i", str(path))
+    assert code == 2, stderr
+    assert stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     expected_prefix = f"wanlab: error: {path}: " + (f"{field}: " if field else "")
     assert lines[0].startswith(expected_prefix), lines[0]
     assert words in lines[0]

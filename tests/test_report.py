@@ -366,5 +366,5 @@ def test_page_renders_in_headless_chromium(with_problems, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["met"], result
-    assert result["dom_tables"] == 5 and result["dom_images"] == 4
+    assert result["dom_tables"] == 6 and result["dom_images"] == 4
     assert (tmp_path / "report-screenshot.png").stat().st_size > 50_000

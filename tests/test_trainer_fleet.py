@@ -44,6 +44,9 @@ threads = 1
 profiles = ["default", "{int(RATE_BPS / 1e6)}mbit"]
 dp_degrees = [2]
 dp_modes = {json.dumps(MODES)}
+[placement]  # rank 0 (the star's server) on h1: the rank map is honoured and recorded
+by = "ranks"
+ranks = ["h1", "h0"]
 [probe]
 seconds = 0.3
 count = 10
@@ -70,7 +73,8 @@ def test_every_sync_grows_as_its_own_traffic_predicts(local_fleet, wanlab, tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
     assert {c["status"] for c in cells} == {"ok"}
-    assert cells[-1]["placement"] == {"0": "h0", "1": "h1"}
+    assert {c["placement_rule"] for c in cells} == {"rank map"}
+    assert all(c["placement"] == {"0": "h1", "1": "h0"} for c in cells)
     phases = {(c["params"]["profile"], c["params"]["dp_mode"]): c["summary"]["phases"]
               for c in cells}  # fmt: skip
     gradient_bytes = CONFIGS[MODEL].n_params() * 4
@@ -83,9 +87,11 @@ def test_every_sync_grows_as_its_own_traffic_predicts(local_fleet, wanlab, tmp_p
         grew = (
             phases["100mbit", mode]["total_s"]["mean"] - phases["default", mode]["total_s"]["mean"]
         )
-        assert 0.85 * predicted <= grew <= 1.5 * predicted + 0.05, (mode, grew, predicted)
+        # HTB's burst lets part of each bucket through unshaped: a quarter at most here
+        assert 0.75 * predicted <= grew <= 1.5 * predicted + 0.05, (mode, grew, predicted)
 
     report = wanlab("report", str(out), "-o", str(tmp_path / "report"), timeout=120)
     assert report.returncode == 0, report.stdout + report.stderr
     table = (tmp_path / "report" / "report.md").read_text()
     assert all(mode in table for mode in MODES), table
+    assert "rank map" in table and "h1; h0" in table

@@ -131,7 +131,7 @@ def from_flops(
     return Calibration(source, flops_per_s, memory_bytes_per_s, native)
 
 
-def from_stage_times(
+def fromstage_times(
     workload: Workload, stages: StageCompute, source: str, native: Native
 ) -> Calibration:
     """Measured per-stage times, with the FLOP and memory rates they imply."""
@@ -296,7 +296,7 @@ def _profile_of(record: CellRecord) -> Profile | None:
     return Profile(**fields)
 
 
-def _stage_times(summary: Summary, n_stages: int) -> StageCompute | None:
+def stage_times(summary: Summary, n_stages: int) -> StageCompute | None:
     """Per-stage means over replicas, or None when the engine did not time its steps."""
     if "forward_s" not in summary.phases_measured:
         return None
@@ -374,15 +374,15 @@ class ResultsCalibration:
         if profile is not None and profile.is_default:
             native = native_from_probe(record.network.probe, self.fallback)
         source = f"measured cell {record.cell_id}"
-        stages = _stage_times(record.summary, config.pipeline)
+        stages = stage_times(record.summary, config.pipeline)
         measured = record.summary.iteration_s
         if stages is not None and profile is not None:
             workload = workload_of(config)
             rate = fit_native_rate(workload, stages, profile, native, measured)
             native = Native(latency_s=native.latency_s, rate_bps=rate)
-            return from_stage_times(workload, stages, source, native)
+            return fromstage_times(workload, stages, source, native)
         if stages is not None:
-            return from_stage_times(workload_of(config), stages, source, native)
+            return fromstage_times(workload_of(config), stages, source, native)
         if profile is None:
             raise ConfigError(
                 source, "network", "a pair-matrix cell cannot be fitted; name another"

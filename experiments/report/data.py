@@ -135,10 +135,20 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
         "timed_iterations": summary.timed_iterations,
         "world_size": summary.world_size,
         "hosts": len(set(placement.values())) or summary.world_size,
+        "placement": _pipelines(placement, trainer.get("pipeline") or 1),
+        "placement_rule": record.placement_rule,
         "tokens_per_iteration": summary.tokens_per_iteration,
         **{phase: (phases.get(phase) or {}).get("mean", 0.0) for phase in PHASES},
     }
     return row
+
+
+def _pipelines(placement: dict[int, str], stages: int) -> str | None:
+    """Rank → host as each pipeline's hosts in stage order, pipelines apart: "h0 h1; h2 h3"."""
+    if not placement:
+        return None
+    hosts = [placement[rank] for rank in sorted(placement)]
+    return "; ".join(" ".join(hosts[i : i + stages]) for i in range(0, len(hosts), stages))
 
 
 def _missing_row(cell: Cell) -> dict:

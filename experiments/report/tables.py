@@ -224,6 +224,16 @@ def prediction_table(points: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def placement_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Where the ranks ran: each distinct placement of the finished cells, pipelines apart."""
+    columns = ["dp_degree", "placement_rule", "placement"]
+    if "placement" not in cells:
+        return pd.DataFrame(columns=columns)
+    done = cells[(cells["status"] == "ok") & cells["placement"].notna()]
+    placed = done[columns].fillna(DASH).drop_duplicates().sort_values(["dp_degree", "placement"])
+    return placed.rename(columns={"placement_rule": "rule", "placement": "hosts by pipeline"})
+
+
 def problems_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Cells that failed or have no record, with the reason."""
     bad = cells[cells["status"] != "ok"]

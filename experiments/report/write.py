@@ -24,6 +24,7 @@ from experiments.report.tables import (
     has_predictions,
     iteration_table,
     phase_table,
+    placement_table,
     prediction_table,
     problems_table,
     throughput_table,
@@ -144,6 +145,13 @@ def report_sections(results: Results) -> list[Section]:
                 "error = predicted / measured − 1.",
             )
         )
+    sections.append(
+        Section(
+            "Placement",
+            placement_table(results.cells).reset_index(drop=True),
+            "Each pipeline's hosts, stage 0 first; pipelines apart with ;.",
+        )
+    )
     sections.append(Section("Failed and missing cells", problems_table(results.cells)))
     return sections
 
