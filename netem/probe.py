@@ -29,6 +29,7 @@ MIN_WINDOW_RTTS = 10
 """The shortest bulk window, in round trips, whose throughput says something about the link."""
 _ECHO, _SINK = b"e", b"s"
 _CHUNK = 256 * 1024
+_DRAIN_S = 30.0  # how long the sink reads on after its report, at most
 _REPORT = struct.Struct("!dQ")  # seconds measured, bytes received after the warm-up
 _DURATION = struct.Struct("!d")  # how long the sink counts, sent by the sender
 
@@ -67,6 +68,12 @@ def _serve_sink(conn: socket.socket, warmup_s: float) -> None:
     if warm_at is None:
         warm_at, warm_bytes = start, 0
     conn.sendall(_REPORT.pack(end - warm_at, total - warm_bytes))
+    # Keep reading until the sender, having read the report, resets the connection: closing
+    # with its data unread would reset the connection from here, and that reset can overtake
+    # the report (the sender then fails instead of reporting).
+    conn.settimeout(_DRAIN_S)
+    while conn.recv(_CHUNK):
+        pass
 
 
 def _handle(conn: socket.socket, warmup_s: float) -> None:
