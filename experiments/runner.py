@@ -319,16 +319,15 @@ def _run_name(cell: Cell) -> str:
 
 def check_gpus(spec: MatrixSpec, fleet: Fleet, host_facts: dict[str, dict]) -> None:
     """Refuse a matrix whose CUDA cells need a GPU on a host that has none (one rank per host,
-    so each host of a cell needs one GPU)."""
+    so each host the placement gives a cell needs one GPU)."""
     if spec.trainer.get("device") != "cuda":
         return
-    needed = max(spec.trainer_config(cell).world_size for cell in spec.cells())
+    used = {host.name: None for cell in spec.cells() for host in spec.place(cell, fleet)}
     without = [
-        host.name for host in fleet.hosts[:needed]
-        if not (host_facts.get(host.name, {}).get("gpu") or {}).get("count")
-    ]  # fmt: skip
+        name for name in used if not (host_facts.get(name, {}).get("gpu") or {}).get("count")
+    ]
     if without:
         raise ConfigError(
             str(spec.source), "trainer.device",
-            f"cuda cells need a GPU on each of {needed} hosts; none on {', '.join(without)}",
+            f"cuda cells need a GPU on each of {len(used)} hosts; none on {', '.join(without)}",
         )  # fmt: skip

@@ -180,7 +180,7 @@ class ChainedParameterServer(GradientSync):
         self.buckets = make_buckets(self.params, bucket_bytes)
         self.chunk_elems = max(1, chunk_bytes // 4)
         self.pool = ThreadPoolExecutor(n_replicas, thread_name_prefix="sharded-ps")
-        largest = max(flatten(bucket).numel() for bucket in self.buckets)
+        largest = max(sum(p.numel() for p in bucket) for bucket in self.buckets)
         if -(-largest // self.chunk_elems) > CHUNKS_PER_TAG_BLOCK:
             raise ValueError(f"a bucket of {largest} gradients needs larger chunks")
         if CHAIN_TAG_BASE + 2 * len(self.buckets) * CHUNKS_PER_TAG_BLOCK >= 1 << 31:
