@@ -39,10 +39,20 @@ def test_netem_delay_and_limit_as_the_kernel_reports_them(seen):
     assert seen["shaped"]["classes"]["1:20"] == [100 * 10**6, 100 * 10**6]
 
 
+def assert_round_trip(probe: dict, shaped_ms: float) -> None:
+    """The round trips are what shaping adds: none is shorter, the fastest within 3 ms of it.
+
+    Shaping adds a fixed delay and the guest's noise only ever adds more, so the fastest of
+    the pings is the estimate of what the path itself takes. The median is held only loosely
+    (under 1.5x): on a loaded host the single-CPU guest runs the two ends of a ping late by
+    several ms (a CI run saw a median of 18 ms on a 10 ms path).
+    """
+    assert shaped_ms <= probe["rtt_ms_min"] <= shaped_ms + 3, probe
+    assert probe["rtt_ms_median"] < 1.5 * shaped_ms + 3, probe
+
+
 def test_delay_and_rate_are_real(seen):
-    base = seen["base"]["rtt_ms_median"]
-    rtt = seen["shaped_probe"]["rtt_ms_median"]
-    assert 20 <= rtt <= 20 + base + 2  # 10 ms on each end
+    assert_round_trip(seen["shaped_probe"], 20)  # 10 ms on each end
     assert 85e6 <= seen["shaped_probe"]["throughput_bps"] <= 102e6
     assert seen["drops"]["1:20"]["drops"] == 0
 
@@ -76,9 +86,9 @@ def test_pair_matrix(seen):
     delays = {q["parent"]: q["options"]["delay"]["delay"] for q in h0["netem"]}
     assert delays == pytest.approx({"1:20": 0.005, "1:21": 0.030})
     probes = seen["matrix_probe"]
-    assert 10 <= probes["h0_h1"]["rtt_ms_median"] <= 13  # west-west: 5 ms each way
-    assert 60 <= probes["h0_h2"]["rtt_ms_median"] <= 63  # west-east: 30 ms each way
-    assert 60 <= probes["h2_h1"]["rtt_ms_median"] <= 63
+    assert_round_trip(probes["h0_h1"], 10)  # west-west: 5 ms each way
+    assert_round_trip(probes["h0_h2"], 60)  # west-east: 30 ms each way
+    assert_round_trip(probes["h2_h1"], 60)
     assert probes["h0_h2_ssh"]["rtt_ms_median"] < 5
 
 
