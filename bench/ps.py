@@ -24,11 +24,11 @@ import numpy as np
 from fleetbench import FleetBench
 from machine import machine_facts
 
-from experiments.costmodel.workload import GRAD_BYTES, stage_tensor_sizes
+from experiments.costmodel.workload import GRAD_BYTES
 from netem.profile import parse_profile
 from trainer.dataparallel import DP_MODES, bucket_spans
 from trainer.model import CONFIGS
-from trainer.partition import split_layers
+from trainer.partition import split_layers, stage_tensor_sizes
 
 GOAL_RATIO = 1.25
 

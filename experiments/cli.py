@@ -18,6 +18,7 @@ from experiments.plan import plan_rows, tc_preview
 from experiments.report.cli import report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
+from experiments.scale_cli import scale
 from inventory.cli import (
     JsonOption,
     console,
@@ -52,6 +53,7 @@ app.command("probe")(probe)
 app.command("deploy")(deploy)
 app.command("predict")(predict)
 app.command("report")(report)
+app.command("scale")(scale)
 
 
 @fleet_app.command("up")

@@ -52,6 +52,8 @@ def trainer_flags(config: TrainerConfig) -> list[str]:
             flags.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
             flags += [flag, ",".join(str(v) for v in value)]
+        elif isinstance(value, dict):
+            flags += [flag, json.dumps(value)]
         else:
             flags += [flag, str(value)]
     return flags

@@ -57,7 +57,7 @@ from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
 from trainer.config import TrainerConfig, load_config
 
-_TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts")
+_TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts", "scale")
 _AXES = ("profiles", "tcp", "dp_degrees", "micro_batches", "engines", "dp_modes")
 _AXES_AS_CELL = ("profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode")
 _TCP_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
@@ -106,6 +106,31 @@ class Timeouts(BaseModel):
     lease_s: float = Field(30.0, ge=3, le=300, strict=True)
     """How long a host stays shaped without hearing from the controller (renewed every third
     of it while a cell runs)."""
+
+
+class ScaleCell(BaseModel):
+    """One cell of a scale model: its lab coordinates and the target cell's predicted time."""
+
+    model_config = ConfigDict(extra="forbid")
+    profile: str
+    tcp: str = HOST
+    dp_degree: StrictInt
+    micro_batch: StrictInt
+    dp_mode: str
+    target_profile: str
+    predicted_s: float = Field(gt=0, allow_inf_nan=False)
+
+
+class ScaleOrigin(BaseModel):
+    """The [scale] table of a matrix `wanlab scale` wrote: the target it models."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: str
+    calibration: str
+    factor: float = Field(gt=0, le=1, allow_inf_nan=False)
+    baseline_profile: str
+    """The target profile that slowdowns are measured against."""
+    cells: list[ScaleCell] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
@@ -168,6 +193,8 @@ class MatrixSpec:
     """Each TCP setting of the axis: None for `host` (left as it is)."""
     placement: Placement = field(default_factory=Placement)
     """Which host runs which rank (`experiments.placement`)."""
+    scale: ScaleOrigin | None = None
+    """Set in a scale model (`experiments.scale`): the target it stands for."""
 
     def place(self, cell: Cell, fleet: Fleet) -> list[Host]:
         """The host of each rank of `cell`, rank order."""
@@ -253,7 +280,8 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     }
     tcp = _tcp_settings(data.get("tcp", {}), axes.tcp, file)
     placement = _section(data, "placement", Placement, file)
-    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp, placement)
+    scale = _section(data, "scale", ScaleOrigin, file) if "scale" in data else None
+    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp, placement, scale)
     _check_cells(spec, file)
     return spec
 

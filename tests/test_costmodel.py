@@ -19,18 +19,13 @@ from experiments.costmodel.network import (
 )
 from experiments.costmodel.simulate import explore, world_scenario
 from experiments.costmodel.tcp import receive_window, start_window, tcp_side, wire_s
-from experiments.costmodel.workload import (
-    Workload,
-    make_workload,
-    stage_params,
-    stage_tensor_sizes,
-)
+from experiments.costmodel.workload import Workload, make_workload
 from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
 from netem.tcp import PRESETS
 from trainer.config import TrainerConfig
 from trainer.model import CONFIGS
-from trainer.partition import Stage, split_layers
+from trainer.partition import Stage, split_layers, stage_tensor_sizes
 
 
 def toy_workload(
@@ -218,7 +213,8 @@ def test_stage_tensor_sizes_are_the_stages_own_parameters():
         layers = split_layers(gpt.n_layer, 3)
         expected = [[p.numel() for p in Stage(gpt, s, 3).parameters()] for s in range(3)]
         assert stage_tensor_sizes(gpt, layers) == expected
-        assert [sum(sizes) for sizes in expected] == list(stage_params(gpt, layers))
+        workload = make_workload(gpt, pipeline=3, dp_degree=1, batch=1, micro_batch=1, seq=8)
+        assert [sum(sizes) for sizes in expected] == list(workload.stage_params)
 
 
 def test_pair_matrix_hops_use_their_own_pair():
@@ -366,3 +362,14 @@ def test_the_reference_schedule_waits_between_phases_and_for_each_last_stage_sen
     forward_end = 3 * 0.5  # three activations of 0.5 s each reach stage 1
     assert ours[1, 0, 0] == pytest.approx(forward_end + 3 * 1.0 + 0.5)
     assert theirs[1, 0, 0] == pytest.approx(forward_end + 3 * (1.0 + 0.5))
+
+
+def test_every_socket_of_a_connection_starts_from_its_own_initial_window():
+    net = uniform_network(2, parse_profile("50ms/1gbit"), Native(latency_s=0.0, rate_bps=1e10))
+    cold = {"slow_start_after_idle": True}
+    four = net.with_tcp(tcp_side([cold | {"initcwnd": 10}] * 2, sockets=4))
+    one = net.with_tcp(tcp_side([cold | {"initcwnd": 40}] * 2, sockets=1))
+    src, dst = np.array([0]), np.array([1])
+    first = four.wire_s(4e6, src, dst)
+    assert first == pytest.approx(one.wire_s(4e6, src, dst))
+    assert first > 2 * net.wire_s(4e6, src, dst)  # slow start still shows at 100 ms RTT

@@ -82,7 +82,8 @@ def test_pipelined_loss_and_gradients_equal_the_full_models(tmp_path, n_stages):
 
 
 # Every data-parallel mode, with the chains cut into many chunks (4 KiB) and with buckets; `ps`
-# and `sharded-ps` also on the backend's own reduce and broadcast (NCCL's path, here on gloo).
+# and `sharded-ps` also on the backend's own reduce and broadcast (NCCL's path, here on gloo);
+# and the reference system's GPipe schedule (its barrier and waits change no number).
 SYNC_VARIANTS = [
     ("ps", {"dp_mode": "ps", "ps_chunk_kb": 4}, False),
     ("ps-buckets", {"dp_mode": "ps", "ps_bucket_mb": 0.05, "ps_chunk_kb": 16}, False),
@@ -91,6 +92,7 @@ SYNC_VARIANTS = [
     ("sharded-backend", {"dp_mode": "sharded-ps", "ps_bucket_mb": 0.02}, True),
     ("star", {"dp_mode": "ps-star"}, False),
     ("allreduce", {"dp_mode": "allreduce"}, False),
+    ("reference-schedule", {"dp_mode": "ps", "gpipe_schedule": "reference"}, False),
 ]
 
 

@@ -19,10 +19,9 @@ import json
 
 import numpy as np
 
-from experiments.costmodel.workload import stage_tensor_sizes
 from trainer.dataparallel import bucket_spans
 from trainer.model import CONFIGS
-from trainer.partition import split_layers
+from trainer.partition import split_layers, stage_tensor_sizes
 
 RATE_BPS = 100e6
 MODEL = "cpu-mini"  # 4.3 MB of gradients: the rate, not HTB's burst (50 kB here), decides

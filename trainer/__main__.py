@@ -33,9 +33,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif name == "layers":
             parser.add_argument(flag, help="layers per stage, comma-separated, e.g. 2,1,1")
+        elif name == "emulate":
+            parser.add_argument(flag, type=json_object, help="emulated compute, as JSON")
         else:
             parser.add_argument(flag, help=f"default {field.default!r}")
     return parser.parse_args(argv)
+
+
+def json_object(text: str) -> dict:
+    """A flag's JSON object (argparse reports the error when it is not one)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("not a JSON object")
+    return value
 
 
 def overrides_from(args: argparse.Namespace) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -23,6 +23,32 @@ class FieldProblem(ValueError):
     def __init__(self, field: str, message: str):
         self.field = field
         super().__init__(message)
+
+
+class Emulation(BaseModel):
+    """Emulated compute (trainer/emulated.py): each stage holds its rank for the given times and
+    moves tensors `scale` times the real model's. Times are per sequence of a micro-batch (a
+    micro-batch of m sequences holds m times as long), one value per stage or one for all."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = Field(gt=0, le=1, allow_inf_nan=False)
+    forward_ms: list[Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False)]]
+    backward_ms: list[Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False)]]
+    optimizer_ms: list[Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False)]] = [0.0]
+
+    def per_stage(self, field: str, n_stages: int) -> list[float]:
+        """`field`'s milliseconds for each of `n_stages` stages."""
+        values = getattr(self, field)
+        return values * n_stages if len(values) == 1 else list(values)
+
+    def stage_seconds(self, stage: int, n_stages: int, micro_batch: int) -> tuple[float, ...]:
+        """(forward, backward) seconds per micro-batch and optimizer seconds of `stage`."""
+        forward, backward, optimizer = (
+            self.per_stage(field, n_stages)[stage] / 1000
+            for field in ("forward_ms", "backward_ms", "optimizer_ms")
+        )
+        return forward * micro_batch, backward * micro_batch, optimizer
 
 
 class TrainerConfig(BaseModel):
@@ -42,6 +68,8 @@ class TrainerConfig(BaseModel):
     ps_chunk_kb: int = Field(256, ge=4, le=65536)
     """`ps`/`sharded-ps` on gloo: the piece each hop of the chain forwards at a time, in KiB."""
     engine: Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"] = "gpipe"
+    gpipe_schedule: Literal["gpipe", "reference"] = "gpipe"
+    """Engine `gpipe`: wanlab's GPipe, or the reference system's (trainer/pipeline.py)."""
     layers: list[int] | None = None
     seq_len: int | None = Field(None, ge=1)
     iterations: int = Field(5, ge=1)
@@ -58,6 +86,8 @@ class TrainerConfig(BaseModel):
     timeout_s: float = Field(120.0, gt=0)
     threads: int | None = Field(None, ge=1)
     iface: str | None = None
+    emulate: Emulation | None = None
+    """Emulated compute instead of the model's own (the scale model; labelled in reports)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainerConfig:
@@ -94,12 +124,26 @@ class TrainerConfig(BaseModel):
             raise FieldProblem(
                 "warmup", f"engine {self.engine!r} infers shapes on its first step: warm-up ≥ 1"
             )
+        if self.gpipe_schedule != "gpipe" and self.engine != "gpipe":
+            raise FieldProblem(
+                "gpipe_schedule", f"applies to engine 'gpipe' only, not {self.engine!r}"
+            )
         if self.engine == "pipelining-1f1b" and self.n_micro < self.pipeline:
             raise FieldProblem(
                 "engine",
                 f"pipelining-1f1b needs micro-batches ≥ stages: batch {self.batch} / "
                 f"micro-batch {self.micro_batch} = {self.n_micro} < pipeline {self.pipeline}",
             )
+        if self.emulate is not None:
+            if self.engine != "gpipe":
+                raise FieldProblem(
+                    "emulate", f"emulated compute runs on engine 'gpipe' only, not {self.engine!r}"
+                )
+            for field in ("forward_ms", "backward_ms", "optimizer_ms"):
+                if len(getattr(self.emulate, field)) not in (1, self.pipeline):
+                    raise FieldProblem(
+                        f"emulate.{field}", f"give one value or one per stage ({self.pipeline})"
+                    )
         if self.dataset != "synthetic":
             if not Path(self.dataset).is_file():
                 raise FieldProblem("dataset", f"{self.dataset!r} is neither 'synthetic' nor a file")

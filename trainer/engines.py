@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.config import TrainerConfig
+from trainer.emulated import EmulatedStage
 from trainer.layout import rank_of
 from trainer.partition import Stage
 from trainer.pipeline import GPipe
@@ -44,19 +45,21 @@ def pipeline_groups(n_stages: int, n_replicas: int) -> list[dist.ProcessGroup | 
     ]
 
 
-def make_engine(cfg: TrainerConfig, stage: Stage, replica: int, device: torch.device):
+def make_engine(
+    cfg: TrainerConfig, stage: Stage | EmulatedStage, replica: int, device: torch.device
+):
     """The engine `cfg.engine` for this rank's stage. Collective: every rank must call it."""
     compute_dtype, loss_scale = DTYPES[cfg.dtype], cfg.applied_loss_scale
     if cfg.engine == OURS:
+        if isinstance(stage, EmulatedStage):
+            shape = stage.activation_shape(cfg.micro_batch)
+        else:
+            shape = (cfg.micro_batch, cfg.seq, cfg.gpt.n_embd)
+        group = None
+        if cfg.gpipe_schedule == "reference":
+            group = pipeline_groups(stage.n_stages, cfg.dp_degree)[replica]
         return GPipe(
-            stage,
-            replica,
-            cfg.micro_batch,
-            cfg.seq,
-            cfg.gpt.n_embd,
-            device,
-            compute_dtype,
-            loss_scale,
+            stage, replica, shape, device, compute_dtype, loss_scale, cfg.gpipe_schedule, group
         )
     if cfg.engine not in LIBRARY_SCHEDULES:
         raise ValueError(f"unknown engine {cfg.engine!r}; known: {', '.join(ENGINES)}")

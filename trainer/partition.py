@@ -20,6 +20,21 @@ def split_layers(n_layer: int, n_stages: int, layers: list[int] | None = None) -
     return [range(start, start + count) for start, count in zip(starts, layers, strict=True)]
 
 
+def stage_tensor_sizes(gpt: GPTConfig, layers: list[range]) -> list[list[int]]:
+    """Element count of each parameter tensor of each stage, in the stage's own order."""
+    d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
+    norm = [d, d] if gpt.bias else [d]
+
+    def linear(n_in: int, n_out: int) -> list[int]:
+        return [n_in * n_out, n_out] if gpt.bias else [n_in * n_out]
+
+    block = norm + linear(d, 3 * d) + linear(d, d) + norm + linear(d, 4 * d) + linear(4 * d, d)
+    stages = [block * len(own) for own in layers]
+    stages[0] = [v * d, t * d] + stages[0]
+    stages[-1] = stages[-1] + norm + [v * d]
+    return stages
+
+
 class Stage(nn.Module):
     """One pipeline stage: the embedding on the first, the final norm and head on the last.
 

@@ -4,6 +4,10 @@ All micro-batches go forward, then all go backward (last first). Every receive o
 iteration's phase is posted up front with `irecv`, and every send is an `isend`, so transfers
 run while the stage computes; a stage blocks only when the tensor it needs next has not arrived.
 Gradients accumulate in the stage's parameters over the micro-batches.
+
+The `reference` schedule is the reference system's GPipe: the same steps, plus a barrier of the
+pipeline's ranks between the forwards and the backwards, and the last stage waiting for each
+backward send to leave before its next backward.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch.distributed as dist
 from trainer.layout import rank_of
 from trainer.partition import Stage
 from trainer.timing import Clock
+
+SCHEDULES = ("gpipe", "reference")
 
 
 @dataclass
@@ -35,15 +41,20 @@ class GPipe:
         self,
         stage: Stage,
         replica: int,
-        micro_batch: int,
-        seq: int,
-        n_embd: int,
+        act_shape: tuple[int, ...],
         device: torch.device,
         compute_dtype: torch.dtype = torch.float32,
         loss_scale: float = 1.0,
+        schedule: str = "gpipe",
+        pipeline_group: dist.ProcessGroup | None = None,
     ):
+        """`schedule` is `gpipe` or `reference`; the latter's barrier runs over
+        `pipeline_group` (None: the whole world)."""
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+        self.reference, self.pipeline_group = schedule == "reference", pipeline_group
         self.stage, self.device = stage, device
-        self.act_shape = (micro_batch, seq, n_embd)
+        self.act_shape = act_shape
         self.wire_dtype = compute_dtype
         self.loss_scale = loss_scale
         s, n = stage.stage, stage.n_stages
@@ -98,6 +109,10 @@ class GPipe:
             inputs.append(x)
             outputs.append(y)
 
+        if self.reference:
+            start = self.clock()
+            dist.barrier(group=self.pipeline_group)
+            times.comm_wait_s += self.clock() - start
         backward_order = range(n_micro - 1, -1, -1)
         grads = self._post_receives(self.next, n_micro, n_micro, backward_order)
         loss = torch.zeros((), device=self.device) if self.next is None else None
@@ -115,6 +130,8 @@ class GPipe:
                 wire = inputs[m].grad.to(self.wire_dtype)
                 sends.append((wire, dist.isend(wire, dst=self.prev, tag=n_micro + m)))
             times.backward_s += self.clock() - start
+            if self.reference and self.next is None and self.prev is not None:
+                self._wait(sends.pop()[1], times)  # a gloo work must be waited for once
             inputs[m] = outputs[m] = None
         for _, work in sends:
             self._wait(work, times)

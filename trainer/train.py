@@ -15,23 +15,37 @@ import torch.distributed as dist
 from trainer.config import TrainerConfig
 from trainer.data import TokenSource
 from trainer.dataparallel import make_gradient_sync
+from trainer.emulated import EmulatedStage, HeldOptimizer
 from trainer.engines import make_engine, measured_phases
 from trainer.layout import position_of
 from trainer.partition import Stage
 from trainer.timing import Clock, IterationTimes, summarize
 
 
-def make_optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
-    """The optimizer every replica of a stage runs on the averaged gradients."""
+def make_optimizer(cfg: TrainerConfig, params, stage_index: int = 0):
+    """The optimizer every replica of a stage runs on the averaged gradients (under emulated
+    compute, one that holds for the stage's optimizer time)."""
+    if cfg.emulate is not None:
+        _, _, seconds = cfg.emulate.stage_seconds(stage_index, cfg.pipeline, cfg.micro_batch)
+        return HeldOptimizer(seconds)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
 
-def build_rank_stage(cfg: TrainerConfig, rank: int, device: torch.device) -> Stage:
-    """This rank's stage of the model, on `device` (no communication)."""
+def build_rank_stage(cfg: TrainerConfig, rank: int, device: torch.device) -> Stage | EmulatedStage:
+    """This rank's stage of the model (or its emulation), on `device` (no communication)."""
     stage_index, _ = position_of(rank, cfg.pipeline)
-    stage = Stage(cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute)
+    if cfg.emulate is not None:
+        forward_s, backward_s, _ = cfg.emulate.stage_seconds(
+            stage_index, cfg.pipeline, cfg.micro_batch
+        )
+        stage = EmulatedStage(
+            cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seq, cfg.emulate.scale,
+            forward_s, backward_s,
+        )  # fmt: skip
+    else:
+        stage = Stage(cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute)
     return stage.to(device)
 
 
@@ -39,7 +53,11 @@ class RankTrainer:
     """The stage, engine (the pipeline schedule), gradient sync and optimizer of one rank."""
 
     def __init__(
-        self, cfg: TrainerConfig, rank: int, device: torch.device, module: Stage | None = None
+        self,
+        cfg: TrainerConfig,
+        rank: int,
+        device: torch.device,
+        module: Stage | EmulatedStage | None = None,
     ):
         """Wire the rank up (collective: the process group must be up). `module` is the rank's
         stage when it was built beforehand (`build_rank_stage`)."""
@@ -55,7 +73,7 @@ class RankTrainer:
             cfg.dp_mode, self.module, self.stage_index, self.replica, cfg.pipeline, cfg.dp_degree,
             bucket_bytes=int(cfg.ps_bucket_mb * 2**20), chunk_bytes=cfg.ps_chunk_kb * 1024,
         )  # fmt: skip
-        self.optimizer = make_optimizer(cfg, self.params)
+        self.optimizer = make_optimizer(cfg, self.params, self.stage_index)
         needs_data = self.module.is_first or self.module.is_last
         self.source = (
             TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed) if needs_data else None

@@ -59,11 +59,28 @@ def workload_of(config: TrainerConfig) -> Workload:
         dtype=config.dtype,
         recompute=config.recompute,
         dp_mode=config.dp_mode,
-        schedule="1f1b" if config.engine == "pipelining-1f1b" else "gpipe",
+        schedule=_schedule_of(config),
         layers=config.layers,
         bucket_bytes=int(config.ps_bucket_mb * 2**20),
         chunk_bytes=config.ps_chunk_kb * 1024,
+        tensor_scale=config.emulate.scale if config.emulate is not None else 1.0,
     )
+
+
+def _schedule_of(config: TrainerConfig) -> str:
+    if config.engine == "pipelining-1f1b":
+        return "1f1b"
+    return "reference" if config.gpipe_schedule == "reference" else "gpipe"
+
+
+def emulated_compute(config: TrainerConfig) -> StageCompute:
+    """The stage times an emulated run holds for (its `emulate` section), exactly."""
+    seconds = [
+        config.emulate.stage_seconds(stage, config.pipeline, config.micro_batch)
+        for stage in range(config.pipeline)
+    ]
+    forward, backward, optimizer = (np.array(column) for column in zip(*seconds, strict=True))
+    return StageCompute(forward, backward, optimizer)
 
 
 @dataclass(frozen=True)

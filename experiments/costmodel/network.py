@@ -68,10 +68,8 @@ class Network:
         rtt = self.latency_s[src, dst] + self.latency_s[dst, src]
         window = self.tcp.window(src, dst)
         cap = path_cap(window, rate, rtt)
-        start = start_window(
-            cap, self.tcp.initial_window_bytes[src], self.tcp.slow_start_after_idle[src],
-            idle_s, rtt,
-        )  # fmt: skip
+        initial = self.tcp.initial_window_bytes[src] * self.tcp.sockets  # each socket's own
+        start = start_window(cap, initial, self.tcp.slow_start_after_idle[src], idle_s, rtt)
         return wire_s(size, rtt, rate, window, start)
 
     def with_tcp(self, tcp: TcpSide | None) -> Network:

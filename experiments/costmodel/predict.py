@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from experiments.costmodel.analytic import predict
-from experiments.costmodel.calibrate import Calibration
+from experiments.costmodel.calibrate import Calibration, emulated_compute
 from experiments.costmodel.network import Network, pair_network, uniform_network
 from experiments.costmodel.tcp import tcp_side
 from experiments.matrix import MatrixSpec
@@ -61,7 +61,11 @@ def predict_config(
     tcp = tcp_for(tcp_setting, calibration.tcp)
     network = network_for(target, config.world_size, calibration, hosts)
     network = network.with_tcp(tcp_side([tcp] * network.n_hosts, calibration.sockets))
-    prediction = predict(workload, calibration.compute_for(workload), network)
+    if config.emulate is not None:
+        compute = emulated_compute(config)
+    else:
+        compute = calibration.compute_for(workload)
+    prediction = predict(workload, compute, network)
     return prediction.as_dict() | {"calibration": calibration.describe()}
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.dataparallel import bucket_spans
+from trainer.emulated import scaled_count
 from trainer.model import GPTConfig
-from trainer.partition import split_layers
+from trainer.partition import split_layers, stage_tensor_sizes
 
 WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 """Bytes per activation element on the wire: activations travel in the compute dtype."""
@@ -49,31 +50,6 @@ class Workload:
         return self.stage_params * GRAD_BYTES
 
 
-def stage_params(gpt: GPTConfig, layers: list[range]) -> np.ndarray:
-    """Parameter count of each stage (embedding on the first, final norm and head on the last)."""
-    d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
-    per_block = 12 * d * d + (13 * d if gpt.bias else 2 * d)
-    counts = np.array([len(own) * per_block for own in layers], dtype=float)
-    counts[0] += v * d + t * d
-    counts[-1] += (2 * d if gpt.bias else d) + v * d
-    return counts
-
-
-def stage_tensor_sizes(gpt: GPTConfig, layers: list[range]) -> list[list[int]]:
-    """Element count of each parameter tensor of each stage, in the stage's own order."""
-    d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
-    norm = [d, d] if gpt.bias else [d]
-
-    def linear(n_in: int, n_out: int) -> list[int]:
-        return [n_in * n_out, n_out] if gpt.bias else [n_in * n_out]
-
-    block = norm + linear(d, 3 * d) + linear(d, d) + norm + linear(d, 4 * d) + linear(4 * d, d)
-    stages = [block * len(own) for own in layers]
-    stages[0] = [v * d, t * d] + stages[0]
-    stages[-1] = stages[-1] + norm + [v * d]
-    return stages
-
-
 def stage_forward_flops_per_token(gpt: GPTConfig, layers: list[range], seq: int) -> np.ndarray:
     """Forward FLOPs per token of each stage."""
     d = gpt.n_embd
@@ -98,14 +74,23 @@ def make_workload(
     layers: list[int] | None = None,
     bucket_bytes: int = 0,
     chunk_bytes: int = 256 * 1024,
+    tensor_scale: float = 1.0,
 ) -> Workload:
-    """The workload of `pipeline` stages × `dp_degree` replicas, `batch` sequences per pipeline."""
+    """The workload of `pipeline` stages × `dp_degree` replicas, `batch` sequences per pipeline.
+
+    `tensor_scale` < 1: every tensor (activation, parameter, gradient) scaled by it, as an
+    emulated run (trainer/emulated.py) moves them; FLOPs stay the full model's.
+    """
     split = split_layers(gpt.n_layer, pipeline, layers)
     tokens = micro_batch * seq
     forward = stage_forward_flops_per_token(gpt, split, seq) * tokens
     backward = forward * (3.0 if recompute else 2.0)
+    tensors = [
+        [scaled_count(size, tensor_scale) for size in sizes]
+        for sizes in stage_tensor_sizes(gpt, split)
+    ]
     buckets = []
-    for sizes in stage_tensor_sizes(gpt, split):
+    for sizes in tensors:
         nbytes = [size * GRAD_BYTES for size in sizes]
         spans = bucket_spans(nbytes, bucket_bytes)
         buckets.append(np.array([sum(nbytes[span.start : span.stop]) for span in spans], float))
@@ -117,8 +102,10 @@ def make_workload(
         seq=seq,
         dp_mode=dp_mode,
         schedule=schedule,
-        activation_bytes=float(micro_batch * seq * gpt.n_embd * WIRE_BYTES[dtype]),
-        stage_params=stage_params(gpt, split),
+        activation_bytes=float(
+            micro_batch * scaled_count(seq * gpt.n_embd, tensor_scale) * WIRE_BYTES[dtype]
+        ),
+        stage_params=np.array([sum(sizes) for sizes in tensors], dtype=float),
         forward_flops=forward,
         backward_flops=backward,
         sync_buckets=tuple(buckets),

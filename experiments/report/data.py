@@ -40,6 +40,8 @@ class Results:
     points: pd.DataFrame
     spec_text: str
     runs: list[dict]
+    scale: dict | None = None
+    """The matrix's [scale] table when it is a scale model (`experiments.scale`)."""
 
 
 def read_predictions(directory: Path) -> dict[str, float]:
@@ -119,6 +121,7 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
         "pipeline": trainer.get("pipeline"),
         "samples_per_iteration": (trainer.get("batch") or 0) * (trainer.get("dp_degree") or 1),
         "predicted_s": predictions.get(record.cell_id),
+        "compute": compute_label(trainer),
     }
     if not record.ok:
         return row
@@ -141,6 +144,12 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
         **{phase: (phases.get(phase) or {}).get("mean", 0.0) for phase in PHASES},
     }
     return row
+
+
+def compute_label(trainer: dict) -> str:
+    """`real`, or `emulated (tensors ×S)` for a cell whose stages held for given times."""
+    emulate = trainer.get("emulate")
+    return "real" if not emulate else f"emulated (tensors ×{emulate['scale']:g})"
 
 
 def _pipelines(placement: dict[int, str], stages: int) -> str | None:
@@ -200,7 +209,10 @@ def _pool(group: pd.DataFrame) -> dict:
         "reason": None if len(ok) else "; ".join(sorted(set(group["reason"].dropna()))),
         "repeats_ok": len(ok),
         "repeats": len(group),
-        **{key: _first(group, key) for key in ("setting", "setting_kind", "delay_ms", "rate_bps")},
+        **{
+            key: _first(group, key)
+            for key in ("setting", "setting_kind", "delay_ms", "rate_bps", "compute")
+        },
         "unshaped": bool(group["unshaped"].fillna(False).any()) if "unshaped" in group else False,
         "rtt_ms": group["rtt_ms"].median(),
         "probe_bps": group["probe_bps"].median(),
@@ -287,7 +299,8 @@ def load_results(directory: str | Path) -> Results:
     runs = _read_runs(run_path)
     cells = cells_frame(records, spec, read_predictions(directory))
     name = (spec.get("matrix") or {}).get("name") or directory.name
-    return Results(directory, name, cells, points_frame(cells), spec_text, runs)
+    scale = spec.get("scale") if isinstance(spec.get("scale"), dict) else None
+    return Results(directory, name, cells, points_frame(cells), spec_text, runs, scale)
 
 
 def _read_runs(path: Path) -> list[dict]:

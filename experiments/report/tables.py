@@ -103,6 +103,8 @@ def variant_labels(points: pd.DataFrame) -> pd.Series:
             parts.append(str(row.dp_mode))
         if points["tcp"].nunique() > 1:
             parts.append(f"TCP {row.tcp}")
+        if "compute" in points and points["compute"].nunique() > 1:
+            parts.append(str(row.compute))
         return " · ".join(parts)
 
     return pd.Series([label(row) for row in points.itertuples()], index=points.index)

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from experiments.report.data import Results, compare_points, load_results
 from experiments.report.html import Plot, Section, render_html
 from experiments.report.plots import comparison_figures, png_bytes, report_figures
+from experiments.report.scalemodel import scale_table
 from experiments.report.tables import (
     baseline_note,
     comparison_table,
@@ -128,7 +129,7 @@ def report_sections(results: Results) -> list[Section]:
             baseline_note(points)
             + " Cells: mean ± standard deviation (slowdown). Measured throughput is left out"
             f" (—) where the probe's window lasted under {MIN_WINDOW_RTTS} round trips: it"
-            " measured TCP's slow start, not the path.",
+            " measured TCP's slow start, not the path." + emulation_note(points),
         ),
         Section("Throughput and per-host efficiency", throughput_table(points)),
         Section(
@@ -145,6 +146,19 @@ def report_sections(results: Results) -> list[Section]:
                 "error = predicted / measured − 1.",
             )
         )
+    if results.scale is not None:
+        sections.append(
+            Section(
+                "Scale model against its target",
+                scale_table(points, results.scale),
+                f"This matrix is a scale model of {results.scale['target']}: the target's ranks,"
+                " schedule, delays and compute times, with tensors, rates and TCP windows ×"
+                f"{results.scale['factor']:.3g}. Slowdown: against the target's"
+                f" {results.scale['baseline_profile']} network. The target's times are the cost"
+                f" model's, calibrated on {results.scale['calibration']}. difference = slowdown"
+                " (scale model) / slowdown (target) − 1.",
+            )
+        )
     sections.append(
         Section(
             "Placement",
@@ -154,6 +168,17 @@ def report_sections(results: Results) -> list[Section]:
     )
     sections.append(Section("Failed and missing cells", problems_table(results.cells)))
     return sections
+
+
+def emulation_note(points: pd.DataFrame) -> str:
+    """A sentence naming the emulated-compute cells, if there are any."""
+    labels = sorted({str(c) for c in points["compute"].dropna() if c != "real"})
+    if not labels:
+        return ""
+    return (
+        f" Compute is {', '.join(labels)}: each stage held its rank for given times while"
+        " tensors scaled by that factor crossed the real network (a scale model, not training)."
+    )
 
 
 def _counts(cells: pd.DataFrame) -> dict[str, int]:

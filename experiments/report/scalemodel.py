@@ -1,0 +1,52 @@
+"""A scale model's report section: its measured slowdowns beside the target's predicted ones.
+
+A matrix `wanlab scale` wrote carries a [scale] table: for each of its cells, the target cell it
+stands for and the cost model's iteration time for that target cell. A slowdown is a cell's
+time over the time of the cell on the target's baseline profile with the same other settings.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from experiments.report.tables import DASH, fmt_ratio, fmt_seconds, variant_labels
+
+KEYS = ["tcp", "dp_degree", "micro_batch", "dp_mode"]
+
+
+def scale_rows(scale: dict) -> pd.DataFrame:
+    """The [scale] table's cells as a frame, with each target cell's predicted slowdown."""
+    cells = pd.DataFrame(scale["cells"])
+    base = cells[cells["target_profile"] == scale["baseline_profile"]]
+    base = base.set_index(KEYS)["predicted_s"].rename("target_base_s")
+    cells = cells.join(base, on=KEYS)
+    cells["target_slowdown"] = cells["predicted_s"] / cells["target_base_s"]
+    return cells
+
+
+def scale_table(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
+    """Per point: target network, variant, the scale model's time and slowdown, the target's
+    predicted time and slowdown, and how far apart the two slowdowns are."""
+    cells = scale_rows(scale)
+    merged = points.merge(cells, on=["profile", *KEYS], how="inner")
+    lab_base = merged[merged["target_profile"] == scale["baseline_profile"]]
+    lab_base = lab_base.set_index(KEYS)["iter_mean_s"].rename("lab_base_s")
+    merged = merged.join(lab_base, on=KEYS)
+    merged["lab_slowdown"] = merged["iter_mean_s"] / merged["lab_base_s"]
+    merged["difference"] = merged["lab_slowdown"] / merged["target_slowdown"] - 1
+    labels = variant_labels(merged)
+    rows = []
+    for index, row in merged.iterrows():
+        done = row["status"] == "ok"
+        rows.append(
+            {
+                "target network": row["target_profile"],
+                "variant": labels[index],
+                "scale model": fmt_seconds(row["iter_mean_s"]) if done else row["status"],
+                "slowdown (scale model)": fmt_ratio(row["lab_slowdown"]) if done else DASH,
+                "target (predicted)": fmt_seconds(row["predicted_s"]),
+                "slowdown (target)": fmt_ratio(row["target_slowdown"]),
+                "difference": DASH if pd.isna(row["difference"]) else f"{row['difference']:+.1%}",
+            }
+        )
+    return pd.DataFrame(rows)

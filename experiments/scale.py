@@ -1,0 +1,303 @@
+"""A scale model of a fleet on the local lab (`wanlab scale TARGET --to local`).
+
+The lab keeps what it can keep exactly: the target's topology (stages, DP degrees, so every
+rank), micro-batches, schedule, DP mode, every delay, and each stage's compute time (emulated:
+trainer/emulated.py). What it cannot carry it scales by one factor s: every tensor (activations,
+parameters, gradients), every rate, and the TCP windows (socket-buffer maxima, initial window).
+Every time in the model is then the target's: a transfer of s·A bytes at s·β takes A/β, and a
+window of s·W over a path of s·β·R is as full as W over β·R.
+
+s is chosen so that every host sending at its fastest rate at once stays within the lab's
+forwarding ceiling (with headroom). The derivation says where the lab falls short: a latency the
+lab's own hop already exceeds, or an initial window below one segment. A target whose window or
+tensors would shrink below what TCP can carry, or with more ranks than the lab holds, is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from experiments.costmodel.calibrate import Calibration, workload_of
+from experiments.costmodel.predict import predict_config, tcp_for
+from experiments.costmodel.tcp import MSS_BYTES, receive_window
+from experiments.matrix import MatrixSpec
+from inventory.errors import ConfigError
+from inventory.localfleet import MAX_HOSTS
+from netem.profile import Profile
+from netem.tcp import KERNEL_INITCWND, TcpSettings
+from trainer.config import TrainerConfig
+
+HEADROOM = 0.8
+"""The share of the lab's forwarding ceiling the scaled traffic may use at its peak."""
+MIN_WINDOW_SEGMENTS = 4
+"""The smallest scaled window TCP still carries as a window (below it, ACK timing rules)."""
+MIN_TENSOR_SEGMENTS = 4
+"""The fewest segments a scaled activation may fill (fewer: packets, not rates, set its time)."""
+GROUP_TOLERANCE = 0.02
+"""A group counts as kept when the lab's value is within this of the target's."""
+
+
+@dataclass(frozen=True)
+class Lab:
+    """What the lab measured: one-way latency of an unshaped hop, and the most it forwards."""
+
+    latency_s: float
+    ceiling_bps: float
+    max_hosts: int = MAX_HOSTS
+
+
+@dataclass(frozen=True)
+class ScaleModel:
+    """The scaled matrix's parts and how well it keeps the target's dimensionless groups."""
+
+    factor: float
+    trainer: dict
+    profiles: dict[str, str]
+    """Lab profile (short form) → the target profile it stands for."""
+    tcp: dict[str, TcpSettings]
+    """Lab TCP setting name → its settings; one per TCP setting of the target."""
+    tcp_names: dict[str, str]
+    """Lab TCP setting name → the target's."""
+    groups: list[dict]
+    targets: list[dict]
+    """Per lab cell: its coordinates and the target cell's predicted iteration time."""
+
+
+def scaled_matrix(
+    model: ScaleModel, spec: MatrixSpec, calibration: Calibration, iterations: int, warmup: int
+) -> dict:
+    """The scaled matrix as TOML data: the lab's profiles and TCP settings, emulated compute,
+    and a [scale] table that names the target and its predicted iteration times."""
+    trainer = model.trainer | {"iterations": iterations, "warmup": warmup}
+    return {
+        "matrix": {
+            "name": f"{spec.header.name}-scale",
+            "inventory": "local",
+            "repeats": spec.header.repeats,
+        },
+        "trainer": trainer,
+        "axes": {
+            "profiles": list(model.profiles),
+            "tcp": list(model.tcp),
+            "dp_degrees": spec.axes.dp_degrees,
+            "micro_batches": spec.axes.micro_batches,
+            "engines": spec.axes.engines,
+            "dp_modes": spec.axes.dp_modes,
+        },
+        "tcp": {name: s.model_dump(exclude_none=True) for name, s in model.tcp.items()},
+        "probe": {"seconds": 1.0, "count": 10},
+        "timeouts": {"cell_s": spec.timeouts.cell_s},
+        "scale": {
+            "target": str(spec.source.resolve()),
+            "calibration": calibration.source,
+            "factor": model.factor,
+            "baseline_profile": baseline_profile(spec),
+            "cells": model.targets,
+        },
+    }
+
+
+def baseline_profile(spec: MatrixSpec) -> str:
+    """The target profile slowdowns are measured against: its unshaped one, else its first."""
+    unshaped = [name for name, t in spec.targets.items() if getattr(t, "is_default", False)]
+    return (unshaped or spec.axes.profiles)[0]
+
+
+def scale_factor(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> float:
+    """s: every rank of the largest cell sending at the fastest rate fills HEADROOM of the lab."""
+    fastest = max(_rate_bps(profile, calibration) for profile in _profiles(spec).values())
+    return min(1.0, HEADROOM * lab.ceiling_bps / (spec.max_world_size * fastest))
+
+
+def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
+    """The scale model of `spec` (predicted on `calibration`) on `lab`; ConfigError if it
+    cannot be carried."""
+    source = str(spec.source)
+    profiles = _profiles(spec)
+    if spec.max_world_size > lab.max_hosts:
+        raise ConfigError(
+            source, "axes.dp_degrees",
+            f"{spec.max_world_size} ranks; the lab holds at most {lab.max_hosts} hosts",
+        )  # fmt: skip
+    if set(spec.axes.engines) != {"gpipe"}:
+        raise ConfigError(source, "axes.engines", "a scale model emulates engine 'gpipe' only")
+    if spec.trainer.get("emulate") is not None:
+        raise ConfigError(source, "trainer.emulate", "is already a scale model")
+    s = scale_factor(spec, calibration, lab)
+    trainer = _scaled_trainer(spec, calibration, s)
+    scaled = {name: _scaled_profile(p, calibration, lab, s) for name, p in profiles.items()}
+    lab_profiles = {profile.short(): name for name, profile in scaled.items()}
+    if len(lab_profiles) != len(profiles):
+        raise ConfigError(source, "axes.profiles", "two profiles scale to the same lab profile")
+    tcp, tcp_names = {}, {}
+    for name, setting in spec.tcp.items():
+        known = tcp_for(setting, calibration.tcp)
+        lab_name = f"scaled-{name}"
+        tcp[lab_name] = _scaled_tcp(known, calibration.sockets, s, source)
+        tcp_names[lab_name] = name
+    _check_tensors(spec, trainer, source)
+    lab_of = {target: lab_name for lab_name, target in lab_profiles.items()}
+    lab_tcp = {target: lab_name for lab_name, target in tcp_names.items()}
+    targets = []
+    for cell in spec.cells():
+        config = spec.trainer_config(cell)
+        predicted = predict_config(
+            config, spec.targets[cell.profile], calibration, None, spec.tcp[cell.tcp]
+        )
+        targets.append(
+            {
+                "profile": lab_of[cell.profile],
+                "tcp": lab_tcp[cell.tcp],
+                "dp_degree": cell.dp_degree,
+                "micro_batch": cell.micro_batch,
+                "dp_mode": cell.dp_mode,
+                "target_profile": cell.profile,
+                "predicted_s": predicted["predicted_iteration_s"],
+            }
+        )
+    groups = _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names)
+    return ScaleModel(s, trainer, lab_profiles, tcp, tcp_names, groups, targets)
+
+
+def _profiles(spec: MatrixSpec) -> dict[str, Profile]:
+    for name, target in spec.targets.items():
+        if not isinstance(target, Profile):
+            raise ConfigError(
+                str(spec.source), "axes.profiles", f"{name!r} is a pair matrix; a scale model "
+                "takes uniform profiles (one shape on every host)",
+            )  # fmt: skip
+    return dict(spec.targets)
+
+
+def _rate_bps(profile: Profile, calibration: Calibration) -> float:
+    return float(profile.rate_bps or calibration.native.rate_bps)
+
+
+def _scaled_trainer(spec: MatrixSpec, calibration: Calibration, s: float) -> dict:
+    """The target's trainer table with its stages' compute times emulated and tensors scaled."""
+    config = spec.trainer_config(spec.cells()[0])
+    compute = calibration.compute_for(calibration.workload_for(config))
+    per_sequence = 1000 / config.micro_batch
+    trainer = dict(spec.trainer)
+    if calibration.gpipe_schedule == "reference":
+        trainer["gpipe_schedule"] = "reference"
+    trainer["emulate"] = {
+        "scale": s,
+        "forward_ms": [round(t * per_sequence, 4) for t in compute.forward_s],
+        "backward_ms": [round(t * per_sequence, 4) for t in compute.backward_s],
+        "optimizer_ms": [round(t * 1000, 4) for t in compute.optimizer_s],
+    }
+    return trainer
+
+
+def _scaled_profile(profile: Profile, calibration: Calibration, lab: Lab, s: float) -> Profile:
+    """The target's one-way latency (native hop plus delay) less the lab's own hop; rate × s."""
+    latency_ms = (calibration.native.latency_s - lab.latency_s) * 1000 + profile.delay_ms
+    delay_ms = round(max(0.0, latency_ms), 3)
+    return profile.model_copy(
+        update={
+            "name": None,
+            "delay_ms": delay_ms,
+            "jitter_ms": min(profile.jitter_ms, delay_ms),
+            "rate_bps": int(max(1000, round(_rate_bps(profile, calibration) * s, -3))),
+            "limit": None,
+        }
+    )
+
+
+def _scaled_tcp(known: dict | None, sockets: int, s: float, source: str) -> TcpSettings:
+    """The target's TCP over `sockets` sockets per connection, as one lab socket scaled by s."""
+    if not known or not known.get("rmem") or not known.get("wmem"):
+        raise ConfigError(
+            source, "axes.tcp", "the target's TCP buffers are unknown: give a TCP setting "
+            "(e.g. a preset) or calibrate on hosts whose settings were recorded",
+        )  # fmt: skip
+    buffers = {}
+    for name in ("rmem", "wmem"):
+        low, default, high = known[name]
+        scaled = round(high * sockets * s)
+        if scaled < MIN_WINDOW_SEGMENTS * MSS_BYTES:
+            raise ConfigError(
+                source, f"tcp {name}", f"{high} B × {sockets} sockets × s = {scaled} B, under "
+                f"{MIN_WINDOW_SEGMENTS} segments: the lab cannot carry so small a window",
+            )  # fmt: skip
+        buffers[name] = (min(low, scaled), min(default, scaled), scaled)
+    initial = (known.get("initcwnd") or KERNEL_INITCWND) * sockets * s
+    return TcpSettings(
+        congestion_control=known.get("congestion_control"),
+        adv_win_scale=known.get("adv_win_scale"),
+        slow_start_after_idle=known.get("slow_start_after_idle"),
+        initcwnd=max(1, round(initial)),
+        **buffers,
+    )
+
+
+def _check_tensors(spec: MatrixSpec, trainer: dict, source: str) -> None:
+    for cell in spec.cells():
+        config = TrainerConfig(
+            **spec.trainer_config(cell).model_dump() | {"emulate": trainer["emulate"]}
+        )
+        segments = workload_of(config).activation_bytes / MSS_BYTES
+        if segments < MIN_TENSOR_SEGMENTS:
+            raise ConfigError(
+                source, "axes.micro_batches", f"a scaled activation of micro-batch "
+                f"{cell.micro_batch} fills {segments:.1f} segments, under {MIN_TENSOR_SEGMENTS}",
+            )  # fmt: skip
+
+
+def _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names) -> list[dict]:
+    """The dimensionless groups that shape the slowdown curve, target against lab, per profile
+    (and TCP setting where it matters)."""
+    cell = spec.cells()[0]
+    target_config = spec.trainer_config(cell)
+    lab_config = TrainerConfig(**target_config.model_dump() | {"emulate": trainer["emulate"]})
+    target_work, lab_work = workload_of(target_config), workload_of(lab_config)
+    compute = calibration.compute_for(calibration.workload_for(target_config))
+    forward_s = float(compute.forward_s[0])
+    rows = []
+    for target_name, lab_p in scaled.items():
+        target_p = spec.targets[target_name]
+        t_rate = _rate_bps(target_p, calibration) / 8
+        l_rate = lab_p.rate_bps / 8
+        t_lat = calibration.native.latency_s + target_p.delay_ms / 1000
+        l_lat = lab.latency_s + lab_p.delay_ms / 1000
+        pairs = [
+            ("activation hop / forward", target_work.activation_bytes / t_rate / forward_s,
+             lab_work.activation_bytes / l_rate / forward_s),
+            ("one-way latency / forward", t_lat / forward_s, l_lat / forward_s),
+            ("gradient sync / forward", target_work.grad_bytes.max() / t_rate / forward_s,
+             lab_work.grad_bytes.max() / l_rate / forward_s),
+        ]  # fmt: skip
+        for lab_tcp, target_tcp in tcp_names.items():
+            known = tcp_for(spec.tcp[target_tcp], calibration.tcp)
+            t_window = _window(known) * calibration.sockets
+            l_window = _window(tcp[lab_tcp].model_dump(exclude_none=True))
+            t_initial = (known.get("initcwnd") or KERNEL_INITCWND) * calibration.sockets
+            suffix = "" if len(tcp_names) == 1 else f" (TCP {target_tcp})"
+            pairs += [
+                (f"window / bandwidth-delay product{suffix}", t_window / (t_rate * 2 * t_lat),
+                 l_window / (l_rate * 2 * l_lat)),
+                (f"initial window / activation{suffix}",
+                 t_initial * MSS_BYTES / target_work.activation_bytes,
+                 tcp[lab_tcp].initcwnd * MSS_BYTES / lab_work.activation_bytes),
+            ]  # fmt: skip
+        for group, target_value, lab_value in pairs:
+            kept = math.isclose(lab_value, target_value, rel_tol=GROUP_TOLERANCE)
+            if group.startswith("window"):  # a window over the BDP limits neither: same regime
+                kept = kept or min(target_value, lab_value) >= 1
+            rows.append(
+                {
+                    "profile": target_name,
+                    "group": group,
+                    "target": target_value,
+                    "local": lab_value,
+                    "kept": kept,
+                }
+            )
+    return rows
+
+
+def _window(settings: dict) -> float:
+    receive = receive_window(settings["rmem"][2], settings.get("adv_win_scale", 1))
+    return min(receive, settings["wmem"][2])

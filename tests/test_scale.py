@@ -1,0 +1,150 @@
+"""The scale-model derivation: what the lab keeps of the target, checked from the matrix it writes
+(read back as any matrix is), and the targets it refuses with the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from experiments.costmodel.calibrate import reference_calibration, workload_of
+from experiments.costmodel.tcp import MSS_BYTES, receive_window
+from experiments.matrix import load_matrix
+from experiments.scale import HEADROOM, Lab, baseline_profile, derive, scaled_matrix
+from inventory.errors import ConfigError
+from netem.profile import parse_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "experiments" / "matrices" / "seed-gpt3xl.toml"
+LAB = Lab(latency_s=0.35e-3, ceiling_bps=500e6)
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory):
+    spec, calibration = load_matrix(SEED), reference_calibration()
+    model = derive(spec, calibration, LAB)
+    out = tmp_path_factory.mktemp("scale") / "scaled.toml"
+    out.write_text(tomli_w.dumps(scaled_matrix(model, spec, calibration, 3, 1)))
+    return spec, calibration, model, load_matrix(out)
+
+
+def test_the_factor_fits_every_rank_sending_at_once_into_the_lab(scaled):
+    spec, calibration, model, lab = scaled
+    assert model.factor == pytest.approx(HEADROOM * 500e6 / (48 * calibration.native.rate_bps))
+    peak = lab.max_world_size * max(t.rate_bps for t in lab.targets.values())
+    assert peak <= HEADROOM * LAB.ceiling_bps * 1.001
+
+
+def test_topology_schedule_and_compute_are_the_targets(scaled):
+    spec, calibration, model, lab = scaled
+    assert lab.axes.dp_degrees == spec.axes.dp_degrees == [1, 4]
+    assert lab.axes.micro_batches == spec.axes.micro_batches
+    assert lab.axes.dp_modes == spec.axes.dp_modes
+    for target_cell, lab_cell in zip(spec.cells(), lab.cells(), strict=True):
+        target, local = spec.trainer_config(target_cell), lab.trainer_config(lab_cell)
+        assert (local.pipeline, local.world_size, local.n_micro) == (
+            target.pipeline, target.world_size, target.n_micro,
+        )  # fmt: skip
+        assert local.gpipe_schedule == "reference" and local.emulate is not None
+        compute = calibration.compute_for(calibration.workload_for(target))
+        for stage in range(target.pipeline):
+            forward, backward, optimizer = local.emulate.stage_seconds(
+                stage, local.pipeline, local.micro_batch
+            )
+            assert forward == pytest.approx(compute.forward_s[stage], rel=1e-4)
+            assert backward == pytest.approx(compute.backward_s[stage], rel=1e-4)
+            assert optimizer == pytest.approx(compute.optimizer_s[stage], rel=1e-3)
+
+
+def test_every_transfer_and_window_takes_the_targets_time(scaled):
+    spec, calibration, model, lab = scaled
+    s = model.factor
+    target_work = workload_of(spec.trainer_config(spec.cells()[0]))
+    lab_work = workload_of(lab.trainer_config(lab.cells()[0]))
+    [lab_tcp] = lab.tcp.values()
+    window = min(receive_window(lab_tcp.rmem[2], lab_tcp.adv_win_scale), lab_tcp.wmem[2])
+    ubuntu = calibration.tcp
+    target_window = min(receive_window(ubuntu["rmem"][2], ubuntu["adv_win_scale"]),
+                        ubuntu["wmem"][2]) * calibration.sockets  # fmt: skip
+    assert window == pytest.approx(target_window * s, rel=1e-4)
+    for short, target_name in model.profiles.items():
+        target, local = spec.targets[target_name], parse_profile(short)
+        target_rate = target.rate_bps or calibration.native.rate_bps
+        # an activation hop and a stage's gradients take the same seconds in both
+        hop = target_work.activation_bytes * 8 / target_rate
+        assert lab_work.activation_bytes * 8 / local.rate_bps == pytest.approx(hop, rel=2e-3)
+        sync = target_work.grad_bytes * 8 / target_rate
+        assert lab_work.grad_bytes * 8 / local.rate_bps == pytest.approx(sync, rel=2e-3)
+        # the one-way latency is the target's wherever the lab's own hop is shorter
+        target_latency = calibration.native.latency_s + target.delay_ms / 1000
+        if target_latency > LAB.latency_s:
+            lab_latency = LAB.latency_s + local.delay_ms / 1000
+            assert lab_latency == pytest.approx(target_latency, abs=1e-6)
+        assert local.loss_pct == target.loss_pct
+
+
+def test_the_groups_say_what_the_lab_cannot_keep(scaled):
+    spec, calibration, model, lab = scaled
+    kept = {(row["profile"], row["group"]): row["kept"] for row in model.groups}
+    assert all(kept[(p, "activation hop / forward")] for p in spec.axes.profiles)
+    assert all(kept[(p, "gradient sync / forward")] for p in spec.axes.profiles)
+    assert not kept[("default", "one-way latency / forward")]  # the lab's own hop is longer
+    assert kept[("d50b1", "window / bandwidth-delay product")]
+    # 160 initial segments × s is under one segment: the lab starts with more than its share
+    assert not kept[("d50b1", "initial window / activation")]
+    [lab_tcp] = lab.tcp.values()
+    assert lab_tcp.initcwnd == 1 and 10 * 16 * MSS_BYTES * model.factor < MSS_BYTES
+
+
+def test_every_lab_cell_names_its_target_and_prediction(scaled):
+    spec, calibration, model, lab = scaled
+    assert lab.scale is not None and lab.scale.factor == model.factor
+    assert lab.scale.baseline_profile == baseline_profile(spec) == "default"
+    named = {(c.profile, c.tcp, c.dp_degree, c.micro_batch, c.dp_mode) for c in lab.scale.cells}
+    cells = {(c.profile, c.tcp, c.dp_degree, c.micro_batch, c.dp_mode) for c in lab.cells()}
+    assert named == cells
+    default_dp1 = next(
+        c for c in lab.scale.cells if c.target_profile == "default" and c.dp_degree == 1
+    )
+    assert default_dp1.predicted_s == pytest.approx(15.16, rel=1e-3)  # what it was fitted on
+
+
+def write_target(tmp_path: Path, profiles: list[str], engines=("gpipe",)) -> Path:
+    path = tmp_path / "target.toml"
+    text = SEED.read_text().replace('inventory = "../../inventory/examples/p3-2xlarge-48.toml"',
+                                    'inventory = "local"')  # fmt: skip
+    text = text.replace(
+        'profiles = ["default", "d1b5", "d5b2", "d10b1", "d50b1"]',
+        "profiles = " + repr(profiles).replace("'", '"'),
+    ).replace('engines = ["gpipe"]', "engines = " + repr(list(engines)).replace("'", '"'))
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("lab", "profiles", "engines", "field", "words"),
+    [
+        (Lab(0.35e-3, 500e6, max_hosts=40), ["default"], ("gpipe",), "axes.dp_degrees", "48"),
+        (Lab(0.35e-3, 2e6), ["default"], ("gpipe",), "tcp rmem", "segments"),
+        (LAB, ["default"], ("pipelining-gpipe",), "axes.engines", "gpipe"),
+    ],
+)
+def test_a_target_the_lab_cannot_carry_is_refused_with_the_reason(
+    tmp_path, lab, profiles, engines, field, words
+):
+    spec = load_matrix(write_target(tmp_path, profiles, engines))
+    with pytest.raises(ConfigError) as caught:
+        derive(spec, reference_calibration(), lab)
+    assert caught.value.field == field and words in caught.value.message
+
+
+def test_a_pair_matrix_target_is_refused(tmp_path):
+    pairs = tmp_path / "pairs.toml"
+    pairs.write_text(
+        'by = "name"\n[[link]]\nsrc = "h0"\ndst = "h1"\ndelay = "5ms"\nrate = "1gbit"\n'
+    )
+    spec = load_matrix(write_target(tmp_path, ["pairs.toml"]))
+    with pytest.raises(ConfigError) as caught:
+        derive(spec, reference_calibration(), LAB)
+    assert caught.value.field == "axes.profiles" and "pair matrix" in caught.value.message
