@@ -5,7 +5,9 @@
     full evaluation, goal under 1 s; plus the greedy placement search against random placements.
 (2) With --results DIR (a folder `wanlab run` wrote): every measured cell predicted from the
     calibration cell alone (the unshaped cell of the same DP degree and micro-batch), goal every
-    cell within 10 % of its measured iteration time.
+    cell within 10 % of its measured iteration time. A scale model's folder (`wanlab scale`)
+    is judged instead by its slowdowns: every cell's measured slowdown within 10 % of the one
+    the cost model predicts for the target cell it stands for.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from experiments.costmodel.calibrate import (
 from experiments.costmodel.predict import measured_cells, predict_config
 from experiments.costmodel.simulate import explore, random_placements, world_scenario
 from experiments.matrix import load_matrix
+from experiments.report.data import load_results
+from experiments.report.scalemodel import scale_comparison
 from experiments.results import ResultsStore
 from netem.pairs import PairMatrix
 from trainer.config import TrainerConfig
@@ -70,10 +74,45 @@ def scale(args: argparse.Namespace) -> dict:
     }
 
 
+def against_target(directory: Path) -> dict:
+    """Part (2) for a scale model: its measured slowdowns against the target's predicted."""
+    results = load_results(directory)
+    merged = scale_comparison(results.points, results.scale)
+    done = merged[merged["status"] == "ok"]
+    cells = [
+        {
+            "target_profile": row.target_profile,
+            "dp_degree": int(row.dp_degree),
+            "dp_mode": row.dp_mode,
+            "measured_s": row.iter_mean_s,
+            "measured_slowdown": row.lab_slowdown,
+            "target_predicted_s": row.target_s,
+            "target_slowdown": row.target_slowdown,
+            "error": row.difference,
+        }
+        for row in done.itertuples()
+    ]
+    if not cells:
+        return {"run": False, "why": f"no finished cell in {directory}"}
+    worst = max(abs(c["error"]) for c in cells)
+    return {
+        "run": True,
+        "goal": f"every cell's slowdown within {GOAL_ERROR:.0%} of the target's predicted",
+        "met": worst <= GOAL_ERROR and len(cells) == len(merged),
+        "max_abs_error": worst,
+        "scale_factor": results.scale["factor"],
+        "target": results.scale["target"],
+        "results": str(directory),
+        "cells": cells,
+    }
+
+
 def against_results(directory: Path) -> dict:
     """Part (2): every measured cell predicted from its calibration cell."""
     store = ResultsStore(directory)
     spec = load_matrix(directory / "matrix.toml")
+    if spec.scale is not None:
+        return against_target(directory)
     records = store.records()
     calibrator = ResultsCalibration(records, source=str(directory))
     measured = measured_cells(records)
@@ -144,10 +183,19 @@ def main() -> None:
     else:
         part2 = against_results(args.results)
         for c in part2.get("cells", []):
-            print(
-                f"{c['cell_id']}: measured {c['measured_s']:.4f} s, predicted "
-                f"{c['predicted_s']:.4f} s ({c['error']:+.1%}), calibrated on {c['calibrated_on']}"
-            )
+            if "cell_id" in c:
+                print(
+                    f"{c['cell_id']}: measured {c['measured_s']:.4f} s, predicted "
+                    f"{c['predicted_s']:.4f} s ({c['error']:+.1%}), calibrated on "
+                    f"{c['calibrated_on']}"
+                )
+            else:
+                print(
+                    f"{c['target_profile']} DP {c['dp_degree']}: scale model "
+                    f"{c['measured_s']:.2f} s (×{c['measured_slowdown']:.3f}), target predicted "
+                    f"{c['target_predicted_s']:.2f} s (×{c['target_slowdown']:.3f}): "
+                    f"{c['error']:+.1%}"
+                )
     met = part1["met"] and (part2.get("met") if part2["run"] else True)
     if args.json:
         print(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.predict import predict_config, tcp_for
-from experiments.costmodel.tcp import MSS_BYTES, receive_window
+from experiments.costmodel.tcp import MSS_BYTES, SEND_BUFFER_PAYLOAD_SHARE, receive_window
 from experiments.matrix import MatrixSpec
 from inventory.errors import ConfigError
 from inventory.localfleet import MAX_HOSTS
@@ -34,6 +34,10 @@ MIN_WINDOW_SEGMENTS = 4
 """The smallest scaled window TCP still carries as a window (below it, ACK timing rules)."""
 MIN_TENSOR_SEGMENTS = 4
 """The fewest segments a scaled activation may fill (fewer: packets, not rates, set its time)."""
+MIN_CHUNK_KB = 16.0
+"""The smallest piece the lab's gradient chains forward. Each piece is a message of its own,
+handed on by a rank process: with 48 ranks on this machine's 2 cores, 1 KiB pieces cost about
+5 ms each and made a GPT-3 XL stage's sync 2.3 times slower than 256 KiB ones."""
 GROUP_TOLERANCE = 0.02
 """A group counts as kept when the lab's value is within this of the target's."""
 
@@ -134,7 +138,7 @@ def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
     for name, setting in spec.tcp.items():
         known = tcp_for(setting, calibration.tcp)
         lab_name = f"scaled-{name}"
-        tcp[lab_name] = _scaled_tcp(known, calibration.sockets, s, source)
+        tcp[lab_name] = _scaled_tcp(known, calibration, s, source)
         tcp_names[lab_name] = name
     _check_tensors(spec, trainer, source)
     lab_of = {target: lab_name for lab_name, target in lab_profiles.items()}
@@ -180,6 +184,10 @@ def _scaled_trainer(spec: MatrixSpec, calibration: Calibration, s: float) -> dic
     compute = calibration.compute_for(calibration.workload_for(config))
     per_sequence = 1000 / config.micro_batch
     trainer = dict(spec.trainer)
+    chunk_kb = config.ps_chunk_kb * s
+    trainer["ps_chunk_kb"] = round(max(MIN_CHUNK_KB, chunk_kb), 3)
+    if config.ps_bucket_mb:
+        trainer["ps_bucket_mb"] = config.ps_bucket_mb * s
     if calibration.gpipe_schedule == "reference":
         trainer["gpipe_schedule"] = "reference"
     trainer["emulate"] = {
@@ -206,22 +214,31 @@ def _scaled_profile(profile: Profile, calibration: Calibration, lab: Lab, s: flo
     )
 
 
-def _scaled_tcp(known: dict | None, sockets: int, s: float, source: str) -> TcpSettings:
-    """The target's TCP over `sockets` sockets per connection, as one lab socket scaled by s."""
+def _scaled_tcp(known: dict | None, calibration: Calibration, s: float, source: str) -> TcpSettings:
+    """The target's TCP (its connections of `calibration.sockets` sockets behind the backend's
+    buffer) as one lab socket with every buffer scaled by s. The lab's backend (gloo) has no
+    buffer of its own: its send buffer takes the target's backend buffer too, where that leaves
+    the window as it was (the receive buffer the smaller)."""
     if not known or not known.get("rmem") or not known.get("wmem"):
         raise ConfigError(
             source, "axes.tcp", "the target's TCP buffers are unknown: give a TCP setting "
             "(e.g. a preset) or calibrate on hosts whose settings were recorded",
         )  # fmt: skip
+    sockets = calibration.sockets
+    highs = {name: known[name][2] * sockets * s for name in ("rmem", "wmem")}
+    receive = receive_window(highs["rmem"], known.get("adv_win_scale", 1))
+    with_backend = highs["wmem"] + calibration.backend_buffer_bytes * s / SEND_BUFFER_PAYLOAD_SHARE
+    if min(receive, with_backend) == min(receive, highs["wmem"]):
+        highs["wmem"] = with_backend
     buffers = {}
-    for name in ("rmem", "wmem"):
-        low, default, high = known[name]
-        scaled = round(high * sockets * s)
+    for name, high in highs.items():
+        scaled = round(high)
         if scaled < MIN_WINDOW_SEGMENTS * MSS_BYTES:
             raise ConfigError(
-                source, f"tcp {name}", f"{high} B × {sockets} sockets × s = {scaled} B, under "
-                f"{MIN_WINDOW_SEGMENTS} segments: the lab cannot carry so small a window",
+                source, f"tcp {name}", f"{known[name][2]} B × {sockets} sockets × s = {scaled} B,"
+                f" under {MIN_WINDOW_SEGMENTS} segments: the lab cannot carry so small a window",
             )  # fmt: skip
+        low, default, _ = known[name]
         buffers[name] = (min(low, scaled), min(default, scaled), scaled)
     initial = (known.get("initcwnd") or KERNEL_INITCWND) * sockets * s
     return TcpSettings(
@@ -235,9 +252,7 @@ def _scaled_tcp(known: dict | None, sockets: int, s: float, source: str) -> TcpS
 
 def _check_tensors(spec: MatrixSpec, trainer: dict, source: str) -> None:
     for cell in spec.cells():
-        config = TrainerConfig(
-            **spec.trainer_config(cell).model_dump() | {"emulate": trainer["emulate"]}
-        )
+        config = TrainerConfig(**spec.trainer_config(cell).model_dump() | trainer)
         segments = workload_of(config).activation_bytes / MSS_BYTES
         if segments < MIN_TENSOR_SEGMENTS:
             raise ConfigError(
@@ -251,10 +266,12 @@ def _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names) -> list[dic
     (and TCP setting where it matters)."""
     cell = spec.cells()[0]
     target_config = spec.trainer_config(cell)
-    lab_config = TrainerConfig(**target_config.model_dump() | {"emulate": trainer["emulate"]})
+    lab_config = TrainerConfig(**target_config.model_dump() | trainer)
     target_work, lab_work = workload_of(target_config), workload_of(lab_config)
     compute = calibration.compute_for(calibration.workload_for(target_config))
     forward_s = float(compute.forward_s[0])
+    target_largest = max(float(b.max()) for b in target_work.sync_buckets)
+    lab_largest = max(float(b.max()) for b in lab_work.sync_buckets)
     rows = []
     for target_name, lab_p in scaled.items():
         target_p = spec.targets[target_name]
@@ -268,6 +285,8 @@ def _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names) -> list[dic
             ("one-way latency / forward", t_lat / forward_s, l_lat / forward_s),
             ("gradient sync / forward", target_work.grad_bytes.max() / t_rate / forward_s,
              lab_work.grad_bytes.max() / l_rate / forward_s),
+            ("sync chunk / largest gradient", target_work.chunk_bytes / target_largest,
+             lab_work.chunk_bytes / lab_largest),
         ]  # fmt: skip
         for lab_tcp, target_tcp in tcp_names.items():
             known = tcp_for(spec.tcp[target_tcp], calibration.tcp)
@@ -275,9 +294,16 @@ def _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names) -> list[dic
             l_window = _window(tcp[lab_tcp].model_dump(exclude_none=True))
             t_initial = (known.get("initcwnd") or KERNEL_INITCWND) * calibration.sockets
             suffix = "" if len(tcp_names) == 1 else f" (TCP {target_tcp})"
+            t_buffered = (
+                known["wmem"][2] * SEND_BUFFER_PAYLOAD_SHARE * calibration.sockets
+                + calibration.backend_buffer_bytes
+            )
+            l_buffered = tcp[lab_tcp].wmem[2] * SEND_BUFFER_PAYLOAD_SHARE
             pairs += [
                 (f"window / bandwidth-delay product{suffix}", t_window / (t_rate * 2 * t_lat),
                  l_window / (l_rate * 2 * l_lat)),
+                (f"send buffers / activation{suffix}", t_buffered / target_work.activation_bytes,
+                 l_buffered / lab_work.activation_bytes),
                 (f"initial window / activation{suffix}",
                  t_initial * MSS_BYTES / target_work.activation_bytes,
                  tcp[lab_tcp].initcwnd * MSS_BYTES / lab_work.activation_bytes),

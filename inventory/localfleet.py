@@ -171,6 +171,7 @@ class LocalFleet:
         self.empty_home.mkdir(exist_ok=True)
         self._ensure_client_key()
         netns.allow_every_congestion_control()  # so a TCP preset may choose any of them
+        netns.make_room_for_neighbours(n_hosts)
         for host in self.existing_hosts():
             if host.index >= n_hosts:
                 self._remove_host(host)

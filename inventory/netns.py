@@ -79,6 +79,25 @@ def allow_every_congestion_control() -> None:
         allowed.write_text(" ".join(available))
 
 
+NEIGHBOURS_PER_PAIR = 2
+"""Neighbour entries a pair of hosts may hold (each side's entry for the other, with room)."""
+
+
+def make_room_for_neighbours(n_hosts: int) -> None:
+    """Size the kernel's ARP table for `n_hosts` hosts that all talk to each other.
+
+    The table's limits (net.ipv4.neigh.default.gc_thresh1-3, settable only from the machine's
+    own namespace) count every namespace's entries together; at the default 1,024 a 48-host
+    fleet's full mesh (48 × 47 entries) overflows it, and the kernel then drops packets to
+    hosts it can no longer resolve. They are only ever raised, never lowered."""
+    sysctls = Path("/proc/sys/net/ipv4/neigh/default")
+    wanted = NEIGHBOURS_PER_PAIR * n_hosts * n_hosts
+    for name, share in (("gc_thresh3", 1), ("gc_thresh2", 2), ("gc_thresh1", 4)):
+        path = sysctls / name
+        if int(path.read_text()) < wanted // share:
+            path.write_text(str(wanted // share))
+
+
 def remove_namespace(netns: str, outer: str | None = None) -> None:
     """End every process in `netns` (by PID), delete it, and wait for its veth's outer end."""
     if netns_exists(netns):

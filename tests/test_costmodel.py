@@ -373,3 +373,19 @@ def test_every_socket_of_a_connection_starts_from_its_own_initial_window():
     first = four.wire_s(4e6, src, dst)
     assert first == pytest.approx(one.wire_s(4e6, src, dst))
     assert first > 2 * net.wire_s(4e6, src, dst)  # slow start still shows at 100 ms RTT
+
+
+def test_a_send_completes_once_its_rest_fits_in_the_senders_buffers():
+    rate_bps = 1e8
+    net = uniform_network(2, parse_profile("10ms/100mbit"), Native(latency_s=0.0, rate_bps=1e10))
+    warm = {"wmem": (4096, 16384, 400_000), "slow_start_after_idle": False}
+    net = net.with_tcp(tcp_side([warm] * 2, sockets=2, backend_buffer_bytes=100_000))
+    hosts = np.array([[[0]], [[1]]])
+    size = 2_000_000
+    hops = Hops(net, hosts[:-1], hosts[1:], size)
+    buffered = 400_000 * 0.5 * 2 + 100_000  # two sockets' payload, and the backend's buffer
+    beta = rate_bps * TCP_PAYLOAD_SHARE / 8
+    assert hops.backward_send_s(0, np.inf) == pytest.approx((size - buffered) / beta, rel=1e-6)
+    assert hops.backward_wire(0, np.inf) == pytest.approx(size / beta, rel=1e-6)
+    small = Hops(net, hosts[:-1], hosts[1:], buffered - 1)
+    assert small.backward_send_s(0, np.inf) == pytest.approx(0.0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
+from inventory import netns
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 
@@ -65,3 +67,13 @@ def _pid_alive(pid: int) -> bool:
             return "State:\tZ" not in status.read()
     except FileNotFoundError:
         return False
+
+
+def test_the_arp_table_has_room_for_a_full_mesh_and_is_never_shrunk():
+    sysctls = Path("/proc/sys/net/ipv4/neigh/default")
+    before = {name: int((sysctls / name).read_text()) for name in ("gc_thresh1", "gc_thresh3")}
+    netns.make_room_for_neighbours(30)
+    assert int((sysctls / "gc_thresh3").read_text()) >= max(2 * 30 * 30, before["gc_thresh3"])
+    netns.make_room_for_neighbours(2)
+    assert int((sysctls / "gc_thresh3").read_text()) >= 2 * 30 * 30
+    assert int((sysctls / "gc_thresh1").read_text()) >= before["gc_thresh1"]

@@ -11,7 +11,14 @@ import tomli_w
 from experiments.costmodel.calibrate import reference_calibration, workload_of
 from experiments.costmodel.tcp import MSS_BYTES, receive_window
 from experiments.matrix import load_matrix
-from experiments.scale import HEADROOM, Lab, baseline_profile, derive, scaled_matrix
+from experiments.scale import (
+    HEADROOM,
+    MIN_CHUNK_KB,
+    Lab,
+    baseline_profile,
+    derive,
+    scaled_matrix,
+)
 from inventory.errors import ConfigError
 from netem.profile import parse_profile
 
@@ -68,6 +75,8 @@ def test_every_transfer_and_window_takes_the_targets_time(scaled):
     target_window = min(receive_window(ubuntu["rmem"][2], ubuntu["adv_win_scale"]),
                         ubuntu["wmem"][2]) * calibration.sockets  # fmt: skip
     assert window == pytest.approx(target_window * s, rel=1e-4)
+    sends = ubuntu["wmem"][2] * calibration.sockets + 2 * calibration.backend_buffer_bytes
+    assert lab_tcp.wmem[2] == pytest.approx(sends * s, abs=1)
     for short, target_name in model.profiles.items():
         target, local = spec.targets[target_name], parse_profile(short)
         target_rate = target.rate_bps or calibration.native.rate_bps
@@ -91,8 +100,13 @@ def test_the_groups_say_what_the_lab_cannot_keep(scaled):
     assert all(kept[(p, "gradient sync / forward")] for p in spec.axes.profiles)
     assert not kept[("default", "one-way latency / forward")]  # the lab's own hop is longer
     assert kept[("d50b1", "window / bandwidth-delay product")]
+    # the lab's one socket buffers what the target's 16 sockets and NCCL's buffer held
+    assert all(kept[(p, "send buffers / activation")] for p in spec.axes.profiles)
     # 160 initial segments × s is under one segment: the lab starts with more than its share
     assert not kept[("d50b1", "initial window / activation")]
+    # a gradient chain's 256 KiB pieces would scale to a few hundred bytes; the lab sends more
+    assert lab.trainer["ps_chunk_kb"] == MIN_CHUNK_KB and 256 * model.factor < MIN_CHUNK_KB
+    assert not kept[("d50b1", "sync chunk / largest gradient")]
     [lab_tcp] = lab.tcp.values()
     assert lab_tcp.initcwnd == 1 and 10 * 16 * MSS_BYTES * model.factor < MSS_BYTES
 

@@ -65,7 +65,7 @@ class TrainerConfig(BaseModel):
     dp_mode: Literal["ps", "sharded-ps", "ps-star", "allreduce"] = "ps"
     ps_bucket_mb: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False)
     """`ps`/`sharded-ps`: gradients per reduce-and-broadcast, in MiB (0: one per tensor)."""
-    ps_chunk_kb: int = Field(256, ge=4, le=65536)
+    ps_chunk_kb: float = Field(256, ge=1, le=65536, allow_inf_nan=False)
     """`ps`/`sharded-ps` on gloo: the piece each hop of the chain forwards at a time, in KiB."""
     engine: Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"] = "gpipe"
     gpipe_schedule: Literal["gpipe", "reference"] = "gpipe"

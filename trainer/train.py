@@ -71,7 +71,7 @@ class RankTrainer:
         self.pipe = make_engine(cfg, self.module, self.replica, device)
         self.sync = make_gradient_sync(
             cfg.dp_mode, self.module, self.stage_index, self.replica, cfg.pipeline, cfg.dp_degree,
-            bucket_bytes=int(cfg.ps_bucket_mb * 2**20), chunk_bytes=cfg.ps_chunk_kb * 1024,
+            bucket_bytes=int(cfg.ps_bucket_mb * 2**20), chunk_bytes=int(cfg.ps_chunk_kb * 1024),
         )  # fmt: skip
         self.optimizer = make_optimizer(cfg, self.params, self.stage_index)
         needs_data = self.module.is_first or self.module.is_last

@@ -227,6 +227,13 @@ class Hops:
         """Wire time of a gradient from stage s + 1 to s."""
         return self.network.wire_s(self.size, self.receivers[s], self.senders[s], idle_s)
 
+    def backward_send_s(self, s: int, idle_s) -> np.ndarray:
+        """From a gradient's first byte leaving stage s + 1 until its send completes: the wire
+        time of what the sender's buffers cannot hold."""
+        src, dst = self.receivers[s], self.senders[s]
+        unbuffered = np.maximum(self.size - self.network.buffered_bytes(src), 0.0)
+        return self.network.wire_s(unbuffered, src, dst, idle_s)
+
 
 def _hops(workload: Workload, network: Network, hosts: np.ndarray) -> Hops:
     """The links between consecutive stages of every pipeline."""
@@ -246,7 +253,7 @@ def _run_pipeline(
 
     Under the `reference` schedule (the reference system's GPipe) every rank waits in a barrier
     between its forwards and its backwards, and the last stage waits for each backward send to
-    leave before its next backward.
+    complete before its next backward (until what is left of it fits in the sender's buffers).
     """
     n_stages, n_micro = workload.n_stages, workload.n_micro
     if start is None:
@@ -280,11 +287,12 @@ def _run_pipeline(
             free[s] = np.maximum(free[s], backward_in[s, m]) + t_b[s]
             if s > 0:
                 leaves = np.maximum(free[s], egress[s])
-                wire = hops.backward_wire(s - 1, leaves - backward_done[s - 1]) if hops else 0.0
+                idle = leaves - backward_done[s - 1]
+                wire = hops.backward_wire(s - 1, idle) if hops else 0.0
                 egress[s] = backward_done[s - 1] = leaves + wire
                 backward_in[s - 1, m] = egress[s] + bw_lat[s - 1]
-                if reference and s == last:
-                    free[s] = np.maximum(free[s], egress[s])
+                if reference and s == last and hops:
+                    free[s] = np.maximum(free[s], leaves + hops.backward_send_s(s - 1, idle))
     return np.maximum(free, egress)
 
 

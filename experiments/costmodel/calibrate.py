@@ -43,6 +43,9 @@ MIN_NATIVE_RATE_BPS = 1e5
 REFERENCE_SOCKETS = 16
 """Sockets per connection of the reference's backend: NCCL's socket transport opens 2 threads ×
 8 sockets on an AWS network adapter, so a connection has 16 windows."""
+REFERENCE_BACKEND_BUFFER = 4 * 2**20
+"""NCCL's staging buffer per connection (NCCL_BUFFSIZE, 4 MiB by default): a send's kernel
+ends once the rest of it is there."""
 REFERENCE_TCP = "ubuntu-2022"
 """The reference hosts' TCP: their Ubuntu's defaults (cubic, 6 MiB/4 MiB buffer maxima)."""
 
@@ -62,7 +65,7 @@ def workload_of(config: TrainerConfig) -> Workload:
         schedule=_schedule_of(config),
         layers=config.layers,
         bucket_bytes=int(config.ps_bucket_mb * 2**20),
-        chunk_bytes=config.ps_chunk_kb * 1024,
+        chunk_bytes=int(config.ps_chunk_kb * 1024),
         tensor_scale=config.emulate.scale if config.emulate is not None else 1.0,
     )
 
@@ -98,6 +101,8 @@ class Calibration:
     ones of the cell calibrated on, or the reference hosts' preset."""
     sockets: int = 1
     """Sockets per connection (gloo: 1)."""
+    backend_buffer_bytes: float = 0.0
+    """What the backend holds of a send before its sockets do (gloo: none)."""
     gpipe_schedule: str = "gpipe"
     """How the GPipe engine is modelled: wanlab's (`gpipe`) or the reference system's
     (`reference`: a barrier between the forwards and the backwards, and the last stage waiting
@@ -127,6 +132,7 @@ class Calibration:
             "native_rate_bps": self.native.rate_bps,
             "tcp": self.tcp,
             "sockets": self.sockets,
+            "backend_buffer_bytes": self.backend_buffer_bytes,
             "gpipe_schedule": self.gpipe_schedule,
         }
 
@@ -199,16 +205,17 @@ def from_total(
     tcp: dict | None = None,
     sockets: int = 1,
     gpipe_schedule: str = "gpipe",
+    backend_buffer_bytes: float = 0.0,
 ) -> Calibration:
     """Fit the FLOP rate to one cell's measured iteration time (its network uniform `profile`,
     its hosts' TCP `tcp` over `sockets` sockets per connection where known, its GPipe run as
     `gpipe_schedule`)."""
     calibration = Calibration(
         f"{source} (fitted)", DEFAULT_FLOPS, memory_bytes_per_s, native, tcp=tcp,
-        sockets=sockets, gpipe_schedule=gpipe_schedule,
+        sockets=sockets, gpipe_schedule=gpipe_schedule, backend_buffer_bytes=backend_buffer_bytes,
     )  # fmt: skip
     network = uniform_network(config.world_size, profile, native)
-    network = network.with_tcp(tcp_side([tcp] * config.world_size, sockets))
+    network = network.with_tcp(tcp_side([tcp] * config.world_size, sockets, backend_buffer_bytes))
     workload = calibration.workload_for(config)
     return replace(
         calibration, flops_per_s=fit_flops(workload, network, measured_s, memory_bytes_per_s)
@@ -293,6 +300,7 @@ def reference_calibration(native: Native = DEFAULT_NATIVE) -> Calibration:
     return from_total(
         ref.config, BUILTIN[ref.profile], ref.iteration_s, source, native,
         tcp=tcp, sockets=REFERENCE_SOCKETS, gpipe_schedule="reference",
+        backend_buffer_bytes=REFERENCE_BACKEND_BUFFER,
     )  # fmt: skip
 
 

@@ -72,6 +72,11 @@ class Network:
         start = start_window(cap, initial, self.tcp.slow_start_after_idle[src], idle_s, rtt)
         return wire_s(size, rtt, rate, window, start)
 
+    def buffered_bytes(self, src: np.ndarray) -> np.ndarray | float:
+        """The most of a message from `src` still unsent when its send completes (0 when the
+        hosts' TCP is unknown: a send completes as its last byte leaves)."""
+        return 0.0 if self.tcp is None else self.tcp.buffered_bytes(src)
+
     def with_tcp(self, tcp: TcpSide | None) -> Network:
         """The same network with these hosts' TCP settings."""
         return replace(self, tcp=tcp)

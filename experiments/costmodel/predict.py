@@ -60,7 +60,9 @@ def predict_config(
     workload = calibration.workload_for(config)
     tcp = tcp_for(tcp_setting, calibration.tcp)
     network = network_for(target, config.world_size, calibration, hosts)
-    network = network.with_tcp(tcp_side([tcp] * network.n_hosts, calibration.sockets))
+    network = network.with_tcp(
+        tcp_side([tcp] * network.n_hosts, calibration.sockets, calibration.backend_buffer_bytes)
+    )
     if config.emulate is not None:
         compute = emulated_compute(config)
     else:

@@ -9,7 +9,9 @@ Below β·R the window, not the rate, sets the pace: W/R. With `tcp_slow_start_a
 connection idle for an RTO (≈ R + 200 ms on Linux) halves its window for every RTO it waited,
 down to the initial window; without it the window stays.
 
-A backend that spreads a connection over k sockets gets k windows (`sockets`). Losses are not
+A send completes once what is left of it fits in the backend's own buffer and the sockets' send
+buffers (a process waiting for its send waits for the rest only). A backend that spreads a
+connection over k sockets gets k windows and k send buffers (`sockets`). Losses are not
 modelled: the path is clean, if slow. With an unlimited window and a warm connection this is
 the ideal A/β on the wire.
 """
@@ -24,6 +26,9 @@ MSS_BYTES = 1448
 """Payload per segment at a 1,500-byte MTU with timestamps."""
 RTO_MIN_S = 0.2
 """Linux's smallest retransmission timeout; an idle connection's RTO is about R + this."""
+SEND_BUFFER_PAYLOAD_SHARE = 0.5
+"""The share of a send buffer that holds payload (the kernel counts each segment's whole
+buffer, about twice its payload), as `tcp_adv_win_scale` 1 keeps half a receive buffer."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,15 @@ class TcpSide:
     initial_window_bytes: np.ndarray
     slow_start_after_idle: np.ndarray
     sockets: int = 1
+    backend_buffer_bytes: float = 0.0
+    """What a backend holds of a send in its own buffer before the sockets take it (NCCL's
+    staging buffer; gloo writes straight into the socket)."""
+
+    def buffered_bytes(self, src: np.ndarray) -> np.ndarray:
+        """The most of a message still unsent when its send completes: the backend's buffer
+        and the payload the sockets' send buffers hold."""
+        sockets = self.send_buffer_bytes[src] * SEND_BUFFER_PAYLOAD_SHARE * self.sockets
+        return sockets + self.backend_buffer_bytes
 
     def window(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """The most a connection src → dst may have in flight (all its sockets together)."""
@@ -49,9 +63,12 @@ def receive_window(rmem_max: float, adv_win_scale: int) -> float:
     return rmem_max / 2.0**-adv_win_scale
 
 
-def tcp_side(settings: list[dict | None], sockets: int = 1) -> TcpSide | None:
-    """Per-host TCP from recorded or preset settings (`netem.tcp.TcpSettings` fields); None
-    when no host's are known (the ideal network)."""
+def tcp_side(
+    settings: list[dict | None], sockets: int = 1, backend_buffer_bytes: float = 0.0
+) -> TcpSide | None:
+    """Per-host TCP from recorded or preset settings (`netem.tcp.TcpSettings` fields), over
+    `sockets` sockets per connection behind a backend buffer; None when no host's are known
+    (the ideal network)."""
     if not any(settings):
         return None
     unknown = float("inf")
@@ -63,7 +80,10 @@ def tcp_side(settings: list[dict | None], sockets: int = 1) -> TcpSide | None:
         send.append(wmem[2] if wmem else unknown)
         initial.append((one.get("initcwnd") or 10) * MSS_BYTES)
         restart.append(bool(one.get("slow_start_after_idle", False)))
-    return TcpSide(np.array(receive), np.array(send), np.array(initial), np.array(restart), sockets)
+    return TcpSide(
+        np.array(receive), np.array(send), np.array(initial), np.array(restart), sockets,
+        backend_buffer_bytes,
+    )  # fmt: skip
 
 
 def path_cap(window: np.ndarray, rate: np.ndarray, rtt_s: np.ndarray) -> np.ndarray:

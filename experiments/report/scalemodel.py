@@ -16,17 +16,16 @@ KEYS = ["tcp", "dp_degree", "micro_batch", "dp_mode"]
 
 def scale_rows(scale: dict) -> pd.DataFrame:
     """The [scale] table's cells as a frame, with each target cell's predicted slowdown."""
-    cells = pd.DataFrame(scale["cells"])
+    cells = pd.DataFrame(scale["cells"]).rename(columns={"predicted_s": "target_s"})
     base = cells[cells["target_profile"] == scale["baseline_profile"]]
-    base = base.set_index(KEYS)["predicted_s"].rename("target_base_s")
+    base = base.set_index(KEYS)["target_s"].rename("target_base_s")
     cells = cells.join(base, on=KEYS)
-    cells["target_slowdown"] = cells["predicted_s"] / cells["target_base_s"]
+    cells["target_slowdown"] = cells["target_s"] / cells["target_base_s"]
     return cells
 
 
-def scale_table(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
-    """Per point: target network, variant, the scale model's time and slowdown, the target's
-    predicted time and slowdown, and how far apart the two slowdowns are."""
+def scale_comparison(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
+    """The points joined to their target cells, with both slowdowns and their `difference`."""
     cells = scale_rows(scale)
     merged = points.merge(cells, on=["profile", *KEYS], how="inner")
     lab_base = merged[merged["target_profile"] == scale["baseline_profile"]]
@@ -34,6 +33,13 @@ def scale_table(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
     merged = merged.join(lab_base, on=KEYS)
     merged["lab_slowdown"] = merged["iter_mean_s"] / merged["lab_base_s"]
     merged["difference"] = merged["lab_slowdown"] / merged["target_slowdown"] - 1
+    return merged
+
+
+def scale_table(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
+    """Per point: target network, variant, the scale model's time and slowdown, the target's
+    predicted time and slowdown, and how far apart the two slowdowns are."""
+    merged = scale_comparison(points, scale)
     labels = variant_labels(merged)
     rows = []
     for index, row in merged.iterrows():
@@ -44,7 +50,7 @@ def scale_table(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
                 "variant": labels[index],
                 "scale model": fmt_seconds(row["iter_mean_s"]) if done else row["status"],
                 "slowdown (scale model)": fmt_ratio(row["lab_slowdown"]) if done else DASH,
-                "target (predicted)": fmt_seconds(row["predicted_s"]),
+                "target (predicted)": fmt_seconds(row["target_s"]),
                 "slowdown (target)": fmt_ratio(row["target_slowdown"]),
                 "difference": DASH if pd.isna(row["difference"]) else f"{row['difference']:+.1%}",
             }
