@@ -58,9 +58,9 @@ def test_delay_and_rate_are_real(seen):
 
 
 def test_ssh_is_exempt_under_netem(seen):
-    # shaped traffic gains 2 x 10 ms; SSH, exempt, gains none (the guest's own round trips
-    # wander by a few ms, so the bound is half of what shaping would add)
-    assert seen["ssh_probe"]["rtt_ms_median"] < seen["base"]["rtt_ms_median"] + 10
+    # shaped traffic gains 2 x 10 ms on every ping; SSH, exempt, gains none (judged on the
+    # fastest pings: the guest's own scheduling only ever adds, see assert_round_trip)
+    assert seen["ssh_probe"]["rtt_ms_min"] < seen["base"]["rtt_ms_min"] + 10
 
 
 def test_applying_twice_and_switching(seen):
@@ -89,9 +89,11 @@ def test_pair_matrix(seen):
     assert_round_trip(probes["h0_h1"], 10)  # west-west: 5 ms each way
     assert_round_trip(probes["h0_h2"], 60)  # west-east: 30 ms each way
     assert_round_trip(probes["h2_h1"], 60)
-    assert probes["h0_h2_ssh"]["rtt_ms_median"] < 5
+    assert probes["h0_h2_ssh"]["rtt_ms_min"] < 5  # exempt: shaped, every ping takes 60 ms
 
 
 def test_reset_leaves_the_interfaces_as_before(seen):
     assert seen["qdisc_after"] == seen["qdisc_before"]
-    assert seen["after_reset_probe"]["rtt_ms_median"] < 5
+    # unshaped again: a ping through any class left behind would take at least 10 ms (a CI run
+    # saw a median of 9.6 ms here: the guest's scheduling, as in assert_round_trip)
+    assert seen["after_reset_probe"]["rtt_ms_min"] < 5
