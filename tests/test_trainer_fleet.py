@@ -83,8 +83,11 @@ def test_every_sync_grows_as_its_own_traffic_predicts(local_fleet, wanlab, tmp_p
     assert 0.8 * one_way <= star_sync <= 2 * one_way + 0.05, (star_sync, one_way)
     for mode in MODES:
         predicted = busiest_egress_bytes(mode) * 8 / RATE_BPS
+        # the sync's own phase: a pipeline of one stage sends nothing else, and the iteration's
+        # compute varies between cells on 2 cores (a CI run saw sharded-ps's iteration grow 1.9x)
         grew = (
-            phases["100mbit", mode]["total_s"]["mean"] - phases["default", mode]["total_s"]["mean"]
+            phases["100mbit", mode]["ps_sync_s"]["mean"]
+            - phases["default", mode]["ps_sync_s"]["mean"]
         )
         # HTB's burst lets part of each bucket through unshaped: a quarter at most here
         assert 0.75 * predicted <= grew <= 1.5 * predicted + 0.05, (mode, grew, predicted)
