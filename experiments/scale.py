@@ -18,9 +18,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from experiments.costmodel.analytic import StageCompute
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.predict import predict_config, tcp_for
-from experiments.costmodel.tcp import MSS_BYTES, SEND_BUFFER_PAYLOAD_SHARE, receive_window
+from experiments.costmodel.tcp import (
+    MSS_BYTES,
+    SEND_BUFFER_PAYLOAD_SHARE,
+    receive_window,
+    tcp_side,
+)
 from experiments.matrix import MatrixSpec
 from inventory.errors import ConfigError
 from inventory.localfleet import MAX_HOSTS
@@ -38,6 +44,8 @@ MIN_CHUNK_KB = 16.0
 """The smallest piece the lab's gradient chains forward. Each piece is a message of its own,
 handed on by a rank process: with 48 ranks on this machine's 2 cores, 1 KiB pieces cost about
 5 ms each and made a GPT-3 XL stage's sync 2.3 times slower than 256 KiB ones."""
+ONE = 0
+"""The only host of a one-host TcpSide."""
 GROUP_TOLERANCE = 0.02
 """A group counts as kept when the lab's value is within this of the target's."""
 
@@ -129,7 +137,9 @@ def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
     if spec.trainer.get("emulate") is not None:
         raise ConfigError(source, "trainer.emulate", "is already a scale model")
     s = scale_factor(spec, calibration, lab)
-    trainer = _scaled_trainer(spec, calibration, s)
+    config = spec.trainer_config(spec.cells()[0])
+    compute = calibration.compute_for(calibration.workload_for(config))
+    trainer = _scaled_trainer(spec, config, compute, calibration, s)
     scaled = {name: _scaled_profile(p, calibration, lab, s) for name, p in profiles.items()}
     lab_profiles = {profile.short(): name for name, profile in scaled.items()}
     if len(lab_profiles) != len(profiles):
@@ -160,7 +170,7 @@ def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
                 "predicted_s": predicted["predicted_iteration_s"],
             }
         )
-    groups = _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names)
+    groups = _groups(spec, config, compute, calibration, lab, trainer, scaled, tcp, tcp_names)
     return ScaleModel(s, trainer, lab_profiles, tcp, tcp_names, groups, targets)
 
 
@@ -178,10 +188,15 @@ def _rate_bps(profile: Profile, calibration: Calibration) -> float:
     return float(profile.rate_bps or calibration.native.rate_bps)
 
 
-def _scaled_trainer(spec: MatrixSpec, calibration: Calibration, s: float) -> dict:
-    """The target's trainer table with its stages' compute times emulated and tensors scaled."""
-    config = spec.trainer_config(spec.cells()[0])
-    compute = calibration.compute_for(calibration.workload_for(config))
+def _scaled_trainer(
+    spec: MatrixSpec,
+    config: TrainerConfig,
+    compute: StageCompute,
+    calibration: Calibration,
+    s: float,
+) -> dict:
+    """The target's trainer table (`config` its first cell, `compute` its stage times) with its
+    stages' compute times emulated and tensors scaled."""
     per_sequence = 1000 / config.micro_batch
     trainer = dict(spec.trainer)
     chunk_kb = config.ps_chunk_kb * s
@@ -261,14 +276,13 @@ def _check_tensors(spec: MatrixSpec, trainer: dict, source: str) -> None:
             )  # fmt: skip
 
 
-def _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names) -> list[dict]:
+def _groups(
+    spec, target_config, compute, calibration, lab, trainer, scaled, tcp, tcp_names
+) -> list[dict]:
     """The dimensionless groups that shape the slowdown curve, target against lab, per profile
-    (and TCP setting where it matters)."""
-    cell = spec.cells()[0]
-    target_config = spec.trainer_config(cell)
+    (and TCP setting where it matters), with the cost model's own TCP terms."""
     lab_config = TrainerConfig(**target_config.model_dump() | trainer)
     target_work, lab_work = workload_of(target_config), workload_of(lab_config)
-    compute = calibration.compute_for(calibration.workload_for(target_config))
     forward_s = float(compute.forward_s[0])
     target_largest = max(float(b.max()) for b in target_work.sync_buckets)
     lab_largest = max(float(b.max()) for b in lab_work.sync_buckets)
@@ -290,23 +304,26 @@ def _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names) -> list[dic
         ]  # fmt: skip
         for lab_tcp, target_tcp in tcp_names.items():
             known = tcp_for(spec.tcp[target_tcp], calibration.tcp)
-            t_window = _window(known) * calibration.sockets
-            l_window = _window(tcp[lab_tcp].model_dump(exclude_none=True))
-            t_initial = (known.get("initcwnd") or KERNEL_INITCWND) * calibration.sockets
-            suffix = "" if len(tcp_names) == 1 else f" (TCP {target_tcp})"
-            t_buffered = (
-                known["wmem"][2] * SEND_BUFFER_PAYLOAD_SHARE * calibration.sockets
-                + calibration.backend_buffer_bytes
+            t_side = tcp_side([known], calibration.sockets, calibration.backend_buffer_bytes)
+            l_side = tcp_side([tcp[lab_tcp].model_dump(exclude_none=True)])
+            t_window, l_window = float(t_side.window(ONE, ONE)), float(l_side.window(ONE, ONE))
+            t_buffered, l_buffered = (
+                float(t_side.buffered_bytes(ONE)),
+                float(l_side.buffered_bytes(ONE)),
             )
-            l_buffered = tcp[lab_tcp].wmem[2] * SEND_BUFFER_PAYLOAD_SHARE
+            t_initial, l_initial = (
+                float(t_side.initial_bytes(ONE)),
+                float(l_side.initial_bytes(ONE)),
+            )
+            suffix = "" if len(tcp_names) == 1 else f" (TCP {target_tcp})"
             pairs += [
                 (f"window / bandwidth-delay product{suffix}", t_window / (t_rate * 2 * t_lat),
                  l_window / (l_rate * 2 * l_lat)),
                 (f"send buffers / activation{suffix}", t_buffered / target_work.activation_bytes,
                  l_buffered / lab_work.activation_bytes),
                 (f"initial window / activation{suffix}",
-                 t_initial * MSS_BYTES / target_work.activation_bytes,
-                 tcp[lab_tcp].initcwnd * MSS_BYTES / lab_work.activation_bytes),
+                 t_initial / target_work.activation_bytes,
+                 l_initial / lab_work.activation_bytes),
             ]  # fmt: skip
         for group, target_value, lab_value in pairs:
             kept = math.isclose(lab_value, target_value, rel_tol=GROUP_TOLERANCE)
@@ -322,8 +339,3 @@ def _groups(spec, calibration, lab, trainer, scaled, tcp, tcp_names) -> list[dic
                 }
             )
     return rows
-
-
-def _window(settings: dict) -> float:
-    receive = receive_window(settings["rmem"][2], settings.get("adv_win_scale", 1))
-    return min(receive, settings["wmem"][2])

@@ -68,7 +68,7 @@ class Network:
         rtt = self.latency_s[src, dst] + self.latency_s[dst, src]
         window = self.tcp.window(src, dst)
         cap = path_cap(window, rate, rtt)
-        initial = self.tcp.initial_window_bytes[src] * self.tcp.sockets  # each socket's own
+        initial = self.tcp.initial_bytes(src)
         start = start_window(cap, initial, self.tcp.slow_start_after_idle[src], idle_s, rtt)
         return wire_s(size, rtt, rate, window, start)
 

@@ -50,6 +50,10 @@ class TcpSide:
         sockets = self.send_buffer_bytes[src] * SEND_BUFFER_PAYLOAD_SHARE * self.sockets
         return sockets + self.backend_buffer_bytes
 
+    def initial_bytes(self, src: np.ndarray) -> np.ndarray:
+        """A connection's initial window: each of its sockets starts from its own."""
+        return self.initial_window_bytes[src] * self.sockets
+
     def window(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """The most a connection src → dst may have in flight (all its sockets together)."""
         one = np.minimum(self.receive_window_bytes[dst], self.send_buffer_bytes[src])
