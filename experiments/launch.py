@@ -29,7 +29,10 @@ TRAINER_CODE = (
     "inventory/ports.py",
 )
 _RECORD_PID_THEN_EXEC = 'echo $$ > "$0"; exec "$@"'
-_KILL_RECORDED = 'if [ -f "$0" ]; then kill -TERM "$(cat "$0")" 2>/dev/null; rm -f "$0"; fi; true'
+_KILL_RECORDED = (
+    'for f in "$@"; do if [ -f "$f" ]; then kill -TERM "$(cat "$f")" 2>/dev/null; rm -f "$f"; '
+    "fi; done; true"
+)
 
 
 @dataclass
@@ -59,6 +62,29 @@ def trainer_flags(config: TrainerConfig) -> list[str]:
     return flags
 
 
+@dataclass(frozen=True)
+class Seat:
+    """One rank's place on a host: the host and which of its slots (GPUs) the rank takes."""
+
+    host: Host
+    slot: int
+
+    @property
+    def key(self) -> str:
+        """The worker's name: the host's, with `.slot` after it from the second slot on."""
+        return self.host.name if self.slot == 0 else f"{self.host.name}.{self.slot}"
+
+
+def seats_of(hosts: list[Host]) -> list[Seat]:
+    """Each rank's seat: a host's k-th rank takes its slot k."""
+    taken: dict[str, int] = {}
+    seats = []
+    for host in hosts:
+        seats.append(Seat(host, taken.get(host.name, 0)))
+        taken[host.name] = seats[-1].slot + 1
+    return seats
+
+
 class WorkerLost(RuntimeError):
     """A worker rank ended, timed out or never started."""
 
@@ -78,13 +104,14 @@ class TrainerLauncher:
         self.code = ship_code(ssh, fleet, TRAINER_CODE, "wanlab-trainer")
         self.workers: dict[str, Stream] = {}
 
-    def _pid_file(self, host: Host) -> str:
-        # Named per host: hosts of a local fleet share one file system.
-        return str(PurePosixPath(host.workdir) / f"trainer-worker-{host.name}.pid")
+    def _pid_file(self, host: Host, slot: int = 0) -> str:
+        # Named per seat: hosts of a local fleet share one file system.
+        key = Seat(host, slot).key
+        return str(PurePosixPath(host.workdir) / f"trainer-worker-{key}.pid")
 
-    def _reply(self, host: str, timeout_s: float) -> dict:
-        """The worker's next protocol message; WorkerLost if it ends or stays silent."""
-        stream = self.workers[host]
+    def _reply(self, key: str, timeout_s: float) -> dict:
+        """Worker `key`'s next protocol message; WorkerLost if it ends or stays silent."""
+        stream = self.workers[key]
         try:
             message = stream.read_message(MARK, timeout_s)
         except TimeoutError:
@@ -94,14 +121,15 @@ class TrainerLauncher:
             raise WorkerLost(f"the worker ended: {last}")
         return message
 
-    def _start(self, hosts: list[Host], pool: ThreadPoolExecutor) -> None:
-        new = [host for host in hosts if host.name not in self.workers]
-        for host in new:
+    def _start(self, seats: list[Seat], pool: ThreadPoolExecutor) -> None:
+        new = [seat for seat in seats if seat.key not in self.workers]
+        for seat in new:
+            host = seat.host
             env = {"PYTHONPATH": self.code[host.name]}
-            argv = ["sh", "-c", _RECORD_PID_THEN_EXEC, self._pid_file(host),
+            argv = ["sh", "-c", _RECORD_PID_THEN_EXEC, self._pid_file(host, seat.slot),
                     host.python, "-m", "trainer.worker"]  # fmt: skip
-            self.workers[host.name] = self.ssh.open_stream(host.name, argv, env)
-        pending = {h.name: pool.submit(self._reply, h.name, self.start_timeout_s) for h in new}
+            self.workers[seat.key] = self.ssh.open_stream(host.name, argv, env)
+        pending = {s.key: pool.submit(self._reply, s.key, self.start_timeout_s) for s in new}
         for name, ready in pending.items():
             try:
                 first = ready.result()
@@ -111,9 +139,10 @@ class TrainerLauncher:
                 raise WorkerLost(f"{name}: unexpected first answer {first}")
 
     def start_workers(self, hosts: list[Host]) -> None:
-        """Start the workers of `hosts` ahead of the first cell (raises WorkerLost, OSError)."""
+        """Start the workers of a cell's ranks (rank r on `hosts[r]`) ahead of the first cell
+        (raises WorkerLost, OSError)."""
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-            self._start(hosts, pool)
+            self._start(seats_of(hosts), pool)
 
     def run(
         self,
@@ -133,53 +162,55 @@ class TrainerLauncher:
         `LaunchResult.seconds` counts from "go" to the last answer.
         """
         placement = {rank: host.name for rank, host in enumerate(hosts)}
+        seats = seats_of(hosts)
         started = time.monotonic()
         port = random.randint(20000, 40000)
         flags = trainer_flags(config)
         with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
             try:
-                self._start(hosts, pool)
+                self._start(seats, pool)
             except (WorkerLost, OSError, paramiko.SSHException) as error:
                 self.stop_all()
                 return LaunchResult(False, None, f"starting workers: {error}", placement,
                                     time.monotonic() - started)  # fmt: skip
-            for rank, host in enumerate(hosts):
+            for rank, seat in enumerate(seats):
+                host = seat.host
                 out = str(PurePosixPath(host.workdir) / "cells" / run_name / f"rank{rank}")
                 iface = ["--iface", host.interface] if host.interface else []
-                env = {"RANK": rank, "WORLD_SIZE": config.world_size,
+                env = {"RANK": rank, "WORLD_SIZE": config.world_size, "LOCAL_RANK": seat.slot,
                        "MASTER_ADDR": hosts[0].address, "MASTER_PORT": port}  # fmt: skip
                 request = {"argv": [*flags, "--out", out, *iface], "env": env}
-                self.workers[host.name].send_line(json.dumps(request))
-            answers, lost = self._collect(hosts, pool, timeout_s)
+                self.workers[seat.key].send_line(json.dumps(request))
+            answers, lost = self._collect(seats, pool, timeout_s)
             built = _all_said(answers, lost, "built")
             reason = prepare() if built and prepare is not None else None
             started = time.monotonic()
             if built and reason is None:
-                self._send(hosts, GO)
+                self._send(seats, GO)
                 probing = pool.submit(while_joining) if while_joining is not None else None
-                answers, lost = self._collect(hosts, pool, timeout_s)
+                answers, lost = self._collect(seats, pool, timeout_s)
                 if probing is not None:
                     probing.result()
                 if _all_said(answers, lost, "joined"):
-                    self._send(hosts, START)
-                    answers, lost = self._collect(hosts, pool, timeout_s)
+                    self._send(seats, START)
+                    answers, lost = self._collect(seats, pool, timeout_s)
         seconds = time.monotonic() - started
-        summary = answers.get(hosts[0].name, {}).get("summary")
+        summary = answers.get(seats[0].key, {}).get("summary")
         if not lost and all(a.get("exit_code") == 0 for a in answers.values()) and summary:
             return LaunchResult(True, summary, None, placement, seconds)
         self.stop_all()  # a failed run leaves process groups unusable: start afresh
-        reason = reason or _failure(hosts, answers, lost)
+        reason = reason or _failure(seats, answers, lost)
         return LaunchResult(False, None, reason, placement, seconds)
 
-    def _send(self, hosts: list[Host], line: dict) -> None:
-        for host in hosts:
-            self.workers[host.name].send_line(json.dumps(line))
+    def _send(self, seats: list[Seat], line: dict) -> None:
+        for seat in seats:
+            self.workers[seat.key].send_line(json.dumps(line))
 
     def _collect(
-        self, hosts: list[Host], pool: ThreadPoolExecutor, timeout_s: float
+        self, seats: list[Seat], pool: ThreadPoolExecutor, timeout_s: float
     ) -> tuple[dict[str, dict], dict[str, str]]:
-        """Every host's next answer, and why for the hosts that gave none."""
-        replies = {h.name: pool.submit(self._reply, h.name, timeout_s) for h in hosts}
+        """Every seat's next answer, and why for the seats that gave none."""
+        replies = {s.key: pool.submit(self._reply, s.key, timeout_s) for s in seats}
         answers, lost = {}, {}
         try:
             for name, reply in replies.items():
@@ -198,7 +229,11 @@ class TrainerLauncher:
         for stream in self.workers.values():
             stream.close()
         self.workers.clear()
-        (ssh or self.ssh).run(lambda h: ["sh", "-c", _KILL_RECORDED, self._pid_file(h)], timeout=15)
+        (ssh or self.ssh).run(
+            lambda h: ["sh", "-c", _KILL_RECORDED, "sh",
+                       *(self._pid_file(h, slot) for slot in range(h.slots))],
+            timeout=15,
+        )  # fmt: skip
 
 
 def _all_said(answers: dict[str, dict], lost: dict[str, str], key: str) -> bool:
@@ -206,15 +241,15 @@ def _all_said(answers: dict[str, dict], lost: dict[str, str], key: str) -> bool:
     return not lost and all(answer.get(key) for answer in answers.values())
 
 
-def _failure(hosts: list[Host], answers: dict[str, dict], lost: dict[str, str]) -> str:
+def _failure(seats: list[Seat], answers: dict[str, dict], lost: dict[str, str]) -> str:
     """The clearest reason: a worker that was lost (the likely cause: its peers only saw it go)
     before a rank that failed, each in rank order, with its last words."""
     lost_reasons, failed_reasons = [], []
-    for rank, host in enumerate(hosts):
-        if host.name in lost:
-            lost_reasons.append(f"rank {rank} on {host.name}: {lost[host.name]}")
-        elif answers[host.name].get("exit_code", 0) != 0:
-            failed_reasons.append(f"rank {rank} on {host.name}: {answers[host.name]['error']}")
+    for rank, seat in enumerate(seats):
+        if seat.key in lost:
+            lost_reasons.append(f"rank {rank} on {seat.key}: {lost[seat.key]}")
+        elif answers[seat.key].get("exit_code", 0) != 0:
+            failed_reasons.append(f"rank {rank} on {seat.key}: {answers[seat.key]['error']}")
     reasons = lost_reasons + failed_reasons
     if not reasons:
         return "rank 0 returned no summary"

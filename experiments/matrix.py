@@ -20,6 +20,9 @@ micro_batches = [1]
 engines = ["gpipe"]
 dp_modes = ["ps"]
 tcp = ["host", "ubuntu-2022", "big"]   # the hosts' TCP settings: as they are, presets, [tcp.*]
+layouts = ["tp1-pp2", "tp2-pp1"]       # tensor × pipeline degrees (optional; else [trainer]'s)
+dtypes = ["fp32", "bf16"]              # precision (optional)
+recompute = [false, true]              # activation recompute (optional)
 
 [tcp.big]                  # a TCP setting of this matrix; fields left out stay as the host's
 rmem = [4096, 131072, 268435456]
@@ -44,9 +47,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from experiments.placement import Placement, place_ranks
 from inventory.errors import ConfigError
@@ -56,10 +59,21 @@ from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
 from trainer.config import TrainerConfig, load_config
+from trainer.layout import parse_shape
 
 _TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts", "scale")
-_AXES = ("profiles", "tcp", "dp_degrees", "micro_batches", "engines", "dp_modes")
-_AXES_AS_CELL = ("profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode")
+_AXES = (
+    "profiles", "tcp", "dp_degrees", "micro_batches", "engines", "dp_modes", "layouts", "dtypes",
+    "recompute",
+)  # fmt: skip
+_AXES_AS_CELL = (
+    "profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode", "layout", "dtype",
+    "recompute",
+)  # fmt: skip
+_OPTIONAL_AXES = {"layouts": ("tensor", "pipeline", "layers"), "dtypes": ("dtype",),
+                  "recompute": ("recompute",)}  # fmt: skip
+"""Axes a matrix may leave out (its cells then take [trainer]'s value), with the trainer fields
+each one sets per cell."""
 _TCP_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
 DEFAULT_MAX_CELLS = 10_000
 _CELL_FIELDS = ("micro_batch", "dp_degree", "engine", "dp_mode", "out", "iface")
@@ -87,6 +101,10 @@ class Axes(BaseModel):
     dp_modes: list[str] = Field(default=["ps"], min_length=1)
     tcp: list[str] = Field(default=[HOST], min_length=1)
     """The hosts' TCP settings: `host` (as they are), a preset of `netem.tcp`, or a [tcp.NAME]."""
+    layouts: list[str] | None = Field(default=None, min_length=1)
+    """`tpT-ppS`: tensor-parallel degree × pipeline stages (DP from `dp_degrees`)."""
+    dtypes: list[Literal["fp32", "fp16", "bf16"]] | None = Field(default=None, min_length=1)
+    recompute: list[StrictBool] | None = Field(default=None, min_length=1)
 
 
 class ProbeSettings(BaseModel):
@@ -144,19 +162,32 @@ class Cell:
     dp_mode: str
     repeat: int
     tcp: str = HOST
+    layout: str | None = None
+    """`tpT-ppS`; None: the [trainer] table's tensor and pipeline degrees."""
+    dtype: str | None = None
+    recompute: bool | None = None
 
     @property
     def cell_id(self) -> str:
-        """Stable identifier, used to resume (the hosts' own TCP adds nothing to it, so ids
-        from before the tcp axis still match)."""
+        """Stable identifier, used to resume (the hosts' own TCP and an axis the matrix leaves
+        out add nothing to it, so ids from before those axes still match)."""
         tcp = "" if self.tcp == HOST else f"|tcp={self.tcp}"
+        variant = "".join(
+            f"|{part}"
+            for part in (
+                self.layout,
+                self.dtype,
+                None if self.recompute is None else ("recompute" if self.recompute else "stored"),
+            )
+            if part is not None
+        )
         return (
             f"{self.profile}{tcp}|dp{self.dp_degree}|mb{self.micro_batch}|{self.engine}|"
-            f"{self.dp_mode}|r{self.repeat}"
+            f"{self.dp_mode}{variant}|r{self.repeat}"
         )
 
     def params(self) -> dict[str, Any]:
-        """The cell's coordinates as a plain dict."""
+        """The cell's coordinates as a plain dict (an axis the matrix leaves out: None)."""
         return {
             "profile": self.profile,
             "dp_degree": self.dp_degree,
@@ -164,15 +195,34 @@ class Cell:
             "engine": self.engine,
             "dp_mode": self.dp_mode,
             "tcp": self.tcp,
+            "layout": self.layout,
+            "dtype": self.dtype,
+            "recompute": self.recompute,
             "repeat": self.repeat,
         }
+
+    def trainer_overrides(self) -> dict[str, Any]:
+        """The trainer fields this cell sets."""
+        overrides = {
+            "micro_batch": self.micro_batch,
+            "dp_degree": self.dp_degree,
+            "engine": self.engine,
+            "dp_mode": self.dp_mode,
+        }
+        if self.layout is not None:
+            overrides["tensor"], overrides["pipeline"] = parse_shape(self.layout)
+        if self.dtype is not None:
+            overrides["dtype"] = self.dtype
+        if self.recompute is not None:
+            overrides["recompute"] = self.recompute
+        return overrides
 
 
 def matrix_cells(axes: Axes, repeats: int) -> list[Cell]:
     """Every cell of these axes, profiles outermost (so a profile is applied once for its
     cells), then TCP settings, repeats innermost: the one order the runner, `--resume` and the
     reports share."""
-    product = itertools.product(*(getattr(axes, axis) for axis in _AXES), range(repeats))
+    product = itertools.product(*(getattr(axes, axis) or [None] for axis in _AXES), range(repeats))
     return [
         Cell(**dict(zip([*_AXES_AS_CELL, "repeat"], values, strict=True))) for values in product
     ]
@@ -206,13 +256,7 @@ class MatrixSpec:
 
     def trainer_config(self, cell: Cell) -> TrainerConfig:
         """The full trainer configuration of one cell."""
-        return TrainerConfig(
-            **self.trainer,
-            micro_batch=cell.micro_batch,
-            dp_degree=cell.dp_degree,
-            engine=cell.engine,
-            dp_mode=cell.dp_mode,
-        )
+        return TrainerConfig(**(self.trainer | cell.trainer_overrides()))
 
     @property
     def max_world_size(self) -> int:
@@ -258,6 +302,16 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     for key in trainer:
         if key in _CELL_FIELDS:
             raise ConfigError(file, f"trainer.{key}", "is set per cell by the matrix; remove it")
+        for axis, fields in _OPTIONAL_AXES.items():
+            if key in fields and getattr(axes, axis) is not None:
+                raise ConfigError(
+                    file, f"trainer.{key}", f"is set per cell by axes.{axis}; remove it"
+                )
+    for index, shape in enumerate(axes.layouts or []):
+        try:
+            parse_shape(shape)
+        except ValueError as error:
+            raise ConfigError(file, f"axes.layouts[{index}]", str(error)) from None
     try:
         load_config(None, trainer)
     except ConfigError as error:
@@ -267,10 +321,10 @@ def load_matrix(path: str | Path) -> MatrixSpec:
             if value < 1:
                 raise ConfigError(file, f"axes.{axis}[{index}]", "must be at least 1")
     for axis in _AXES:
-        values = getattr(axes, axis)
+        values = getattr(axes, axis) or []
         if len(set(values)) != len(values):
             raise ConfigError(file, f"axes.{axis}", "lists a value twice")
-    n_cells = header.repeats * math.prod(len(getattr(axes, axis)) for axis in _AXES)
+    n_cells = header.repeats * math.prod(len(getattr(axes, axis) or [None]) for axis in _AXES)
     if n_cells > header.max_cells:
         raise ConfigError(
             file, "axes", f"makes {n_cells} cells, more than matrix.max_cells = {header.max_cells}"
@@ -313,24 +367,24 @@ def _tcp_settings(tables: Any, axis: list[str], file: str) -> dict[str, TcpSetti
 
 def _check_cells(spec: MatrixSpec, file: str) -> None:
     axis_of = {
-        "micro_batch": "micro_batches",
-        "dp_degree": "dp_degrees",
-        "engine": "engines",
-        "dp_mode": "dp_modes",
+        "micro_batch": ("micro_batches", "micro_batch"),
+        "dp_degree": ("dp_degrees", "dp_degree"),
+        "engine": ("engines", "engine"),
+        "dp_mode": ("dp_modes", "dp_mode"),
     }
+    if spec.axes.layouts is not None:
+        axis_of |= {field: ("layouts", "layout") for field in ("tensor", "pipeline", "layers")}
+    if spec.axes.dtypes is not None:
+        axis_of["dtype"] = ("dtypes", "dtype")
+    if spec.axes.recompute is not None:
+        axis_of["recompute"] = ("recompute", "recompute")
     for cell in spec.cells():
-        overrides = {
-            "micro_batch": cell.micro_batch,
-            "dp_degree": cell.dp_degree,
-            "engine": cell.engine,
-            "dp_mode": cell.dp_mode,
-        }
         try:
-            load_config(None, {**spec.trainer, **overrides})
+            load_config(None, {**spec.trainer, **cell.trainer_overrides()})
         except ConfigError as error:
             field = error.field or ""
             if field in axis_of:
-                values = getattr(spec.axes, axis_of[field])
-                index = values.index(overrides[field])
-                raise ConfigError(file, f"axes.{axis_of[field]}[{index}]", error.message) from None
+                axis, coordinate = axis_of[field]
+                index = getattr(spec.axes, axis).index(getattr(cell, coordinate))
+                raise ConfigError(file, f"axes.{axis}[{index}]", error.message) from None
             raise ConfigError(file, f"trainer.{field}", error.message) from None

@@ -1,13 +1,18 @@
 """Which host runs which rank: the matrix's `[placement]` table.
 
-Ranks are pipeline-major, as the reference system laid them out: rank = replica · S + stage, so
-rank 0 is stage 0 of pipeline 0 and a pipeline's stages are consecutive ranks. The rules:
-- `order` (the default): rank r on the r-th host of the inventory;
-- `ranks`: an explicit rank map, `ranks = ["h3", "h0", …]` (rank i on host ranks[i]);
+Ranks are laid out as `trainer.layout` says: pipeline-major, as the reference system did
+(rank = replica · S + stage, so rank 0 is stage 0 of pipeline 0), with a stage's T tensor
+shards as consecutive ranks. A host runs as many ranks as it has `slots` (GPUs), so consecutive
+ranks share a host until it is full: a tensor group of T ≤ slots stays inside one machine.
+The rules:
+- `order` (the default): ranks fill the inventory's hosts in order, each up to its slots;
+- `ranks`: an explicit rank map, `ranks = ["h3", "h0", …]` (rank i on host ranks[i]; a host
+  named at most its slots times);
 - `label`: hosts grouped by a label's value (e.g. `label = "region"`), in the order the groups
   first appear in the inventory; `pipelines = "together"` keeps each pipeline inside one group
-  (the first with room for all its stages), `"spread"` sends consecutive stages of a pipeline
-  to different groups in turn (a geo-distributed pipeline).
+  (the first with room for all its ranks), `"spread"` sends consecutive stages of a pipeline
+  to different groups in turn (a geo-distributed pipeline); a stage's tensor shards always
+  share a group.
 
 ```toml
 [placement]
@@ -26,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from inventory.errors import ConfigError
 from inventory.models import Fleet, Host
 from trainer.config import TrainerConfig
-from trainer.layout import rank_of
 
 
 class Placement(BaseModel):
@@ -44,8 +48,6 @@ class Placement(BaseModel):
             raise ValueError("`ranks` is given exactly when by = 'ranks'")
         if (self.by == "label") != (self.label is not None):
             raise ValueError("`label` is given exactly when by = 'label'")
-        if self.ranks is not None and len(set(self.ranks)) != len(self.ranks):
-            raise ValueError("`ranks` names a host twice (one rank per host)")
         return self
 
     def describe(self) -> str:
@@ -61,14 +63,15 @@ def place_ranks(
     """The host of every rank of a cell, rank order; ConfigError (naming `source`, the matrix
     file, or the inventory) when the fleet cannot hold it."""
     world = config.world_size
-    if world > len(fleet.hosts):
+    room = sum(host.slots for host in fleet.hosts)
+    if world > room:
         raise ConfigError(
             str(fleet.source), "hosts",
-            f"a cell needs {world} hosts (pipeline {config.pipeline} × dp_degree "
-            f"{config.dp_degree}) but the inventory has {len(fleet.hosts)}",
+            f"a cell needs {world} ranks (layout {config.layout.describe()}) but the "
+            f"inventory has {_slots_phrase(fleet.hosts)}",
         )  # fmt: skip
     if placement.by == "order":
-        return fleet.hosts[:world]
+        return rank_slots(fleet.hosts)[:world]
     if placement.by == "ranks":
         if len(placement.ranks) < world:
             raise ConfigError(
@@ -80,8 +83,26 @@ def place_ranks(
             raise ConfigError(
                 source, "placement.ranks", f"no host {unknown[0]!r} in {fleet.source}"
             )
+        full = [n for n in known if placement.ranks.count(n) > known[n].slots]
+        if full:
+            raise ConfigError(
+                source, "placement.ranks",
+                f"names {full[0]!r} more often than its {known[full[0]].slots} slot(s)",
+            )  # fmt: skip
         return [known[name] for name in placement.ranks[:world]]
     return _by_label(config, fleet, placement, source)
+
+
+def rank_slots(hosts: list[Host]) -> list[Host]:
+    """Each host repeated once per slot, in inventory order: where ranks go, in rank order."""
+    return [host for host in hosts for _ in range(host.slots)]
+
+
+def _slots_phrase(hosts: list[Host]) -> str:
+    room = sum(host.slots for host in hosts)
+    if room == len(hosts):
+        return f"{len(hosts)}"
+    return f"{room} slots on {len(hosts)} hosts"
 
 
 def _by_label(config: TrainerConfig, fleet: Fleet, placement: Placement, source: str) -> list[Host]:
@@ -91,26 +112,35 @@ def _by_label(config: TrainerConfig, fleet: Fleet, placement: Placement, source:
             raise ConfigError(
                 str(fleet.source), f"hosts.{host.name}.labels", f"has no {placement.label!r}"
             )
-        groups.setdefault(host.labels[placement.label], []).append(host)
+        groups.setdefault(host.labels[placement.label], []).extend([host] * host.slots)
     free = list(groups.values())
-    stages, replicas = config.pipeline, config.dp_degree
+    layout = config.layout
+    stages, width = layout.stages, layout.tensor
     ranks: dict[int, Host] = {}
-    for replica in range(replicas):
+    for replica in range(layout.replicas):
         if placement.pipelines == "together":
-            group = next((hosts for hosts in free if len(hosts) >= stages), None)
+            group = next((hosts for hosts in free if len(hosts) >= stages * width), None)
             if group is None:
                 raise ConfigError(
                     source, "placement.pipelines",
-                    f"no {placement.label} has {stages} free hosts for pipeline {replica}",
+                    f"no {placement.label} has {stages * width} free hosts for pipeline {replica}",
                 )  # fmt: skip
-            chosen = [group.pop(0) for _ in range(stages)]
+            chosen = [[group.pop(0) for _ in range(width)] for _ in range(stages)]
         else:
             chosen = []
             turn = replica
-            for _ in range(stages):
-                with_room = [hosts for hosts in free if hosts]
-                chosen.append(with_room[turn % len(with_room)].pop(0))
+            for stage in range(stages):
+                with_room = [hosts for hosts in free if len(hosts) >= width]
+                if not with_room:
+                    raise ConfigError(
+                        source, "placement.pipelines",
+                        f"no {placement.label} has {width} free hosts for stage {stage} of "
+                        f"pipeline {replica}",
+                    )  # fmt: skip
+                group = with_room[turn % len(with_room)]
+                chosen.append([group.pop(0) for _ in range(width)])
                 turn += 1
-        for stage, host in enumerate(chosen):
-            ranks[rank_of(stage, replica, stages)] = host
+        for stage, shards in enumerate(chosen):
+            for shard, host in enumerate(shards):
+                ranks[layout.rank(stage, replica, shard)] = host
     return [ranks[rank] for rank in range(config.world_size)]

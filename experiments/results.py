@@ -38,6 +38,10 @@ class CellParams(BaseModel):
     repeat: int = 0
     tcp: str = "host"
     """The hosts' TCP setting (`netem.tcp`): `host` leaves them as they are."""
+    layout: str | None = None
+    """`tpT-ppS` when the matrix has a layouts axis."""
+    dtype: str | None = None
+    recompute: bool | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -251,7 +252,7 @@ class MatrixRunner:
         started = time.monotonic()
         lease_s = self.spec.timeouts.lease_s
         # only the cell's own hosts: a host it does not use (or one that is lost) stays out
-        used = [host.name for host in self.spec.place(cell, self.fleet)]
+        used = list(dict.fromkeys(host.name for host in self.spec.place(cell, self.fleet)))
         applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease_s, names=used)
         settings = self.spec.tcp[cell.tcp]
         if settings is None:
@@ -286,7 +287,8 @@ class MatrixRunner:
         record.timing.probe_s = time.monotonic() - started
 
     def _probe(self, netem: FleetNetem, cell: Cell) -> list[dict]:
-        hosts = self.spec.place(cell, self.fleet)
+        placed = self.spec.place(cell, self.fleet)
+        hosts = list({host.name: host for host in placed}.values())  # a host of many ranks once
         if len(hosts) < 2:
             hosts = self.fleet.hosts[:2]
         if len(hosts) < 2:
@@ -318,16 +320,22 @@ def _run_name(cell: Cell) -> str:
 
 
 def check_gpus(spec: MatrixSpec, fleet: Fleet, host_facts: dict[str, dict]) -> None:
-    """Refuse a matrix whose CUDA cells need a GPU on a host that has none (one rank per host,
-    so each host the placement gives a cell needs one GPU)."""
+    """Refuse a matrix whose CUDA cells need more GPUs on a host than it has (one per rank the
+    placement gives it)."""
     if spec.trainer.get("device") != "cuda":
         return
-    used = {host.name: None for cell in spec.cells() for host in spec.place(cell, fleet)}
-    without = [
-        name for name in used if not (host_facts.get(name, {}).get("gpu") or {}).get("count")
+    needed: dict[str, int] = {}
+    for cell in spec.cells():
+        for name, ranks in Counter(host.name for host in spec.place(cell, fleet)).items():
+            needed[name] = max(needed.get(name, 0), ranks)
+    short = [
+        f"{name} has {has} for {ranks}"
+        for name, ranks in needed.items()
+        if (has := (host_facts.get(name, {}).get("gpu") or {}).get("count") or 0) < ranks
     ]
-    if without:
+    if short:
         raise ConfigError(
             str(spec.source), "trainer.device",
-            f"cuda cells need a GPU on each of {len(used)} hosts; none on {', '.join(without)}",
+            f"cuda cells need a GPU per rank on each of {len(needed)} hosts; "
+            f"{', '.join(short)}",
         )  # fmt: skip

@@ -97,6 +97,8 @@ class Host(BaseModel):
     python: str = "python3"
     workdir: str = "/tmp/wanlab"
     labels: dict[str, str] = Field(default_factory=dict)
+    slots: int = Field(1, ge=1, le=64, strict=True)
+    """Ranks the host runs at once: one per GPU (an 8-GPU machine has 8)."""
 
     @field_validator("interface")
     @classmethod

@@ -26,6 +26,7 @@ from netem.tcp import PRESETS
 from trainer.config import TrainerConfig
 from trainer.model import CONFIGS
 from trainer.partition import Stage, split_layers, stage_tensor_sizes
+from trainer.tensorparallel import shard_stage
 
 
 def toy_workload(
@@ -389,3 +390,71 @@ def test_a_send_completes_once_its_rest_fits_in_the_senders_buffers():
     assert hops.backward_wire(0, np.inf) == pytest.approx(size / beta, rel=1e-6)
     small = Hops(net, hosts[:-1], hosts[1:], buffered - 1)
     assert small.backward_send_s(0, np.inf) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("tensor", [2, 4])
+def test_a_tensor_shards_sizes_are_its_own_parameters(tensor):
+    gpt = replace(CONFIGS["tiny"], n_head=4)
+    layers = split_layers(gpt.n_layer, 2)
+    expected = []
+    for s in range(2):
+        stage = Stage(gpt, s, 2)
+        shard_stage(stage, tensor - 1, tensor)
+        expected.append([p.numel() for p in stage.parameters()])
+    assert stage_tensor_sizes(gpt, layers, tensor) == expected
+
+
+@pytest.mark.parametrize(("tensor", "recompute"), [(2, False), (4, True)])
+def test_tensor_allreduces_cost_a_ring_per_block_pass(tensor, recompute):
+    """Each micro-batch's forward all-reduces twice per block and its backward twice more (four
+    with recompute): each a ring of 2·(T − 1) steps of A/T bytes, α + A/(T·β) each."""
+    latency, rate_bps, stages, micro, blocks = 0.002, 8e8, 2, 3, 2
+    gpt = replace(CONFIGS["tiny"], n_head=4)
+    workload = make_workload(
+        gpt, pipeline=stages, dp_degree=1, batch=micro, micro_batch=1, seq=16,
+        recompute=recompute, tensor=tensor,
+    )  # fmt: skip
+    network = uniform_network(
+        stages * tensor, BUILTIN["default"], Native(latency_s=latency, rate_bps=rate_bps)
+    )
+    t_f, t_b = 0.01, 0.02
+    result = predict(workload, times(stages, t_f, t_b), network)
+    one = 2 * (tensor - 1) * (latency + workload.activation_bytes / tensor / (rate_bps / 8))
+    per_micro = (2 * blocks + (4 if recompute else 2) * blocks) * one
+    assert result.parts["compute"] == pytest.approx(micro * (t_f + t_b))
+    assert result.parts["tensor_allreduce"] == pytest.approx(micro * per_micro)
+    assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
+    unsplit = replace(workload, tensor=1, tensor_allreduces=None)
+    plain_network = uniform_network(stages, BUILTIN["default"], Native(latency, rate_bps))
+    plain = predict(unsplit, times(stages, t_f, t_b), plain_network)
+    assert "tensor_allreduce" not in plain.parts
+    assert result.iteration_s > plain.iteration_s + micro * per_micro * 0.99
+
+
+def test_fully_sharded_gathers_and_reduce_scatter_cost_rings_over_the_replicas():
+    """Per micro-batch each block is gathered for its forward (the rest of the stage once an
+    iteration, and the blocks once more for the backwards); then one reduce-scatter: each a
+    ring of (D − 1) steps of α and 1/D of the bytes."""
+    latency, rate_bps, replicas, micro = 0.003, 8e8, 3, 4
+    gpt = CONFIGS["tiny"]
+    workload = make_workload(
+        gpt, pipeline=1, dp_degree=replicas, batch=micro, micro_batch=1, seq=16, dp_mode="fsdp"
+    )
+    network = uniform_network(
+        replicas, BUILTIN["default"], Native(latency_s=latency, rate_bps=rate_bps)
+    )
+    t_f, t_b = 0.01, 0.02
+    result = predict(workload, times(1, t_f, t_b), network)
+    beta, blocks = rate_bps / 8, gpt.n_layer
+    block_bytes = 4 * sum(p.numel() for p in Stage(gpt, 0, 1).h.parameters())
+    stage_bytes = 4 * gpt.n_params()
+    steps = replicas - 1
+
+    def ring(size, units=1):
+        return steps * (units * latency + size / replicas / beta)
+
+    gathers = (micro + 1) * ring(block_bytes, blocks) + ring(stage_bytes - block_bytes)
+    assert result.parts["fsdp_allgather"] == pytest.approx(gathers)
+    assert result.parts["reduce_scatter"] == pytest.approx(ring(stage_bytes, blocks + 1))
+    assert result.parts["compute"] == pytest.approx(micro * (t_f + t_b))
+    assert sum(result.parts.values()) == pytest.approx(result.iteration_s)

@@ -65,6 +65,36 @@ MALFORMED = [
         "layers",
     ),
     (
+        "layout-syntax",
+        GOOD_MATRIX.replace("pipeline = 2\n", "") + 'layouts = ["tp2-pp1", "t2p2"]\n',
+        "axes.layouts[1]",
+        "not a layout like 'tp2-pp4'",
+    ),
+    (
+        "layout-and-pipeline",
+        GOOD_MATRIX + 'layouts = ["tp2-pp1"]\n',
+        "trainer.pipeline",
+        "set per cell by axes.layouts",
+    ),
+    (
+        "layout-splits-no-heads",
+        GOOD_MATRIX.replace("pipeline = 2\n", "") + 'layouts = ["tp1-pp2", "tp4-pp1"]\n',
+        "axes.layouts[1]",
+        "does not divide model 'tiny'",
+    ),
+    (
+        "unknown-dtype",
+        GOOD_MATRIX + 'dtypes = ["fp32", "fp8"]\n',
+        "axes.dtypes[1]",
+        "'fp32', 'fp16' or 'bf16'",
+    ),
+    (
+        "recompute-not-bool",
+        GOOD_MATRIX + 'recompute = ["yes"]\n',
+        "axes.recompute[0]",
+        "valid boolean",
+    ),
+    (
         "trainer-typo",
         GOOD_MATRIX.replace("iterations = 3", "iteration = 3"),
         "trainer.iteration",
@@ -94,6 +124,26 @@ def test_seed_matrix_is_the_reference_experiment():
     assert spec.max_world_size == 48
 
 
+def test_layout_precision_and_recompute_axes_make_cells(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text(
+        GOOD_MATRIX.replace("pipeline = 2\n", "")
+        + 'layouts = ["tp1-pp2", "tp2-pp2"]\ndtypes = ["fp32", "bf16"]\nrecompute = [true]\n'
+    )
+    spec = load_matrix(path)
+    cells = spec.cells()
+    assert len(cells) == 2 * 2 * 2 * 2  # profiles × DP degrees × layouts × dtypes
+    widest = [c for c in cells if c.layout == "tp2-pp2" and c.dp_degree == 2][0]
+    config = spec.trainer_config(widest)
+    assert (config.tensor, config.pipeline, config.dp_degree) == (2, 2, 2)
+    assert config.world_size == 8 and config.recompute
+    assert widest.cell_id.endswith("|tp2-pp2|fp32|recompute|r0")
+    assert spec.max_world_size == 8
+    # a matrix without these axes keeps the cell ids it had before they existed
+    path.write_text(GOOD_MATRIX)
+    assert load_matrix(path).cells()[0].cell_id == "default|dp1|mb1|gpipe|ps|r0"
+
+
 @pytest.mark.parametrize(
     ("case", "text", "field", "words"), MALFORMED, ids=[m[0] for m in MALFORMED]
 )
@@ -121,9 +171,7 @@ def test_cell_larger_than_fleet_rejected_before_any_host(
     out = tmp_path / "results"
     code, _, stderr = run_cli(monkeypatch, capsys, "run", str(path), "-o", str(out), "-i", "local")
     assert code == 2
-    assert (
-        "hosts: a cell needs 8 hosts (pipeline 2 × dp_degree 4) but the inventory has 4" in stderr
-    )
+    assert "hosts: a cell needs 8 ranks (layout tp1-pp2-dp4) but the inventory has 4" in stderr
     assert not out.exists()
 
 

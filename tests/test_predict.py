@@ -10,13 +10,23 @@ import typer
 from typer.testing import CliRunner
 
 from experiments.costmodel.analytic import OPTIMIZER_BYTES_PER_PARAM
-from experiments.costmodel.calibrate import ResultsCalibration, reference_calibration, workload_of
+from experiments.costmodel.calibrate import (
+    ResultsCalibration,
+    from_flops,
+    reference_calibration,
+    workload_of,
+)
 from experiments.costmodel.cli import predict
-from experiments.costmodel.network import TCP_PAYLOAD_SHARE
+from experiments.costmodel.network import (
+    MACHINE_BYTES_PER_S,
+    MACHINE_LATENCY_S,
+    TCP_PAYLOAD_SHARE,
+)
 from experiments.costmodel.predict import predict_config, predict_matrix
 from experiments.matrix import load_matrix
 from experiments.results import CellRecord, ResultsStore
 from inventory.errors import ConfigError
+from inventory.loader import load_inventory
 from netem.profile import BUILTIN, parse_profile
 from trainer.config import TrainerConfig
 
@@ -203,3 +213,33 @@ def test_reference_table_orders_the_network_settings():
         ordered = [time[(p, dp)] for p in ("default", "d1b5", "d5b2", "d10b1", "d50b1")]
         assert ordered == sorted(ordered)
     assert all(time[(p, 4)] > time[(p, 1)] for p in BUILTIN)
+
+
+def test_ranks_sharing_a_machine_reach_each_other_inside_it(tmp_path):
+    """With an inventory of 2-slot hosts a tp2 cell's tensor group sits on one machine: its
+    all-reduces go at the machine's rate whatever the profile, while the pipeline hop between
+    the two machines is shaped."""
+    inventory = tmp_path / "two.toml"
+    inventory.write_text(
+        "[fleet]\nname = 'two'\n[defaults]\nslots = 2\n"
+        "[[hosts]]\nname = 'm0'\naddress = '198.18.1.1'\n"
+        "[[hosts]]\nname = 'm1'\naddress = '198.18.1.2'\n"
+    )
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(
+        f"[matrix]\nname = 'm'\ninventory = '{inventory}'\n[trainer]\nmodel = 'tiny'\n"
+        "batch = 4\n[axes]\nprofiles = ['10ms/100mbit']\nlayouts = ['tp2-pp2']\n"
+    )
+    spec = load_matrix(matrix)
+    fleet = load_inventory(str(inventory), check_keys=False)
+    calibration = from_flops(1e12)
+    [row] = predict_matrix(spec, lambda params: calibration, fleet)
+    config = spec.trainer_config(spec.cells()[0])
+    workload = workload_of(config)
+    one = 2 * (MACHINE_LATENCY_S + workload.activation_bytes / 2 / MACHINE_BYTES_PER_S)
+    per_micro = 2 * 2 + 2 * 2  # two blocks a stage, two all-reduces each way
+    assert row["parts"]["tensor_allreduce"] == pytest.approx(config.n_micro * per_micro * one)
+    apart = predict_matrix(spec, lambda params: calibration)  # one rank per host
+    assert apart[0]["parts"]["tensor_allreduce"] > 1000 * row["parts"]["tensor_allreduce"]
+    hop = workload.activation_bytes / (100e6 * TCP_PAYLOAD_SHARE / 8) + 0.010
+    assert row["parts"]["activation_transfer"] > 2 * hop  # at least one hop each way

@@ -13,10 +13,12 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import netem_tc
 import pytest
+import tomli_w
 
 from netem.tcp import PRESETS
 
@@ -117,7 +119,7 @@ def test_cuda_cells_on_hosts_without_gpus_are_refused_before_anything_is_shaped(
     result = wanlab("run", str(matrix), "-o", str(out), "-i", "local", timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "trainer.device" in lines[0] and "none on h0" in lines[0], lines
+    assert len(lines) == 1 and "trainer.device" in lines[0] and "h0 has 0 for 1" in lines[0], lines
     assert not (out / "cells.jsonl").exists()
     assert "htb" not in root_kinds(local_fleet)  # the kernel's own view: nothing shaped
 
@@ -338,3 +340,65 @@ def test_tcp_axis_sets_records_and_restores_the_hosts_tcp(local_fleet, wanlab, t
     report = wanlab("report", str(out), "-o", str(tmp_path / "report"), "--format", "md")
     assert report.returncode == 0, report.stdout + report.stderr
     assert "TCP tuned" in (tmp_path / "report" / "report.md").read_text()
+
+
+LAYOUT_MATRIX = """
+[matrix]
+name = "layouts"
+[trainer]
+model = "tiny"
+batch = 4
+iterations = 3
+warmup = 1
+threads = 1
+timeout_s = 20
+seed = 5
+[axes]
+profiles = ["200mbit"]
+dp_degrees = [1]
+dp_modes = ["ps"]
+layouts = ["tp1-pp2", "tp2-pp2"]
+dtypes = ["fp32", "fp16"]
+[probe]
+seconds = 0.2
+count = 5
+[timeouts]
+cell_s = 120
+"""
+
+
+def test_layouts_share_hosts_by_slots_and_a_cell_the_device_cannot_run_is_recorded_failed(
+    local_fleet, wanlab, tmp_path
+):
+    """Two slots per host: a tensor group of 2 runs on one host's two workers. Both layouts
+    train the same model on the same data, so their losses agree; fp16 on a CPU is refused by
+    the ranks, recorded with its reason, and the matrix goes on."""
+    inventory = tomllib.loads(local_fleet.inventory_path.read_text())
+    for host in inventory["hosts"]:
+        host["slots"] = 2
+    slotted = tmp_path / "slots.toml"
+    slotted.write_text(tomli_w.dumps(inventory))
+    matrix = tmp_path / "layouts.toml"
+    matrix.write_text(LAYOUT_MATRIX)
+    out = tmp_path / "results"
+    result = wanlab("run", str(matrix), "-o", str(out), "-i", str(slotted), timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr  # some cells failed
+    assert "4 cell(s) run, 2 failed" in result.stdout
+    cells = {c["cell_id"]: c for c in records(out)}
+    plain = cells["200mbit|dp1|mb1|gpipe|ps|tp1-pp2|fp32|r0"]
+    split = cells["200mbit|dp1|mb1|gpipe|ps|tp2-pp2|fp32|r0"]
+    assert plain["status"] == split["status"] == "ok"
+    assert plain["placement"] == {"0": "h0", "1": "h0"}
+    assert split["placement"] == {"0": "h0", "1": "h0", "2": "h1", "3": "h1"}
+    assert split["summary"]["world_size"] == 4
+    losses = split["summary"]["losses"]
+    assert losses == pytest.approx(plain["summary"]["losses"], rel=1e-4)
+    for layout in ("tp1-pp2", "tp2-pp2"):
+        failed = cells[f"200mbit|dp1|mb1|gpipe|ps|{layout}|fp16|r0"]
+        assert failed["status"] == "failed" and "fp16 needs a CUDA device" in failed["reason"]
+    report = wanlab("report", str(out), "-o", str(tmp_path / "report"), "--format", "md")
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "tp2-pp2 · fp32" in text and "tp1-pp2 · fp16" in text
+    assert root_kinds(local_fleet) == ["noqueue"] * 4
+    assert workers_left(local_fleet) == []

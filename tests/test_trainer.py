@@ -23,6 +23,7 @@ from trainer.dataparallel import make_buckets
 from trainer.model import CONFIGS, GPT
 from trainer.netif import choose_iface, route_iface, store_address
 from trainer.partition import Stage, split_layers
+from trainer.tensorparallel import tensor_slice
 from trainer.worker import GO, MARK, START
 
 SEED = 3
@@ -36,6 +37,17 @@ def reference_gradients(cfg: TrainerConfig, batches):
     _, loss = model(tokens, targets)
     loss.backward()
     return model, loss.item()
+
+
+def reference_step(cfg: TrainerConfig):
+    """Gradients and parameters of the unpartitioned model after one SGD step on every
+    replica's batch of iteration 0, concatenated."""
+    source = TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed)
+    batches = [source.batch(0, r, cfg.batch) for r in range(cfg.dp_degree)]
+    model, _ = reference_gradients(cfg, batches)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    torch.optim.SGD(model.parameters(), lr=cfg.lr).step()
+    return grads, dict(model.named_parameters())
 
 
 def test_layers_split_evenly_or_as_given():
@@ -92,6 +104,8 @@ SYNC_VARIANTS = [
     ("sharded-backend", {"dp_mode": "sharded-ps", "ps_bucket_mb": 0.02}, True),
     ("star", {"dp_mode": "ps-star"}, False),
     ("allreduce", {"dp_mode": "allreduce"}, False),
+    ("fsdp", {"dp_mode": "fsdp"}, False),
+    ("fsdp-recompute", {"dp_mode": "fsdp", "recompute": True}, False),
     ("reference-schedule", {"dp_mode": "ps", "gpipe_schedule": "reference"}, False),
 ]
 
@@ -108,12 +122,7 @@ def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(
     spawn(one_data_parallel_step, world, str(tmp_path), base, SYNC_VARIANTS)
 
     cfg = TrainerConfig(**base)
-    source = TokenSource(cfg.dataset, cfg.gpt.vocab_size, cfg.seq, cfg.seed)
-    batches = [source.batch(0, r, cfg.batch) for r in range(dp_degree)]
-    model, _ = reference_gradients(cfg, batches)
-    expected_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-    torch.optim.SGD(model.parameters(), lr=cfg.lr).step()
-    expected = dict(model.named_parameters())
+    expected_grads, expected = reference_step(cfg)
     for label, _, _ in SYNC_VARIANTS:
         ranks = [torch.load(tmp_path / f"{label}-r{r}.pt") for r in range(world)]
         for stage in range(pipeline):
@@ -127,6 +136,56 @@ def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(
                 torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6)
         names = {name for r in ranks for name in r["params"]}
         assert names == expected.keys(), label
+
+
+TENSOR_VARIANTS = [
+    ("tp-ps", {"dp_mode": "ps", "ps_chunk_kb": 4}, False),
+    ("tp-allreduce", {"dp_mode": "allreduce"}, False),
+    ("tp-recompute", {"dp_mode": "sharded-ps", "recompute": True}, False),
+    ("tp-fsdp", {"dp_mode": "fsdp"}, False),
+    ("tp-library", {"dp_mode": "fsdp", "engine": "pipelining-gpipe"}, False),
+    ("tp-library-1f1b", {"dp_mode": "allreduce", "engine": "pipelining-1f1b"}, False),
+]
+
+
+@pytest.mark.parametrize("tensor, pipeline, dp_degree", [(2, 2, 2), (2, 1, 1)])
+def test_tensor_parallel_shards_step_as_the_unpartitioned_model_on_the_whole_batch(
+    tmp_path, tensor, pipeline, dp_degree
+):
+    """Each shard's gradients and stepped parameters are its slice of the unpartitioned
+    model's on the concatenated batch; replicas and shards of a replicated tensor agree."""
+    base = dict(
+        model="tiny", tensor=tensor, pipeline=pipeline, dp_degree=dp_degree, batch=4,
+        micro_batch=2, seed=SEED, seq_len=16, optimizer="sgd", lr=0.5,
+    )  # fmt: skip
+    cfg = TrainerConfig(**base)
+    spawn(one_data_parallel_step, cfg.world_size, str(tmp_path), base, TENSOR_VARIANTS)
+
+    expected_grads, expected = reference_step(cfg)
+    for label, _, _ in TENSOR_VARIANTS:
+        names = set()
+        for rank in range(cfg.world_size):
+            where = cfg.layout.position(rank)
+            saved = torch.load(tmp_path / f"{label}-r{rank}.pt")
+            for name, param in saved["params"].items():
+                grad = tensor_slice(name, expected_grads[name], where.shard, tensor)
+                if "c_attn" in name or "c_fc" in name or name.endswith("c_proj.weight"):
+                    assert param.numel() * tensor == expected[name].numel(), (label, name)
+                torch.testing.assert_close(saved["grads"][name], grad, rtol=1e-5, atol=1e-7)
+                want = tensor_slice(name, expected[name].detach(), where.shard, tensor)
+                torch.testing.assert_close(param, want, rtol=1e-5, atol=1e-6)
+            names |= saved["params"].keys()
+        assert names == expected.keys(), label
+
+
+def test_a_tensor_degree_that_does_not_split_the_heads_is_refused():
+    with pytest.raises(ConfigError, match="tensor"):
+        load_config(None, {"model": "tiny", "tensor": 3})
+    emulate = {"scale": 0.5, "forward_ms": [1.0], "backward_ms": [2.0]}
+    with pytest.raises(ConfigError, match="tensor"):
+        load_config(None, {"model": "tiny", "tensor": 2, "emulate": emulate})
+    with pytest.raises(ConfigError, match="dp_mode"):
+        load_config(None, {"model": "tiny", "dp_mode": "fsdp", "emulate": emulate})
 
 
 def test_buckets_group_consecutive_tensors_up_to_their_size():

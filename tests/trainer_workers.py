@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from experiments.localranks import free_port, launch_local
 from trainer.config import TrainerConfig
@@ -52,16 +53,24 @@ def one_data_parallel_step(rank, world_size, port, out_dir, base, variants):
         trainer = RankTrainer(cfg, rank, CPU)
         if collectives:
             trainer.sync = make_gradient_sync(
-                cfg.dp_mode, trainer.module, trainer.stage_index, trainer.replica, cfg.pipeline,
-                cfg.dp_degree, bucket_bytes=int(cfg.ps_bucket_mb * 2**20), collectives=True,
+                cfg.dp_mode, trainer.module, cfg.layout, trainer.position,
+                bucket_bytes=int(cfg.ps_bucket_mb * 2**20), collectives=True,
             )  # fmt: skip
         trainer.step(0)
-        state = {
-            "params": {n: p.detach().clone() for n, p in trainer.module.named_parameters()},
-            "grads": {n: p.grad.clone() for n, p in trainer.module.named_parameters()},
+        named = list(trainer.module.named_parameters())
+        state = {  # under fsdp the replicas' shards gathered (a collective, in this order)
+            "params": {n: whole(p.detach()) for n, p in named},
+            "grads": {n: whole(p.grad) for n, p in named},
         }
         torch.save(state, Path(out_dir) / f"{label}-r{rank}.pt")
     dist.destroy_process_group()
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor`, gathered from every shard when it is sharded (a DTensor)."""
+    if isinstance(tensor, DTensor):
+        return tensor.full_tensor()
+    return tensor.clone()
 
 
 def spawn(fn, world_size: int, *args) -> None:

@@ -1,5 +1,6 @@
-"""What runs on the hosts: a GPT trained with GPipe pipelines and a centralized parameter server."""
+"""What runs on the hosts: a GPT trained with GPipe pipelines, tensor-parallel stages and a
+centralized parameter server."""
 
-from trainer.layout import position_of, rank_of
+from trainer.layout import Layout, Position
 
-__all__ = ["position_of", "rank_of"]
+__all__ = ["Layout", "Position"]

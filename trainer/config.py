@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inventory.errors import ConfigError
+from trainer.layout import Layout
 from trainer.model import CONFIGS, GPTConfig
 
 COMMAND_LINE = "command line"
@@ -62,7 +63,9 @@ class TrainerConfig(BaseModel):
     micro_batch: int = Field(1, ge=1)
     pipeline: int = Field(1, ge=1)
     dp_degree: int = Field(1, ge=1)
-    dp_mode: Literal["ps", "sharded-ps", "ps-star", "allreduce"] = "ps"
+    tensor: int = Field(1, ge=1, le=1024)
+    """Tensor-parallel degree: each stage's heads and MLP units split over this many ranks."""
+    dp_mode: Literal["ps", "sharded-ps", "ps-star", "allreduce", "fsdp"] = "ps"
     ps_bucket_mb: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False)
     """`ps`/`sharded-ps`: gradients per reduce-and-broadcast, in MiB (0: one per tensor)."""
     ps_chunk_kb: float = Field(256, ge=1, le=65536, allow_inf_nan=False)
@@ -134,6 +137,16 @@ class TrainerConfig(BaseModel):
                 f"pipelining-1f1b needs micro-batches ≥ stages: batch {self.batch} / "
                 f"micro-batch {self.micro_batch} = {self.n_micro} < pipeline {self.pipeline}",
             )
+        if self.tensor > 1:
+            if gpt.n_head % self.tensor:
+                raise FieldProblem(
+                    "tensor",
+                    f"{self.tensor} does not divide model {self.model!r}'s {gpt.n_head} heads",
+                )
+            if self.emulate is not None:
+                raise FieldProblem("tensor", "tensor parallelism runs on real compute only")
+        if self.dp_mode == "fsdp" and self.emulate is not None:
+            raise FieldProblem("dp_mode", "fsdp runs on real compute only")
         if self.emulate is not None:
             if self.engine != "gpipe":
                 raise FieldProblem(
@@ -167,9 +180,14 @@ class TrainerConfig(BaseModel):
         return self.batch // self.micro_batch
 
     @property
+    def layout(self) -> Layout:
+        """Where each rank sits: tensor × pipeline × dp_degree."""
+        return Layout(self.pipeline, self.dp_degree, self.tensor)
+
+    @property
     def world_size(self) -> int:
-        """Ranks the run needs: pipeline × dp_degree."""
-        return self.pipeline * self.dp_degree
+        """Ranks the run needs: tensor × pipeline × dp_degree."""
+        return self.layout.world_size
 
     @property
     def applied_loss_scale(self) -> float:
@@ -210,11 +228,11 @@ def _as_config_error(source: str, exc: ValidationError) -> ConfigError:
 
 
 def check_world(cfg: TrainerConfig, world_size: int, source: str = "environment") -> None:
-    """The launched world must hold exactly pipeline × dp_degree ranks."""
+    """The launched world must hold exactly tensor × pipeline × dp_degree ranks."""
     if world_size != cfg.world_size:
         raise ConfigError(
             source,
             "WORLD_SIZE",
-            f"{world_size} ranks launched but pipeline {cfg.pipeline} × dp_degree {cfg.dp_degree} "
-            f"needs {cfg.world_size}",
+            f"{world_size} ranks launched but layout {cfg.layout.describe()} needs "
+            f"{cfg.world_size}",
         )

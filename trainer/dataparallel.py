@@ -10,8 +10,11 @@
 - `ps-star`: replica 0 is a server that receives every other replica's whole gradients and
   sends each of them the average: (D − 1)·N through the server's link each way.
 - `allreduce`: the backend's all-reduce inside the stage's replica group.
+- `fsdp`: the stage fully sharded over its replicas (trainer/fullyshard.py): its gradients are
+  reduce-scattered inside the last backward, and each replica keeps and steps one shard.
 
-Every replica then applies the same average with its own optimizer, so replicas stay equal.
+Every replica then applies the same average with its own optimizer, so replicas stay equal
+(under `fsdp`, to its own shard).
 On NCCL the chains are the backend's own `reduce` and `broadcast` (it pipelines them along a
 ring); on gloo, whose collectives do not, they are chunked `isend`/`irecv` between neighbours.
 """
@@ -26,9 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.layout import rank_of
+from trainer.layout import Layout, Position
 
-DP_MODES = ("ps", "sharded-ps", "ps-star", "allreduce")
+DP_MODES = ("ps", "sharded-ps", "ps-star", "allreduce", "fsdp")
 STAR_PUSH_TAG = 1 << 20
 STAR_PULL_TAG = STAR_PUSH_TAG + 1
 CHAIN_TAG_BASE = 1 << 24
@@ -40,14 +43,18 @@ a sync, so no message is ever taken for another."""
 class GradientSync(ABC):
     """Makes every replica's gradients of one stage the replicas' average."""
 
-    def __init__(self, module: nn.Module, stage: int, replica: int, n_stages: int, n_replicas: int):
+    def __init__(self, module: nn.Module, ranks: list[int], replica: int):
+        """`ranks`: the global ranks of this stage's (and shard's) replicas, replica order."""
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.replica, self.n_replicas = replica, n_replicas
-        self.ranks = [rank_of(stage, r, n_stages) for r in range(n_replicas)]
+        self.replica, self.n_replicas = replica, len(ranks)
+        self.ranks = ranks
 
     @abstractmethod
     def sync(self) -> None:
         """Replace this replica's gradients by the average over all replicas."""
+
+    def before_backward(self, last: bool) -> None:  # noqa: B027 - a hook most modes leave empty
+        """Called by the engine before each micro-batch's backward; `last` for the final one."""
 
 
 def flatten(params: list[nn.Parameter]) -> torch.Tensor:
@@ -172,14 +179,14 @@ class ChainedParameterServer(GradientSync):
     """`ps` and `sharded-ps`: reduce each bucket to its owner, then broadcast it from there."""
 
     def __init__(
-        self, module, stage, replica, n_stages, n_replicas, group, *, sharded: bool,
-        bucket_bytes: int, chunk_bytes: int, collectives: bool,
+        self, module, ranks, replica, group, *, sharded: bool, bucket_bytes: int,
+        chunk_bytes: int, collectives: bool,
     ):  # fmt: skip
-        super().__init__(module, stage, replica, n_stages, n_replicas)
+        super().__init__(module, ranks, replica)
         self.group, self.sharded, self.collectives = group, sharded, collectives
         self.buckets = make_buckets(self.params, bucket_bytes)
         self.chunk_elems = max(1, chunk_bytes // 4)
-        self.pool = ThreadPoolExecutor(n_replicas, thread_name_prefix="sharded-ps")
+        self.pool = ThreadPoolExecutor(self.n_replicas, thread_name_prefix="sharded-ps")
         largest = max(sum(p.numel() for p in bucket) for bucket in self.buckets)
         if -(-largest // self.chunk_elems) > CHUNKS_PER_TAG_BLOCK:
             raise ValueError(f"a bucket of {largest} gradients needs larger chunks")
@@ -277,8 +284,8 @@ class StarParameterServer(GradientSync):
 class AllReduce(GradientSync):
     """The backend's all-reduce over the stage's replicas, then divide by D."""
 
-    def __init__(self, module, stage, replica, n_stages, n_replicas, group):
-        super().__init__(module, stage, replica, n_stages, n_replicas)
+    def __init__(self, module, ranks, replica, group):
+        super().__init__(module, ranks, replica)
         self.group = group
 
     def sync(self) -> None:
@@ -293,10 +300,8 @@ class AllReduce(GradientSync):
 def make_gradient_sync(
     mode: str,
     module: nn.Module,
-    stage: int,
-    replica: int,
-    n_stages: int,
-    n_replicas: int,
+    layout: Layout,
+    position: Position,
     *,
     bucket_bytes: int = 0,
     chunk_bytes: int = 256 * 1024,
@@ -309,17 +314,25 @@ def make_gradient_sync(
     """
     if mode not in DP_MODES:
         raise ValueError(f"unknown data-parallel mode {mode!r}; known: {DP_MODES}")
-    if mode == "ps-star" or n_replicas == 1:
-        return StarParameterServer(module, stage, replica, n_stages, n_replicas)
-    groups = [
-        dist.new_group([rank_of(s, r, n_stages) for r in range(n_replicas)])
-        for s in range(n_stages)
-    ]
+    ranks = layout.replica_ranks(position.stage, position.shard)
+    if mode == "ps-star" or layout.replicas == 1:
+        return StarParameterServer(module, ranks, position.replica)
+    groups = {
+        (s, t): dist.new_group(layout.replica_ranks(s, t))
+        for s in range(layout.stages)
+        for t in range(layout.tensor)
+    }
+    group = groups[position.stage, position.shard]
+    if mode == "fsdp":
+        from trainer.fullyshard import FullyShardedSync  # imports this module
+
+        device_type = next(module.parameters()).device.type
+        return FullyShardedSync(module, ranks, position.replica, group, device_type)
     if mode == "allreduce":
-        return AllReduce(module, stage, replica, n_stages, n_replicas, groups[stage])
+        return AllReduce(module, ranks, position.replica, group)
     if collectives is None:
         collectives = dist.get_backend() == "nccl"
     return ChainedParameterServer(
-        module, stage, replica, n_stages, n_replicas, groups[stage], sharded=mode == "sharded-ps",
+        module, ranks, position.replica, group, sharded=mode == "sharded-ps",
         bucket_bytes=bucket_bytes, chunk_bytes=chunk_bytes, collectives=collectives,
     )  # fmt: skip

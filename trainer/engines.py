@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from trainer.config import TrainerConfig
 from trainer.emulated import EmulatedStage
-from trainer.layout import rank_of
+from trainer.layout import Layout, Position
 from trainer.partition import Stage
 from trainer.pipeline import GPipe
 from trainer.timing import PHASES
@@ -32,21 +32,24 @@ def measured_phases(engine: str) -> list[str]:
     return [p for p in PHASES if p not in SEPARATE_PHASES]
 
 
-def pipeline_groups(n_stages: int, n_replicas: int) -> list[dist.ProcessGroup | None]:
-    """One process group per pipeline (its ranks in stage order); None when there is one.
+def pipeline_group(layout: Layout, position: Position) -> dist.ProcessGroup | None:
+    """The process group of this rank's pipeline (its shard's ranks in stage order); None when
+    the world is one pipeline.
 
     Collective: every rank must call it, in the same order as every other `new_group`.
     """
-    if n_replicas == 1:
-        return [None]
-    return [
-        dist.new_group([rank_of(s, r, n_stages) for s in range(n_stages)])
-        for r in range(n_replicas)
-    ]
+    if layout.replicas == 1 and layout.tensor == 1:
+        return None
+    groups = {
+        (r, t): dist.new_group(layout.pipeline_ranks(r, t))
+        for r in range(layout.replicas)
+        for t in range(layout.tensor)
+    }
+    return groups[position.replica, position.shard]
 
 
 def make_engine(
-    cfg: TrainerConfig, stage: Stage | EmulatedStage, replica: int, device: torch.device
+    cfg: TrainerConfig, stage: Stage | EmulatedStage, position: Position, device: torch.device
 ):
     """The engine `cfg.engine` for this rank's stage. Collective: every rank must call it."""
     compute_dtype, loss_scale = DTYPES[cfg.dtype], cfg.applied_loss_scale
@@ -57,16 +60,17 @@ def make_engine(
             shape = (cfg.micro_batch, cfg.seq, cfg.gpt.n_embd)
         group = None
         if cfg.gpipe_schedule == "reference":
-            group = pipeline_groups(stage.n_stages, cfg.dp_degree)[replica]
+            group = pipeline_group(cfg.layout, position)
         return GPipe(
-            stage, replica, shape, device, compute_dtype, loss_scale, cfg.gpipe_schedule, group
-        )
+            stage, cfg.layout, position, shape, device, compute_dtype, loss_scale,
+            cfg.gpipe_schedule, group,
+        )  # fmt: skip
     if cfg.engine not in LIBRARY_SCHEDULES:
         raise ValueError(f"unknown engine {cfg.engine!r}; known: {', '.join(ENGINES)}")
     # Imported only here: the library adds seconds to every rank's start-up.
     from trainer.pipelining import PipeliningSchedule
 
-    group = pipeline_groups(stage.n_stages, cfg.dp_degree)[replica]
+    group = pipeline_group(cfg.layout, position)
     return PipeliningSchedule(
         cfg.engine, stage, cfg.n_micro, device, group, compute_dtype, loss_scale
     )

@@ -20,16 +20,29 @@ def split_layers(n_layer: int, n_stages: int, layers: list[int] | None = None) -
     return [range(start, start + count) for start, count in zip(starts, layers, strict=True)]
 
 
-def stage_tensor_sizes(gpt: GPTConfig, layers: list[range]) -> list[list[int]]:
-    """Element count of each parameter tensor of each stage, in the stage's own order."""
-    d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
+def block_sizes(gpt: GPTConfig, tensor: int = 1) -> list[int]:
+    """Element count of each parameter tensor of one block (of one tensor-parallel shard:
+    trainer/tensorparallel.py splits q/k/v and the first MLP layer by rows, both output
+    projections' weights by columns)."""
+    d = gpt.n_embd
     norm = [d, d] if gpt.bias else [d]
 
-    def linear(n_in: int, n_out: int) -> list[int]:
-        return [n_in * n_out, n_out] if gpt.bias else [n_in * n_out]
+    def linear(n_in: int, n_out: int, split_bias: bool = True) -> list[int]:
+        bias = n_out // tensor if split_bias else n_out
+        return [n_in * n_out // tensor, bias] if gpt.bias else [n_in * n_out // tensor]
 
-    block = norm + linear(d, 3 * d) + linear(d, d) + norm + linear(d, 4 * d) + linear(4 * d, d)
-    stages = [block * len(own) for own in layers]
+    return (
+        norm + linear(d, 3 * d) + linear(d, d, split_bias=False)
+        + norm + linear(d, 4 * d) + linear(4 * d, d, split_bias=False)
+    )  # fmt: skip
+
+
+def stage_tensor_sizes(gpt: GPTConfig, layers: list[range], tensor: int = 1) -> list[list[int]]:
+    """Element count of each parameter tensor of each stage (of one tensor-parallel shard), in
+    the stage's own order."""
+    d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
+    norm = [d, d] if gpt.bias else [d]
+    stages = [block_sizes(gpt, tensor) * len(own) for own in layers]
     stages[0] = [v * d, t * d] + stages[0]
     stages[-1] = stages[-1] + norm + [v * d]
     return stages

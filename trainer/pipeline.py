@@ -13,12 +13,13 @@ backward send to leave before its next backward.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from trainer.layout import rank_of
+from trainer.layout import Layout, Position
 from trainer.partition import Stage
 from trainer.timing import Clock
 
@@ -40,7 +41,8 @@ class GPipe:
     def __init__(
         self,
         stage: Stage,
-        replica: int,
+        layout: Layout,
+        position: Position,
         act_shape: tuple[int, ...],
         device: torch.device,
         compute_dtype: torch.dtype = torch.float32,
@@ -57,15 +59,23 @@ class GPipe:
         self.act_shape = act_shape
         self.wire_dtype = compute_dtype
         self.loss_scale = loss_scale
-        s, n = stage.stage, stage.n_stages
-        self.prev = rank_of(s - 1, replica, n) if not stage.is_first else None
-        self.next = rank_of(s + 1, replica, n) if not stage.is_last else None
+        s, replica, shard = position.stage, position.replica, position.shard
+        self.prev = layout.rank(s - 1, replica, shard) if not stage.is_first else None
+        self.next = layout.rank(s + 1, replica, shard) if not stage.is_last else None
         self.autocast = (
             torch.autocast(device.type, dtype=compute_dtype)
             if compute_dtype != torch.float32
             else contextlib.nullcontext()
         )
         self.clock = Clock(device)
+        self.before_backward: Callable[[bool], None] | None = None
+        """Called before each micro-batch's backward, True for the last (fully sharded data
+        parallelism reduce-scatters in that one)."""
+
+    @property
+    def module(self) -> Stage:
+        """The module this engine calls: what fully sharded data parallelism wraps."""
+        return self.stage
 
     def _post_receives(self, peer: int | None, n_micro: int, tag_base: int, order):
         if peer is None:
@@ -117,6 +127,8 @@ class GPipe:
         grads = self._post_receives(self.next, n_micro, n_micro, backward_order)
         loss = torch.zeros((), device=self.device) if self.next is None else None
         for m in backward_order:
+            if self.before_backward is not None:
+                self.before_backward(m == backward_order[-1])
             if self.next is None:
                 loss += outputs[m].detach().float()
                 start = self.clock()

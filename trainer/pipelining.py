@@ -55,8 +55,11 @@ class PipeliningSchedule:
         loss_scale: float = 1.0,
     ):
         self.stage, self.loss_scale = stage, loss_scale
+        self.module = StageToLogits(stage)
+        """The module the schedule calls: what fully sharded data parallelism wraps (the
+        library then keeps the gradients unsharded until the last backward itself)."""
         self.pipe_stage = PipelineStage(
-            StageToLogits(stage), stage.stage, stage.n_stages, device, group=group
+            self.module, stage.stage, stage.n_stages, device, group=group
         )
         self.schedule = SCHEDULES[engine](
             self.pipe_stage, n_micro, loss_fn=self._loss, scale_grads=False

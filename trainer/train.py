@@ -17,8 +17,8 @@ from trainer.data import TokenSource
 from trainer.dataparallel import make_gradient_sync
 from trainer.emulated import EmulatedStage, HeldOptimizer
 from trainer.engines import make_engine, measured_phases
-from trainer.layout import position_of
 from trainer.partition import Stage
+from trainer.tensorparallel import join_tensor_group, shard_stage, tensor_groups
 from trainer.timing import Clock, IterationTimes, summarize
 
 
@@ -34,23 +34,26 @@ def make_optimizer(cfg: TrainerConfig, params, stage_index: int = 0):
 
 
 def build_rank_stage(cfg: TrainerConfig, rank: int, device: torch.device) -> Stage | EmulatedStage:
-    """This rank's stage of the model (or its emulation), on `device` (no communication)."""
-    stage_index, _ = position_of(rank, cfg.pipeline)
+    """This rank's stage of the model (or its emulation; its tensor shard), on `device` (no
+    communication)."""
+    position = cfg.layout.position(rank)
     if cfg.emulate is not None:
         forward_s, backward_s, _ = cfg.emulate.stage_seconds(
-            stage_index, cfg.pipeline, cfg.micro_batch
+            position.stage, cfg.pipeline, cfg.micro_batch
         )
         stage = EmulatedStage(
-            cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seq, cfg.emulate.scale,
+            cfg.gpt, position.stage, cfg.pipeline, cfg.layers, cfg.seq, cfg.emulate.scale,
             forward_s, backward_s,
         )  # fmt: skip
     else:
-        stage = Stage(cfg.gpt, stage_index, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute)
+        stage = Stage(cfg.gpt, position.stage, cfg.pipeline, cfg.layers, cfg.seed, cfg.recompute)
+        shard_stage(stage, position.shard, cfg.tensor)
     return stage.to(device)
 
 
 class RankTrainer:
-    """The stage, engine (the pipeline schedule), gradient sync and optimizer of one rank."""
+    """The stage (its tensor shard), engine (the pipeline schedule), gradient sync and optimizer
+    of one rank."""
 
     def __init__(
         self,
@@ -62,17 +65,23 @@ class RankTrainer:
         """Wire the rank up (collective: the process group must be up). `module` is the rank's
         stage when it was built beforehand (`build_rank_stage`)."""
         self.cfg, self.rank, self.device = cfg, rank, device
-        self.stage_index, self.replica = position_of(rank, cfg.pipeline)
+        self.position = cfg.layout.position(rank)
+        self.stage_index, self.replica = self.position.stage, self.position.replica
         self.module = module if module is not None else build_rank_stage(cfg, rank, device)
-        self.params = list(self.module.parameters())
+        if cfg.tensor > 1:
+            groups = tensor_groups(cfg.layout)
+            join_tensor_group(self.module, groups[self.stage_index, self.replica])
+        self.pipe = make_engine(cfg, self.module, self.position, device)
+        self.sync = make_gradient_sync(
+            cfg.dp_mode, self.pipe.module, cfg.layout, self.position,
+            bucket_bytes=int(cfg.ps_bucket_mb * 2**20), chunk_bytes=int(cfg.ps_chunk_kb * 1024),
+        )  # fmt: skip
+        self.params = list(self.module.parameters())  # under fsdp, this replica's shards
         for p in self.params:
             p.grad = torch.zeros_like(p)
         self.loss_scale = cfg.applied_loss_scale
-        self.pipe = make_engine(cfg, self.module, self.replica, device)
-        self.sync = make_gradient_sync(
-            cfg.dp_mode, self.module, self.stage_index, self.replica, cfg.pipeline, cfg.dp_degree,
-            bucket_bytes=int(cfg.ps_bucket_mb * 2**20), chunk_bytes=int(cfg.ps_chunk_kb * 1024),
-        )  # fmt: skip
+        if cfg.dp_mode == "fsdp" and cfg.engine == "gpipe":
+            self.pipe.before_backward = self.sync.before_backward
         self.optimizer = make_optimizer(cfg, self.params, self.stage_index)
         needs_data = self.module.is_first or self.module.is_last
         self.source = (
@@ -181,6 +190,7 @@ def train(
         "rank": rank,
         "stage": trainer.stage_index,
         "replica": trainer.replica,
+        "shard": trainer.position.shard,
         "hostname": socket.gethostname(),
         "records": [r.as_dict() for r in records],
     }
@@ -218,6 +228,7 @@ def build_summary(cfg: TrainerConfig, everyone: list[dict], device: torch.device
                 "rank": r["rank"],
                 "stage": r["stage"],
                 "replica": r["replica"],
+                "shard": r["shard"],
                 "hostname": r["hostname"],
                 "forward_per_micro_s": means["forward_s"] / cfg.n_micro,
                 "backward_per_micro_s": means["backward_s"] / cfg.n_micro,

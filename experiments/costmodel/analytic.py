@@ -33,11 +33,24 @@ Then each stage's replicas average gradients of N bytes:
   together this is 2·(α + (D − 1)·N/β) + α.
 - `allreduce`: a ring, 2·(D − 1) steps of N/D bytes over the slowest ring hop:
   2·(D − 1)·α + 2·(D − 1)/D·N/β.
+- `fsdp` (trainer/fullyshard.py): each block, and the rest of the stage as one more unit, is
+  all-gathered over the replicas' ring ((D − 1) steps, α each, and (D − 1)/D of its bytes over
+  the slowest hop) before every forward, and the blocks once more for the backwards; those
+  gathers hold the stage as its compute does (the root's is spread over the micro-batches, as
+  is the backwards' one). Once every replica is done, one reduce-scatter of the same size.
+
+Under tensor parallelism of degree T a stage's T shards sit on consecutive hosts (rank order)
+and compute together: each of a micro-batch's activation all-reduces (workload.py counts them)
+is a ring over those hosts, 2·(T − 1) steps of A/T bytes over its slowest hop, and holds the
+stage as its compute does. The pipeline and the sync are modelled on shard 0's hosts; the other
+shards' run alike on their own hosts.
 
 Parts (they sum to the iteration time, all from rank 0's start): `compute` = M·(t_f + t_b) of
-the slowest stage; `bubble` = the pipeline without transfers minus that;
+the slowest stage; `tensor_allreduce` = what the tensor groups' all-reduces add to that (only
+when T > 1); `bubble` = the pipeline without transfers minus both;
 `activation_transfer` = what transfers and the ranks' skew add to the pipeline; `optimizer`;
-`ps_sync` or `allreduce` = what the sync adds after the optimizer-only end; `barrier`.
+`ps_sync`, `allreduce` or `reduce_scatter` (fsdp) = what the sync adds after the
+optimizer-only end; `fsdp_allgather` = what the gathers add to the stages' work; `barrier`.
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ import numpy as np
 from experiments.costmodel.barrier import dissemination_barrier
 from experiments.costmodel.network import Network
 from experiments.costmodel.schedule import op_order
-from experiments.costmodel.workload import Workload
+from experiments.costmodel.workload import GRAD_BYTES, Workload
 
 DEFAULT_FLOPS = 14e12
 """Compute rate per device when nothing is calibrated: 14 TFLOP/s, a V100-class GPU in fp32
@@ -58,6 +71,8 @@ DEFAULT_MEMORY_BYTES_PER_S = 900e9
 """Memory bandwidth the optimizer step is bound by, uncalibrated: a V100's 900 GB/s."""
 OPTIMIZER_BYTES_PER_PARAM = 28
 """AdamW reads parameter, gradient and two moments (16 B) and writes three of them (12 B)."""
+SYNC_PARTS = {"allreduce": "allreduce", "fsdp": "reduce_scatter"}
+"""The part a DP mode's sync is reported as (`ps_sync` for the others)."""
 STEADY_PASSES = 2
 """Iterations played back to back: each starts skewed as the previous one's barrier left it."""
 
@@ -117,9 +132,10 @@ class Prediction:
         }
 
 
-def rank_order_placement(n_stages: int, n_replicas: int) -> np.ndarray:
-    """Host of (stage s, replica r) = rank r·S + s: one rank per host, hosts in rank order."""
-    return np.arange(n_stages * n_replicas).reshape(n_replicas, n_stages).T.copy()
+def rank_order_placement(n_stages: int, n_replicas: int, tensor: int = 1) -> np.ndarray:
+    """Host of shard 0 of (stage s, replica r) = rank (r·S + s)·T: one rank per host, hosts in
+    rank order (trainer/layout.py)."""
+    return np.arange(n_stages * n_replicas).reshape(n_replicas, n_stages).T * tensor
 
 
 def predict(
@@ -130,7 +146,7 @@ def predict(
 ) -> Prediction:
     """Predicted iteration of `workload`, stage (s, replica r) on host placement[s, r]."""
     if placement is None:
-        placement = rank_order_placement(workload.n_stages, workload.n_replicas)
+        placement = rank_order_placement(workload.n_stages, workload.n_replicas, workload.tensor)
     result = evaluate(workload, compute, network, placement[np.newaxis])
     return Prediction(
         iteration_s=float(result.iteration_s[0]),
@@ -150,7 +166,10 @@ def evaluate(
     hosts = np.moveaxis(placements, 1, 0)  # (S, K, D)
     host_of = _by_rank(hosts)
     hops = _hops(workload, network, hosts)
-    free = _run_pipeline(workload, compute, None)
+    pure = compute
+    with_tensor = _with_tensor_allreduces(workload, compute, network, hosts)
+    compute = _with_gathers(workload, with_tensor, network, hosts)
+    free = _run_pipeline(workload, compute, None, np.zeros(hosts.shape))
     opt = compute.optimizer_s.reshape(-1, 1, 1)
     leave = np.zeros(host_of.shape)
     for _ in range(STEADY_PASSES):
@@ -161,16 +180,19 @@ def evaluate(
         leave = dissemination_barrier(network.latency_s, host_of, _by_rank(entry))
     total = leave[:, 0]
 
-    stage_work = workload.n_micro * (compute.forward_s + compute.backward_s)
-    compute_part = float(stage_work.max())
-    no_transfer_end = float(free.max())
+    compute_part, tensor_busy, busy = (
+        _busiest_stage(workload, times, hosts.shape) for times in (pure, with_tensor, compute)
+    )
+    no_transfer_end = free.max(axis=(0, 2))
     pipeline_end = done.max(axis=(0, 2))
     optimizer_end = (done + opt).max(axis=(0, 2))
     work_end = entry.max(axis=(0, 2))
-    sync_name = "allreduce" if workload.dp_mode == "allreduce" else "ps_sync"
+    sync_name = SYNC_PARTS.get(workload.dp_mode, "ps_sync")
     parts = {
-        "compute": np.full_like(total, compute_part),
-        "bubble": np.full_like(total, no_transfer_end - compute_part),
+        "compute": compute_part,
+        **({"tensor_allreduce": tensor_busy - compute_part} if workload.tensor > 1 else {}),
+        **({"fsdp_allgather": busy - tensor_busy} if _gathers(workload) else {}),
+        "bubble": np.maximum(no_transfer_end - busy, 0.0),  # ≥ 0 but for rounding
         "activation_transfer": pipeline_end - no_transfer_end,
         "optimizer": optimizer_end - pipeline_end,
         sync_name: work_end - optimizer_end,
@@ -185,6 +207,81 @@ def evaluate(
         slowest_hop_s=np.broadcast_to(slowest, total.shape).astype(float),
         sync_s=(sync_end - done).max(axis=2),
     )
+
+
+def _busiest_stage(workload: Workload, compute: StageCompute, shape: tuple) -> np.ndarray:
+    """M·(t_f + t_b) of the busiest stage, per placement."""
+    work = workload.n_micro * _per_stage(compute.forward_s + compute.backward_s)
+    return np.broadcast_to(work, shape).max(axis=(0, 2))
+
+
+def _gathers(workload: Workload) -> bool:
+    return workload.dp_mode == "fsdp" and workload.n_replicas > 1
+
+
+def _ring_collective_s(network: Network, ring: np.ndarray, size, units=1.0) -> np.ndarray:
+    """An all-gather or reduce-scatter of `size` bytes in all over `ring` (hosts on its last
+    axis; `size` broadcasts against it), in `units` separate collectives: (D − 1) steps, each α
+    and 1/D of the bytes."""
+    n = ring.shape[-1]
+    following = np.roll(ring, -1, axis=-1)
+    latency = network.latency_s[ring, following].max(axis=-1)
+    wire = network.wire_s(size / n, ring, following, 0.0).max(axis=-1)
+    return (n - 1) * (units * latency + wire)
+
+
+def _with_gathers(
+    workload: Workload, compute: StageCompute, network: Network, hosts: np.ndarray
+) -> StageCompute:
+    """Under `fsdp`, stage times with the parameter all-gathers added (see the module's
+    docstring); else `compute` itself."""
+    if not _gathers(workload):
+        return compute
+    n_micro = workload.n_micro
+    blocks = workload.stage_blocks.reshape(-1, 1, 1)
+    block_bytes = blocks * workload.block_params * GRAD_BYTES
+    root_bytes = workload.grad_bytes.reshape(-1, 1, 1) - block_bytes
+    ring = np.broadcast_to(hosts[..., np.newaxis, :], (*hosts.shape, hosts.shape[-1]))
+    gather_blocks = _ring_collective_s(network, ring, block_bytes[..., np.newaxis], blocks)
+    gather_root = _ring_collective_s(network, ring, root_bytes[..., np.newaxis])
+    return StageCompute(
+        _per_stage(compute.forward_s) + gather_blocks + gather_root / n_micro,
+        _per_stage(compute.backward_s) + gather_blocks / n_micro,
+        compute.optimizer_s,
+    )
+
+
+def _per_stage(seconds: np.ndarray) -> np.ndarray:
+    """Stage times as (S, K, D) or broadcastable to it: (S,) becomes (S, 1, 1)."""
+    return seconds.reshape(-1, 1, 1) if seconds.ndim == 1 else seconds
+
+
+def _with_tensor_allreduces(
+    workload: Workload, compute: StageCompute, network: Network, hosts: np.ndarray
+) -> StageCompute:
+    """Stage times with each micro-batch's tensor-group all-reduces added: (S, K, D) arrays,
+    or `compute` itself when T = 1."""
+    if workload.tensor == 1:
+        return compute
+    each = tensor_allreduce_s(workload, network, hosts)
+    forward_count, backward_count = (c.reshape(-1, 1, 1) for c in workload.tensor_counts())
+    return StageCompute(
+        _per_stage(compute.forward_s) + forward_count * each,
+        _per_stage(compute.backward_s) + backward_count * each,
+        compute.optimizer_s,
+    )
+
+
+def tensor_allreduce_s(workload: Workload, network: Network, hosts: np.ndarray) -> np.ndarray:
+    """Seconds of one activation all-reduce in the tensor group whose shard 0 is on `hosts`
+    (any shape): a ring over it and the next T − 1 hosts, 2·(T − 1) steps of A/T bytes over
+    its slowest hop, the connections busy (no restart after idle)."""
+    n = workload.tensor
+    ring = np.asarray(hosts)[..., np.newaxis] + np.arange(n)
+    following = np.roll(ring, -1, axis=-1)
+    piece = workload.activation_bytes / n
+    step = network.latency_s[ring, following] + network.wire_s(piece, ring, following, 0.0)
+    return 2 * (n - 1) * step.max(axis=-1)
 
 
 def _by_rank(per_stage: np.ndarray) -> np.ndarray:
@@ -325,6 +422,10 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     if workload.dp_mode in ("ps", "sharded-ps"):
         return _chain_sync(workload, network, hosts, done)
     size = workload.grad_bytes.reshape(-1, 1)
+    if workload.dp_mode == "fsdp":  # one reduce-scatter per unit, once every replica is there
+        units = workload.stage_blocks.reshape(-1, 1) + 1
+        end = done.max(axis=2) + _ring_collective_s(network, hosts, size[..., None], units)
+        return np.broadcast_to(end[..., None], done.shape)
     if workload.dp_mode == "allreduce":
         ring_next = np.roll(hosts, -1, axis=2)
         piece = size[..., None] / n_replicas

@@ -25,6 +25,8 @@ from experiments.costmodel.analytic import (
     StageCompute,
     compute_from_flops,
     predict,
+    rank_order_placement,
+    tensor_allreduce_s,
 )
 from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
 from experiments.costmodel.tcp import tcp_side
@@ -67,6 +69,7 @@ def workload_of(config: TrainerConfig) -> Workload:
         bucket_bytes=int(config.ps_bucket_mb * 2**20),
         chunk_bytes=int(config.ps_chunk_kb * 1024),
         tensor_scale=config.emulate.scale if config.emulate is not None else 1.0,
+        tensor=config.tensor,
     )
 
 
@@ -235,7 +238,7 @@ def fit_native_rate(
 
     def predicted(rate_bps: float) -> float:
         slowed = Native(latency_s=native.latency_s, rate_bps=rate_bps)
-        network = uniform_network(workload.n_stages * workload.n_replicas, profile, slowed)
+        network = uniform_network(workload.world_size, profile, slowed)
         return predict(workload, stages, network).iteration_s
 
     if predicted(native.rate_bps) >= measured_s:
@@ -245,6 +248,25 @@ def fit_native_rate(
         middle = (low + high) / 2
         low, high = (low, middle) if predicted(math.exp(middle)) < measured_s else (middle, high)
     return math.exp(high)
+
+
+def without_tensor_allreduces(
+    stages: StageCompute, workload: Workload, profile: Profile, native: Native
+) -> StageCompute:
+    """Measured stage times less what the model says their tensor-group all-reduces took on
+    the cell's network (the model adds them back on the network it predicts for); at least
+    a tenth of each time is kept as compute."""
+    if workload.tensor == 1:
+        return stages
+    network = uniform_network(workload.world_size, profile, native)
+    placement = rank_order_placement(workload.n_stages, workload.n_replicas, workload.tensor)
+    each = tensor_allreduce_s(workload, network, placement[:, 0])
+    forward_count, backward_count = workload.tensor_counts()
+    return StageCompute(
+        np.maximum(stages.forward_s - forward_count * each, stages.forward_s / 10),
+        np.maximum(stages.backward_s - backward_count * each, stages.backward_s / 10),
+        stages.optimizer_s,
+    )
 
 
 @dataclass(frozen=True)
@@ -346,7 +368,8 @@ class ResultsCalibration:
     """Calibrations from a results folder's cells, chosen per predicted cell.
 
     For a cell, the measured cell used is: the one named by `cell_id`; else an unshaped cell
-    with the same DP degree, micro-batch, engine and DP mode; else one with the same DP degree
+    with the same DP degree, micro-batch, engine, DP mode, layout, precision and recompute; else
+    one with the same DP degree, micro-batch and those three; else one with the same DP degree
     and micro-batch; else the first usable cell. Its probe gives the native network.
     """
 
@@ -373,9 +396,11 @@ class ResultsCalibration:
         unshaped = [
             r for r in self.records if _profile_of(r) is not None and _profile_of(r).is_default
         ]
+        variant = ("layout", "dtype", "recompute")
         for keys in (
-            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp"),
-            ("dp_degree", "micro_batch", "engine", "dp_mode"),
+            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant),
+            ("dp_degree", "micro_batch", "engine", "dp_mode", *variant),
+            ("dp_degree", "micro_batch", *variant),
             ("dp_degree", "micro_batch"),
         ):
             for record in unshaped:
@@ -403,6 +428,7 @@ class ResultsCalibration:
         measured = record.summary.iteration_s
         if stages is not None and profile is not None:
             workload = workload_of(config)
+            stages = without_tensor_allreduces(stages, workload, profile, native)
             rate = fit_native_rate(workload, stages, profile, native, measured)
             native = Native(latency_s=native.latency_s, rate_bps=rate)
             return fromstage_times(workload, stages, source, native)

@@ -23,6 +23,7 @@ from experiments.results import ResultsStore
 from inventory.cli import JsonOption, console, print_table
 from inventory.errors import ConfigError, check_option
 from inventory.loader import LOCAL, load_inventory
+from inventory.models import Fleet
 from netem.pairs import PairMatrix
 from netem.units import parse_rate_bps, parse_time_ms
 
@@ -55,7 +56,10 @@ def predict(
     inventory: Annotated[
         str | None,
         typer.Option(
-            "-i", "--inventory", help="Hosts for pair-matrix cells; default: the matrix's."
+            "-i",
+            "--inventory",
+            help="Hosts for pair-matrix cells and for placing ranks on hosts with several "
+            "slots; default: the matrix's (when it names a file).",
         ),
     ] = None,
     store: Annotated[
@@ -81,9 +85,9 @@ def predict(
         ).for_cell
     if store and results is None:
         raise ConfigError(str(matrix), "--store", "needs --calibrate RESULTS (a results folder)")
-    hosts = _hosts(spec, inventory)
+    fleet = _fleet(spec, inventory)
     measured = measured_cells(results.records()) if results is not None else None
-    rows = predict_matrix(spec, calibration_for, hosts, measured)
+    rows = predict_matrix(spec, calibration_for, fleet, measured)
     if store:
         console.print(f"predictions in {store_predictions(results.directory, rows)}")
     if as_json:
@@ -104,13 +108,18 @@ def _native(latency: str, rate: str) -> Native:
         raise ConfigError(None, "--native-latency/--native-rate", str(error)) from None
 
 
-def _hosts(spec: MatrixSpec, option: str | None):
-    if not any(isinstance(t, PairMatrix) for t in spec.targets.values()):
-        return None
-    chosen = option or spec.header.inventory
-    if chosen != LOCAL and option is None:
+def _fleet(spec: MatrixSpec, option: str | None) -> Fleet | None:
+    """The hosts ranks are placed on: `-i`, else the matrix's inventory when a pair matrix
+    needs it or it names a file; None (one rank per host, in rank order) otherwise."""
+    needed = any(isinstance(t, PairMatrix) for t in spec.targets.values())
+    if option is not None:
+        return load_inventory(option, check_keys=False)
+    chosen = spec.header.inventory
+    if chosen != LOCAL:
         chosen = str(spec.source.parent / chosen)
-    return load_inventory(chosen, check_keys=False).hosts
+        if needed or Path(chosen).is_file():
+            return load_inventory(chosen, check_keys=False)
+    return load_inventory(chosen, check_keys=False) if needed else None
 
 
 def _flat(row: dict) -> dict:
@@ -120,6 +129,7 @@ def _flat(row: dict) -> dict:
         "dp_degree": params["dp_degree"],
         "mb": params["micro_batch"],
         "engine": f"{params['engine']}/{params['dp_mode']}",
+        **_variant(params),
         "predicted s": f"{row['predicted_iteration_s']:.3f}",
         **{name: f"{value:.3f}" for name, value in row["parts"].items()},
     }
@@ -127,6 +137,17 @@ def _flat(row: dict) -> dict:
         flat["measured s"] = f"{row['measured_iteration_s']:.3f}"
         flat["error"] = f"{row['error']:+.1%}"
     return flat
+
+
+def _variant(params: dict) -> dict:
+    """The layout, precision and recompute columns, for the axes the matrix has."""
+    recompute = params.get("recompute")
+    shown = {
+        "layout": params.get("layout"),
+        "dtype": params.get("dtype"),
+        "recompute": None if recompute is None else ("yes" if recompute else "no"),
+    }
+    return {name: value for name, value in shown.items() if value is not None}
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -28,6 +28,11 @@ TCP_PAYLOAD_SHARE = 1448 / 1514
 1,500 B MTU), of which TCP carries 1,448 B (less IPv4 20 B, TCP 20 B, timestamps 12 B)."""
 LOOPBACK_BYTES_PER_S = 1e12
 """A host talking to itself: no latency, practically unlimited bandwidth."""
+MACHINE_LATENCY_S = 10e-6
+"""One-way latency between two ranks on one machine (two GPUs of one host): 10 µs."""
+MACHINE_BYTES_PER_S = 50e9
+"""Rate between two ranks on one machine: 50 GB/s, two V100s of a p3.16xlarge over their GPU
+interconnect; a shaped profile does not touch it, and no TCP window limits it."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class Network:
     bytes_per_s: np.ndarray
     ingress_bytes_per_s: np.ndarray
     tcp: TcpSide | None = None
+    same_machine: np.ndarray | None = None
+    """[i, j] True where ranks i and j share a machine (their transfers skip TCP); None: each
+    rank on its own."""
 
     @property
     def n_hosts(self) -> int:
@@ -70,7 +78,10 @@ class Network:
         cap = path_cap(window, rate, rtt)
         initial = self.tcp.initial_bytes(src)
         start = start_window(cap, initial, self.tcp.slow_start_after_idle[src], idle_s, rtt)
-        return wire_s(size, rtt, rate, window, start)
+        over_tcp = wire_s(size, rtt, rate, window, start)
+        if self.same_machine is None:
+            return over_tcp
+        return np.where(self.same_machine[src, dst], size / rate, over_tcp)
 
     def buffered_bytes(self, src: np.ndarray) -> np.ndarray | float:
         """The most of a message from `src` still unsent when its send completes (0 when the
@@ -80,6 +91,19 @@ class Network:
     def with_tcp(self, tcp: TcpSide | None) -> Network:
         """The same network with these hosts' TCP settings."""
         return replace(self, tcp=tcp)
+
+    def on_machines(self, machine_of: Sequence[str]) -> Network:
+        """The same network where ranks i and j with machine_of[i] == machine_of[j] share a
+        machine: they reach each other at `MACHINE_LATENCY_S` and `MACHINE_BYTES_PER_S`."""
+        names = np.array(machine_of)
+        shared = names[:, np.newaxis] == names[np.newaxis, :]
+        inside = shared & ~np.eye(len(names), dtype=bool)
+        return replace(
+            self,
+            latency_s=np.where(inside, MACHINE_LATENCY_S, self.latency_s),
+            bytes_per_s=np.where(inside, MACHINE_BYTES_PER_S, self.bytes_per_s),
+            same_machine=shared,
+        )
 
 
 def _egress(native: Native, shape: Profile | None) -> tuple[float, float]:

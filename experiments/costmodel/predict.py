@@ -1,7 +1,9 @@
 """Predictions per matrix cell: the cost model on each cell's configuration and network.
 
-Each cell's ranks sit one per host in rank order (as the runner places them). A profile shapes
-every host alike; a pair matrix needs the hosts' names and labels from the inventory.
+Each cell's ranks sit where the runner places them: with the inventory, by the matrix's
+placement (ranks sharing a host, one per slot, reach each other inside the machine); without
+it, one rank per host in rank order. A profile shapes every host alike; a pair matrix needs the
+hosts' names and labels from the inventory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from experiments.costmodel.tcp import tcp_side
 from experiments.matrix import MatrixSpec
 from experiments.results import CellRecord
 from inventory.errors import ConfigError
+from inventory.models import Fleet
 from netem.fleet import Target
 from netem.pairs import Addressable, PairMatrix
 from netem.tcp import TcpSettings
@@ -28,17 +31,22 @@ PREDICTIONS = "predictions.jsonl"
 def network_for(
     target: Target, world_size: int, calibration: Calibration, hosts: Sequence[Addressable] | None
 ) -> Network:
-    """The cell's network: a uniform profile, or a pair matrix over the first hosts."""
+    """The cell's network between its ranks: a uniform profile, or a pair matrix over each
+    rank's host (`hosts`, rank order: a host of several ranks is named once per rank)."""
     if not isinstance(target, PairMatrix):
-        return uniform_network(world_size, target, calibration.native)
-    if hosts is None:
+        network = uniform_network(world_size, target, calibration.native)
+    elif hosts is None:
         raise ConfigError(target.source, None, "a pair matrix needs the inventory's hosts (-i)")
-    if len(hosts) < world_size:
+    elif len(hosts) < world_size:
         raise ConfigError(
             target.source, None, f"needs {world_size} hosts, the inventory has {len(hosts)}"
         )
-    keys = [target.key_of(host) for host in hosts[:world_size]]
-    return pair_network(keys, target, calibration.native)
+    else:
+        keys = [target.key_of(host) for host in hosts[:world_size]]
+        network = pair_network(keys, target, calibration.native)
+    if hosts is None or len({host.name for host in hosts[:world_size]}) == world_size:
+        return network
+    return network.on_machines([host.name for host in hosts[:world_size]])
 
 
 def tcp_for(setting: TcpSettings | None, hosts_own: dict | None) -> dict | None:
@@ -74,14 +82,16 @@ def predict_config(
 def predict_matrix(
     spec: MatrixSpec,
     calibration_for: Callable[[dict], Calibration],
-    hosts: Sequence[Addressable] | None = None,
+    fleet: Fleet | None = None,
     measured: dict[str, dict] | None = None,
 ) -> list[dict]:
-    """One row per cell: its coordinates, prediction, and the measurement when there is one."""
+    """One row per cell: its coordinates, prediction, and the measurement when there is one.
+    With `fleet`, each cell's ranks sit where the matrix's placement puts them."""
     rows = []
     for cell in spec.cells():
         params = cell.params()
         row = {"cell_id": cell.cell_id, "params": params}
+        hosts = spec.place(cell, fleet) if fleet is not None else None
         row |= predict_config(
             spec.trainer_config(cell), spec.targets[cell.profile], calibration_for(params), hosts,
             spec.tcp[cell.tcp],

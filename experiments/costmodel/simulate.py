@@ -44,6 +44,8 @@ def make_scenario(
 ) -> Scenario:
     """`config` on hosts_per_region[r] hosts in each region r of the region-keyed `matrix`."""
     regions = [region for region, count in hosts_per_region.items() for _ in range(count)]
+    if config.tensor > 1:
+        raise ValueError("the search places one rank per (stage, replica): use tensor = 1")
     if len(regions) < config.world_size:
         raise ValueError(f"{len(regions)} hosts for a world of {config.world_size}")
     workload = workload_of(config)

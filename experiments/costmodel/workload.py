@@ -5,6 +5,10 @@ weights plus 4·d·T for attention scores and their weighted sum; the head's for
 the embedding is a lookup and counts nothing. Backward is twice the forward; activation
 recompute adds one more forward to the backward. Summed over the stages this is the usual
 6·N + 12·L·d·T less the share of 6·N of what is not multiplied: embeddings, biases, norms.
+
+Under tensor parallelism of degree T (trainer/tensorparallel.py) a rank computes 1/T of each
+block (the head is replicated) and holds one shard's parameters; each block all-reduces its
+activations twice in the forward and twice in the backward (twice more with recompute).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 from trainer.dataparallel import bucket_spans
 from trainer.emulated import scaled_count
 from trainer.model import GPTConfig
-from trainer.partition import split_layers, stage_tensor_sizes
+from trainer.partition import block_sizes, split_layers, stage_tensor_sizes
 
 WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 """Bytes per activation element on the wire: activations travel in the compute dtype."""
@@ -43,6 +47,26 @@ class Workload:
     """`ps`/`sharded-ps`: each stage's buckets, in bytes of gradient, in the order they go."""
     chunk_bytes: float = 256 * 1024
     """`ps`/`sharded-ps`: the piece each hop of a chain forwards at a time."""
+    tensor: int = 1
+    """Tensor-parallel degree: a stage's shards on T consecutive ranks."""
+    tensor_allreduces: tuple[np.ndarray, np.ndarray] | None = None
+    """Per stage, the activation all-reduces of one micro-batch's forward and backward."""
+    stage_blocks: np.ndarray | None = None
+    """Transformer blocks per stage (`fsdp` shards and gathers each block on its own)."""
+    block_params: float = 0.0
+    """Parameters of one block (of one tensor shard)."""
+
+    @property
+    def world_size(self) -> int:
+        """Ranks: stages × replicas × tensor shards."""
+        return self.n_stages * self.n_replicas * self.tensor
+
+    def tensor_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(forward, backward) all-reduces per micro-batch of each stage (zeros when T = 1)."""
+        if self.tensor_allreduces is None:
+            zeros = np.zeros(self.n_stages)
+            return zeros, zeros
+        return self.tensor_allreduces
 
     @property
     def grad_bytes(self) -> np.ndarray:
@@ -50,10 +74,12 @@ class Workload:
         return self.stage_params * GRAD_BYTES
 
 
-def stage_forward_flops_per_token(gpt: GPTConfig, layers: list[range], seq: int) -> np.ndarray:
-    """Forward FLOPs per token of each stage."""
+def stage_forward_flops_per_token(
+    gpt: GPTConfig, layers: list[range], seq: int, tensor: int = 1
+) -> np.ndarray:
+    """Forward FLOPs per token of each stage (of one shard of it under tensor parallelism)."""
     d = gpt.n_embd
-    per_block = 2 * 12 * d * d + 4 * d * seq
+    per_block = (2 * 12 * d * d + 4 * d * seq) / tensor
     flops = np.array([len(own) * per_block for own in layers], dtype=float)
     flops[-1] += 2 * gpt.vocab_size * d
     return flops
@@ -75,6 +101,7 @@ def make_workload(
     bucket_bytes: int = 0,
     chunk_bytes: int = 256 * 1024,
     tensor_scale: float = 1.0,
+    tensor: int = 1,
 ) -> Workload:
     """The workload of `pipeline` stages × `dp_degree` replicas, `batch` sequences per pipeline.
 
@@ -83,12 +110,16 @@ def make_workload(
     """
     split = split_layers(gpt.n_layer, pipeline, layers)
     tokens = micro_batch * seq
-    forward = stage_forward_flops_per_token(gpt, split, seq) * tokens
+    forward = stage_forward_flops_per_token(gpt, split, seq, tensor) * tokens
     backward = forward * (3.0 if recompute else 2.0)
     tensors = [
         [scaled_count(size, tensor_scale) for size in sizes]
-        for sizes in stage_tensor_sizes(gpt, split)
+        for sizes in stage_tensor_sizes(gpt, split, tensor)
     ]
+    blocks = np.array([len(own) for own in split], dtype=float)
+    allreduces = None
+    if tensor > 1:
+        allreduces = (2 * blocks, (4 if recompute else 2) * blocks)
     buckets = []
     for sizes in tensors:
         nbytes = [size * GRAD_BYTES for size in sizes]
@@ -110,4 +141,8 @@ def make_workload(
         backward_flops=backward,
         sync_buckets=tuple(buckets),
         chunk_bytes=float(chunk_bytes),
+        tensor=tensor,
+        tensor_allreduces=allreduces,
+        stage_blocks=blocks,
+        block_params=float(sum(scaled_count(n, tensor_scale) for n in block_sizes(gpt, tensor))),
     )

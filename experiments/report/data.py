@@ -26,7 +26,9 @@ from inventory.errors import ConfigError
 from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
-POINT_KEYS = ["profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode"]
+VARIANT_KEYS = ["layout", "dtype", "recompute"]
+"""Axes a matrix may leave out: empty in the frames where it did."""
+POINT_KEYS = ["profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode", *VARIANT_KEYS]
 PHASES = ["forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]
 
 
@@ -138,7 +140,9 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
         "timed_iterations": summary.timed_iterations,
         "world_size": summary.world_size,
         "hosts": len(set(placement.values())) or summary.world_size,
-        "placement": _pipelines(placement, trainer.get("pipeline") or 1),
+        "placement": _pipelines(
+            placement, (trainer.get("pipeline") or 1) * (trainer.get("tensor") or 1)
+        ),
         "placement_rule": record.placement_rule,
         "tokens_per_iteration": summary.tokens_per_iteration,
         **{phase: (phases.get(phase) or {}).get("mean", 0.0) for phase in PHASES},
@@ -152,12 +156,13 @@ def compute_label(trainer: dict) -> str:
     return "real" if not emulate else f"emulated (tensors ×{emulate['scale']:g})"
 
 
-def _pipelines(placement: dict[int, str], stages: int) -> str | None:
-    """Rank → host as each pipeline's hosts in stage order, pipelines apart: "h0 h1; h2 h3"."""
+def _pipelines(placement: dict[int, str], width: int) -> str | None:
+    """Rank → host as each pipeline's hosts in rank order (stages, each stage's tensor shards
+    together), pipelines apart: "h0 h1; h2 h3"; `width` is ranks per pipeline."""
     if not placement:
         return None
     hosts = [placement[rank] for rank in sorted(placement)]
-    return "; ".join(" ".join(hosts[i : i + stages]) for i in range(0, len(hosts), stages))
+    return "; ".join(" ".join(hosts[i : i + width]) for i in range(0, len(hosts), width))
 
 
 def _missing_row(cell: Cell) -> dict:
@@ -179,11 +184,13 @@ def cells_frame(
     frame = pd.DataFrame(rows)
     for column in ["iter_mean_s", "iter_std_s", "predicted_s", "rtt_ms", "probe_bps", *PHASES]:
         frame[column] = pd.to_numeric(frame[column]) if column in frame else math.nan
+    for column in VARIANT_KEYS:
+        frame[column] = frame[column].fillna("") if column in frame else ""
     for column, axis in (("profile", "profiles"), ("tcp", "tcp")):
         order = _axis_order(spec, frame, column, axis)
         frame[f"_{column}"] = frame[column].map(order.index)
     keys = ["_profile", "_tcp", "dp_degree", "micro_batch", "engine", "dp_mode", "repeat"]
-    frame = frame.sort_values(keys)
+    frame = frame.sort_values(keys, kind="stable")  # the variants stay in the matrix's order
     return frame.drop(columns=["_profile", "_tcp"]).reset_index(drop=True)
 
 
@@ -260,7 +267,8 @@ def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     points["_order"] = points["profile"].map(order.index)
     points["_tcp"] = points["tcp"].map(tcp_order.index)
     keys = ["_order", "_tcp", "dp_degree", "micro_batch", "engine", "dp_mode"]
-    return points.sort_values(keys).drop(columns=["_order", "_tcp"]).reset_index(drop=True)
+    points = points.sort_values(keys, kind="stable")  # the variants stay in the matrix's order
+    return points.drop(columns=["_order", "_tcp"]).reset_index(drop=True)
 
 
 def is_baseline(points: pd.DataFrame) -> pd.Series:
@@ -274,7 +282,8 @@ def _baseline(points: pd.DataFrame, column: str, by_dp: bool) -> pd.Series:
 
     by_dp: the same DP degree (slowdown); otherwise the smallest DP degree measured there
     (per-host efficiency). Always with the same TCP setting."""
-    keys = ["tcp", "micro_batch", "engine", "dp_mode"] + (["dp_degree"] if by_dp else [])
+    keys = ["tcp", "micro_batch", "engine", "dp_mode", *VARIANT_KEYS]
+    keys += ["dp_degree"] if by_dp else []
     base = points[is_baseline(points) & points[column].notna()]
     if not by_dp:
         base = base.sort_values("dp_degree").drop_duplicates(keys)

@@ -90,20 +90,30 @@ def fmt_share(value: float | None) -> str:
 
 
 def variant_labels(points: pd.DataFrame) -> pd.Series:
-    """Each point's column label: its DP degree, plus whichever of micro-batch, engine, DP mode
-    and the hosts' TCP setting take more than one value in these results."""
+    """Each point's column label: its DP degree, plus whichever of micro-batch, engine, DP mode,
+    layout, precision, recompute and the hosts' TCP setting take more than one value in these
+    results."""
+
+    def varies(column: str) -> bool:
+        return column in points and points[column].nunique() > 1
 
     def label(row) -> str:
         parts = [f"DP {row.dp_degree}"]
-        if points["micro_batch"].nunique() > 1:
+        if varies("micro_batch"):
             parts.append(f"mb {row.micro_batch}")
-        if points["engine"].nunique() > 1:
+        if varies("engine"):
             parts.append(str(row.engine))
-        if points["dp_mode"].nunique() > 1 and row.dp_degree > 1:
+        if varies("dp_mode") and row.dp_degree > 1:
             parts.append(str(row.dp_mode))
-        if points["tcp"].nunique() > 1:
+        if varies("layout"):
+            parts.append(str(row.layout))
+        if varies("dtype"):
+            parts.append(str(row.dtype))
+        if varies("recompute"):
+            parts.append("recompute" if row.recompute else "stored activations")
+        if varies("tcp"):
             parts.append(f"TCP {row.tcp}")
-        if "compute" in points and points["compute"].nunique() > 1:
+        if varies("compute"):
             parts.append(str(row.compute))
         return " · ".join(parts)
 
