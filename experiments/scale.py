@@ -136,6 +136,16 @@ def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
         raise ConfigError(source, "axes.engines", "a scale model emulates engine 'gpipe' only")
     if spec.trainer.get("emulate") is not None:
         raise ConfigError(source, "trainer.emulate", "is already a scale model")
+    for axis in ("layouts", "dtypes", "recompute"):
+        if getattr(spec.axes, axis) is not None:
+            raise ConfigError(
+                source, f"axes.{axis}", "a scale model keeps one layout, precision and recompute"
+            )
+    if spec.trainer.get("tensor", 1) > 1 or "fsdp" in spec.axes.dp_modes:
+        raise ConfigError(
+            source, "trainer.tensor" if spec.trainer.get("tensor", 1) > 1 else "axes.dp_modes",
+            "emulated compute has no tensor-parallel or fully sharded stage",
+        )  # fmt: skip
     s = scale_factor(spec, calibration, lab)
     config = spec.trainer_config(spec.cells()[0])
     compute = calibration.compute_for(calibration.workload_for(config))

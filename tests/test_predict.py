@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from experiments.costmodel.analytic import OPTIMIZER_BYTES_PER_PARAM
+from experiments.costmodel.analytic import (
+    OPTIMIZER_BYTES_PER_PARAM,
+    StageCompute,
+    rank_order_placement,
+    with_stage_collectives,
+)
 from experiments.costmodel.calibrate import (
     ResultsCalibration,
     from_flops,
@@ -21,6 +27,8 @@ from experiments.costmodel.network import (
     MACHINE_BYTES_PER_S,
     MACHINE_LATENCY_S,
     TCP_PAYLOAD_SHARE,
+    Native,
+    uniform_network,
 )
 from experiments.costmodel.predict import predict_config, predict_matrix
 from experiments.matrix import load_matrix
@@ -49,9 +57,11 @@ STAGE_TIMES = {1: [(0.010, 0.020, 0.001), (0.015, 0.030, 0.002)], 2: [(0.02, 0.0
 PROBE = [{"src": "h0", "dst": "h1", "rtt_ms_median": 0.4, "throughput_bps": 2e9}]
 
 
-def cell_record(profile: str, dp: int, stages, total: float, engine: str = "gpipe") -> dict:
+def cell_record(
+    profile: str, dp: int, stages, total: float, engine: str = "gpipe", dp_mode: str = "ps"
+) -> dict:
     """A finished cell as the runner stores it, with rank 0's summary."""
-    config = TrainerConfig(**TRAINER, dp_degree=dp, engine=engine)
+    config = TrainerConfig(**TRAINER, dp_degree=dp, engine=engine, dp_mode=dp_mode)
     n_micro = config.n_micro
     summary_stages = [
         {
@@ -74,7 +84,7 @@ def cell_record(profile: str, dp: int, stages, total: float, engine: str = "gpip
         measured += ["forward_s", "backward_s", "comm_wait_s"]
     target = parse_profile(profile)
     return {
-        "cell_id": f"{profile}|dp{dp}|mb1|{engine}|ps|r0",
+        "cell_id": f"{profile}|dp{dp}|mb1|{engine}|{dp_mode}|r0",
         "status": "ok",
         "reason": None,
         "params": {
@@ -82,7 +92,7 @@ def cell_record(profile: str, dp: int, stages, total: float, engine: str = "gpip
             "dp_degree": dp,
             "micro_batch": 1,
             "engine": engine,
-            "dp_mode": "ps",
+            "dp_mode": dp_mode,
             "repeat": 0,
         },
         "trainer": config.model_dump(mode="json", exclude={"out", "iface"}),
@@ -243,3 +253,24 @@ def test_ranks_sharing_a_machine_reach_each_other_inside_it(tmp_path):
     assert apart[0]["parts"]["tensor_allreduce"] > 1000 * row["parts"]["tensor_allreduce"]
     hop = workload.activation_bytes / (100e6 * TCP_PAYLOAD_SHARE / 8) + 0.010
     assert row["parts"]["activation_transfer"] > 2 * hop  # at least one hop each way
+
+
+def test_a_fully_sharded_cells_gathers_are_taken_out_of_its_measured_compute(tmp_path):
+    """A stage's measured forward and backward hold fsdp's gathers on the cell's own network:
+    the calibration takes the model's gather time on that network out again, so the compute it
+    keeps is the stage's own (the model adds the gathers back for the network it predicts)."""
+    config = TrainerConfig(**TRAINER, dp_degree=2, dp_mode="fsdp")
+    workload = workload_of(config)
+    own = StageCompute(np.array([0.010, 0.015]), np.array([0.020, 0.030]), np.array([1e-3] * 2))
+    probed = Native(latency_s=0.0002, rate_bps=2e9)  # what PROBE says
+    network = uniform_network(4, BUILTIN["default"], probed)
+    measured = with_stage_collectives(workload, own, network, rank_order_placement(2, 2)[:, None])
+    forward, backward = measured.forward_s[:, 0, 0], measured.backward_s[:, 0, 0]
+    assert (forward > own.forward_s * 1.03).all()  # the gathers are a visible share
+    stages = [(f, b, o) for f, b, o in zip(forward, backward, own.optimizer_s, strict=True)]
+    record = cell_record("default", 2, stages, 1.0, dp_mode="fsdp")
+    (tmp_path / "cells.jsonl").write_text(json.dumps(record) + "\n")
+    calibration = ResultsCalibration(ResultsStore(tmp_path).records()).for_cell(record["params"])
+    kept = calibration.compute_for(workload)
+    np.testing.assert_allclose(kept.forward_s, own.forward_s, rtol=1e-9)
+    np.testing.assert_allclose(kept.backward_s, own.backward_s, rtol=1e-9)

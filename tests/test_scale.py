@@ -162,3 +162,22 @@ def test_a_pair_matrix_target_is_refused(tmp_path):
     with pytest.raises(ConfigError) as caught:
         derive(spec, reference_calibration(), LAB)
     assert caught.value.field == "axes.profiles" and "pair matrix" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("pipeline = 12\n", "", "axes.layouts"),  # with a layouts axis instead
+        ('dp_modes = ["ps"]', 'dp_modes = ["fsdp"]', "axes.dp_modes"),
+        ("pipeline = 12", "pipeline = 12\ntensor = 2", "trainer.tensor"),
+    ],
+)
+def test_a_target_with_layouts_or_sharded_stages_is_refused(tmp_path, old, new, field):
+    path = write_target(tmp_path, ["default"])
+    text = path.read_text().replace(old, new)
+    if field == "axes.layouts":
+        text = text.replace('dp_modes = ["ps"]', 'dp_modes = ["ps"]\nlayouts = ["tp1-pp12"]')
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        derive(load_matrix(path), reference_calibration(), LAB)
+    assert caught.value.field == field

@@ -168,7 +168,7 @@ def evaluate(
     hops = _hops(workload, network, hosts)
     pure = compute
     with_tensor = _with_tensor_allreduces(workload, compute, network, hosts)
-    compute = _with_gathers(workload, with_tensor, network, hosts)
+    compute = _with_gathers(workload, with_tensor, network, hosts)  # = with_stage_collectives
     free = _run_pipeline(workload, compute, None, np.zeros(hosts.shape))
     opt = compute.optimizer_s.reshape(-1, 1, 1)
     leave = np.zeros(host_of.shape)
@@ -207,6 +207,15 @@ def evaluate(
         slowest_hop_s=np.broadcast_to(slowest, total.shape).astype(float),
         sync_s=(sync_end - done).max(axis=2),
     )
+
+
+def with_stage_collectives(
+    workload: Workload, compute: StageCompute, network: Network, hosts: np.ndarray
+) -> StageCompute:
+    """Stage times with what each micro-batch spends in collectives inside its stage added:
+    tensor-parallel all-reduces and fsdp's gathers ((S, K, D) arrays where there are any)."""
+    with_tensor = _with_tensor_allreduces(workload, compute, network, hosts)
+    return _with_gathers(workload, with_tensor, network, hosts)
 
 
 def _busiest_stage(workload: Workload, compute: StageCompute, shape: tuple) -> np.ndarray:

@@ -26,7 +26,7 @@ from experiments.costmodel.analytic import (
     compute_from_flops,
     predict,
     rank_order_placement,
-    tensor_allreduce_s,
+    with_stage_collectives,
 )
 from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
 from experiments.costmodel.tcp import tcp_side
@@ -250,21 +250,27 @@ def fit_native_rate(
     return math.exp(high)
 
 
-def without_tensor_allreduces(
+def without_stage_collectives(
     stages: StageCompute, workload: Workload, profile: Profile, native: Native
 ) -> StageCompute:
-    """Measured stage times less what the model says their tensor-group all-reduces took on
-    the cell's network (the model adds them back on the network it predicts for); at least
-    a tenth of each time is kept as compute."""
-    if workload.tensor == 1:
-        return stages
+    """Measured stage times less what the model says their collectives inside the stage (tensor
+    all-reduces, fsdp gathers) took on the cell's network (the model adds them back on the
+    network it predicts for); at least a tenth of each time is kept as compute."""
     network = uniform_network(workload.world_size, profile, native)
     placement = rank_order_placement(workload.n_stages, workload.n_replicas, workload.tensor)
-    each = tensor_allreduce_s(workload, network, placement[:, 0])
-    forward_count, backward_count = workload.tensor_counts()
+    zero = np.zeros(workload.n_stages)
+    spent = with_stage_collectives(
+        workload, StageCompute(zero, zero, stages.optimizer_s), network, placement[:, None, :]
+    )
+    shape = (workload.n_stages, 1, workload.n_replicas)
+
+    def replica_0(seconds: np.ndarray) -> np.ndarray:
+        return seconds if seconds.ndim == 1 else np.broadcast_to(seconds, shape)[:, 0, 0]
+
+    forward, backward = replica_0(spent.forward_s), replica_0(spent.backward_s)
     return StageCompute(
-        np.maximum(stages.forward_s - forward_count * each, stages.forward_s / 10),
-        np.maximum(stages.backward_s - backward_count * each, stages.backward_s / 10),
+        np.maximum(stages.forward_s - forward, stages.forward_s / 10),
+        np.maximum(stages.backward_s - backward, stages.backward_s / 10),
         stages.optimizer_s,
     )
 
@@ -428,7 +434,7 @@ class ResultsCalibration:
         measured = record.summary.iteration_s
         if stages is not None and profile is not None:
             workload = workload_of(config)
-            stages = without_tensor_allreduces(stages, workload, profile, native)
+            stages = without_stage_collectives(stages, workload, profile, native)
             rate = fit_native_rate(workload, stages, profile, native, measured)
             native = Native(latency_s=native.latency_s, rate_bps=rate)
             return fromstage_times(workload, stages, source, native)
