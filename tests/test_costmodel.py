@@ -167,15 +167,18 @@ def test_ps_push_runs_in_parallel_when_only_egress_is_shaped():
     assert result.parts["ps_sync"] == pytest.approx(push + pull)
 
 
-def test_allreduce_moves_two_d_minus_1_over_d_of_the_gradients():
+@pytest.mark.parametrize("step_latencies", [2, 1])  # gloo, NCCL
+def test_allreduce_moves_two_d_minus_1_over_d_of_the_gradients(step_latencies):
     d, n, alpha, rate_bps = 4, 4e6, 0.002, 8e8
     net = uniform_network(d, BUILTIN["default"], Native(latency_s=alpha, rate_bps=rate_bps))
     beta = rate_bps / 8
-    ring = predict(
-        toy_workload(1, d, 1, dp_mode="allreduce", params=n / 4), times(1, 0.0, 0.0), net
+    workload = replace(
+        toy_workload(1, d, 1, dp_mode="allreduce", params=n / 4),
+        ring_step_latencies=step_latencies,
     )
+    ring = predict(workload, times(1, 0.0, 0.0), net)
     assert ring.parts["allreduce"] == pytest.approx(
-        2 * (d - 1) * alpha + 2 * (d - 1) / d * n / beta
+        2 * (d - 1) * step_latencies * alpha + 2 * (d - 1) / d * n / beta
     )
     no_latency = uniform_network(d, BUILTIN["default"], Native(latency_s=0.0, rate_bps=rate_bps))
     star = predict(toy_workload(1, d, 1, params=n / 4), times(1, 0.0, 0.0), no_latency)
@@ -407,7 +410,7 @@ def test_a_tensor_shards_sizes_are_its_own_parameters(tensor):
 @pytest.mark.parametrize(("tensor", "recompute"), [(2, False), (4, True)])
 def test_tensor_allreduces_cost_a_ring_per_block_pass(tensor, recompute):
     """Each micro-batch's forward all-reduces twice per block and its backward twice more (four
-    with recompute): each a ring of 2·(T − 1) steps of A/T bytes, α + A/(T·β) each."""
+    with recompute): each a ring of 2·(T − 1) steps of A/T bytes, 2α + A/(T·β) each on gloo."""
     latency, rate_bps, stages, micro, blocks = 0.002, 8e8, 2, 3, 2
     gpt = replace(CONFIGS["tiny"], n_head=4)
     workload = make_workload(
@@ -419,7 +422,7 @@ def test_tensor_allreduces_cost_a_ring_per_block_pass(tensor, recompute):
     )
     t_f, t_b = 0.01, 0.02
     result = predict(workload, times(stages, t_f, t_b), network)
-    one = 2 * (tensor - 1) * (latency + workload.activation_bytes / tensor / (rate_bps / 8))
+    one = 2 * (tensor - 1) * (2 * latency + workload.activation_bytes / tensor / (rate_bps / 8))
     per_micro = (2 * blocks + (4 if recompute else 2) * blocks) * one
     assert result.parts["compute"] == pytest.approx(micro * (t_f + t_b))
     assert result.parts["tensor_allreduce"] == pytest.approx(micro * per_micro)
@@ -434,7 +437,7 @@ def test_tensor_allreduces_cost_a_ring_per_block_pass(tensor, recompute):
 def test_fully_sharded_gathers_and_reduce_scatter_cost_rings_over_the_replicas():
     """Per micro-batch each block is gathered for its forward (the rest of the stage once an
     iteration, and the blocks once more for the backwards); then one reduce-scatter: each a
-    ring of (D − 1) steps of α and 1/D of the bytes."""
+    ring of (D − 1) steps of 2α (gloo) and 1/D of the bytes."""
     latency, rate_bps, replicas, micro = 0.003, 8e8, 3, 4
     gpt = CONFIGS["tiny"]
     workload = make_workload(
@@ -450,8 +453,8 @@ def test_fully_sharded_gathers_and_reduce_scatter_cost_rings_over_the_replicas()
     stage_bytes = 4 * gpt.n_params()
     steps = replicas - 1
 
-    def ring(size, units=1):
-        return steps * (units * latency + size / replicas / beta)
+    def ring(size, units=1):  # gloo: each step waits the receive's notice, then the segment
+        return steps * (units * 2 * latency + size / replicas / beta)
 
     gathers = (micro + 1) * ring(block_bytes, blocks) + ring(stage_bytes - block_bytes)
     assert result.parts["fsdp_allgather"] == pytest.approx(gathers)

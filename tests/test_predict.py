@@ -246,7 +246,7 @@ def test_ranks_sharing_a_machine_reach_each_other_inside_it(tmp_path):
     [row] = predict_matrix(spec, lambda params: calibration, fleet)
     config = spec.trainer_config(spec.cells()[0])
     workload = workload_of(config)
-    one = 2 * (MACHINE_LATENCY_S + workload.activation_bytes / 2 / MACHINE_BYTES_PER_S)
+    one = 2 * (2 * MACHINE_LATENCY_S + workload.activation_bytes / 2 / MACHINE_BYTES_PER_S)
     per_micro = 2 * 2 + 2 * 2  # two blocks a stage, two all-reduces each way
     assert row["parts"]["tensor_allreduce"] == pytest.approx(config.n_micro * per_micro * one)
     apart = predict_matrix(spec, lambda params: calibration)  # one rank per host

@@ -32,7 +32,9 @@ Then each stage's replicas average gradients of N bytes:
   its one egress: (D − 1)·N/β, + α. With an ingress as slow as the egress and everyone done
   together this is 2·(α + (D − 1)·N/β) + α.
 - `allreduce`: a ring, 2·(D − 1) steps of N/D bytes over the slowest ring hop:
-  2·(D − 1)·α + 2·(D − 1)/D·N/β.
+  2·(D − 1)·k·α + 2·(D − 1)/D·N/β, where a step waits k one-way latencies: 2 on gloo (each
+  segment goes once the receiver's notice that it posted the receive has arrived), 1 on NCCL.
+  Every ring collective below (tensor all-reduces, fsdp gathers) steps the same way.
 - `fsdp` (trainer/fullyshard.py): each block, and the rest of the stage as one more unit, is
   all-gathered over the replicas' ring ((D − 1) steps, α each, and (D − 1)/D of its bytes over
   the slowest hop) before every forward, and the blocks once more for the backwards; those
@@ -228,13 +230,15 @@ def _gathers(workload: Workload) -> bool:
     return workload.dp_mode == "fsdp" and workload.n_replicas > 1
 
 
-def _ring_collective_s(network: Network, ring: np.ndarray, size, units=1.0) -> np.ndarray:
+def _ring_collective_s(
+    workload: Workload, network: Network, ring: np.ndarray, size, units=1.0
+) -> np.ndarray:
     """An all-gather or reduce-scatter of `size` bytes in all over `ring` (hosts on its last
-    axis; `size` broadcasts against it), in `units` separate collectives: (D − 1) steps, each α
+    axis; `size` broadcasts against it), in `units` separate collectives: (D − 1) steps, each k·α
     and 1/D of the bytes."""
     n = ring.shape[-1]
     following = np.roll(ring, -1, axis=-1)
-    latency = network.latency_s[ring, following].max(axis=-1)
+    latency = workload.ring_step_latencies * network.latency_s[ring, following].max(axis=-1)
     wire = network.wire_s(size / n, ring, following, 0.0).max(axis=-1)
     return (n - 1) * (units * latency + wire)
 
@@ -251,8 +255,10 @@ def _with_gathers(
     block_bytes = blocks * workload.block_params * GRAD_BYTES
     root_bytes = workload.grad_bytes.reshape(-1, 1, 1) - block_bytes
     ring = np.broadcast_to(hosts[..., np.newaxis, :], (*hosts.shape, hosts.shape[-1]))
-    gather_blocks = _ring_collective_s(network, ring, block_bytes[..., np.newaxis], blocks)
-    gather_root = _ring_collective_s(network, ring, root_bytes[..., np.newaxis])
+    gather_blocks = _ring_collective_s(
+        workload, network, ring, block_bytes[..., np.newaxis], blocks
+    )
+    gather_root = _ring_collective_s(workload, network, ring, root_bytes[..., np.newaxis])
     return StageCompute(
         _per_stage(compute.forward_s) + gather_blocks + gather_root / n_micro,
         _per_stage(compute.backward_s) + gather_blocks / n_micro,
@@ -284,12 +290,13 @@ def _with_tensor_allreduces(
 def tensor_allreduce_s(workload: Workload, network: Network, hosts: np.ndarray) -> np.ndarray:
     """Seconds of one activation all-reduce in the tensor group whose shard 0 is on `hosts`
     (any shape): a ring over it and the next T − 1 hosts, 2·(T − 1) steps of A/T bytes over
-    its slowest hop, the connections busy (no restart after idle)."""
+    its slowest hop, each k·α, the connections busy (no restart after idle)."""
     n = workload.tensor
     ring = np.asarray(hosts)[..., np.newaxis] + np.arange(n)
     following = np.roll(ring, -1, axis=-1)
     piece = workload.activation_bytes / n
-    step = network.latency_s[ring, following] + network.wire_s(piece, ring, following, 0.0)
+    latency = workload.ring_step_latencies * network.latency_s[ring, following]
+    step = latency + network.wire_s(piece, ring, following, 0.0)
     return 2 * (n - 1) * step.max(axis=-1)
 
 
@@ -433,12 +440,14 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     size = workload.grad_bytes.reshape(-1, 1)
     if workload.dp_mode == "fsdp":  # one reduce-scatter per unit, once every replica is there
         units = workload.stage_blocks.reshape(-1, 1) + 1
-        end = done.max(axis=2) + _ring_collective_s(network, hosts, size[..., None], units)
+        end = done.max(axis=2) + _ring_collective_s(
+            workload, network, hosts, size[..., None], units
+        )
         return np.broadcast_to(end[..., None], done.shape)
     if workload.dp_mode == "allreduce":
         ring_next = np.roll(hosts, -1, axis=2)
         piece = size[..., None] / n_replicas
-        latency = network.latency_s[hosts, ring_next]
+        latency = workload.ring_step_latencies * network.latency_s[hosts, ring_next]
         first = (latency + network.wire_s(piece, hosts, ring_next)).max(axis=2)  # after idle
         step = (latency + network.wire_s(piece, hosts, ring_next, 0.0)).max(axis=2)
         end = done.max(axis=2) + first + (2 * n_replicas - 3) * step

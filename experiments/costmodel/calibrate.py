@@ -48,6 +48,8 @@ REFERENCE_SOCKETS = 16
 REFERENCE_BACKEND_BUFFER = 4 * 2**20
 """NCCL's staging buffer per connection (NCCL_BUFFSIZE, 4 MiB by default): a send's kernel
 ends once the rest of it is there."""
+REFERENCE_RING_STEP_LATENCIES = 1
+"""NCCL's ring steps wait one one-way latency: its receivers hand out credit ahead."""
 REFERENCE_TCP = "ubuntu-2022"
 """The reference hosts' TCP: their Ubuntu's defaults (cubic, 6 MiB/4 MiB buffer maxima)."""
 
@@ -110,10 +112,15 @@ class Calibration:
     """How the GPipe engine is modelled: wanlab's (`gpipe`) or the reference system's
     (`reference`: a barrier between the forwards and the backwards, and the last stage waiting
     for each backward send)."""
+    ring_step_latencies: int = 2
+    """One-way latencies a ring collective's step waits where the config does not name its
+    device: gloo's 2, NCCL's 1 (`Workload`)."""
 
     def workload_for(self, config: TrainerConfig) -> Workload:
-        """The cost model's view of `config`, with this calibration's GPipe schedule."""
-        workload = workload_of(config)
+        """The cost model's view of `config`, with this calibration's GPipe schedule; its ring
+        steps are NCCL's for a CUDA config, gloo's for a CPU one, else the calibration's."""
+        steps = {"cuda": 1, "cpu": 2}.get(config.device, self.ring_step_latencies)
+        workload = replace(workload_of(config), ring_step_latencies=steps)
         if workload.schedule == "gpipe":
             return replace(workload, schedule=self.gpipe_schedule)
         return workload
@@ -137,6 +144,7 @@ class Calibration:
             "sockets": self.sockets,
             "backend_buffer_bytes": self.backend_buffer_bytes,
             "gpipe_schedule": self.gpipe_schedule,
+            "ring_step_latencies": self.ring_step_latencies,
         }
 
 
@@ -209,6 +217,7 @@ def from_total(
     sockets: int = 1,
     gpipe_schedule: str = "gpipe",
     backend_buffer_bytes: float = 0.0,
+    ring_step_latencies: int = 2,
 ) -> Calibration:
     """Fit the FLOP rate to one cell's measured iteration time (its network uniform `profile`,
     its hosts' TCP `tcp` over `sockets` sockets per connection where known, its GPipe run as
@@ -216,6 +225,7 @@ def from_total(
     calibration = Calibration(
         f"{source} (fitted)", DEFAULT_FLOPS, memory_bytes_per_s, native, tcp=tcp,
         sockets=sockets, gpipe_schedule=gpipe_schedule, backend_buffer_bytes=backend_buffer_bytes,
+        ring_step_latencies=ring_step_latencies,
     )  # fmt: skip
     network = uniform_network(config.world_size, profile, native)
     network = network.with_tcp(tcp_side([tcp] * config.world_size, sockets, backend_buffer_bytes))
@@ -329,6 +339,7 @@ def reference_calibration(native: Native = DEFAULT_NATIVE) -> Calibration:
         ref.config, BUILTIN[ref.profile], ref.iteration_s, source, native,
         tcp=tcp, sockets=REFERENCE_SOCKETS, gpipe_schedule="reference",
         backend_buffer_bytes=REFERENCE_BACKEND_BUFFER,
+        ring_step_latencies=REFERENCE_RING_STEP_LATENCIES,
     )  # fmt: skip
 
 

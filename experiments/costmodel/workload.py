@@ -51,6 +51,10 @@ class Workload:
     """Tensor-parallel degree: a stage's shards on T consecutive ranks."""
     tensor_allreduces: tuple[np.ndarray, np.ndarray] | None = None
     """Per stage, the activation all-reduces of one micro-batch's forward and backward."""
+    ring_step_latencies: int = 2
+    """One-way latencies a step of a ring collective waits: gloo's 2 (a segment is sent once
+    the receiver's notice that it posted the receive has arrived, then crosses), NCCL's 1 (its
+    receivers hand out credit ahead)."""
     stage_blocks: np.ndarray | None = None
     """Transformer blocks per stage (`fsdp` shards and gathers each block on its own)."""
     block_params: float = 0.0
