@@ -21,6 +21,9 @@ import pytest
 import tomli_w
 
 from netem.tcp import PRESETS
+from trainer.config import TrainerConfig
+from trainer.data import TokenSource
+from trainer.model import GPT
 
 MATRIX = """
 [matrix]
@@ -393,6 +396,11 @@ def test_layouts_share_hosts_by_slots_and_a_cell_the_device_cannot_run_is_record
     assert split["summary"]["world_size"] == 4
     losses = split["summary"]["losses"]
     assert losses == pytest.approx(plain["summary"]["losses"], rel=1e-4)
+    # the first iteration's loss is the unpartitioned model's on the same batch (before a step)
+    config = TrainerConfig(**split["trainer"])
+    tokens, targets = TokenSource("synthetic", config.gpt.vocab_size, config.seq, 5).batch(0, 0, 4)
+    _, expected = GPT(config.gpt, seed=5)(tokens, targets)
+    assert losses[0] == pytest.approx(expected.item(), rel=1e-5)
     for layout in ("tp1-pp2", "tp2-pp2"):
         failed = cells[f"200mbit|dp1|mb1|gpipe|ps|{layout}|fp16|r0"]
         assert failed["status"] == "failed" and "fp16 needs a CUDA device" in failed["reason"]
