@@ -53,13 +53,16 @@ def test_shaping_on_the_node_is_what_hosts_measure(lab):
         assert all(a["ok"] for a in reset.values())
         after = netem.probe(pairs=[("h0", "h1")], seconds=1.0, count=30)[0]
     # One-way 10 ms on each host's egress: a round trip of 2 x 10 ms (the node takes its own
-    # latency out of the delay it applies), within 5 %.
+    # latency out of the delay it applies). The fastest ping is within 5 % of it (a fixed delay,
+    # which noise only adds to); the median, late when the 2 cores are loaded (a CI run saw
+    # 22.5 ms), stays under 1.5 x it + 3 ms.
     assert all("rtt_ms_median" in probe for probe in (before, shaped, after)), (
         before,
         shaped,
         after,
     )
-    assert 19.0 <= shaped["rtt_ms_median"] <= 21.0, (before, shaped)
+    assert 19.0 <= shaped["rtt_ms_min"] <= 21.0, (before, shaped)
+    assert shaped["rtt_ms_median"] <= 1.5 * 20.0 + 3.0, (before, shaped)
     assert 0.80 * 50e6 <= shaped["throughput_bps"] <= 1.05 * 50e6, shaped
     assert after["rtt_ms_median"] < before["rtt_ms_median"] + 2.0, after
     assert after["throughput_bps"] > 1.5 * 50e6, after
