@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -168,6 +169,10 @@ class FleetSSH:
         transport = client.get_transport()
         transport.channel_timeout = self.fleet.connect_timeout
         transport.set_keepalive(KEEPALIVE_S)
+        if isinstance(transport.sock, socket.socket):
+            # A command's small messages must not wait for the host's delayed ACK: with
+            # Nagle's algorithm on, each command took 40 ms more on the local fleet.
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
 
     def _jump_channel(self, host: Host) -> paramiko.Channel:

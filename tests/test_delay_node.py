@@ -70,7 +70,11 @@ def test_shaping_on_the_node_is_what_hosts_measure(lab):
 
 def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
     """The harshest profile plus 10 % loss: an SSH command's round trip stays within 1.5 times
-    the unshaped one (rounds alternate, so the machine's noise falls on both alike)."""
+    the unshaped one (rounds alternate, so the machine's noise falls on both alike).
+
+    The fastest round trips are compared: noise on 2 loaded cores only adds to a round trip
+    (a CI run saw single commands take 12 to 55 ms unshaped), while shaping would put a floor
+    of 100 ms (50 ms each way) under every one of them."""
     fleet, inventory = lab
     forwarding = DelayNode(fleet.node_directory).forwarding()
     harsh = "50ms/20mbit/loss=10%"
@@ -88,10 +92,10 @@ def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
     built = less_forwarding_delay(tree_for_profile(parse_profile(harsh)), forwarding)
     assert {a["shaping"]["profile"] for a in shown.values()} == {built.describe()["profile"]}
     assert 0 < forwarding(50.0) < 1.0
-    # A shaped SSH round trip would take at least 100 ms (50 ms each way), and lose packets.
-    unshaped, shaped = statistics.median(unshaped_ms), statistics.median(shaped_ms)
-    print(f"SSH command round trip: unshaped {unshaped:.1f} ms, under {harsh} {shaped:.1f} ms")
+    unshaped, shaped = min(unshaped_ms), min(shaped_ms)
+    print(f"SSH command round trip, fastest: unshaped {unshaped:.1f} ms, shaped {shaped:.1f} ms")
     assert shaped <= 1.5 * unshaped, (unshaped_ms, shaped_ms)
+    assert statistics.median(shaped_ms) < 100.0, shaped_ms  # under the shaped floor
     assert not any(a["shaped"] for a in cleared.values())
 
 
