@@ -34,7 +34,7 @@ from inventory.models import Fleet
 from inventory.ssh import FleetSSH
 from netem.fleet import FleetNetem, Heartbeat, Target, controller_identity, trees_for
 from netem.profile import Profile
-from netem.tcp import TcpSettings
+from netem.tcp import PRESETS, TcpSettings
 
 
 @dataclass
@@ -136,6 +136,7 @@ class MatrixRunner:
         keep = ("kernel", "python", "torch", "pyroute2", "cpus", "interface", "netem", "tcp", "gpu")
         self.host_facts = {f["name"]: {k: f.get(k) for k in keep} for f in facts}
         check_gpus(self.spec, self.fleet, self.host_facts)
+        check_congestion_controls(self.spec, self.fleet, self.host_facts)
         self.store.write_run_info(
             {
                 "started_at": _now(),
@@ -339,3 +340,38 @@ def check_gpus(spec: MatrixSpec, fleet: Fleet, host_facts: dict[str, dict]) -> N
             f"cuda cells need a GPU per rank on each of {len(needed)} hosts; "
             f"{', '.join(short)}",
         )  # fmt: skip
+
+
+def usable_congestion_controls(tcp: dict) -> set[str] | None:
+    """The congestion controls a host may choose, from its recorded TCP facts: in the machine's
+    own network namespace every one its kernel has or can load, in another only the allowed
+    ones (the kernel refuses the rest there); None where the facts do not say."""
+    allowed = tcp.get("allowed_congestion_control")
+    if allowed is None:
+        return None
+    if not tcp.get("machines_namespace"):
+        return set(allowed)
+    has = tcp.get("available_congestion_control", [])
+    return set(allowed) | set(has) | set(tcp.get("loadable_congestion_control", []))
+
+
+def check_congestion_controls(spec: MatrixSpec, fleet: Fleet, host_facts: dict[str, dict]) -> None:
+    """Refuse a matrix whose TCP settings choose a congestion control that a host it places
+    cells on cannot have, before any host is touched."""
+    for name, settings in spec.tcp.items():
+        wanted = settings.congestion_control if settings is not None else None
+        if wanted is None:
+            continue
+        hosts = {h.name for c in spec.cells() if c.tcp == name for h in spec.place(c, fleet)}
+        lacking = {}
+        for host in sorted(hosts):
+            usable = usable_congestion_controls((host_facts.get(host) or {}).get("tcp") or {})
+            if usable is not None and wanted not in usable:
+                lacking[host] = " ".join(sorted(usable)) or "none"
+        if lacking:
+            field = "axes.tcp" if name in PRESETS else f"tcp.{name}.congestion_control"
+            where = "; ".join(f"{host} has {has}" for host, has in lacking.items())
+            raise ConfigError(
+                str(spec.source), field, f"congestion control {wanted} ({name}) cannot be chosen "
+                f"on {len(lacking)} host(s): {where}",
+            )  # fmt: skip

@@ -23,7 +23,6 @@ from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.predict import predict_config, tcp_for
 from experiments.costmodel.tcp import (
     MSS_BYTES,
-    SEND_BUFFER_PAYLOAD_SHARE,
     receive_window,
     tcp_side,
 )
@@ -52,11 +51,18 @@ GROUP_TOLERANCE = 0.02
 
 @dataclass(frozen=True)
 class Lab:
-    """What the lab measured: one-way latency of an unshaped hop, and the most it forwards."""
+    """What the lab measured: one-way latency of an unshaped hop, the most it forwards, and the
+    share of a receive buffer its kernel offers as window (None: what adv_win_scale leaves)."""
 
     latency_s: float
     ceiling_bps: float
+    receive_share: float | None = None
     max_hosts: int = MAX_HOSTS
+
+    def tcp(self, settings: TcpSettings) -> dict:
+        """`settings` on the lab's hosts, as the cost model takes them."""
+        share = {"receive_share": self.receive_share} if self.receive_share else {}
+        return settings.model_dump(exclude_none=True) | share
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
     for name, setting in spec.tcp.items():
         known = tcp_for(setting, calibration.tcp)
         lab_name = f"scaled-{name}"
-        tcp[lab_name] = _scaled_tcp(known, calibration, s, source)
+        tcp[lab_name] = _scaled_tcp(known, calibration, lab, s, source)
         tcp_names[lab_name] = name
     _check_tensors(spec, trainer, source)
     lab_of = {target: lab_name for lab_name, target in lab_profiles.items()}
@@ -239,9 +245,12 @@ def _scaled_profile(profile: Profile, calibration: Calibration, lab: Lab, s: flo
     )
 
 
-def _scaled_tcp(known: dict | None, calibration: Calibration, s: float, source: str) -> TcpSettings:
+def _scaled_tcp(
+    known: dict | None, calibration: Calibration, lab: Lab, s: float, source: str
+) -> TcpSettings:
     """The target's TCP (its connections of `calibration.sockets` sockets behind the backend's
-    buffer) as one lab socket with every buffer scaled by s. The lab's backend (gloo) has no
+    buffer) as one lab socket with every buffer scaled by s. The receive buffer is sized for
+    the lab's kernel: it offers the target's window times s. The lab's backend (gloo) has no
     buffer of its own: its send buffer takes the target's backend buffer too, where that leaves
     the window as it was (the receive buffer the smaller)."""
     if not known or not known.get("rmem") or not known.get("wmem"):
@@ -251,8 +260,11 @@ def _scaled_tcp(known: dict | None, calibration: Calibration, s: float, source: 
         )  # fmt: skip
     sockets = calibration.sockets
     highs = {name: known[name][2] * sockets * s for name in ("rmem", "wmem")}
-    receive = receive_window(highs["rmem"], known.get("adv_win_scale", 1))
-    with_backend = highs["wmem"] + calibration.backend_buffer_bytes * s / SEND_BUFFER_PAYLOAD_SHARE
+    adv_win_scale = known.get("adv_win_scale", 1)
+    receive = receive_window(highs["rmem"], adv_win_scale, known.get("receive_share"))
+    if lab.receive_share:
+        highs["rmem"] = receive / lab.receive_share
+    with_backend = highs["wmem"] + calibration.backend_buffer_bytes * s
     if min(receive, with_backend) == min(receive, highs["wmem"]):
         highs["wmem"] = with_backend
     buffers = {}
@@ -315,7 +327,7 @@ def _groups(
         for lab_tcp, target_tcp in tcp_names.items():
             known = tcp_for(spec.tcp[target_tcp], calibration.tcp)
             t_side = tcp_side([known], calibration.sockets, calibration.backend_buffer_bytes)
-            l_side = tcp_side([tcp[lab_tcp].model_dump(exclude_none=True)])
+            l_side = tcp_side([lab.tcp(tcp[lab_tcp])])
             t_window, l_window = float(t_side.window(ONE, ONE)), float(l_side.window(ONE, ONE))
             t_buffered, l_buffered = (
                 float(t_side.buffered_bytes(ONE)),

@@ -45,6 +45,13 @@ def scale(
         str | None,
         typer.Option(help="One-way latency of the lab's unshaped hop; default: probed on --to."),
     ] = None,
+    lab_receive_share: Annotated[
+        float | None,
+        typer.Option(
+            help="The share of a receive buffer the lab's kernel offers as window (from 6.6; "
+            "e.g. 0.72); default: probed on --to."
+        ),
+    ] = None,
     iterations: Annotated[int, typer.Option(help="Iterations per cell of the scaled matrix.")] = 3,
     warmup: Annotated[int, typer.Option(help="Of which untimed.")] = 1,
     output: Annotated[
@@ -60,7 +67,9 @@ def scale(
         raise ConfigError(None, "--calibrate", f"must be {REFERENCE!r} or 'flops'")
     spec = load_matrix(target)
     calibration = reference_calibration() if calibrate == REFERENCE else from_flops()
-    lab = _lab(to, ceiling, lab_latency)
+    if lab_receive_share is not None:
+        check_option("--lab-receive-share", lab_receive_share, 0.05, 1.0)
+    lab = _lab(to, ceiling, lab_latency, lab_receive_share)
     model = derive(spec, calibration, lab)
     out = output or Path(f"{spec.header.name}-scale.toml")
     data = scaled_matrix(model, spec, calibration, iterations, warmup)
@@ -71,7 +80,11 @@ def scale(
     load_matrix(out)  # what was written reads back as a valid matrix
     summary = {
         "factor": model.factor,
-        "lab": {"latency_s": lab.latency_s, "ceiling_bps": lab.ceiling_bps},
+        "lab": {
+            "latency_s": lab.latency_s,
+            "ceiling_bps": lab.ceiling_bps,
+            "receive_share": lab.receive_share,
+        },
         "written": str(out),
         "groups": model.groups,
     }
@@ -80,7 +93,8 @@ def scale(
         return
     console.print(
         f"scale factor s = {model.factor:.3g} (lab: ceiling {lab.ceiling_bps / 1e6:.0f} Mbit/s, "
-        f"one-way {lab.latency_s * 1e3:.3f} ms)",
+        f"one-way {lab.latency_s * 1e3:.3f} ms, receive share {lab.receive_share or 'of'} "
+        f"{'' if lab.receive_share else 'adv_win_scale'})",
         highlight=False,
     )
     rows = [
@@ -97,15 +111,15 @@ def scale(
     console.print(f"scaled matrix: {out}; run it with `wanlab run {out}`", highlight=False)
 
 
-def _lab(inventory: str, ceiling: str | None, latency: str | None) -> Lab:
+def _lab(inventory: str, ceiling: str | None, latency: str | None, share: float | None) -> Lab:
     """The lab's figures: as given, else probed on a ring of the inventory's first hosts."""
     try:
         ceiling_bps = parse_rate_bps(ceiling) if ceiling is not None else None
         latency_s = parse_time_ms(latency) / 1000 if latency is not None else None
     except ValueError as error:
         raise ConfigError(None, "--ceiling/--lab-latency", str(error)) from None
-    if ceiling_bps is not None and latency_s is not None:
-        return Lab(latency_s, ceiling_bps)
+    if ceiling_bps is not None and latency_s is not None and share is not None:
+        return Lab(latency_s, ceiling_bps, share)
     fleet = load_inventory(inventory)
     if len(fleet.hosts) < 2:
         raise ConfigError(inventory, None, "probing the lab needs at least 2 hosts")
@@ -119,4 +133,6 @@ def _lab(inventory: str, ceiling: str | None, latency: str | None) -> Lab:
         latency_s = statistics.median(row["rtt_ms_median"] for row in rows) / 2000
     if ceiling_bps is None:
         ceiling_bps = min(row["throughput_bps"] for row in rows)
-    return Lab(latency_s, ceiling_bps)
+    if share is None:
+        share = statistics.median(row["receive_share"] for row in rows)
+    return Lab(latency_s, ceiling_bps, share)

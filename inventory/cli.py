@@ -47,6 +47,7 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 TCP_COLUMNS = {
     "congestion_control": "cc",
     "available_congestion_control": "available",
+    "allowed_congestion_control": "allowed",
     "rmem": "rmem",
     "wmem": "wmem",
     "adv_win_scale": "adv_win_scale",

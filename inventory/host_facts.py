@@ -64,10 +64,27 @@ def sysctl_words(name):
         return sysctl.read().split()
 
 
+def loadable_congestion_controls():
+    folder = f"/lib/modules/{platform.release()}/kernel/net/ipv4"
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(n.split(".")[0][4:] for n in names if n.startswith("tcp_") and ".ko" in n)
+
+
+def in_machines_namespace():
+    """Whether this is the machine's own network namespace, where root may choose any
+    congestion control the kernel has or can load: the kernel lets only that namespace write
+    net.ipv4.tcp_allowed_congestion_control (mode 0644 there, 0444 in every other)."""
+    mode = os.stat("/proc/sys/net/ipv4/tcp_allowed_congestion_control").st_mode
+    return bool(mode & 0o200)
+
+
 def tcp_settings(interface):
     settings = {
         "congestion_control": sysctl_words("tcp_congestion_control")[0],
         "available_congestion_control": sysctl_words("tcp_available_congestion_control"),
+        "allowed_congestion_control": sysctl_words("tcp_allowed_congestion_control"),
+        "loadable_congestion_control": loadable_congestion_controls(),
+        "machines_namespace": in_machines_namespace(),
         "rmem": [int(word) for word in sysctl_words("tcp_rmem")],
         "wmem": [int(word) for word in sysctl_words("tcp_wmem")],
         "adv_win_scale": int(sysctl_words("tcp_adv_win_scale")[0]),

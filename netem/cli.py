@@ -103,7 +103,8 @@ def probe(
     count: Annotated[int, typer.Option(help="TCP round trips per pair.")] = 50,
     as_json: JsonOption = False,
 ):
-    """Measure RTT (median of many TCP round trips) and bulk throughput between host pairs."""
+    """Measure RTT (median of many TCP round trips), bulk throughput and the receiver's receive
+    share (the window its kernel offers per byte of receive buffer) between host pairs."""
     check_option("--seconds", seconds, 0, 600)
     check_option("--count", count, 1, 100_000)
     fleet = load_inventory(inventory)
@@ -115,16 +116,18 @@ def probe(
         print(json.dumps(rows, indent=2))
     else:
         table = Table(title="probe")
-        for column in ("src", "dst", "rtt ms (median)", "throughput", "error"):
+        for column in ("src", "dst", "rtt ms (median)", "throughput", "receive share", "error"):
             table.add_column(column)
         for row in rows:
             rtt = row.get("rtt_ms_median")
             bps = row.get("throughput_bps")
+            share = row.get("receive_share")
             table.add_row(
                 row["src"],
                 row["dst"],
                 "" if rtt is None else f"{rtt:.3f}",
                 "" if bps is None else format_rate(int(bps // 10**6) * 10**6),
+                "" if share is None else f"{share:.2f}",
                 row.get("error") or "",
             )
         console.print(table)

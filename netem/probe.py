@@ -1,4 +1,5 @@
-"""Measure what a network really does: RTT (median of many TCP round trips) and bulk throughput.
+"""Measure what a network really does: RTT (median of many TCP round trips), bulk throughput,
+and the share of a receive buffer that the receiving host's kernel offers as window.
 
 `python -m netem.probe serve` runs on every host; `python -m netem.probe measure --to ADDR`
 runs on the sending host and prints one JSON object. Standard library only (with
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -18,6 +20,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -27,11 +30,18 @@ from inventory.ports import wait_listening
 DEFAULT_PORT = 5399
 MIN_WINDOW_RTTS = 10
 """The shortest bulk window, in round trips, whose throughput says something about the link."""
-_ECHO, _SINK = b"e", b"s"
+_ECHO, _SINK, _FILL = b"e", b"s", b"f"
 _CHUNK = 256 * 1024
 _DRAIN_S = 30.0  # how long the sink reads on after its report, at most
 _REPORT = struct.Struct("!dQ")  # seconds measured, bytes received after the warm-up
 _DURATION = struct.Struct("!d")  # how long the sink counts, sent by the sender
+_SHARE = struct.Struct("!dQQ")  # the receive share, the bytes queued, the receive buffer
+_FILL_STILL_S = 0.5  # a receive queue that grew no more for this long is full
+_FILL_MAX_S = 15.0
+WINDOW_FROM_TRUESIZE = (6, 6)
+"""From this kernel on the window is the receive buffer times the share of it that payload
+takes in the packets received (their length over their true size); before it, the share
+`net.ipv4.tcp_adv_win_scale` leaves."""
 
 
 def _serve_echo(conn: socket.socket) -> None:
@@ -76,6 +86,35 @@ def _serve_sink(conn: socket.socket, warmup_s: float) -> None:
         pass
 
 
+def _kernel_version() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def _adv_win_share() -> float:
+    scale = int(Path("/proc/sys/net/ipv4/tcp_adv_win_scale").read_text())
+    return 1 - 2.0**-scale if scale > 0 else 2.0**scale
+
+
+def _serve_fill(conn: socket.socket) -> None:
+    """Read nothing until the sender's data has filled this socket's receive buffer, then
+    report the share of it that is window: on kernels from 6.6 the payload the full buffer
+    holds over its size (the kernel offers exactly that much), before them what
+    `tcp_adv_win_scale` leaves."""
+    deadline, queued, still_since = time.monotonic() + _FILL_MAX_S, -1, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - still_since < _FILL_STILL_S:
+        time.sleep(0.02)
+        now_queued = struct.unpack("i", fcntl.ioctl(conn, termios.FIONREAD, b"\0" * 4))[0]
+        if now_queued != queued:
+            queued, still_since = now_queued, time.monotonic()
+    buffer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    share = queued / buffer if _kernel_version() >= WINDOW_FROM_TRUESIZE else _adv_win_share()
+    conn.sendall(_SHARE.pack(share, queued, buffer))
+    conn.settimeout(_DRAIN_S)
+    while conn.recv(_CHUNK):
+        pass
+
+
 def _handle(conn: socket.socket, warmup_s: float) -> None:
     with conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -85,6 +124,8 @@ def _handle(conn: socket.socket, warmup_s: float) -> None:
                 _serve_echo(conn)
             elif mode == _SINK:
                 _serve_sink(conn, warmup_s)
+            elif mode == _FILL:
+                _serve_fill(conn)
 
 
 def open_server(bind: str, port: int) -> socket.socket:
@@ -183,6 +224,27 @@ def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[st
     return {"throughput_bps": received * 8 / measured_s if measured_s > 0 else 0.0}
 
 
+def measure_receive_share(address: str, port: int) -> dict[str, float]:
+    """The share of the receiver's buffer its kernel offers as window (`_serve_fill`): the
+    sender sends until the receiver, which reads nothing, reports."""
+    payload = memoryview(b"\0" * _CHUNK)
+    with socket.create_connection((address, port), timeout=30) as conn:
+        conn.sendall(_FILL)
+        conn.setblocking(False)
+        give_up = time.monotonic() + _FILL_MAX_S + 30
+        while not select.select([conn], [], [], 0)[0]:
+            if select.select([], [conn], [], 0.05)[1]:
+                with contextlib.suppress(BlockingIOError):
+                    conn.send(payload)
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"no report from {address}:{port}")
+        conn.settimeout(30)
+        share, queued, buffer = _SHARE.unpack(_recv_exactly(conn, _SHARE.size))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return {"receive_share": round(share, 4), "receive_queued_bytes": queued,
+            "receive_buffer_bytes": buffer}  # fmt: skip
+
+
 def spawn_detached(module_argv: list[str]) -> int:
     """Start `python -m MODULE …` detached from this session (it outlives an SSH command), with
     wanlab's own code importable; returns its PID."""
@@ -221,6 +283,7 @@ def measure(address: str, port: int, count: int, seconds: float) -> dict:
         window_s = max(seconds, MIN_WINDOW_RTTS * rtt_s)
         result.update(measure_throughput(address, port, window_s))
         result["throughput_window_rtts"] = round(window_s / max(rtt_s, 1e-6), 3)
+        result.update(measure_receive_share(address, port))
     return result
 
 

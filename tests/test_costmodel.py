@@ -387,7 +387,7 @@ def test_a_send_completes_once_its_rest_fits_in_the_senders_buffers():
     hosts = np.array([[[0]], [[1]]])
     size = 2_000_000
     hops = Hops(net, hosts[:-1], hosts[1:], size)
-    buffered = 400_000 * 0.5 * 2 + 100_000  # two sockets' payload, and the backend's buffer
+    buffered = 400_000 * 2 + 100_000  # two sockets' send buffers, and the backend's buffer
     beta = rate_bps * TCP_PAYLOAD_SHARE / 8
     assert hops.backward_send_s(0, np.inf) == pytest.approx((size - buffered) / beta, rel=1e-6)
     assert hops.backward_wire(0, np.inf) == pytest.approx(size / beta, rel=1e-6)

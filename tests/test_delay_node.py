@@ -68,23 +68,48 @@ def test_shaping_on_the_node_is_what_hosts_measure(lab):
     assert after["throughput_bps"] > 1.5 * 50e6, after
 
 
+def test_a_window_limited_transfer_moves_the_probed_share_of_the_receive_buffer(lab):
+    """The probe's receive share is the window the receiver's kernel offers per byte of
+    receive buffer (from kernel 6.6 the payload's share of the packets' true size; before it,
+    what tcp_adv_win_scale leaves). Independent reference: a transfer whose receiver's buffer
+    is capped at 256 KiB over a 100 ms round trip moves one window per round trip."""
+    fleet, inventory = lab
+    h1 = fleet.host(1).netns
+    sysctl = ["ip", "netns", "exec", h1, "sysctl", "-q", "-w"]
+    before = subprocess.run(
+        ["ip", "netns", "exec", h1, "sysctl", "-n", "net.ipv4.tcp_rmem"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    rmem_max = 262144
+    try:
+        subprocess.run([*sysctl, f"net.ipv4.tcp_rmem=4096 131072 {rmem_max}"], check=True)
+        with FleetNetem(inventory) as netem:
+            netem.apply(load_target("50ms/1gbit"), lease_s=120)
+            probe = netem.probe(pairs=[("h0", "h1")], seconds=4.0, count=10)[0]
+            netem.reset()
+    finally:
+        subprocess.run([*sysctl, f"net.ipv4.tcp_rmem={' '.join(before)}"], check=True)
+    window = probe["throughput_bps"] / 8 * probe["rtt_ms_median"] / 1000
+    share = probe["receive_share"]
+    print(f"receive share {share}; window moved {window / rmem_max:.3f} of the buffer")
+    assert 0.8 * rmem_max * share <= window <= 1.1 * rmem_max * share, probe
+
+
 def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
     """The harshest profile plus 10 % loss: an SSH command's round trip stays within 1.5 times
-    the unshaped one (rounds alternate, so the machine's noise falls on both alike).
-
-    The fastest round trips are compared: noise on 2 loaded cores only adds to a round trip
-    (a CI run saw single commands take 12 to 55 ms unshaped), while shaping would put a floor
-    of 100 ms (50 ms each way) under every one of them."""
+    the unshaped one (rounds alternate, so the machine's noise falls on both alike; 40 commands
+    each, as single ones take 5 or 15 ms at random on the local fleet). Shaped, every command
+    would take over 100 ms (50 ms each way)."""
     fleet, inventory = lab
     forwarding = DelayNode(fleet.node_directory).forwarding()
     harsh = "50ms/20mbit/loss=10%"
     unshaped_ms, shaped_ms = [], []
     with FleetNetem(inventory) as netem:
-        for _ in range(4):
+        for _ in range(8):
             netem.reset()
-            unshaped_ms += [netem.ssh.run(["true"])["h0"].seconds * 1000 for _ in range(3)]
+            unshaped_ms += [netem.ssh.run(["true"])["h0"].seconds * 1000 for _ in range(5)]
             netem.apply(load_target(harsh), lease_s=120)
-            shaped_ms += [netem.ssh.run(["true"])["h0"].seconds * 1000 for _ in range(3)]
+            shaped_ms += [netem.ssh.run(["true"])["h0"].seconds * 1000 for _ in range(5)]
         shown = netem.show()
         netem.reset()
         cleared = netem.show()
@@ -92,10 +117,9 @@ def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
     built = less_forwarding_delay(tree_for_profile(parse_profile(harsh)), forwarding)
     assert {a["shaping"]["profile"] for a in shown.values()} == {built.describe()["profile"]}
     assert 0 < forwarding(50.0) < 1.0
-    unshaped, shaped = min(unshaped_ms), min(shaped_ms)
-    print(f"SSH command round trip, fastest: unshaped {unshaped:.1f} ms, shaped {shaped:.1f} ms")
+    unshaped, shaped = statistics.median(unshaped_ms), statistics.median(shaped_ms)
+    print(f"SSH command round trip, median: unshaped {unshaped:.1f} ms, shaped {shaped:.1f} ms")
     assert shaped <= 1.5 * unshaped, (unshaped_ms, shaped_ms)
-    assert statistics.median(shaped_ms) < 100.0, shaped_ms  # under the shaped floor
     assert not any(a["shaped"] for a in cleared.values())
 
 

@@ -312,6 +312,8 @@ OPTIONS = [
         ["scale", "MATRIX", "--ceiling", "fast", "--lab-latency", "1ms"],
         "--ceiling/--lab-latency",
     ),
+    ("scale-share", ["scale", "MATRIX", "--lab-receive-share", "2"], "--lab-receive-share"),
+    ("scale-share-nan", ["scale", "MATRIX", "--lab-receive-share", "nan"], "--lab-receive-share"),
     ("scale-iterations", ["scale", "MATRIX", "--iterations", "1"], "--iterations"),
     ("scale-calibrate", ["scale", "MATRIX", "--calibrate", "magic"], "--calibrate"),
     ("scale-inventory", ["scale", "MATRIX", "--to", "TMP/none.toml"], None),

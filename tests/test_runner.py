@@ -20,6 +20,7 @@ import netem_tc
 import pytest
 import tomli_w
 
+from experiments.runner import usable_congestion_controls
 from netem.tcp import PRESETS
 from trainer.config import TrainerConfig
 from trainer.data import TokenSource
@@ -315,6 +316,36 @@ def host_tcp(fleet) -> dict[str, str]:
         routes = subprocess.run(["ip", "-n", host.netns, "route"], capture_output=True, text=True)
         read[host.name] = sysctls + routes.stdout
     return read
+
+
+def test_a_congestion_control_no_host_can_choose_is_refused_before_any_host_is_touched(
+    local_fleet, wanlab, tmp_path
+):
+    matrix = write_matrix(tmp_path, "cc", ["200mbit"], [1], iterations=3)
+    odd = 'tcp = ["odd"]\n[tcp.odd]\ncongestion_control = "nosuchcc"\n[probe]'
+    matrix.write_text(matrix.read_text().replace("[probe]", odd))
+    before = host_tcp(local_fleet), root_kinds(local_fleet)
+    result = wanlab("run", str(matrix), "-o", str(tmp_path / "out"), "-i", "local", timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert str(matrix) in line and "tcp.odd.congestion_control" in line, line
+    assert "nosuchcc" in line and "h0 has " in line and "h1 has " in line, line
+    assert (host_tcp(local_fleet), root_kinds(local_fleet)) == before
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
+
+
+def test_usable_congestion_controls_follow_the_namespace():
+    """The kernel lets a namespace other than the machine's choose only the allowed ones."""
+    facts = {
+        "allowed_congestion_control": ["reno", "cubic"],
+        "available_congestion_control": ["reno", "cubic", "bbr"],
+        "loadable_congestion_control": ["htcp"],
+    }
+    assert usable_congestion_controls(facts | {"machines_namespace": False}) == {"reno", "cubic"}
+    assert usable_congestion_controls(facts | {"machines_namespace": True}) == {
+        "reno", "cubic", "bbr", "htcp"
+    }  # fmt: skip
+    assert usable_congestion_controls({"congestion_control": "cubic"}) is None  # older facts
 
 
 def test_tcp_axis_sets_records_and_restores_the_hosts_tcp(local_fleet, wanlab, tmp_path):

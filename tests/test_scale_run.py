@@ -47,7 +47,8 @@ def scaled_run(tmp_path_factory):
     scaled = base / "scaled.toml"
     derived = subprocess.run(
         [sys.executable, "-c", "from experiments.cli import main; main()", "scale", str(target),
-         "--ceiling", "200mbit", "--lab-latency", "0.1ms", "-o", str(scaled), "--json"],
+         "--ceiling", "200mbit", "--lab-latency", "0.1ms", "--lab-receive-share", "0.72", "-o",
+         str(scaled), "--json"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert derived.returncode == 0, derived.stderr

@@ -26,6 +26,14 @@ def test_check_reports_every_host(local_fleet, wanlab):
         assert report["interface"] == "eth0" and report["interface_exists"]
         assert report["kernel"] == os.uname().release
         assert report["ssh_rtt_ms"] > 0
+        netns = {host.name: host.netns for host in local_fleet.existing_hosts()}[report["name"]]
+        allowed = ["ip", "netns", "exec", netns, "sysctl", "-n",
+                   "net.ipv4.tcp_allowed_congestion_control"]  # fmt: skip
+        assert (
+            report["tcp"]["allowed_congestion_control"]
+            == subprocess.run(allowed, capture_output=True, text=True, check=True).stdout.split()
+        )
+        assert report["tcp"]["machines_namespace"] is False
         # The kernel's own answer, read independently of the check script:
         assert report["htb"] is _kernel_accepts("htb") and report["tbf"] is True
         assert report["netem"] is _kernel_accepts("netem", "delay", "1ms")

@@ -431,6 +431,11 @@ class ResultsCalibration:
         if record.cell_id not in self._cache:
             recorded = [tcp for tcp in record.network.tcp.values() if tcp]
             tcp = recorded[0] if recorded else None  # the hosts are taken to be alike
+            shares = [
+                p["receive_share"] for p in record.network.probe or [] if p.get("receive_share")
+            ]
+            if tcp is not None and shares:
+                tcp = tcp | {"receive_share": statistics.median(shares)}
             self._cache[record.cell_id] = replace(self._calibrate(record), tcp=tcp)
         return self._cache[record.cell_id]
 

@@ -3,14 +3,20 @@
 A connection's congestion window starts at the initial window (the route's `initcwnd` segments)
 and doubles every round trip (slow start) until it reaches the most the path can carry: the
 bandwidth-delay product β·R, or the window the socket buffers allow, whichever is smaller. The
-buffers allow the receiver's `tcp_rmem` maximum less the share `tcp_adv_win_scale` keeps for
-overhead (rmem · (1 − 2^−scale)), and no more than the sender's `tcp_wmem` maximum in flight.
+buffers allow the receiver's `tcp_rmem` maximum times the share of it the receiver's kernel
+offers as window, and no more than the sender's `tcp_wmem` maximum in flight. That share is
+what `tcp_adv_win_scale` leaves (1 − 2^−scale) on kernels before 6.6; from 6.6 it is the
+payload's share of the packets' true size on the receiving path, which the probe measures
+(`receive_share`: 0.72 on the local fleet, whose interfaces receive one segment per packet).
 Below β·R the window, not the rate, sets the pace: W/R. With `tcp_slow_start_after_idle` a
 connection idle for an RTO (≈ R + 200 ms on Linux) halves its window for every RTO it waited,
 down to the initial window; without it the window stays.
 
 A send completes once what is left of it fits in the backend's own buffer and the sockets' send
-buffers (a process waiting for its send waits for the rest only). A backend that spreads a
+buffers (a process waiting for its send waits for the rest only). A send buffer holds its size
+in payload: a bulk sender's packets carry it in page fragments, which the kernel counts at
+their size (a blocked sender's queue held 99 % of its buffer on the local fleet, `SIOCOUTQ`
+against `SO_SNDBUF`). A backend that spreads a
 connection over k sockets gets k windows and k send buffers (`sockets`). Losses are not
 modelled: the path is clean, if slow. With an unlimited window and a warm connection this is
 the ideal A/β on the wire.
@@ -26,9 +32,6 @@ MSS_BYTES = 1448
 """Payload per segment at a 1,500-byte MTU with timestamps."""
 RTO_MIN_S = 0.2
 """Linux's smallest retransmission timeout; an idle connection's RTO is about R + this."""
-SEND_BUFFER_PAYLOAD_SHARE = 0.5
-"""The share of a send buffer that holds payload (the kernel counts each segment's whole
-buffer, about twice its payload), as `tcp_adv_win_scale` 1 keeps half a receive buffer."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class TcpSide:
     def buffered_bytes(self, src: np.ndarray) -> np.ndarray:
         """The most of a message still unsent when its send completes: the backend's buffer
         and the payload the sockets' send buffers hold."""
-        sockets = self.send_buffer_bytes[src] * SEND_BUFFER_PAYLOAD_SHARE * self.sockets
+        sockets = self.send_buffer_bytes[src] * self.sockets
         return sockets + self.backend_buffer_bytes
 
     def initial_bytes(self, src: np.ndarray) -> np.ndarray:
@@ -60,8 +63,11 @@ class TcpSide:
         return one * self.sockets
 
 
-def receive_window(rmem_max: float, adv_win_scale: int) -> float:
-    """The window a receive buffer of `rmem_max` bytes offers."""
+def receive_window(rmem_max: float, adv_win_scale: int, share: float | None = None) -> float:
+    """The window a receive buffer of `rmem_max` bytes offers: its measured `share` where the
+    probe gave one, else what `adv_win_scale` leaves."""
+    if share:
+        return rmem_max * share
     if adv_win_scale > 0:
         return rmem_max * (1 - 2.0**-adv_win_scale)
     return rmem_max / 2.0**-adv_win_scale
@@ -80,7 +86,8 @@ def tcp_side(
     for one in settings:
         one = one or {}
         rmem, wmem = one.get("rmem"), one.get("wmem")
-        receive.append(receive_window(rmem[2], one.get("adv_win_scale", 1)) if rmem else unknown)
+        share, scale = one.get("receive_share"), one.get("adv_win_scale", 1)
+        receive.append(receive_window(rmem[2], scale, share) if rmem else unknown)
         send.append(wmem[2] if wmem else unknown)
         initial.append((one.get("initcwnd") or 10) * MSS_BYTES)
         restart.append(bool(one.get("slow_start_after_idle", False)))
