@@ -91,10 +91,10 @@ def scale(
     if as_json:
         print(json.dumps(summary, indent=2))
         return
+    share = f"{lab.receive_share:.3f}" if lab.receive_share else "as adv_win_scale leaves"
     console.print(
         f"scale factor s = {model.factor:.3g} (lab: ceiling {lab.ceiling_bps / 1e6:.0f} Mbit/s, "
-        f"one-way {lab.latency_s * 1e3:.3f} ms, receive share {lab.receive_share or 'of'} "
-        f"{'' if lab.receive_share else 'adv_win_scale'})",
+        f"one-way {lab.latency_s * 1e3:.3f} ms, receive share {share})",
         highlight=False,
     )
     rows = [

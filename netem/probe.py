@@ -36,8 +36,11 @@ _DRAIN_S = 30.0  # how long the sink reads on after its report, at most
 _REPORT = struct.Struct("!dQ")  # seconds measured, bytes received after the warm-up
 _DURATION = struct.Struct("!d")  # how long the sink counts, sent by the sender
 _SHARE = struct.Struct("!dQQ")  # the receive share, the bytes queued, the receive buffer
-_FILL_STILL_S = 0.5  # a receive queue that grew no more for this long is full
-_FILL_MAX_S = 15.0
+_FILL_BUFFER_BYTES = 128 * 1024
+"""The receive buffer a fill measures (the kernel's default size): small, so that it fills in a
+few round trips even on a slow link, and fixed, so that autotuning does not move it."""
+_FILL_STILL_S = 1.0  # a receive queue that grew no more for this long is full (longer than
+_FILL_MAX_S = 30.0  # a retransmission's wait on a lossy link)
 WINDOW_FROM_TRUESIZE = (6, 6)
 """From this kernel on the window is the receive buffer times the share of it that payload
 takes in the packets received (their length over their true size); before it, the share
@@ -101,6 +104,7 @@ def _serve_fill(conn: socket.socket) -> None:
     report the share of it that is window: on kernels from 6.6 the payload the full buffer
     holds over its size (the kernel offers exactly that much), before them what
     `tcp_adv_win_scale` leaves."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _FILL_BUFFER_BYTES // 2)  # doubled
     deadline, queued, still_since = time.monotonic() + _FILL_MAX_S, -1, time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - still_since < _FILL_STILL_S:
         time.sleep(0.02)
