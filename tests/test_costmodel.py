@@ -18,7 +18,7 @@ from experiments.costmodel.network import (
     uniform_network,
 )
 from experiments.costmodel.simulate import explore, world_scenario
-from experiments.costmodel.tcp import receive_window, start_window, tcp_side, wire_s
+from experiments.costmodel.tcp import MSS_BYTES, receive_window, start_window, tcp_side, wire_s
 from experiments.costmodel.workload import Workload, make_workload
 from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
@@ -198,6 +198,27 @@ def test_chained_ps_costs_each_bucket_its_pipelined_reduce_and_broadcast():
     phase = alpha + (d - 1) * (chunk / beta + alpha) + (size - chunk) / beta
     assert result.parts["ps_sync"] == pytest.approx(buckets * 2 * phase)
     assert phase == pytest.approx(d * alpha + (size + (d - 2) * chunk) / beta)
+
+
+def test_after_an_idle_each_hop_of_a_ps_chain_ramps_the_first_chunk_in_turn():
+    """With slow start after idle, the first chunk leaves every hop from the initial window
+    (a hop forwards it only once it has all of it): three initial windows take one round trip,
+    then the last two at the line rate, at each of the D − 1 hops in turn. The broadcast's
+    first use of its direction follows a long idle too."""
+    d, alpha = 3, 0.002
+    initial = 10 * MSS_BYTES
+    chunk = 3 * initial
+    net = uniform_network(d, parse_profile("2ms/1gbit"), Native(latency_s=0.0, rate_bps=1e10))
+    cold = net.with_tcp(tcp_side([{"slow_start_after_idle": True, "initcwnd": 10}] * d))
+    workload = toy_workload(1, d, 1, dp_mode="ps", params=chunk / 4, buckets=1, chunk=chunk)
+    beta, rtt = 1e9 * TCP_PAYLOAD_SHARE / 8, 2 * alpha
+    hop = rtt + 2 * initial / beta  # round 1: one window; then two windows at line rate
+    phase = alpha + (d - 1) * (hop + alpha)  # the receives' notice, then hop after hop
+    cold_sync = predict(workload, times(1, 0.0, 0.0), cold).parts["ps_sync"]
+    assert cold_sync == pytest.approx(2 * phase)
+    warm = net.with_tcp(tcp_side([{"slow_start_after_idle": False}] * d))
+    warm_sync = predict(workload, times(1, 0.0, 0.0), warm).parts["ps_sync"]
+    assert warm_sync == pytest.approx(2 * (alpha + (d - 1) * (chunk / beta + alpha)))
 
 
 def test_sharded_ps_sends_d_minus_1_over_d_of_the_gradients_per_host_and_phase():

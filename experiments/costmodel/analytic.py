@@ -483,8 +483,10 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
     its owner (round-robin), so host r sends to r − 1 in the reduce and to r + 1 in the
     broadcast, the buckets it does not own (reduce) or is not the tail of (broadcast).
 
-    A connection's first bucket of the iteration follows a long idle; under `ps` the next one
-    follows the other direction's pass of the bucket before it."""
+    A direction's first bucket of the iteration follows a long idle; under `ps` its next one
+    follows the other direction's pass in between. Each hop forwards a chunk once it has all of
+    it, so the first chunk crosses the chain hop after hop, each from its own window (after an
+    idle, each hop's slow start in turn)."""
     n_replicas = workload.n_replicas
     chunk = workload.chunk_bytes
     toward_root = np.roll(hosts, 1, axis=2)  # replica r − 1 (cyclic)
@@ -498,11 +500,12 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
             for size in buckets:
                 first = min(chunk, size)
                 for direction, (src, dst) in enumerate(links):
-                    rate = network.bytes_per_s[src, dst]
-                    rest = network.wire_s(size, src, dst, idle[direction]) - first / rate
-                    phase = _chain_phase(first / rate, network.latency_s[src, dst], rest)
+                    first_s = network.wire_s(first, src, dst, idle[direction])
+                    rest = network.wire_s(size, src, dst, idle[direction]) - first_s
+                    phase = _chain_phase(first_s, network.latency_s[src, dst], rest)
                     end[s] += phase
-                    idle[1 - direction] = phase  # the other link waited this long
+                    idle[direction] = 0.0
+                    idle[1 - direction] += phase  # the other direction waited this long too
             continue
         owners = np.arange(len(buckets)) % n_replicas
         replicas = np.arange(n_replicas)
@@ -513,7 +516,8 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
         for target, load in ((toward_root[s], reduce_load), (away[s], broadcast_load)):
             rate = network.bytes_per_s[h, target]
             rest = network.wire_s(load, h, target) - first / rate
-            # the first chunk of the largest bucket crosses the D − 1 hops of its chain
+            # the first chunk of the largest bucket crosses the D − 1 hops of its chain (every
+            # link ramps once, for all its buckets at once: the fill runs at the link's rate)
             hops = slice(0, n_replicas - 1)
             fill = first / rate[:, hops], network.latency_s[h, target][:, hops]
             end[s] += _chain_phase(*fill, rest)
