@@ -296,7 +296,13 @@ class MatrixRunner:
             return []
         settings = self.spec.probe
         pair = [(hosts[0].name, hosts[1].name)]
-        return netem.probe(pairs=pair, seconds=settings.seconds, count=settings.count)
+        # the receive share is the hosts' kernel's, not the network's: the calibrations take
+        # it from the unshaped cells, so only their probes measure it
+        target = self.spec.targets[cell.profile]
+        unshaped = isinstance(target, Profile) and target.is_default
+        return netem.probe(
+            pairs=pair, seconds=settings.seconds, count=settings.count, receive_share=unshaped
+        )
 
 
 def _tcp_setting(settings: TcpSettings | None) -> dict | None:

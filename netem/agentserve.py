@@ -66,7 +66,8 @@ def answer(agent, probes: ProbeServers, request: dict[str, Any]) -> dict[str, An
             return probes.serve(request["bind"], int(request["port"]))
         if verb == "probe-measure":
             fields = ("to", "port", "count", "seconds")
-            return probe.measure(*(request[field] for field in fields))
+            share = bool(request.get("receive_share", True))
+            return probe.measure(*(request[field] for field in fields), receive_share=share)
     except KeyError as missing:
         return {"ok": False, "error": f"{verb} needs {missing}", "error_kind": "input"}
     except OSError as error:

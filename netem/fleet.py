@@ -389,8 +389,10 @@ class FleetNetem:
         seconds: float = 3.0,
         count: int = 50,
         port: int = DEFAULT_PORT,
+        receive_share: bool = True,
     ) -> list[dict[str, Any]]:
-        """RTT and throughput for each (src, dst) pair, one pair at a time (default: a ring).
+        """RTT, throughput and (if `receive_share`, with throughput) the receiver's receive
+        share for each (src, dst) pair, one pair at a time (default: a ring).
 
         The probe runs inside the hosts' agents: no process is started or stopped per pair."""
         names = [host.name for host in self.fleet.hosts]
@@ -404,7 +406,8 @@ class FleetNetem:
         for src, dst in pairs:
             if listening[dst].get("ok"):
                 measure = {"verb": "probe-measure", "to": address[dst], "port": port,
-                           "count": count, "seconds": seconds}  # fmt: skip
+                           "count": count, "seconds": seconds,
+                           "receive_share": receive_share}  # fmt: skip
                 answer = self.agents.call({src: measure}, self.timeout_s + seconds)[src]
             else:
                 answer = listening[dst]

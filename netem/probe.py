@@ -273,8 +273,11 @@ def start_server_detached(bind: str, port: int, for_s: float, warmup_s: float) -
                            "--for", str(for_s), "--warmup", str(warmup_s)])  # fmt: skip
 
 
-def measure(address: str, port: int, count: int, seconds: float) -> dict:
-    """RTT, then (if `seconds` > 0) bulk throughput, to a listening probe server.
+def measure(
+    address: str, port: int, count: int, seconds: float, receive_share: bool = True
+) -> dict:
+    """RTT, then (if `seconds` > 0) bulk throughput and (if `receive_share`) the receiver's
+    receive share, to a listening probe server.
 
     TCP starts slowly, so a bulk window of a few round trips measures its start, not the link's
     rate: the window lasts `seconds` but at least MIN_WINDOW_RTTS of the RTT just measured
@@ -287,7 +290,8 @@ def measure(address: str, port: int, count: int, seconds: float) -> dict:
         window_s = max(seconds, MIN_WINDOW_RTTS * rtt_s)
         result.update(measure_throughput(address, port, window_s))
         result["throughput_window_rtts"] = round(window_s / max(rtt_s, 1e-6), 3)
-        result.update(measure_receive_share(address, port))
+        if receive_share:
+            result.update(measure_receive_share(address, port))
     return result
 
 

@@ -148,6 +148,9 @@ def test_two_cell_matrix_end_to_end(local_fleet, wanlab, tmp_path):
     shaped = cells[1]
     assert {a["profile"] for a in shaped["network"]["applied"].values()} == {"200mbit"}
     assert 150e6 < shaped["network"]["probe"][0]["throughput_bps"] <= 205e6
+    # the receive share belongs to the hosts' kernel: only the unshaped cell measures it
+    assert 0 < cells[0]["network"]["probe"][0]["receive_share"] <= 1
+    assert "receive_share" not in shaped["network"]["probe"][0]
     assert shaped["placement"] == {"0": "h0", "1": "h1"}
     # The stored timings are rank 0's own: compare with the trainer's file on the host.
     rank0 = local_fleet.workdir(local_fleet.host(0)) / "cells"
