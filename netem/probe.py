@@ -39,8 +39,10 @@ _SHARE = struct.Struct("!dQQ")  # the receive share, the bytes queued, the recei
 _FILL_BUFFER_BYTES = 128 * 1024
 """The receive buffer a fill measures (the kernel's default size): small, so that it fills in a
 few round trips even on a slow link, and fixed, so that autotuning does not move it."""
-_FILL_STILL_S = 1.0  # a receive queue that grew no more for this long is full (longer than
-_FILL_MAX_S = 30.0  # a retransmission's wait on a lossy link)
+_FILL_STILL_S = 1.0
+"""A receive queue that grew no more for this long is full (longer than a retransmission's
+wait on a lossy link)."""
+_FILL_MAX_S = 30.0
 WINDOW_FROM_TRUESIZE = (6, 6)
 """From this kernel on the window is the receive buffer times the share of it that payload
 takes in the packets received (their length over their true size); before it, the share
@@ -94,9 +96,16 @@ def _kernel_version() -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-def _adv_win_share() -> float:
-    scale = int(Path("/proc/sys/net/ipv4/tcp_adv_win_scale").read_text())
-    return 1 - 2.0**-scale if scale > 0 else 2.0**scale
+def adv_win_share(adv_win_scale: int) -> float:
+    """The share of a receive buffer a kernel before 6.6 offers as window under
+    `net.ipv4.tcp_adv_win_scale`: all but 2^−scale of it, or 2^scale of it for scale ≤ 0."""
+    return 1 - 2.0**-adv_win_scale if adv_win_scale > 0 else 2.0**adv_win_scale
+
+
+def _own_receive_share(queued: int, buffer: int) -> float:
+    if _kernel_version() >= WINDOW_FROM_TRUESIZE:
+        return queued / buffer
+    return adv_win_share(int(Path("/proc/sys/net/ipv4/tcp_adv_win_scale").read_text()))
 
 
 def _serve_fill(conn: socket.socket) -> None:
@@ -112,8 +121,7 @@ def _serve_fill(conn: socket.socket) -> None:
         if now_queued != queued:
             queued, still_since = now_queued, time.monotonic()
     buffer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    share = queued / buffer if _kernel_version() >= WINDOW_FROM_TRUESIZE else _adv_win_share()
-    conn.sendall(_SHARE.pack(share, queued, buffer))
+    conn.sendall(_SHARE.pack(_own_receive_share(queued, buffer), queued, buffer))
     conn.settimeout(_DRAIN_S)
     while conn.recv(_CHUNK):
         pass
@@ -201,17 +209,17 @@ def measure_rtt(address: str, port: int, count: int = 50, gap_s: float = 0.005) 
     }
 
 
-def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[str, float]:
-    """Bulk TCP goodput in bit/s as the receiver counted it (after its warm-up).
-
-    The sender keeps sending until the receiver's report arrives, then resets the connection:
-    what its socket still holds is dropped instead of drained through the shaped link.
-    """
+def _send_until_report(
+    address: str, port: int, header: bytes, give_up_s: float, report_size: int
+) -> bytes:
+    """Send `header`, then data until the receiver's report of `report_size` bytes arrives;
+    read it and reset the connection: what the socket still holds is dropped instead of
+    drained through the shaped link."""
     payload = memoryview(b"\0" * _CHUNK)
     with socket.create_connection((address, port), timeout=30) as conn:
-        conn.sendall(_SINK + _DURATION.pack(seconds))
+        conn.sendall(header)
         conn.setblocking(False)
-        give_up = time.monotonic() + seconds + 30
+        give_up = time.monotonic() + give_up_s
         while True:
             readable, writable, _ = select.select([conn], [conn], [], 1.0)
             if readable:
@@ -222,8 +230,19 @@ def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[st
             if time.monotonic() > give_up:
                 raise TimeoutError(f"no report from {address}:{port}")
         conn.settimeout(30)
-        report = _recv_exactly(conn, _REPORT.size)
+        report = _recv_exactly(conn, report_size)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return report
+
+
+def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[str, float]:
+    """Bulk TCP goodput in bit/s as the receiver counted it (after its warm-up).
+
+    The sender keeps sending until the receiver's report arrives, then resets the connection:
+    what its socket still holds is dropped instead of drained through the shaped link.
+    """
+    header = _SINK + _DURATION.pack(seconds)
+    report = _send_until_report(address, port, header, seconds + 30, _REPORT.size)
     measured_s, received = _REPORT.unpack(report)
     return {"throughput_bps": received * 8 / measured_s if measured_s > 0 else 0.0}
 
@@ -231,20 +250,8 @@ def measure_throughput(address: str, port: int, seconds: float = 3.0) -> dict[st
 def measure_receive_share(address: str, port: int) -> dict[str, float]:
     """The share of the receiver's buffer its kernel offers as window (`_serve_fill`): the
     sender sends until the receiver, which reads nothing, reports."""
-    payload = memoryview(b"\0" * _CHUNK)
-    with socket.create_connection((address, port), timeout=30) as conn:
-        conn.sendall(_FILL)
-        conn.setblocking(False)
-        give_up = time.monotonic() + _FILL_MAX_S + 30
-        while not select.select([conn], [], [], 0)[0]:
-            if select.select([], [conn], [], 0.05)[1]:
-                with contextlib.suppress(BlockingIOError):
-                    conn.send(payload)
-            if time.monotonic() > give_up:
-                raise TimeoutError(f"no report from {address}:{port}")
-        conn.settimeout(30)
-        share, queued, buffer = _SHARE.unpack(_recv_exactly(conn, _SHARE.size))
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    report = _send_until_report(address, port, _FILL, _FILL_MAX_S + 30, _SHARE.size)
+    share, queued, buffer = _SHARE.unpack(report)
     return {"receive_share": round(share, 4), "receive_queued_bytes": queued,
             "receive_buffer_bytes": buffer}  # fmt: skip
 

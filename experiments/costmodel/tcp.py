@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from netem.probe import adv_win_share
+
 MSS_BYTES = 1448
 """Payload per segment at a 1,500-byte MTU with timestamps."""
 RTO_MIN_S = 0.2
@@ -66,11 +68,7 @@ class TcpSide:
 def receive_window(rmem_max: float, adv_win_scale: int, share: float | None = None) -> float:
     """The window a receive buffer of `rmem_max` bytes offers: its measured `share` where the
     probe gave one, else what `adv_win_scale` leaves."""
-    if share:
-        return rmem_max * share
-    if adv_win_scale > 0:
-        return rmem_max * (1 - 2.0**-adv_win_scale)
-    return rmem_max / 2.0**-adv_win_scale
+    return rmem_max * (share or adv_win_share(adv_win_scale))
 
 
 def tcp_side(
