@@ -84,13 +84,11 @@ def test_every_sync_grows_as_its_own_traffic_predicts(local_fleet, wanlab, tmp_p
     for mode in MODES:
         predicted = busiest_egress_bytes(mode) * 8 / RATE_BPS
         # the sync's own phase: a pipeline of one stage sends nothing else, and the iteration's
-        # compute varies between cells on 2 cores (a CI run saw sharded-ps's iteration grow 1.9x)
-        grew = (
-            phases["100mbit", mode]["ps_sync_s"]["mean"]
-            - phases["default", mode]["ps_sync_s"]["mean"]
-        )
+        # compute varies between cells on 2 cores (a CI run saw sharded-ps's iteration grow 1.9x).
+        # The unshaped sync is not taken off: its transfer overlaps the shaped one's, not adds.
+        sync = phases["100mbit", mode]["ps_sync_s"]["mean"]
         # HTB's burst lets part of each bucket through unshaped: a quarter at most here
-        assert 0.75 * predicted <= grew <= 1.5 * predicted + 0.05, (mode, grew, predicted)
+        assert 0.75 * predicted <= sync <= 1.5 * predicted + 0.05, (mode, sync, predicted)
 
     report = wanlab("report", str(out), "-o", str(tmp_path / "report"), timeout=120)
     assert report.returncode == 0, report.stdout + report.stderr

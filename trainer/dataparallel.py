@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -112,31 +113,57 @@ class ChainJob:
         return CHAIN_TAG_BASE + (self.bucket * 2 + phase) * CHUNKS_PER_TAG_BLOCK + chunk
 
 
-def chain_reduce(jobs: list[ChainJob], chunk_elems: int, n_replicas: int) -> None:
+Incoming = dict[int, list[tuple[torch.Tensor, dist.Work]]]
+"""Posted receives by bucket: each chunk's buffer and its pending receive."""
+
+
+def reduce_receives(jobs: list[ChainJob], chunk_elems: int) -> Incoming:
+    """Post every receive of the jobs' reduce (from the next rank in each chain)."""
+    incoming: Incoming = {}
+    for job in jobs:
+        if job.position < len(job.chain) - 1:
+            src = job.chain[job.position + 1]
+            parts = torch.empty_like(job.flat).split(chunk_elems)
+            incoming[job.bucket] = [
+                (part, dist.irecv(part, src=src, tag=job.tag(0, i))) for i, part in enumerate(parts)
+            ]
+    return incoming
+
+
+def broadcast_receives(jobs: list[ChainJob], chunk_elems: int) -> Incoming:
+    """Post every receive of the jobs' broadcast (from the previous rank, into the tensor)."""
+    incoming: Incoming = {}
+    for job in jobs:
+        if job.position > 0:
+            src = job.chain[job.position - 1]
+            incoming[job.bucket] = [
+                (part, dist.irecv(part, src=src, tag=job.tag(1, i)))
+                for i, part in enumerate(job.chunks(chunk_elems))
+            ]
+    return incoming
+
+
+def chain_reduce(
+    jobs: list[ChainJob], chunk_elems: int, n_replicas: int, incoming: Incoming | None = None
+) -> None:
     """Sum every job's tensor into its root, chunk by chunk from the chain's tail (each rank
     adds its own chunk to what came from behind and passes it on); the root divides by D.
 
     The jobs advance together, chunk after chunk, in the same order on every rank, and every
-    receive is posted first: no rank ever waits for one that waits for it.
+    receive is posted first (or was, as `incoming`): no rank ever waits for one that waits
+    for it.
     """
-    incoming = {}
-    for index, job in enumerate(jobs):
-        if job.position < len(job.chain) - 1:
-            buffer = torch.empty_like(job.flat)
-            src = job.chain[job.position + 1]
-            incoming[index] = [
-                (part, dist.irecv(part, src=src, tag=job.tag(0, i)))
-                for i, part in enumerate(buffer.split(chunk_elems))
-            ]
+    if incoming is None:
+        incoming = reduce_receives(jobs, chunk_elems)
     sends = []
     chunked = [job.chunks(chunk_elems) for job in jobs]
     for i in range(max(len(parts) for parts in chunked)):
-        for index, job in enumerate(jobs):
-            if i >= len(chunked[index]):
+        for job, parts in zip(jobs, chunked, strict=True):
+            if i >= len(parts):
                 continue
-            own = chunked[index][i]
-            if index in incoming:
-                part, work = incoming[index][i]
+            own = parts[i]
+            if job.bucket in incoming:
+                part, work = incoming[job.bucket][i]
                 work.wait()
                 own += part
             if job.position > 0:
@@ -149,28 +176,24 @@ def chain_reduce(jobs: list[ChainJob], chunk_elems: int, n_replicas: int) -> Non
             job.flat /= n_replicas
 
 
-def chain_broadcast(jobs: list[ChainJob], chunk_elems: int) -> None:
+def chain_broadcast(
+    jobs: list[ChainJob], chunk_elems: int, incoming: Incoming | None = None
+) -> None:
     """Send every job's tensor from its root down the chain, chunk by chunk: each rank
     receives a chunk into its tensor and passes it on to the next."""
-    chunked = [job.chunks(chunk_elems) for job in jobs]
-    incoming = {
-        index: [
-            dist.irecv(part, src=job.chain[job.position - 1], tag=job.tag(1, i))
-            for i, part in enumerate(chunked[index])
-        ]
-        for index, job in enumerate(jobs)
-        if job.position > 0
-    }
+    if incoming is None:
+        incoming = broadcast_receives(jobs, chunk_elems)
     sends = []
+    chunked = [job.chunks(chunk_elems) for job in jobs]
     for i in range(max(len(parts) for parts in chunked)):
-        for index, job in enumerate(jobs):
-            if i >= len(chunked[index]):
+        for job, parts in zip(jobs, chunked, strict=True):
+            if i >= len(parts):
                 continue
-            if index in incoming:
-                incoming[index][i].wait()
+            if job.bucket in incoming:
+                incoming[job.bucket][i][1].wait()
             if job.position < len(job.chain) - 1:
                 dst = job.chain[job.position + 1]
-                sends.append(dist.isend(chunked[index][i], dst=dst, tag=job.tag(1, i)))
+                sends.append(dist.isend(parts[i], dst=dst, tag=job.tag(1, i)))
     for work in sends:
         work.wait()
 
@@ -223,14 +246,26 @@ class ChainedParameterServer(GradientSync):
     def _sharded_chains(self, jobs: list[ChainJob]) -> None:
         """Every owner's chains at once, one thread per owner: within a thread every rank
         takes that owner's buckets in the same order, and no owner's chain waits for
-        another's (one thread for all of them would make each bucket wait for the last)."""
+        another's (one thread for all of them would make each bucket wait for the last).
+
+        Every receive of both phases is posted before any thread sends: a receive's notice
+        to its sender (gloo sends only into a posted receive) shares the connection with the
+        data this rank sends the other way, and posted after that data it would wait behind
+        it, turning the two directions' transfers into one after the other (at D = 2 under
+        100 Mbit/s the sync took 1.45x its busiest egress's time that way, 1.1x now). A
+        broadcast chunk lands in the tensor only after the root reduced it, which needs this
+        rank's own chunk sent first, so receiving into the tensor early is safe.
+        """
         by_owner = [[job for job in jobs if job.chain[0] == rank] for rank in self.ranks]
         by_owner = [owned for owned in by_owner if owned]
-        for phase in (
-            lambda owned: chain_reduce(owned, self.chunk_elems, self.n_replicas),
-            lambda owned: chain_broadcast(owned, self.chunk_elems),
-        ):
-            list(self.pool.map(phase, by_owner))
+        reduce_incoming = reduce_receives(jobs, self.chunk_elems)
+        broadcast_incoming = broadcast_receives(jobs, self.chunk_elems)
+        reduce = partial(chain_reduce, chunk_elems=self.chunk_elems, n_replicas=self.n_replicas,
+                         incoming=reduce_incoming)  # fmt: skip
+        list(self.pool.map(reduce, by_owner))
+        broadcast = partial(chain_broadcast, chunk_elems=self.chunk_elems,
+                            incoming=broadcast_incoming)  # fmt: skip
+        list(self.pool.map(broadcast, by_owner))
 
     def _collective(self, jobs: list[ChainJob]) -> None:
         """The backend's own reduce, then broadcast (what NCCL pipelines along its ring)."""
