@@ -233,6 +233,26 @@ def test_sharded_ps_sends_d_minus_1_over_d_of_the_gradients_per_host_and_phase()
     assert central.parts["ps_sync"] == pytest.approx(d * 2 * (size + (d - 2) * chunk) / beta)
 
 
+def test_sharded_ps_broadcast_needs_no_notice_and_at_d_2_no_second_slow_start():
+    """Every receive of both phases is posted at the sync's start, so only the reduce waits
+    for their notice; at D = 2 the broadcast runs back over the connections the reduce has
+    just used, so it starts at the line rate, while the reduce after the idle ramps up from
+    the initial window (three initial windows: one round trip, then two at the line rate)."""
+    d, alpha = 2, 0.002
+    initial = 10 * MSS_BYTES
+    bucket = 3 * initial
+    net = uniform_network(d, parse_profile("2ms/1gbit"), Native(latency_s=0.0, rate_bps=1e10))
+    cold = net.with_tcp(tcp_side([{"slow_start_after_idle": True, "initcwnd": 10}] * d))
+    workload = toy_workload(
+        1, d, 1, dp_mode="sharded-ps", params=d * bucket / 4, buckets=d, chunk=bucket
+    )
+    beta, rtt = 1e9 * TCP_PAYLOAD_SHARE / 8, 2 * alpha
+    reduce = alpha + (bucket / beta + alpha) + (rtt + 2 * initial / beta - bucket / beta)
+    broadcast = bucket / beta + alpha
+    sync = predict(workload, times(1, 0.0, 0.0), cold).parts["ps_sync"]
+    assert sync == pytest.approx(reduce + broadcast)
+
+
 def test_stage_tensor_sizes_are_the_stages_own_parameters():
     for gpt in (CONFIGS["tiny"], replace(CONFIGS["tiny"], bias=False)):
         layers = split_layers(gpt.n_layer, 3)

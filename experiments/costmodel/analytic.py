@@ -25,7 +25,8 @@ Then each stage's replicas average gradients of N bytes:
   with equal links 2·(B + (D − 2)·c)/β + 2·D·α.
 - `sharded-ps`: every bucket at once, owned round-robin, each along the chain rotated to its
   owner: host r sends the buckets it does not own (reduce) or is not the tail of (broadcast),
-  about (D − 1)/D·N per phase, plus one chunk's fill through the chain.
+  about (D − 1)/D·N per phase, plus one chunk's fill through the chain; every receive is
+  posted at the start, so only the reduce waits for their notice.
 - `ps-star`: the stage's replica-0 host is the server. Each other replica pushes N to it once the
   server's receive is heard (α + N/β over its own egress, all at once; the server's native
   ingress rate bounds their sum), then the server sends the average back to all D − 1 over
@@ -469,12 +470,16 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     return np.concatenate([sent[..., None], received], axis=2)
 
 
-def _chain_phase(first_s: np.ndarray, latency: np.ndarray, rest_s: np.ndarray) -> np.ndarray:
-    """One pipelined pass along a chain, its hops on the last axis: the receives' notice (α),
-    the first chunk through every hop (`first_s` on the wire, then α), then the rest of the
-    busiest hop's bytes (`rest_s`: its wire time less the first chunk's)."""
+def _chain_phase(
+    first_s: np.ndarray, latency: np.ndarray, rest_s: np.ndarray, notice: bool = True
+) -> np.ndarray:
+    """One pipelined pass along a chain, its hops on the last axis: the receives' notice (α;
+    none when they were posted ahead), the first chunk through every hop (`first_s` on the
+    wire, then α), then the rest of the busiest hop's bytes (`rest_s`: its wire time less the
+    first chunk's)."""
     through = (first_s + latency).sum(axis=-1)
-    return latency.max(axis=-1) + through + np.maximum(rest_s.max(axis=-1), 0.0)
+    wait = latency.max(axis=-1) if notice else 0.0
+    return wait + through + np.maximum(rest_s.max(axis=-1), 0.0)
 
 
 def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndarray):
@@ -513,12 +518,19 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
         tails = (owners - 1) % n_replicas
         broadcast_load = np.array([buckets[tails != r].sum() for r in replicas])
         first = min(chunk, float(buckets.max()))
-        for target, load in ((toward_root[s], reduce_load), (away[s], broadcast_load)):
+        # every receive of both phases is posted at the start: only the reduce waits for their
+        # notice; the broadcast follows on links that just carried the reduce when D = 2
+        reduced = np.where(away[s] == toward_root[s], 0.0, np.inf)
+        phases = (
+            (toward_root[s], reduce_load, np.inf, True),
+            (away[s], broadcast_load, reduced, False),
+        )
+        for target, load, idle, notice in phases:
             rate = network.bytes_per_s[h, target]
-            rest = network.wire_s(load, h, target) - first / rate
+            rest = network.wire_s(load, h, target, idle) - first / rate
             # the first chunk of the largest bucket crosses the D − 1 hops of its chain (every
             # link ramps once, for all its buckets at once: the fill runs at the link's rate)
             hops = slice(0, n_replicas - 1)
             fill = first / rate[:, hops], network.latency_s[h, target][:, hops]
-            end[s] += _chain_phase(*fill, rest)
+            end[s] += _chain_phase(*fill, rest, notice=notice)
     return np.broadcast_to(end[..., None], done.shape)
