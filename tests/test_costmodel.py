@@ -194,10 +194,11 @@ def test_chained_ps_costs_each_bucket_its_pipelined_reduce_and_broadcast():
     beta, size = rate_bps / 8, n / buckets
     workload = toy_workload(1, d, 1, dp_mode="ps", params=n / 4, buckets=buckets, chunk=chunk)
     result = predict(workload, times(1, 0.0, 0.0), net)
-    # per phase: the receives' notice, the first chunk through D − 1 hops, the rest behind it
-    phase = alpha + (d - 1) * (chunk / beta + alpha) + (size - chunk) / beta
-    assert result.parts["ps_sync"] == pytest.approx(buckets * 2 * phase)
-    assert phase == pytest.approx(d * alpha + (size + (d - 2) * chunk) / beta)
+    # per phase: the first chunk through D − 1 hops, the rest behind it; every receive is
+    # posted at the sync's start, so only the first phase waits for their notice
+    phase = (d - 1) * (chunk / beta + alpha) + (size - chunk) / beta
+    assert result.parts["ps_sync"] == pytest.approx(alpha + buckets * 2 * phase)
+    assert phase == pytest.approx((d - 1) * alpha + (size + (d - 2) * chunk) / beta)
 
 
 def test_after_an_idle_each_hop_of_a_ps_chain_ramps_the_first_chunk_in_turn():
@@ -213,12 +214,12 @@ def test_after_an_idle_each_hop_of_a_ps_chain_ramps_the_first_chunk_in_turn():
     workload = toy_workload(1, d, 1, dp_mode="ps", params=chunk / 4, buckets=1, chunk=chunk)
     beta, rtt = 1e9 * TCP_PAYLOAD_SHARE / 8, 2 * alpha
     hop = rtt + 2 * initial / beta  # round 1: one window; then two windows at line rate
-    phase = alpha + (d - 1) * (hop + alpha)  # the receives' notice, then hop after hop
+    phase = (d - 1) * (hop + alpha)  # hop after hop (after the receives' notice, once)
     cold_sync = predict(workload, times(1, 0.0, 0.0), cold).parts["ps_sync"]
-    assert cold_sync == pytest.approx(2 * phase)
+    assert cold_sync == pytest.approx(alpha + 2 * phase)
     warm = net.with_tcp(tcp_side([{"slow_start_after_idle": False}] * d))
     warm_sync = predict(workload, times(1, 0.0, 0.0), warm).parts["ps_sync"]
-    assert warm_sync == pytest.approx(2 * (alpha + (d - 1) * (chunk / beta + alpha)))
+    assert warm_sync == pytest.approx(alpha + 2 * (d - 1) * (chunk / beta + alpha))
 
 
 def test_sharded_ps_sends_d_minus_1_over_d_of_the_gradients_per_host_and_phase():

@@ -144,17 +144,14 @@ def broadcast_receives(jobs: list[ChainJob], chunk_elems: int) -> Incoming:
 
 
 def chain_reduce(
-    jobs: list[ChainJob], chunk_elems: int, n_replicas: int, incoming: Incoming | None = None
+    jobs: list[ChainJob], chunk_elems: int, n_replicas: int, incoming: Incoming
 ) -> None:
     """Sum every job's tensor into its root, chunk by chunk from the chain's tail (each rank
     adds its own chunk to what came from behind and passes it on); the root divides by D.
 
     The jobs advance together, chunk after chunk, in the same order on every rank, and every
-    receive is posted first (or was, as `incoming`): no rank ever waits for one that waits
-    for it.
+    receive was posted first (`incoming`): no rank ever waits for one that waits for it.
     """
-    if incoming is None:
-        incoming = reduce_receives(jobs, chunk_elems)
     sends = []
     chunked = [job.chunks(chunk_elems) for job in jobs]
     for i in range(max(len(parts) for parts in chunked)):
@@ -176,13 +173,9 @@ def chain_reduce(
             job.flat /= n_replicas
 
 
-def chain_broadcast(
-    jobs: list[ChainJob], chunk_elems: int, incoming: Incoming | None = None
-) -> None:
+def chain_broadcast(jobs: list[ChainJob], chunk_elems: int, incoming: Incoming) -> None:
     """Send every job's tensor from its root down the chain, chunk by chunk: each rank
-    receives a chunk into its tensor and passes it on to the next."""
-    if incoming is None:
-        incoming = broadcast_receives(jobs, chunk_elems)
+    receives a chunk (posted in `incoming`) into its tensor and passes it on to the next."""
     sends = []
     chunked = [job.chunks(chunk_elems) for job in jobs]
     for i in range(max(len(parts) for parts in chunked)):
@@ -237,9 +230,12 @@ class ChainedParameterServer(GradientSync):
         elif self.sharded:
             self._sharded_chains(jobs)
         else:
+            # a bucket's receives are posted as it starts: a rank's notice to the next one then
+            # follows the previous bucket's broadcast to it, which that rank needs first anyway
+            chunk = self.chunk_elems
             for job in jobs:
-                chain_reduce([job], self.chunk_elems, self.n_replicas)
-                chain_broadcast([job], self.chunk_elems)
+                chain_reduce([job], chunk, self.n_replicas, reduce_receives([job], chunk))
+                chain_broadcast([job], chunk, broadcast_receives([job], chunk))
         for flat, bucket in zip(flats, self.buckets, strict=True):
             unflatten(flat, bucket)
 
@@ -248,23 +244,23 @@ class ChainedParameterServer(GradientSync):
         takes that owner's buckets in the same order, and no owner's chain waits for
         another's (one thread for all of them would make each bucket wait for the last).
 
-        Every receive of both phases is posted before any thread sends: a receive's notice
-        to its sender (gloo sends only into a posted receive) shares the connection with the
-        data this rank sends the other way, and posted after that data it would wait behind
-        it, turning the two directions' transfers into one after the other (at D = 2 under
-        100 Mbit/s the sync took 1.45x its busiest egress's time that way, 1.1x now). A
-        broadcast chunk lands in the tensor only after the root reduced it, which needs this
-        rank's own chunk sent first, so receiving into the tensor early is safe.
+        Every receive of both phases is posted before any thread sends: gloo sends only into
+        a posted receive, and the receive's notice to its sender is written behind whatever
+        this rank is already sending that way. Posted by the threads, a notice often went
+        out behind the other thread's data and the two directions ran one after the other
+        (at D = 2 under 100 Mbit/s the sync took 1.45x its busiest egress's time that way,
+        1.1x now). A broadcast chunk lands in the tensor only after the root reduced it,
+        which needs this rank's own chunk sent first, so receiving into the tensor early is
+        safe. It holds one more copy of the gradients meanwhile.
         """
         by_owner = [[job for job in jobs if job.chain[0] == rank] for rank in self.ranks]
         by_owner = [owned for owned in by_owner if owned]
-        reduce_incoming = reduce_receives(jobs, self.chunk_elems)
-        broadcast_incoming = broadcast_receives(jobs, self.chunk_elems)
+        reduce_in = reduce_receives(jobs, self.chunk_elems)
+        broadcast_in = broadcast_receives(jobs, self.chunk_elems)
         reduce = partial(chain_reduce, chunk_elems=self.chunk_elems, n_replicas=self.n_replicas,
-                         incoming=reduce_incoming)  # fmt: skip
+                         incoming=reduce_in)  # fmt: skip
         list(self.pool.map(reduce, by_owner))
-        broadcast = partial(chain_broadcast, chunk_elems=self.chunk_elems,
-                            incoming=broadcast_incoming)  # fmt: skip
+        broadcast = partial(chain_broadcast, chunk_elems=self.chunk_elems, incoming=broadcast_in)
         list(self.pool.map(broadcast, by_owner))
 
     def _collective(self, jobs: list[ChainJob]) -> None:

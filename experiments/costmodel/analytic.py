@@ -20,13 +20,15 @@ the GPipe bound (M + S − 1)·(t_f + t_b).
 Then each stage's replicas average gradients of N bytes:
 - `ps` (the reference system's): bucket after bucket (one per tensor unless a bucket size is
   set), a reduce to replica 0 pipelined in chunks of c along the chain of replicas, then a
-  broadcast back along it; a bucket of B bytes costs per phase the receives' notice (α), its
-  first chunk through the D − 1 hops (c/β + α each) and the rest at the slowest hop's rate:
-  with equal links 2·(B + (D − 2)·c)/β + 2·D·α.
+  broadcast back along it; a bucket of B bytes costs per phase its first chunk through the
+  D − 1 hops (c/β + α each) and the rest at the slowest hop's rate: with equal links
+  2·(B + (D − 2)·c)/β + 2·(D − 1)·α. Only the first bucket waits for the receives' notice (α):
+  a bucket's receives are posted as a rank starts it, and a rank's notice to the next one
+  follows the previous bucket's broadcast to it, which that one waits for anyway.
 - `sharded-ps`: every bucket at once, owned round-robin, each along the chain rotated to its
   owner: host r sends the buckets it does not own (reduce) or is not the tail of (broadcast),
-  about (D − 1)/D·N per phase, plus one chunk's fill through the chain; every receive is
-  posted at the start, so only the reduce waits for their notice.
+  about (D − 1)/D·N per phase, plus one chunk's fill through the chain (and the notice, α,
+  before the reduce).
 - `ps-star`: the stage's replica-0 host is the server. Each other replica pushes N to it once the
   server's receive is heard (α + N/β over its own egress, all at once; the server's native
   ingress rate bounds their sum), then the server sends the average back to all D − 1 over
@@ -502,12 +504,13 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
         if workload.dp_mode == "ps":
             links = ((h[:, 1:], h[:, :-1]), (h[:, :-1], h[:, 1:]))  # reduce, broadcast
             idle = [np.inf, np.inf]
-            for size in buckets:
+            for index, size in enumerate(buckets):
                 first = min(chunk, size)
                 for direction, (src, dst) in enumerate(links):
                     first_s = network.wire_s(first, src, dst, idle[direction])
                     rest = network.wire_s(size, src, dst, idle[direction]) - first_s
-                    phase = _chain_phase(first_s, network.latency_s[src, dst], rest)
+                    notice = index == 0 and direction == 0  # later ones follow the broadcast
+                    phase = _chain_phase(first_s, network.latency_s[src, dst], rest, notice)
                     end[s] += phase
                     idle[direction] = 0.0
                     idle[1 - direction] += phase  # the other direction waited this long too
@@ -518,8 +521,7 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
         tails = (owners - 1) % n_replicas
         broadcast_load = np.array([buckets[tails != r].sum() for r in replicas])
         first = min(chunk, float(buckets.max()))
-        # every receive of both phases is posted at the start: only the reduce waits for their
-        # notice; the broadcast follows on links that just carried the reduce when D = 2
+        # the broadcast follows on links that just carried the reduce when D = 2
         reduced = np.where(away[s] == toward_root[s], 0.0, np.inf)
         phases = (
             (toward_root[s], reduce_load, np.inf, True),
