@@ -31,6 +31,7 @@ from inventory.errors import ConfigError
 from inventory.localfleet import MAX_HOSTS
 from netem.profile import Profile
 from netem.tcp import KERNEL_INITCWND, TcpSettings
+from netem.tree import burst_bytes
 from trainer.config import TrainerConfig
 
 HEADROOM = 0.8
@@ -324,6 +325,12 @@ def _groups(
             ("sync chunk / largest gradient", target_work.chunk_bytes / target_largest,
              lab_work.chunk_bytes / lab_largest),
         ]  # fmt: skip
+        if target_p.rate_bps is not None:  # what a shaped link lets through at once after idle
+            pairs.append((
+                "shaper burst / activation",
+                burst_bytes(target_p.rate_bps) / target_work.activation_bytes,
+                burst_bytes(lab_p.rate_bps) / lab_work.activation_bytes,
+            ))  # fmt: skip
         for lab_tcp, target_tcp in tcp_names.items():
             known = tcp_for(spec.tcp[target_tcp], calibration.tcp)
             t_side = tcp_side([known], calibration.sockets, calibration.backend_buffer_bytes)

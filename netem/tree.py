@@ -28,6 +28,7 @@ IPPROTO_TCP = 6
 SSH_PRIO = 1
 ROUTE_PRIO = 2
 MTU_BYTES = 1514
+BURST_FRAMES = 2
 
 _IP_PROTO_OFFSET = 9
 _IP_DST_OFFSET = 16
@@ -208,8 +209,11 @@ def less_forwarding_delay(tree: Tree, forwarding_ms: Callable[[float], float]) -
 
 
 def burst_bytes(rate_bps: int) -> int:
-    """HTB burst: 4 ms at the rate (rate/250 keeps TBF/HTB accurate at 1 gbit), at least 16 kB."""
-    return max(16_000, rate_bps // 8 // 250)
+    """HTB burst: 4 ms at the rate (rate/250 keeps TBF/HTB accurate at 1 gbit), at least two
+    full frames. A fixed floor in bytes would be a longer time the slower the rate: 16 kB is
+    116 ms at 1.1 Mbit/s, enough to let a whole scaled activation or gradient chunk through
+    a scale model's link unshaped after an idle."""
+    return max(BURST_FRAMES * MTU_BYTES, rate_bps // 8 // 250)
 
 
 def quantum_bytes(rate_bps: int) -> int:

@@ -108,6 +108,9 @@ def test_the_groups_say_what_the_lab_cannot_keep(scaled):
     # a gradient chain's 256 KiB pieces would scale to a few hundred bytes; the lab sends more
     assert lab.trainer["ps_chunk_kb"] == MIN_CHUNK_KB and 256 * model.factor < MIN_CHUNK_KB
     assert not kept[("d50b1", "sync chunk / largest gradient")]
+    # HTB's burst is 4 ms at the rate but at least two frames: more than 4 ms at the lab's rates
+    assert not kept[("d50b1", "shaper burst / activation")]
+    assert ("default", "shaper burst / activation") not in kept  # no shaper on that network
     [lab_tcp] = lab.tcp.values()
     assert lab_tcp.initcwnd == 1 and 10 * 16 * MSS_BYTES * model.factor < MSS_BYTES
 
