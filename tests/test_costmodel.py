@@ -194,8 +194,8 @@ def test_chained_ps_costs_each_bucket_its_pipelined_reduce_and_broadcast():
     beta, size = rate_bps / 8, n / buckets
     workload = toy_workload(1, d, 1, dp_mode="ps", params=n / 4, buckets=buckets, chunk=chunk)
     result = predict(workload, times(1, 0.0, 0.0), net)
-    # per phase: the first chunk through D − 1 hops, the rest behind it; every receive is
-    # posted at the sync's start, so only the first phase waits for their notice
+    # per phase: the first chunk through D − 1 hops, the rest behind it; only the first phase
+    # waits for the receives' notice (each later one follows the previous bucket's broadcast)
     phase = (d - 1) * (chunk / beta + alpha) + (size - chunk) / beta
     assert result.parts["ps_sync"] == pytest.approx(alpha + buckets * 2 * phase)
     assert phase == pytest.approx((d - 1) * alpha + (size + (d - 2) * chunk) / beta)
