@@ -7,7 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from experiments.costmodel.analytic import Hops, StageCompute, _run_pipeline, evaluate, predict
+from experiments.costmodel.analytic import (
+    Hops,
+    StageCompute,
+    _chain_sync,
+    _run_pipeline,
+    evaluate,
+    predict,
+)
 from experiments.costmodel.barrier import dissemination_barrier
 from experiments.costmodel.calibrate import from_flops, reference_calibration
 from experiments.costmodel.network import (
@@ -228,10 +235,27 @@ def test_sharded_ps_sends_d_minus_1_over_d_of_the_gradients_per_host_and_phase()
     beta, size = rate_bps / 8, n / d  # one bucket per replica
     workload = toy_workload(1, d, 1, dp_mode="sharded-ps", params=n / 4, buckets=d, chunk=chunk)
     sharded = predict(workload, times(1, 0.0, 0.0), net)
-    phase = (d - 1) * chunk / beta + ((d - 1) * size - chunk) / beta
-    assert sharded.parts["ps_sync"] == pytest.approx(2 * phase)
+    # every link starts at once with the bucket it is the tail of, and the other chains' chunks
+    # come in while it is busy: each phase is the (D − 1)/D·N every host sends, no fill
+    assert sharded.parts["ps_sync"] == pytest.approx(2 * (d - 1) * size / beta)
     central = predict(replace(workload, dp_mode="ps"), times(1, 0.0, 0.0), net)
     assert central.parts["ps_sync"] == pytest.approx(d * 2 * (size + (d - 2) * chunk) / beta)
+
+
+def test_sharded_ps_with_one_bucket_is_the_central_chain():
+    """One bucket is one chain from replica 0 whichever mode: the chunk-by-chunk play of
+    `sharded-ps` must give the `ps` formula, fill and notice included, when every replica
+    starts together (in a whole iteration `ps` starts them all with the last)."""
+    d, alpha, rate_bps, chunk = 4, 0.003, 8e8, 1e5
+    net = uniform_network(d, BUILTIN["default"], Native(latency_s=alpha, rate_bps=rate_bps))
+    workload = toy_workload(1, d, 1, dp_mode="ps", params=7.5 * chunk / 4, buckets=1, chunk=chunk)
+    hosts, done = np.arange(d).reshape(1, 1, d), np.zeros((1, 1, d))
+    central = _chain_sync(workload, net, hosts, done)
+    sharded = _chain_sync(replace(workload, dp_mode="sharded-ps"), net, hosts, done)
+    beta = rate_bps / 8
+    phase = (d - 1) * alpha + (7.5 * chunk + (d - 2) * chunk) / beta
+    assert central.max() == pytest.approx(alpha + 2 * phase)
+    assert sharded.max() == pytest.approx(central.max())
 
 
 def test_sharded_ps_broadcast_needs_no_notice_and_at_d_2_no_second_slow_start():

@@ -26,9 +26,12 @@ Then each stage's replicas average gradients of N bytes:
   a bucket's receives are posted as a rank starts it, and a rank's notice to the next one
   follows the previous bucket's broadcast to it, which that one waits for anyway.
 - `sharded-ps`: every bucket at once, owned round-robin, each along the chain rotated to its
-  owner: host r sends the buckets it does not own (reduce) or is not the tail of (broadcast),
-  about (D − 1)/D·N per phase, plus one chunk's fill through the chain (and the notice, α,
-  before the reduce).
+  owner, played chunk by chunk (`_sharded_chains`): host r sends toward r − 1 in the reduce
+  and toward r + 1 in the broadcast, on one connection each whose window carries from chunk to
+  chunk (`connection.py`). A link starts at once with the buckets it is the tail of and the
+  other chains' chunks come in while it is busy, so with equal links and balanced buckets a
+  phase takes about the (D − 1)/D·N each host sends; the busiest host sets the pace, and a
+  replica broadcasts once its own reduce is done, while others may still be reducing.
 - `ps-star`: the stage's replica-0 host is the server. Each other replica pushes N to it once the
   server's receive is heard (α + N/β over its own egress, all at once; the server's native
   ingress rate bounds their sum), then the server sends the average back to all D − 1 over
@@ -65,6 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments.costmodel.barrier import dissemination_barrier
+from experiments.costmodel.connection import Connection
 from experiments.costmodel.network import Network
 from experiments.costmodel.schedule import op_order
 from experiments.costmodel.workload import GRAD_BYTES, Workload
@@ -485,54 +489,114 @@ def _chain_phase(
 
 
 def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndarray):
-    """`ps`: bucket after bucket, a chunked reduce along the chain of replicas to replica 0
-    and a broadcast back; `sharded-ps`: every bucket at once, each along the chain rotated to
-    its owner (round-robin), so host r sends to r − 1 in the reduce and to r + 1 in the
-    broadcast, the buckets it does not own (reduce) or is not the tail of (broadcast).
-
-    A direction's first bucket of the iteration follows a long idle; under `ps` its next one
-    follows the other direction's pass in between. Each hop forwards a chunk once it has all of
-    it, so the first chunk crosses the chain hop after hop, each from its own window (after an
-    idle, each hop's slow start in turn)."""
-    n_replicas = workload.n_replicas
-    chunk = workload.chunk_bytes
-    toward_root = np.roll(hosts, 1, axis=2)  # replica r − 1 (cyclic)
-    away = np.roll(hosts, -1, axis=2)  # replica r + 1
-    end = done.max(axis=2)  # (S, K): the sync starts once every replica is done
+    """`ps` (bucket after bucket to replica 0 and back, once every replica is done) or
+    `sharded-ps` (every bucket at once, each to its own owner): when each rank holds its
+    stage's averaged gradients, (S, K, D)."""
+    synced = np.empty(done.shape)
     for s, buckets in enumerate(workload.sync_buckets):
-        h = hosts[s]
         if workload.dp_mode == "ps":
-            links = ((h[:, 1:], h[:, :-1]), (h[:, :-1], h[:, 1:]))  # reduce, broadcast
-            idle = [np.inf, np.inf]
-            for index, size in enumerate(buckets):
-                first = min(chunk, size)
-                for direction, (src, dst) in enumerate(links):
-                    first_s = network.wire_s(first, src, dst, idle[direction])
-                    rest = network.wire_s(size, src, dst, idle[direction]) - first_s
-                    notice = index == 0 and direction == 0  # later ones follow the broadcast
-                    phase = _chain_phase(first_s, network.latency_s[src, dst], rest, notice)
-                    end[s] += phase
-                    idle[direction] = 0.0
-                    idle[1 - direction] += phase  # the other direction waited this long too
-            continue
-        owners = np.arange(len(buckets)) % n_replicas
-        replicas = np.arange(n_replicas)
-        reduce_load = np.array([buckets[owners != r].sum() for r in replicas])
-        tails = (owners - 1) % n_replicas
-        broadcast_load = np.array([buckets[tails != r].sum() for r in replicas])
-        first = min(chunk, float(buckets.max()))
-        # the broadcast follows on links that just carried the reduce when D = 2
-        reduced = np.where(away[s] == toward_root[s], 0.0, np.inf)
-        phases = (
-            (toward_root[s], reduce_load, np.inf, True),
-            (away[s], broadcast_load, reduced, False),
-        )
-        for target, load, idle, notice in phases:
-            rate = network.bytes_per_s[h, target]
-            rest = network.wire_s(load, h, target, idle) - first / rate
-            # the first chunk of the largest bucket crosses the D − 1 hops of its chain (every
-            # link ramps once, for all its buckets at once: the fill runs at the link's rate)
-            hops = slice(0, n_replicas - 1)
-            fill = first / rate[:, hops], network.latency_s[h, target][:, hops]
-            end[s] += _chain_phase(*fill, rest, notice=notice)
-    return np.broadcast_to(end[..., None], done.shape)
+            synced[s] = _central_chain(workload, network, hosts[s], done[s].max(axis=1), buckets)
+            synced[s] = synced[s].max(axis=1, keepdims=True)
+        else:
+            synced[s] = _sharded_chains(workload, network, hosts[s], done[s], buckets)
+    return synced
+
+
+def _central_chain(
+    workload: Workload, network: Network, h: np.ndarray, start: np.ndarray, buckets
+) -> np.ndarray:
+    """`ps` from `start` (K,): per bucket a chunked reduce along the chain of replicas to
+    replica 0, then a broadcast back; (K, 1), when the last broadcast ends.
+
+    A direction's first bucket of the iteration follows a long idle; its next one follows the
+    other direction's pass in between. Each hop forwards a chunk once it has all of it, so the
+    first chunk crosses the chain hop after hop, each from its own window (after an idle, each
+    hop's slow start in turn)."""
+    end = start.copy()
+    links = ((h[:, 1:], h[:, :-1]), (h[:, :-1], h[:, 1:]))  # reduce, broadcast
+    idle = [np.inf, np.inf]
+    for index, size in enumerate(buckets):
+        first = min(workload.chunk_bytes, size)
+        for direction, (src, dst) in enumerate(links):
+            first_s = network.wire_s(first, src, dst, idle[direction])
+            rest = network.wire_s(size, src, dst, idle[direction]) - first_s
+            notice = index == 0 and direction == 0  # later ones follow the broadcast
+            phase = _chain_phase(first_s, network.latency_s[src, dst], rest, notice)
+            end += phase
+            idle[direction] = 0.0
+            idle[1 - direction] += phase  # the other direction waited this long too
+    return end[:, np.newaxis]
+
+
+def _chunk_sizes(size: float, chunk: float) -> list[float]:
+    """The pieces a bucket of `size` bytes goes in: whole chunks, then what is left."""
+    whole = int(size // chunk)
+    rest = size - whole * chunk
+    return [chunk] * whole + ([rest] if rest > 0 else [])
+
+
+def _waves(pieces: list[list[float]], n_replicas: int, toward_owner: bool) -> list:
+    """Every (bucket, chunk, chain position) a chunk leaves from, in an order in which each
+    comes after the one it waits for: wave n holds chunk i at the hop it reaches after n − i
+    hops (from the tail in the reduce, from the owner in the broadcast)."""
+    hops = n_replicas - 1
+    longest = max(len(chunks) for chunks in pieces)
+    order = []
+    for wave in range(longest + hops - 1):
+        for bucket, chunks in enumerate(pieces):
+            for depth in range(hops):
+                i = wave - depth
+                if 0 <= i < len(chunks):
+                    position = n_replicas - 1 - depth if toward_owner else depth
+                    order.append((bucket, i, position))
+    return order
+
+
+def _sharded_chains(
+    workload: Workload, network: Network, h: np.ndarray, start: np.ndarray, buckets
+) -> np.ndarray:
+    """`sharded-ps` chunk by chunk: (K, D), when each replica holds its stage's averaged
+    gradients, the replicas having started at `start` (K, D).
+
+    Bucket b is owned by replica b mod D and its chain runs from the owner (position 0) through
+    the next replicas, so replica r sends toward r − 1 in the reduce and toward r + 1 in the
+    broadcast, on one connection each (the same one at D = 2), the chunks of every chain it is
+    in, in turn as they become ready. Every receive of both phases is posted at a replica's
+    start: a reduce chunk leaves once the receiver's notice has arrived and, but at the tail,
+    once its partial sum has come from behind; a replica starts broadcasting once its reduce is
+    done (its sends gone, its chunks in), a chunk once it has it. A link is kept busy by the
+    chains it starts while the others fill, so with equal links a phase takes about the busiest
+    replica's (D − 1)/D·N and the fill mostly hides behind it."""
+    n_replicas = workload.n_replicas
+    owners = np.arange(len(buckets)) % n_replicas
+    pieces = [_chunk_sizes(float(size), workload.chunk_bytes) for size in buckets]
+    latency = network.latency_s
+    links: dict[tuple[int, int], Connection] = {}
+    held = start.copy()  # when each replica has sent and received all it has so far
+
+    def send(r: int, t: int, size: float, ready: np.ndarray) -> np.ndarray:
+        if (r, t) not in links:
+            links[r, t] = Connection(network, h[:, r], h[:, t])
+        end = links[r, t].send(size, ready)
+        held[:, r] = np.maximum(held[:, r], end)
+        arrival = end + latency[h[:, r], h[:, t]]
+        held[:, t] = np.maximum(held[:, t], arrival)
+        return arrival
+
+    reduced = {}
+    for bucket, i, position in _waves(pieces, n_replicas, toward_owner=True):
+        r = (owners[bucket] + position) % n_replicas
+        t = (r - 1) % n_replicas
+        notice = start[:, t] + latency[h[:, t], h[:, r]]
+        ready = np.maximum(start[:, r], notice)
+        if position < n_replicas - 1:
+            ready = np.maximum(ready, reduced[bucket, i, position])
+        reduced[bucket, i, position - 1] = send(r, t, pieces[bucket][i], ready)
+    reduce_done = held.copy()
+    broadcast = {}
+    for bucket, i, position in _waves(pieces, n_replicas, toward_owner=False):
+        r = (owners[bucket] + position) % n_replicas
+        has = reduced[bucket, i, 0] if position == 0 else broadcast[bucket, i, position]
+        ready = np.maximum(has, reduce_done[:, r])
+        broadcast[bucket, i, position + 1] = send(r, (r + 1) % n_replicas, pieces[bucket][i], ready)
+    return held
