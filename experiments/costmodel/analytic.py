@@ -63,6 +63,7 @@ optimizer-only end; `fsdp_allgather` = what the gathers add to the stages' work;
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +84,12 @@ OPTIMIZER_BYTES_PER_PARAM = 28
 SYNC_PARTS = {"allreduce": "allreduce", "fsdp": "reduce_scatter"}
 """The part a DP mode's sync is reported as (`ps_sync` for the others)."""
 STEADY_PASSES = 2
+SHARDED_PIECES = 256
+"""`sharded-ps` is played in at most about this many pieces per stage: where a stage has more
+chunks, whole chunks are merged into pieces (a chain's fill then counts the larger piece, but
+it hides behind the links' other chains: `seed-gpt3xl.toml` with `sharded-ps`, d50b1 DP 4,
+predicts 49.63 s at 64 and 1,024 pieces and unmerged alike), and a prediction takes about a
+second, not ten."""
 """Iterations played back to back: each starts skewed as the previous one's barrier left it."""
 
 
@@ -535,68 +542,80 @@ def _chunk_sizes(size: float, chunk: float) -> list[float]:
     return [chunk] * whole + ([rest] if rest > 0 else [])
 
 
-def _waves(pieces: list[list[float]], n_replicas: int, toward_owner: bool) -> list:
-    """Every (bucket, chunk, chain position) a chunk leaves from, in an order in which each
-    comes after the one it waits for: wave n holds chunk i at the hop it reaches after n − i
-    hops (from the tail in the reduce, from the owner in the broadcast)."""
-    hops = n_replicas - 1
-    longest = max(len(chunks) for chunks in pieces)
-    order = []
-    for wave in range(longest + hops - 1):
-        for bucket, chunks in enumerate(pieces):
-            for depth in range(hops):
-                i = wave - depth
-                if 0 <= i < len(chunks):
-                    position = n_replicas - 1 - depth if toward_owner else depth
-                    order.append((bucket, i, position))
-    return order
-
-
 def _sharded_chains(
     workload: Workload, network: Network, h: np.ndarray, start: np.ndarray, buckets
 ) -> np.ndarray:
     """`sharded-ps` chunk by chunk: (K, D), when each replica holds its stage's averaged
-    gradients, the replicas having started at `start` (K, D).
-
-    Bucket b is owned by replica b mod D and its chain runs from the owner (position 0) through
-    the next replicas, so replica r sends toward r − 1 in the reduce and toward r + 1 in the
-    broadcast, on one connection each (the same one at D = 2), the chunks of every chain it is
-    in, in turn as they become ready. Every receive of both phases is posted at a replica's
-    start: a reduce chunk leaves once the receiver's notice has arrived and, but at the tail,
-    once its partial sum has come from behind; a replica starts broadcasting once its reduce is
-    done (its sends gone, its chunks in), a chunk once it has it. A link is kept busy by the
-    chains it starts while the others fill, so with equal links a phase takes about the busiest
-    replica's (D − 1)/D·N and the fill mostly hides behind it."""
+    gradients, the replicas having started at `start` (K, D); each placement played in turn
+    (`_sharded_play`)."""
     n_replicas = workload.n_replicas
-    owners = np.arange(len(buckets)) % n_replicas
-    pieces = [_chunk_sizes(float(size), workload.chunk_bytes) for size in buckets]
-    latency = network.latency_s
-    links: dict[tuple[int, int], Connection] = {}
-    held = start.copy()  # when each replica has sent and received all it has so far
+    per_piece = np.ceil(float(np.sum(buckets)) / (SHARDED_PIECES * workload.chunk_bytes))
+    piece = workload.chunk_bytes * max(1.0, per_piece)
+    pieces = [_chunk_sizes(float(size), piece) for size in buckets]
+    owners = [bucket % n_replicas for bucket in range(len(buckets))]
+    return np.stack([_sharded_play(network, h[k], start[k], owners, pieces) for k in range(len(h))])
 
-    def send(r: int, t: int, size: float, ready: np.ndarray) -> np.ndarray:
+
+def _sharded_play(
+    network: Network, hosts: np.ndarray, start: np.ndarray, owners: list[int], pieces: list
+) -> np.ndarray:
+    """One placement's `sharded-ps` sync: (D,), when each replica holds the average.
+
+    Bucket b is owned by replica owners[b] and its chain runs from the owner (position 0)
+    through the next replicas, so replica r sends toward r − 1 in the reduce and toward r + 1 in
+    the broadcast, on one connection each (the same one at D = 2; its window carries from
+    chunk to chunk, `connection.py`). Every receive of both phases is posted at a replica's
+    start: a reduce chunk leaves once the receiver's notice has come and, but at the tail, once
+    its partial sum has come from behind; a replica broadcasts once its own reduce is done (its
+    sends gone, its chunks in), a chunk once it has it. Each connection sends its chunks in the
+    order they became ready (the order the owners' threads hand them to it), so a link starts at
+    once with the chains it is the tail of and the other chains' chunks queue behind them: with
+    equal links a phase takes about the busiest replica's (D − 1)/D·N, the fill hidden."""
+    n_replicas = len(hosts)
+    links: dict[tuple[int, int], Connection] = {}
+    held = start.astype(float)  # when each replica has sent and received all it has so far
+
+    def send(r: int, t: int, size: float, ready: float) -> float:
         if (r, t) not in links:
-            links[r, t] = Connection(network, h[:, r], h[:, t])
-        end = links[r, t].send(size, ready)
-        held[:, r] = np.maximum(held[:, r], end)
-        arrival = end + latency[h[:, r], h[:, t]]
-        held[:, t] = np.maximum(held[:, t], arrival)
+            links[r, t] = Connection(network, hosts[[r]], hosts[[t]])
+        end = float(links[r, t].send(size, np.array([ready]))[0])
+        arrival = end + network.latency_s[hosts[r], hosts[t]]
+        held[r], held[t] = max(held[r], end), max(held[t], arrival)
         return arrival
 
+    def notice(r: int, t: int) -> float:  # r may send to t: both started, t's notice in
+        return max(start[r], start[t] + network.latency_s[hosts[t], hosts[r]])
+
+    tail = n_replicas - 1
+    queue = []
+    for bucket, chunks in enumerate(pieces):
+        r = (owners[bucket] + tail) % n_replicas
+        ready = notice(r, (r - 1) % n_replicas)
+        queue += [(ready, i, bucket, tail) for i in range(len(chunks))]
     reduced = {}
-    for bucket, i, position in _waves(pieces, n_replicas, toward_owner=True):
+    heapq.heapify(queue)
+    while queue:
+        ready, i, bucket, position = heapq.heappop(queue)
         r = (owners[bucket] + position) % n_replicas
+        arrival = send(r, (r - 1) % n_replicas, pieces[bucket][i], ready)
+        if position == 1:
+            reduced[bucket, i] = arrival
+            continue
         t = (r - 1) % n_replicas
-        notice = start[:, t] + latency[h[:, t], h[:, r]]
-        ready = np.maximum(start[:, r], notice)
-        if position < n_replicas - 1:
-            ready = np.maximum(ready, reduced[bucket, i, position])
-        reduced[bucket, i, position - 1] = send(r, t, pieces[bucket][i], ready)
+        ready = max(arrival, notice(t, (t - 1) % n_replicas))
+        heapq.heappush(queue, (ready, i, bucket, position - 1))
     reduce_done = held.copy()
-    broadcast = {}
-    for bucket, i, position in _waves(pieces, n_replicas, toward_owner=False):
+    queue = [
+        (max(reduced[bucket, i], reduce_done[owners[bucket]]), i, bucket, 0)
+        for bucket, chunks in enumerate(pieces)
+        for i in range(len(chunks))
+    ]
+    heapq.heapify(queue)
+    while queue:
+        ready, i, bucket, position = heapq.heappop(queue)
         r = (owners[bucket] + position) % n_replicas
-        has = reduced[bucket, i, 0] if position == 0 else broadcast[bucket, i, position]
-        ready = np.maximum(has, reduce_done[:, r])
-        broadcast[bucket, i, position + 1] = send(r, (r + 1) % n_replicas, pieces[bucket][i], ready)
+        arrival = send(r, (r + 1) % n_replicas, pieces[bucket][i], ready)
+        if position + 1 < tail:
+            t = (r + 1) % n_replicas
+            heapq.heappush(queue, (max(arrival, reduce_done[t]), i, bucket, position + 1))
     return held
