@@ -4,10 +4,11 @@
     experiments/world-regions.toml, compute calibrated on the reference experiment): time of one
     full evaluation, goal under 1 s; plus the greedy placement search against random placements.
 (2) With --results DIR (a folder `wanlab run` wrote): every measured cell predicted from the
-    calibration cell alone (the unshaped cell of the same DP degree and micro-batch), goal every
-    cell within 10 % of its measured iteration time. A scale model's folder (`wanlab scale`)
-    is judged instead by its slowdowns: every cell's measured slowdown within 10 % of the one
-    the cost model predicts for the target cell it stands for.
+    calibration cell alone (the unshaped cell of the same DP degree, micro-batch, DP mode, TCP
+    and repeat), goal every cell within 10 % of its measured iteration time, the mean over its
+    repeats where the matrix repeats it (a single repeat's error is reported beside it). A scale
+    model's folder (`wanlab scale`) is judged instead by its slowdowns: every cell's measured
+    slowdown within 10 % of the one the cost model predicts for the target cell it stands for.
 """
 
 from __future__ import annotations
@@ -146,17 +147,46 @@ def against_results(directory: Path) -> dict:
         )
     if not cells:
         return {"run": False, "why": f"no finished profile cell in {directory}"}
-    worst = max(abs(c["error"]) for c in cells)
-    worst_own = max(abs(c["own_compute_error"]) for c in cells)
+    pooled = over_repeats(cells)
+    worst = max(abs(c["error"]) for c in pooled)
     return {
         "run": True,
-        "max_abs_own_compute_error": worst_own,
-        "goal": f"every cell within {GOAL_ERROR:.0%} of its measurement",
+        "goal": f"every cell within {GOAL_ERROR:.0%} of its measurement (its repeats' mean)",
         "met": worst <= GOAL_ERROR,
         "max_abs_error": worst,
+        "max_abs_own_compute_error": max(abs(c["own_compute_error"]) for c in pooled),
+        "max_abs_single_repeat_error": max(abs(c["error"]) for c in cells),
         "results": str(directory),
-        "cells": cells,
+        "cells": pooled,
+        "repeats": cells,
     }
+
+
+def over_repeats(cells: list[dict]) -> list[dict]:
+    """Each cell's repeats together: the mean measured and predicted times (each repeat is
+    predicted from its own pass's calibration) and the error between them."""
+    groups: dict[str, list[dict]] = {}
+    for cell in cells:
+        groups.setdefault(cell["cell_id"].rsplit("|r", 1)[0], []).append(cell)
+    pooled = []
+    for cell_id, repeats in groups.items():
+        measured = float(np.mean([c["measured_s"] for c in repeats]))
+        predicted = float(np.mean([c["predicted_s"] for c in repeats]))
+        own = float(np.mean([c["own_compute_predicted_s"] for c in repeats]))
+        pooled.append(
+            {
+                "cell_id": cell_id,
+                "repeats": len(repeats),
+                "measured_s": measured,
+                "measured_spread": max(c["measured_s"] for c in repeats)
+                / min(c["measured_s"] for c in repeats)
+                - 1,
+                "predicted_s": predicted,
+                "error": predicted / measured - 1,
+                "own_compute_error": own / measured - 1,
+            }
+        )
+    return pooled
 
 
 def main() -> None:
@@ -182,14 +212,20 @@ def main() -> None:
         print("part (2), the model against a measured matrix: not run (no --results)")
     else:
         part2 = against_results(args.results)
+        for c in part2.get("repeats", []):
+            print(
+                f"{c['cell_id']}: measured {c['measured_s']:.4f} s, predicted "
+                f"{c['predicted_s']:.4f} s ({c['error']:+.1%}), calibrated on "
+                f"{c['calibrated_on']}"
+            )
         for c in part2.get("cells", []):
-            if "cell_id" in c:
+            if "repeats" in c:
                 print(
-                    f"{c['cell_id']}: measured {c['measured_s']:.4f} s, predicted "
-                    f"{c['predicted_s']:.4f} s ({c['error']:+.1%}), calibrated on "
-                    f"{c['calibrated_on']}"
+                    f"{c['cell_id']}, mean of {c['repeats']} (spread {c['measured_spread']:.1%}): "
+                    f"measured {c['measured_s']:.4f} s, predicted {c['predicted_s']:.4f} s "
+                    f"({c['error']:+.1%})"
                 )
-            else:
+            elif "target_profile" in c:
                 print(
                     f"{c['target_profile']} DP {c['dp_degree']}: scale model "
                     f"{c['measured_s']:.2f} s (×{c['measured_slowdown']:.3f}), target predicted "

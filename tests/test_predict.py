@@ -137,6 +137,23 @@ def test_calibration_takes_the_unshaped_cell_of_the_same_dp(results):
     assert list(compute.optimizer_s) == [0.001, 0.002]
 
 
+def test_each_repeat_is_calibrated_on_its_own_passs_twin():
+    records = []
+    for repeat, stages in enumerate(
+        [STAGE_TIMES[1], [(2 * f, 2 * b, o) for f, b, o in STAGE_TIMES[1]]]
+    ):
+        record = cell_record("default", 1, stages, 0.1 * (repeat + 1))
+        record["params"]["repeat"] = repeat
+        record["cell_id"] = record["cell_id"].replace("|r0", f"|r{repeat}")
+        records.append(CellRecord.model_validate(record))
+    calibrator = ResultsCalibration(records)
+    shaped = records[0].params.model_dump() | {"profile": "10ms/100mbit"}
+    assert calibrator.choose(shaped | {"repeat": 1}).cell_id == "default|dp1|mb1|gpipe|ps|r1"
+    assert calibrator.choose(shaped | {"repeat": 0}).cell_id == "default|dp1|mb1|gpipe|ps|r0"
+    # a repeat the unshaped cell lacks falls back to any repeat of it
+    assert calibrator.choose(shaped | {"repeat": 2}).cell_id == "default|dp1|mb1|gpipe|ps|r0"
+
+
 def test_shaped_cell_prediction_worked_by_hand(results):
     records = ResultsStore(results).records()
     calibration = ResultsCalibration(records).for_cell({"dp_degree": 1, "micro_batch": 1})

@@ -385,7 +385,8 @@ class ResultsCalibration:
     """Calibrations from a results folder's cells, chosen per predicted cell.
 
     For a cell, the measured cell used is: the one named by `cell_id`; else an unshaped cell
-    with the same DP degree, micro-batch, engine, DP mode, layout, precision and recompute; else
+    with the same DP degree, micro-batch, engine, DP mode, TCP, layout, precision, recompute and
+    repeat (the twin measured in the same pass); else the same but any repeat; else
     one with the same DP degree, micro-batch and those three; else one with the same DP degree
     and micro-batch; else the first usable cell. Its probe gives the native network.
     """
@@ -415,6 +416,7 @@ class ResultsCalibration:
         ]
         variant = ("layout", "dtype", "recompute")
         for keys in (
+            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant, "repeat"),
             ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant),
             ("dp_degree", "micro_batch", "engine", "dp_mode", *variant),
             ("dp_degree", "micro_batch", *variant),
