@@ -84,13 +84,13 @@ OPTIMIZER_BYTES_PER_PARAM = 28
 SYNC_PARTS = {"allreduce": "allreduce", "fsdp": "reduce_scatter"}
 """The part a DP mode's sync is reported as (`ps_sync` for the others)."""
 STEADY_PASSES = 2
+"""Iterations played back to back: each starts skewed as the previous one's barrier left it."""
 SHARDED_PIECES = 256
 """`sharded-ps` is played in at most about this many pieces per stage: where a stage has more
 chunks, whole chunks are merged into pieces (a chain's fill then counts the larger piece, but
 it hides behind the links' other chains: `seed-gpt3xl.toml` with `sharded-ps`, d50b1 DP 4,
 predicts 49.63 s at 64 and 1,024 pieces and unmerged alike), and a prediction takes about a
 second, not ten."""
-"""Iterations played back to back: each starts skewed as the previous one's barrier left it."""
 
 
 @dataclass(frozen=True)
@@ -503,7 +503,6 @@ def _chain_sync(workload: Workload, network: Network, hosts: np.ndarray, done: n
     for s, buckets in enumerate(workload.sync_buckets):
         if workload.dp_mode == "ps":
             synced[s] = _central_chain(workload, network, hosts[s], done[s].max(axis=1), buckets)
-            synced[s] = synced[s].max(axis=1, keepdims=True)
         else:
             synced[s] = _sharded_chains(workload, network, hosts[s], done[s], buckets)
     return synced

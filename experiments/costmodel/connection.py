@@ -20,19 +20,19 @@ from experiments.costmodel.tcp import path_cap, start_window, wire_s
 class Connection:
     """The connection src → dst (arrays of hosts, one per placement) through one sync."""
 
-    def __init__(self, network: Network, src: np.ndarray, dst: np.ndarray, idle_s=np.inf):
-        """`idle_s`: how long it was idle before its first message (np.inf: since the last
-        iteration, long enough to cool it fully)."""
+    def __init__(self, network: Network, src: np.ndarray, dst: np.ndarray):
+        """A connection warm when it went idle, long enough ago (since the last iteration)
+        to have cooled fully."""
         self.network, self.src, self.dst = network, src, dst
         self.rate = network.bytes_per_s[src, dst]
         self.free = np.full(np.shape(src), -np.inf)  # when its last message's last byte left
-        self.idle_s = idle_s
         tcp = network.tcp
         if tcp is None:
             return
         self.rtt = network.latency_s[src, dst] + network.latency_s[dst, src]
         self.limit = tcp.window(src, dst)
-        self.window = path_cap(self.limit, self.rate, self.rtt)  # warm when it went idle
+        self.cap = path_cap(self.limit, self.rate, self.rtt)
+        self.window = self.cap.copy()
         self.burst_start = np.zeros(np.shape(src))
         self.burst_window = self.window.copy()
         self.burst_bytes = np.zeros(np.shape(src))
@@ -46,7 +46,7 @@ class Connection:
             self.free = begin + size / self.rate
             return self.free
         waited = begin > self.free
-        idle = np.where(np.isinf(self.free), self.idle_s, begin - self.free)
+        idle = begin - self.free  # inf before its first message
         cooled = start_window(
             self.window, tcp.initial_bytes(self.src), tcp.slow_start_after_idle[self.src],
             idle, self.rtt,
@@ -56,8 +56,7 @@ class Connection:
         self.burst_bytes = np.where(waited, 0.0, self.burst_bytes) + size
         in_burst = wire_s(self.burst_bytes, self.rtt, self.rate, self.limit, self.burst_window)
         end = np.maximum(self.burst_start + in_burst, begin + size / self.rate)
-        cap = path_cap(self.limit, self.rate, self.rtt)
-        self.window = np.minimum(self.burst_window + self.burst_bytes, cap)
+        self.window = np.minimum(self.burst_window + self.burst_bytes, self.cap)
         same = self.network.same_machine
         if same is not None:
             end = np.where(same[self.src, self.dst], begin + size / self.rate, end)
