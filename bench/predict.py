@@ -80,9 +80,11 @@ def against_target(directory: Path) -> dict:
     results = load_results(directory)
     merged = scale_comparison(results.points, results.scale)
     done = merged[merged["status"] == "ok"]
+    own = results.scale.get("profiles") or {}
     cells = [
         {
             "target_profile": row.target_profile,
+            "scale_factor": own.get(row.profile, results.scale)["factor"],
             "dp_degree": int(row.dp_degree),
             "dp_mode": row.dp_mode,
             "measured_s": row.iter_mean_s,
@@ -101,7 +103,6 @@ def against_target(directory: Path) -> dict:
         "goal": f"every cell's slowdown within {GOAL_ERROR:.0%} of the target's predicted",
         "met": worst <= GOAL_ERROR and len(cells) == len(merged),
         "max_abs_error": worst,
-        "scale_factor": results.scale["factor"],
         "target": results.scale["target"],
         "results": str(directory),
         "cells": cells,
@@ -126,12 +127,12 @@ def against_results(directory: Path) -> dict:
         params = cell.params()
         config = spec.trainer_config(cell)
         calibration = calibrator.for_cell(params)
-        row = predict_config(config, target, calibration, None, spec.tcp[cell.tcp])
+        row = predict_config(config, target, calibration, None, spec.tcp_settings(cell))
         # the same network, with the cell's own measured compute: what the network model alone
         # gets wrong, apart from this machine's compute noise between cells
         own_stages = stage_times(record.summary, config.pipeline)
         own = replace(calibration, stages=own_stages, measured=workload_of(config))
-        own_row = predict_config(config, target, own, None, spec.tcp[cell.tcp])
+        own_row = predict_config(config, target, own, None, spec.tcp_settings(cell))
         actual = record.summary.iteration_s
         cells.append(
             {

@@ -137,6 +137,19 @@ class ScaleCell(BaseModel):
     dp_mode: str
     target_profile: str
     predicted_s: float = Field(gt=0, allow_inf_nan=False)
+    measured_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """The target cell's own measured time (mean over its repeats), when the target is a
+    results folder."""
+
+
+class ScaledProfile(BaseModel):
+    """A profile of a scale model whose tensors and TCP windows take a factor of their own: the
+    trainer fields that factor sizes and every TCP setting of the matrix, scaled by it."""
+
+    model_config = ConfigDict(extra="forbid")
+    factor: float = Field(gt=0, le=1, allow_inf_nan=False)
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    tcp: dict[str, TcpSettings]
 
 
 class ScaleOrigin(BaseModel):
@@ -146,9 +159,12 @@ class ScaleOrigin(BaseModel):
     target: str
     calibration: str
     factor: float = Field(gt=0, le=1, allow_inf_nan=False)
+    """The factor of the [trainer] and [tcp] tables: every profile's but those in `profiles`."""
     baseline_profile: str
     """The target profile that slowdowns are measured against."""
     cells: list[ScaleCell] = Field(min_length=1)
+    profiles: dict[str, ScaledProfile] = Field(default_factory=dict)
+    """Lab profile → its own factor, where the lab carries a larger one at its rate."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,12 @@ class Cell:
         return overrides
 
 
+def with_factor(trainer: dict[str, Any], factor: float, sized: dict[str, Any]) -> dict[str, Any]:
+    """An emulated [trainer] table with its tensors × `factor`: `sized` holds the fields that
+    factor sizes besides the emulated stages' own tensors."""
+    return trainer | sized | {"emulate": trainer["emulate"] | {"scale": factor}}
+
+
 def matrix_cells(axes: Axes, repeats: int) -> list[Cell]:
     """Every cell of these axes, profiles outermost (so a profile is applied once for its
     cells), then TCP settings, repeats innermost: the one order the runner, `--resume` and the
@@ -254,9 +276,25 @@ class MatrixSpec:
         """Every cell, profiles outermost (so a profile is applied once for its cells)."""
         return matrix_cells(self.axes, self.header.repeats)
 
+    def trainer_table(self, profile: str) -> dict[str, Any]:
+        """[trainer] as the cells of `profile` take it (a scale model's profile with a factor of
+        its own sizes its tensors by that factor)."""
+        scaled = self.scale.profiles.get(profile) if self.scale is not None else None
+        if scaled is None:
+            return self.trainer
+        return with_factor(self.trainer, scaled.factor, scaled.trainer)
+
     def trainer_config(self, cell: Cell) -> TrainerConfig:
         """The full trainer configuration of one cell."""
-        return TrainerConfig(**(self.trainer | cell.trainer_overrides()))
+        return TrainerConfig(**(self.trainer_table(cell.profile) | cell.trainer_overrides()))
+
+    def tcp_settings(self, cell: Cell) -> TcpSettings | None:
+        """The TCP settings of one cell: its tcp axis value's (None: the hosts' own), in a
+        scale model's profile with a factor of its own, that factor's."""
+        scaled = self.scale.profiles.get(cell.profile) if self.scale is not None else None
+        if scaled is not None and cell.tcp in scaled.tcp:
+            return scaled.tcp[cell.tcp]
+        return self.tcp[cell.tcp]
 
     @property
     def max_world_size(self) -> int:
@@ -335,6 +373,8 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     tcp = _tcp_settings(data.get("tcp", {}), axes.tcp, file)
     placement = _section(data, "placement", Placement, file)
     scale = _section(data, "scale", ScaleOrigin, file) if "scale" in data else None
+    if scale is not None:
+        _check_scaled_profiles(scale, trainer, axes.profiles, tcp, file)
     spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp, placement, scale)
     _check_cells(spec, file)
     return spec
@@ -365,6 +405,28 @@ def _tcp_settings(tables: Any, axis: list[str], file: str) -> dict[str, TcpSetti
     return {name: known[name] for name in axis}
 
 
+def _check_scaled_profiles(
+    scale: ScaleOrigin, trainer: dict, profiles: list[str], tcp: dict, file: str
+) -> None:
+    """A profile's own factor needs emulated compute, a profile of the axis, no field a cell
+    sets, and every [tcp.NAME] setting of the axis scaled by it."""
+    scaled_tcp = {name for name, settings in tcp.items() if settings is not None}
+    for profile, scaled in scale.profiles.items():
+        where = f"scale.profiles.{profile}"
+        if "emulate" not in trainer:
+            raise ConfigError(file, where, "a factor of its own needs [trainer.emulate]")
+        if profile not in profiles:
+            raise ConfigError(file, where, "is not a profile of axes.profiles")
+        for key in scaled.trainer:
+            if key in (*_CELL_FIELDS, "emulate"):
+                raise ConfigError(file, f"{where}.trainer.{key}", "is not sized by the factor")
+        if set(scaled.tcp) != scaled_tcp:
+            raise ConfigError(
+                file, f"{where}.tcp", f"must scale the [tcp] settings {sorted(scaled_tcp)}, "
+                f"not {sorted(scaled.tcp)}",
+            )  # fmt: skip
+
+
 def _check_cells(spec: MatrixSpec, file: str) -> None:
     axis_of = {
         "micro_batch": ("micro_batches", "micro_batch"),
@@ -380,7 +442,7 @@ def _check_cells(spec: MatrixSpec, file: str) -> None:
         axis_of["recompute"] = ("recompute", "recompute")
     for cell in spec.cells():
         try:
-            load_config(None, {**spec.trainer, **cell.trainer_overrides()})
+            load_config(None, {**spec.trainer_table(cell.profile), **cell.trainer_overrides()})
         except ConfigError as error:
             field = error.field or ""
             if field in axis_of:

@@ -208,7 +208,7 @@ class MatrixRunner:
             trainer=config.model_dump(mode="json", exclude={"out", "iface"}),
             network=CellNetwork(
                 setting=describe_target(self.spec.targets[cell.profile]),
-                tcp_setting=_tcp_setting(self.spec.tcp[cell.tcp]),
+                tcp_setting=_tcp_setting(self.spec.tcp_settings(cell)),
             ),
             hosts=self.host_facts,
             started_at=_now(),
@@ -255,7 +255,7 @@ class MatrixRunner:
         # only the cell's own hosts: a host it does not use (or one that is lost) stays out
         used = list(dict.fromkeys(host.name for host in self.spec.place(cell, self.fleet)))
         applied = netem.apply(self.spec.targets[cell.profile], lease_s=lease_s, names=used)
-        settings = self.spec.tcp[cell.tcp]
+        settings = self.spec.tcp_settings(cell)
         if settings is None:
             tcp = netem.show_tcp(used)
         else:
@@ -364,11 +364,13 @@ def usable_congestion_controls(tcp: dict) -> set[str] | None:
 def check_congestion_controls(spec: MatrixSpec, fleet: Fleet, host_facts: dict[str, dict]) -> None:
     """Refuse a matrix whose TCP settings choose a congestion control that a host it places
     cells on cannot have, before any host is touched."""
-    for name, settings in spec.tcp.items():
-        wanted = settings.congestion_control if settings is not None else None
-        if wanted is None:
-            continue
-        hosts = {h.name for c in spec.cells() if c.tcp == name for h in spec.place(c, fleet)}
+    hosts_wanting: dict[tuple[str, str], set[str]] = {}
+    for cell in spec.cells():
+        settings = spec.tcp_settings(cell)
+        if settings is not None and settings.congestion_control is not None:
+            key = (cell.tcp, settings.congestion_control)
+            hosts_wanting.setdefault(key, set()).update(h.name for h in spec.place(cell, fleet))
+    for (name, wanted), hosts in hosts_wanting.items():
         lacking = {}
         for host in sorted(hosts):
             usable = usable_congestion_controls((host_facts.get(host) or {}).get("tcp") or {})

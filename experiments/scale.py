@@ -2,20 +2,27 @@
 
 The lab keeps what it can keep exactly: the target's topology (stages, DP degrees, so every
 rank), micro-batches, schedule, DP mode, every delay, and each stage's compute time (emulated:
-trainer/emulated.py). What it cannot carry it scales by one factor s: every tensor (activations,
-parameters, gradients), every rate, and the TCP windows (socket-buffer maxima, initial window).
-Every time in the model is then the target's: a transfer of s·A bytes at s·β takes A/β, and a
-window of s·W over a path of s·β·R is as full as W over β·R.
+trainer/emulated.py). What it cannot carry it scales, within each profile, by one factor s:
+every tensor (activations, parameters, gradients), every rate, and the TCP windows (socket-buffer
+maxima, initial window). Every time in the model is then the target's: a transfer of s·A bytes
+at s·β takes A/β, and a window of s·W over a path of s·β·R is as full as W over β·R.
 
-s is chosen so that every host sending at its fastest rate at once stays within the lab's
-forwarding ceiling (with headroom). The derivation says where the lab falls short: a latency the
-lab's own hop already exceeds, or an initial window below one segment. A target whose window or
-tensors would shrink below what TCP can carry, or with more ranks than the lab holds, is refused.
+A profile's s is the largest at which every host sending at that profile's rate at once stays
+within the lab's forwarding ceiling (with headroom), lowered where that makes the target's
+initial window a whole number of segments: TCP opens with whole segments, and a window rounded
+up to one ramps to a tensor's size in fewer round trips than the target's did (at 50 ms, 3.7
+doublings instead of 6.2 for a GPT-3 XL activation; the lab ran 15 % faster). A slower profile
+so carries larger tensors than a faster one; a slowdown compares times, which s does not change.
+The derivation says where the lab falls short: a latency the lab's own hop already exceeds, or
+an initial window below one segment. A target whose window or tensors would shrink below what
+TCP can carry, or with more ranks than the lab holds, is refused.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from experiments.costmodel.analytic import StageCompute
@@ -26,7 +33,8 @@ from experiments.costmodel.tcp import (
     receive_window,
     tcp_side,
 )
-from experiments.matrix import MatrixSpec
+from experiments.matrix import Cell, MatrixSpec, with_factor
+from experiments.results import CellRecord
 from inventory.errors import ConfigError
 from inventory.localfleet import MAX_HOSTS
 from netem.profile import Profile
@@ -59,6 +67,21 @@ class Lab:
     ceiling_bps: float
     receive_share: float | None = None
     max_hosts: int = MAX_HOSTS
+    delays_whole: bool = False
+    """True where a delay d is d one-way in all: the lab's delay node takes its own hop out of
+    every delay it applies (netem/delaynode.py), so its own hop is not taken off again here."""
+
+    def delay_ms_for(self, one_way_s: float) -> float:
+        """The delay to ask of the lab for this one-way latency (0: its own hop is as long)."""
+        if one_way_s <= self.latency_s:
+            return 0.0
+        return round((one_way_s if self.delays_whole else one_way_s - self.latency_s) * 1000, 3)
+
+    def one_way_s(self, delay_ms: float) -> float:
+        """The one-way latency of a lab hop asked for `delay_ms`."""
+        if delay_ms == 0:
+            return self.latency_s
+        return delay_ms / 1000 + (0.0 if self.delays_whole else self.latency_s)
 
     def tcp(self, settings: TcpSettings) -> dict:
         """`settings` on the lab's hosts, as the cost model takes them."""
@@ -67,28 +90,76 @@ class Lab:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """A target that ran: each cell's calibration (its measured twin's) and measured times."""
+
+    calibration_for: Callable[[dict], Calibration]
+    records: list[CellRecord]
+
+    def times(self, cell: Cell) -> list[float]:
+        """The iteration times the target measured for `cell`, one per finished repeat."""
+        same = dict(cell.params(), repeat=None)
+        return [
+            record.summary.iteration_s
+            for record in self.records
+            if record.ok and dict(record.params.model_dump(), repeat=None) == same
+        ]
+
+
+@dataclass(frozen=True)
+class ProfileScale:
+    """One profile of the scale model: its factor, the lab profile, the trainer fields the
+    factor sizes and every TCP setting scaled by it."""
+
+    factor: float
+    profile: Profile
+    tensors: dict
+    """Trainer fields sized by the factor (the gradient chains' pieces and buckets)."""
+    tcp: dict[str, TcpSettings]
+    """Lab TCP setting name → its settings; one per TCP setting of the target."""
+
+
+@dataclass(frozen=True)
 class ScaleModel:
     """The scaled matrix's parts and how well it keeps the target's dimensionless groups."""
 
-    factor: float
     trainer: dict
-    profiles: dict[str, str]
-    """Lab profile (short form) → the target profile it stands for."""
-    tcp: dict[str, TcpSettings]
-    """Lab TCP setting name → its settings; one per TCP setting of the target."""
+    """The target's trainer table with its compute emulated (the factor comes per profile)."""
+    scales: dict[str, ProfileScale]
+    """Target profile name → how the lab carries it."""
     tcp_names: dict[str, str]
     """Lab TCP setting name → the target's."""
     groups: list[dict]
     targets: list[dict]
     """Per lab cell: its coordinates and the target cell's predicted iteration time."""
 
+    def lab_trainer(self, target_profile: str) -> dict:
+        """The lab's trainer table for the cells of `target_profile`."""
+        return _lab_trainer(self.trainer, self.scales[target_profile])
+
+
+def _lab_trainer(trainer: dict, scale: ProfileScale) -> dict:
+    return with_factor(trainer, scale.factor, scale.tensors)
+
 
 def scaled_matrix(
     model: ScaleModel, spec: MatrixSpec, calibration: Calibration, iterations: int, warmup: int
 ) -> dict:
     """The scaled matrix as TOML data: the lab's profiles and TCP settings, emulated compute,
-    and a [scale] table that names the target and its predicted iteration times."""
-    trainer = model.trainer | {"iterations": iterations, "warmup": warmup}
+    and a [scale] table that names the target and its predicted iteration times. [trainer] and
+    [tcp] hold the baseline profile's factor; a profile with another has its own entry."""
+    baseline = baseline_profile(spec)
+    base = model.scales[baseline]
+    trainer = model.lab_trainer(baseline) | {"iterations": iterations, "warmup": warmup}
+    own = {
+        scale.profile.short(): {
+            "factor": scale.factor,
+            "trainer": scale.tensors,
+            "tcp": _tcp_tables(scale.tcp),
+        }
+        for scale in model.scales.values()
+        if scale.factor != base.factor
+    }
     return {
         "matrix": {
             "name": f"{spec.header.name}-scale",
@@ -97,24 +168,29 @@ def scaled_matrix(
         },
         "trainer": trainer,
         "axes": {
-            "profiles": list(model.profiles),
-            "tcp": list(model.tcp),
+            "profiles": [scale.profile.short() for scale in model.scales.values()],
+            "tcp": list(model.tcp_names),
             "dp_degrees": spec.axes.dp_degrees,
             "micro_batches": spec.axes.micro_batches,
             "engines": spec.axes.engines,
             "dp_modes": spec.axes.dp_modes,
         },
-        "tcp": {name: s.model_dump(exclude_none=True) for name, s in model.tcp.items()},
+        "tcp": _tcp_tables(base.tcp),
         "probe": {"seconds": 1.0, "count": 10},
         "timeouts": {"cell_s": spec.timeouts.cell_s},
         "scale": {
             "target": str(spec.source.resolve()),
             "calibration": calibration.source,
-            "factor": model.factor,
-            "baseline_profile": baseline_profile(spec),
+            "factor": base.factor,
+            "baseline_profile": baseline,
             "cells": model.targets,
+            "profiles": own,
         },
     }
+
+
+def _tcp_tables(tcp: dict[str, TcpSettings]) -> dict:
+    return {name: settings.model_dump(exclude_none=True) for name, settings in tcp.items()}
 
 
 def baseline_profile(spec: MatrixSpec) -> str:
@@ -123,15 +199,36 @@ def baseline_profile(spec: MatrixSpec) -> str:
     return (unshaped or spec.axes.profiles)[0]
 
 
-def scale_factor(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> float:
-    """s: every rank of the largest cell sending at the fastest rate fills HEADROOM of the lab."""
-    fastest = max(_rate_bps(profile, calibration) for profile in _profiles(spec).values())
-    return min(1.0, HEADROOM * lab.ceiling_bps / (spec.max_world_size * fastest))
+def scale_factor(spec: MatrixSpec, calibration: Calibration, lab: Lab, rate_bps: float) -> float:
+    """s of a profile of `rate_bps`: every rank of the largest cell sending at that rate fills
+    at most HEADROOM of the lab; within that, the largest s at which every TCP setting's initial
+    window is a whole number of segments, where there is one."""
+    most = min(1.0, HEADROOM * lab.ceiling_bps / (spec.max_world_size * rate_bps))
+    segments = [_initial_segments(setting, calibration) for setting in spec.tcp.values()]
+    whole = sorted(
+        {k / n for n in segments for k in range(1, math.floor(n * most) + 1)}, reverse=True
+    )
+    for factor in whole:
+        if all(math.isclose(n * factor, round(n * factor)) for n in segments):
+            return factor
+    return most
 
 
-def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
-    """The scale model of `spec` (predicted on `calibration`) on `lab`; ConfigError if it
-    cannot be carried."""
+def _initial_segments(setting: TcpSettings | None, calibration: Calibration) -> int:
+    """The target's initial window in segments, over all sockets of a connection."""
+    known = tcp_for(setting, calibration.tcp) or {}
+    return (known.get("initcwnd") or KERNEL_INITCWND) * calibration.sockets
+
+
+def derive(
+    spec: MatrixSpec,
+    calibration: Calibration,
+    lab: Lab,
+    measured: Measured | None = None,
+) -> ScaleModel:
+    """The scale model of `spec` (its compute and TCP from `calibration`) on `lab`;
+    ConfigError if it cannot be carried. With `measured` (a results folder's own cells), each
+    target cell is predicted on its own calibration and carries its measured time."""
     source = str(spec.source)
     profiles = _profiles(spec)
     if spec.max_world_size > lab.max_hosts:
@@ -153,42 +250,48 @@ def derive(spec: MatrixSpec, calibration: Calibration, lab: Lab) -> ScaleModel:
             source, "trainer.tensor" if spec.trainer.get("tensor", 1) > 1 else "axes.dp_modes",
             "emulated compute has no tensor-parallel or fully sharded stage",
         )  # fmt: skip
-    s = scale_factor(spec, calibration, lab)
-    config = spec.trainer_config(spec.cells()[0])
-    compute = calibration.compute_for(calibration.workload_for(config))
-    trainer = _scaled_trainer(spec, config, compute, calibration, s)
-    scaled = {name: _scaled_profile(p, calibration, lab, s) for name, p in profiles.items()}
-    lab_profiles = {profile.short(): name for name, profile in scaled.items()}
-    if len(lab_profiles) != len(profiles):
+    first = spec.trainer_config(spec.cells()[0])
+    compute = calibration.compute_for(calibration.workload_for(first))
+    trainer = _emulated_trainer(spec, first, compute, calibration)
+    tcp_names = {f"scaled-{name}": name for name in spec.tcp}
+    scales = {}
+    for name, profile in profiles.items():
+        s = scale_factor(spec, calibration, lab, _rate_bps(profile, calibration))
+        tcp = {
+            lab_name: _scaled_tcp(tcp_for(spec.tcp[target], calibration.tcp), calibration,
+                                  lab, s, source)
+            for lab_name, target in tcp_names.items()
+        }  # fmt: skip
+        scaled = _scaled_profile(profile, calibration, lab, s)
+        scales[name] = ProfileScale(s, scaled, _scaled_tensors(first, s), tcp)
+        _check_tensors(spec, _lab_trainer(trainer, scales[name]), source)
+    if len({scale.profile.short() for scale in scales.values()}) != len(profiles):
         raise ConfigError(source, "axes.profiles", "two profiles scale to the same lab profile")
-    tcp, tcp_names = {}, {}
-    for name, setting in spec.tcp.items():
-        known = tcp_for(setting, calibration.tcp)
-        lab_name = f"scaled-{name}"
-        tcp[lab_name] = _scaled_tcp(known, calibration, lab, s, source)
-        tcp_names[lab_name] = name
-    _check_tensors(spec, trainer, source)
-    lab_of = {target: lab_name for lab_name, target in lab_profiles.items()}
     lab_tcp = {target: lab_name for lab_name, target in tcp_names.items()}
     targets = []
     for cell in spec.cells():
-        config = spec.trainer_config(cell)
+        if cell.repeat > 0:
+            continue  # a target cell's repeats share its coordinates
+        params = cell.params()
         predicted = predict_config(
-            config, spec.targets[cell.profile], calibration, None, spec.tcp[cell.tcp]
-        )
-        targets.append(
-            {
-                "profile": lab_of[cell.profile],
-                "tcp": lab_tcp[cell.tcp],
-                "dp_degree": cell.dp_degree,
-                "micro_batch": cell.micro_batch,
-                "dp_mode": cell.dp_mode,
-                "target_profile": cell.profile,
-                "predicted_s": predicted["predicted_iteration_s"],
-            }
-        )
-    groups = _groups(spec, config, compute, calibration, lab, trainer, scaled, tcp, tcp_names)
-    return ScaleModel(s, trainer, lab_profiles, tcp, tcp_names, groups, targets)
+            spec.trainer_config(cell), spec.targets[cell.profile],
+            measured.calibration_for(params) if measured else calibration, None,
+            spec.tcp_settings(cell),
+        )  # fmt: skip
+        target = {
+            "profile": scales[cell.profile].profile.short(),
+            "tcp": lab_tcp[cell.tcp],
+            "dp_degree": cell.dp_degree,
+            "micro_batch": cell.micro_batch,
+            "dp_mode": cell.dp_mode,
+            "target_profile": cell.profile,
+            "predicted_s": predicted["predicted_iteration_s"],
+        }
+        if measured and (times := measured.times(cell)):
+            target["measured_s"] = statistics.fmean(times)
+        targets.append(target)
+    groups = _groups(spec, first, compute, calibration, lab, trainer, scales, tcp_names)
+    return ScaleModel(trainer, scales, tcp_names, groups, targets)
 
 
 def _profiles(spec: MatrixSpec) -> dict[str, Profile]:
@@ -205,25 +308,16 @@ def _rate_bps(profile: Profile, calibration: Calibration) -> float:
     return float(profile.rate_bps or calibration.native.rate_bps)
 
 
-def _scaled_trainer(
-    spec: MatrixSpec,
-    config: TrainerConfig,
-    compute: StageCompute,
-    calibration: Calibration,
-    s: float,
+def _emulated_trainer(
+    spec: MatrixSpec, config: TrainerConfig, compute: StageCompute, calibration: Calibration
 ) -> dict:
     """The target's trainer table (`config` its first cell, `compute` its stage times) with its
-    stages' compute times emulated and tensors scaled."""
+    stages' compute times emulated."""
     per_sequence = 1000 / config.micro_batch
     trainer = dict(spec.trainer)
-    chunk_kb = config.ps_chunk_kb * s
-    trainer["ps_chunk_kb"] = round(max(MIN_CHUNK_KB, chunk_kb), 3)
-    if config.ps_bucket_mb:
-        trainer["ps_bucket_mb"] = config.ps_bucket_mb * s
     if calibration.gpipe_schedule == "reference":
         trainer["gpipe_schedule"] = "reference"
     trainer["emulate"] = {
-        "scale": s,
         "forward_ms": [round(t * per_sequence, 4) for t in compute.forward_s],
         "backward_ms": [round(t * per_sequence, 4) for t in compute.backward_s],
         "optimizer_ms": [round(t * 1000, 4) for t in compute.optimizer_s],
@@ -231,10 +325,17 @@ def _scaled_trainer(
     return trainer
 
 
+def _scaled_tensors(config: TrainerConfig, s: float) -> dict:
+    """The trainer fields that size the gradient chains' pieces and buckets, × s."""
+    tensors = {"ps_chunk_kb": round(max(MIN_CHUNK_KB, config.ps_chunk_kb * s), 3)}
+    if config.ps_bucket_mb:
+        tensors["ps_bucket_mb"] = config.ps_bucket_mb * s
+    return tensors
+
+
 def _scaled_profile(profile: Profile, calibration: Calibration, lab: Lab, s: float) -> Profile:
-    """The target's one-way latency (native hop plus delay) less the lab's own hop; rate × s."""
-    latency_ms = (calibration.native.latency_s - lab.latency_s) * 1000 + profile.delay_ms
-    delay_ms = round(max(0.0, latency_ms), 3)
+    """The target's one-way latency (native hop plus delay) as the lab's delay; rate × s."""
+    delay_ms = lab.delay_ms_for(calibration.native.latency_s + profile.delay_ms / 1000)
     return profile.model_copy(
         update={
             "name": None,
@@ -299,23 +400,22 @@ def _check_tensors(spec: MatrixSpec, trainer: dict, source: str) -> None:
             )  # fmt: skip
 
 
-def _groups(
-    spec, target_config, compute, calibration, lab, trainer, scaled, tcp, tcp_names
-) -> list[dict]:
+def _groups(spec, target_config, compute, calibration, lab, trainer, scales, tcp_names):
     """The dimensionless groups that shape the slowdown curve, target against lab, per profile
     (and TCP setting where it matters), with the cost model's own TCP terms."""
-    lab_config = TrainerConfig(**target_config.model_dump() | trainer)
-    target_work, lab_work = workload_of(target_config), workload_of(lab_config)
+    target_work = workload_of(target_config)
     forward_s = float(compute.forward_s[0])
     target_largest = max(float(b.max()) for b in target_work.sync_buckets)
-    lab_largest = max(float(b.max()) for b in lab_work.sync_buckets)
     rows = []
-    for target_name, lab_p in scaled.items():
-        target_p = spec.targets[target_name]
+    for target_name, scale in scales.items():
+        lab_config = TrainerConfig(**target_config.model_dump() | _lab_trainer(trainer, scale))
+        lab_work = workload_of(lab_config)
+        lab_largest = max(float(b.max()) for b in lab_work.sync_buckets)
+        target_p, lab_p, tcp = spec.targets[target_name], scale.profile, scale.tcp
         t_rate = _rate_bps(target_p, calibration) / 8
         l_rate = lab_p.rate_bps / 8
         t_lat = calibration.native.latency_s + target_p.delay_ms / 1000
-        l_lat = lab.latency_s + lab_p.delay_ms / 1000
+        l_lat = lab.one_way_s(lab_p.delay_ms)
         pairs = [
             ("activation hop / forward", target_work.activation_bytes / t_rate / forward_s,
              lab_work.activation_bytes / l_rate / forward_s),

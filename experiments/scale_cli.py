@@ -10,9 +10,15 @@ from typing import Annotated
 import tomli_w
 import typer
 
-from experiments.costmodel.calibrate import from_flops, reference_calibration
-from experiments.matrix import load_matrix
-from experiments.scale import Lab, derive, scaled_matrix
+from experiments.costmodel.calibrate import (
+    Calibration,
+    ResultsCalibration,
+    from_flops,
+    reference_calibration,
+)
+from experiments.matrix import MatrixSpec, load_matrix
+from experiments.results import ResultsStore
+from experiments.scale import Lab, Measured, baseline_profile, derive, scaled_matrix
 from inventory.cli import JsonOption, console, print_table
 from inventory.errors import ConfigError, check_option
 from inventory.loader import LOCAL, load_inventory
@@ -26,24 +32,38 @@ PROBE_HOSTS = 4
 
 
 def scale(
-    target: Annotated[Path, typer.Argument(help="The matrix to model (TOML).")],
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="The matrix to model (TOML), or a results folder of a run on the real fleet "
+            "(its matrix, calibrated on its own cells, beside its measured times)."
+        ),
+    ],
     to: Annotated[
-        str, typer.Option(help="The lab's inventory: its hosts are probed for the figures below.")
-    ] = LOCAL,
-    calibrate: Annotated[
         str,
         typer.Option(
-            help=f"`{REFERENCE}`: the target's compute and TCP from the reference experiment; "
-            "`flops`: compute from model FLOPs (a V100-class fp32 rate)."
+            help="The lab's inventory (is there a delay node?); its hosts are probed for the "
+            "figures below that are not given."
         ),
-    ] = REFERENCE,
+    ] = LOCAL,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(
+            help=f"`{REFERENCE}` (a matrix's default): the target's compute and TCP from the "
+            "reference experiment; `flops`: compute from model FLOPs (a V100-class fp32 rate). "
+            "A results folder calibrates on its own cells."
+        ),
+    ] = None,
     ceiling: Annotated[
         str | None,
         typer.Option(help="The most the lab forwards (e.g. 500mbit); default: probed on --to."),
     ] = None,
     lab_latency: Annotated[
         str | None,
-        typer.Option(help="One-way latency of the lab's unshaped hop; default: probed on --to."),
+        typer.Option(
+            help="One-way latency of the lab's unshaped hop (taken off each delay unless --to "
+            "has a delay node, which takes its own out); default: probed on --to."
+        ),
     ] = None,
     lab_receive_share: Annotated[
         float | None,
@@ -60,17 +80,24 @@ def scale(
     as_json: JsonOption = False,
 ):
     """Derive a scale model of TARGET for the lab: topology, schedule, delays and compute times
-    kept; tensors, rates and TCP windows scaled by one factor. Writes the scaled matrix."""
+    kept; tensors, rates and TCP windows scaled by one factor per profile. Writes the scaled
+    matrix."""
     check_option("--iterations", iterations, 2, 1000)
     check_option("--warmup", warmup, 1, iterations - 1)
-    if calibrate not in (REFERENCE, "flops"):
+    if calibrate not in (None, REFERENCE, "flops"):
         raise ConfigError(None, "--calibrate", f"must be {REFERENCE!r} or 'flops'")
-    spec = load_matrix(target)
-    calibration = reference_calibration() if calibrate == REFERENCE else from_flops()
+    measured = None
+    if target.is_dir():
+        if calibrate is not None:
+            raise ConfigError(str(target), "--calibrate", "a results folder calibrates on its own")
+        spec, calibration, measured = _measured_target(target)
+    else:
+        spec = load_matrix(target)
+        calibration = from_flops() if calibrate == "flops" else reference_calibration()
     if lab_receive_share is not None:
         check_option("--lab-receive-share", lab_receive_share, 0.05, 1.0)
     lab = _lab(to, ceiling, lab_latency, lab_receive_share)
-    model = derive(spec, calibration, lab)
+    model = derive(spec, calibration, lab, measured)
     out = output or Path(f"{spec.header.name}-scale.toml")
     data = scaled_matrix(model, spec, calibration, iterations, warmup)
     try:
@@ -79,7 +106,7 @@ def scale(
         raise ConfigError(str(out), None, f"cannot be written: {error.strerror}") from None
     load_matrix(out)  # what was written reads back as a valid matrix
     summary = {
-        "factor": model.factor,
+        "factors": {name: scale.factor for name, scale in model.scales.items()},
         "lab": {
             "latency_s": lab.latency_s,
             "ceiling_bps": lab.ceiling_bps,
@@ -93,10 +120,15 @@ def scale(
         return
     share = f"{lab.receive_share:.3f}" if lab.receive_share else "as adv_win_scale leaves"
     console.print(
-        f"scale factor s = {model.factor:.3g} (lab: ceiling {lab.ceiling_bps / 1e6:.0f} Mbit/s, "
-        f"one-way {lab.latency_s * 1e3:.3f} ms, receive share {share})",
+        f"lab: ceiling {lab.ceiling_bps / 1e6:.0f} Mbit/s, one-way {lab.latency_s * 1e3:.3f} ms,"
+        f" receive share {share}",
         highlight=False,
     )
+    factors = [
+        {"profile": name, "s": f"{scale.factor:.4g}", "lab profile": scale.profile.short()}
+        for name, scale in model.scales.items()
+    ]
+    print_table("scale factor per profile", factors, ["profile", "s", "lab profile"])
     rows = [
         {
             "profile": row["profile"],
@@ -111,16 +143,33 @@ def scale(
     console.print(f"scaled matrix: {out}; run it with `wanlab run {out}`", highlight=False)
 
 
+def _measured_target(directory: Path) -> tuple[MatrixSpec, Calibration, Measured]:
+    """A results folder as a target: its matrix, the calibration on its baseline cell (the
+    scale model's compute and TCP), and each cell's own calibration and measured times."""
+    store = ResultsStore(directory)
+    if not store.cells_path.is_file() or not (directory / "matrix.toml").is_file():
+        raise ConfigError(str(directory), None, "is not a results folder (no cells.jsonl and "
+                          "matrix.toml)")  # fmt: skip
+    spec = load_matrix(directory / "matrix.toml")
+    records = store.latest()
+    calibrator = ResultsCalibration(records, source=str(directory))
+    baseline = next(c for c in spec.cells() if c.profile == baseline_profile(spec))
+    measured = Measured(calibrator.for_cell, records)
+    return spec, calibrator.for_cell(baseline.params()), measured
+
+
 def _lab(inventory: str, ceiling: str | None, latency: str | None, share: float | None) -> Lab:
-    """The lab's figures: as given, else probed on a ring of the inventory's first hosts."""
+    """The lab's figures: as given, else probed on a ring of the inventory's first hosts; and
+    whether the inventory's delay node takes its own hop out of the delays it applies."""
     try:
         ceiling_bps = parse_rate_bps(ceiling) if ceiling is not None else None
         latency_s = parse_time_ms(latency) / 1000 if latency is not None else None
     except ValueError as error:
         raise ConfigError(None, "--ceiling/--lab-latency", str(error)) from None
-    if ceiling_bps is not None and latency_s is not None and share is not None:
-        return Lab(latency_s, ceiling_bps, share)
     fleet = load_inventory(inventory)
+    delays_whole = fleet.delay_node is not None
+    if ceiling_bps is not None and latency_s is not None and share is not None:
+        return Lab(latency_s, ceiling_bps, share, delays_whole=delays_whole)
     if len(fleet.hosts) < 2:
         raise ConfigError(inventory, None, "probing the lab needs at least 2 hosts")
     probed = fleet.model_copy(update={"hosts": fleet.hosts[:PROBE_HOSTS]})
@@ -135,4 +184,4 @@ def _lab(inventory: str, ceiling: str | None, latency: str | None, share: float 
         ceiling_bps = min(row["throughput_bps"] for row in rows)
     if share is None:
         share = statistics.median(row["receive_share"] for row in rows)
-    return Lab(latency_s, ceiling_bps, share)
+    return Lab(latency_s, ceiling_bps, share, delays_whole=delays_whole)

@@ -197,13 +197,16 @@ def tree_for_routes(routes: Sequence[Route], exempt_ssh: bool = True) -> Tree:
 def less_forwarding_delay(tree: Tree, forwarding_ms: Callable[[float], float]) -> Tree:
     """The tree a forwarding box builds so that paths through it see the tree's delays: every
     netem delay d less the box's own forwarding latency at that delay, `forwarding_ms(d)` (never
-    below zero), queue limits kept as sized for the full delay."""
+    below zero), queue limits kept as sized for the full delay. A class the box's latency
+    already delays enough, with nothing else for netem to do, gets no netem (nor its limit)."""
     classes = []
     for cls in tree.classes:
         shape = cls.shape
         if shape.delay_ms > 0:
             delay = round(max(0.0, shape.delay_ms - forwarding_ms(shape.delay_ms)), 3)
-            shape = shape.model_copy(update={"delay_ms": delay, "limit": shape.queue_limit})
+            less = shape.model_copy(update={"delay_ms": delay})
+            limit = shape.queue_limit if less.needs_netem else None
+            shape = less.model_copy(update={"limit": limit})
         classes.append(cls.model_copy(update={"shape": shape}))
     return tree.model_copy(update={"classes": tuple(classes)})
 

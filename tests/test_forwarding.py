@@ -28,5 +28,8 @@ def test_each_delay_is_less_the_latency_at_it_and_the_queue_stays_sized_for_the_
     assert shaped.shape.rate_bps == profile.rate_bps
     tiny = less_forwarding_delay(tree_for_profile(parse_profile("0.1ms")), lambda d: 0.2)
     assert tiny.classes[0].shape.delay_ms == 0.0
+    # a delay the box's own latency covers leaves a rate-only class, as the kernel reads it back
+    covered = less_forwarding_delay(tree_for_profile(parse_profile("15us/14mbit")), lambda d: 0.1)
+    assert covered.classes[0].shape == parse_profile("14mbit").shape()
     untouched = tree_for_profile(parse_profile("100mbit"))
     assert less_forwarding_delay(untouched, lambda d: 0.3) == untouched

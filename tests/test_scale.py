@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,40 @@ def scaled(tmp_path_factory):
     return spec, calibration, model, load_matrix(out)
 
 
-def test_the_factor_fits_every_rank_sending_at_once_into_the_lab(scaled):
+def test_each_profiles_factor_fits_every_rank_sending_at_once_into_the_lab(scaled):
     spec, calibration, model, lab = scaled
-    assert model.factor == pytest.approx(HEADROOM * 500e6 / (48 * calibration.native.rate_bps))
-    peak = lab.max_world_size * max(t.rate_bps for t in lab.targets.values())
-    assert peak <= HEADROOM * LAB.ceiling_bps * 1.001
+    for name, scale in model.scales.items():
+        rate = spec.targets[name].rate_bps or calibration.native.rate_bps
+        most = HEADROOM * LAB.ceiling_bps / (48 * rate)
+        assert scale.factor <= most * (1 + 1e-9)
+        # lowered only to make the initial window whole, which costs less than half of it
+        assert scale.factor > most / 2
+    # the unshaped network's initial window is a fraction of a segment at any s the lab carries
+    assert model.scales["default"].factor == pytest.approx(
+        HEADROOM * 500e6 / (48 * calibration.native.rate_bps)
+    )
+    for cell in lab.cells():
+        peak = lab.max_world_size * lab.targets[cell.profile].rate_bps
+        assert peak <= HEADROOM * LAB.ceiling_bps * 1.001
+
+
+def test_a_profiles_factor_makes_the_targets_initial_window_whole_where_it_can(scaled):
+    spec, calibration, model, lab = scaled
+    segments = 10 * calibration.sockets  # the reference's hosts: initcwnd 10, 16 sockets
+    activation = workload_of(spec.trainer_config(spec.cells()[0])).activation_bytes
+    whole = 0
+    for lab_cell, scale_cell in zip(lab.cells(), lab.scale.cells, strict=True):
+        s = model.scales[scale_cell.target_profile].factor
+        if segments * s < 1:
+            continue  # under one segment at the most the lab carries: reported, not kept
+        whole += 1
+        initcwnd = lab.tcp_settings(lab_cell).initcwnd
+        assert initcwnd == pytest.approx(segments * s, abs=1e-9)
+        lab_activation = workload_of(lab.trainer_config(lab_cell)).activation_bytes
+        assert initcwnd * MSS_BYTES / lab_activation == pytest.approx(
+            segments * MSS_BYTES / activation, rel=1e-3
+        )
+    assert whole == 4  # the 1 Gbit/s profiles (d10b1, d50b1) at both DP degrees
 
 
 def test_topology_schedule_and_compute_are_the_targets(scaled):
@@ -66,20 +96,22 @@ def test_topology_schedule_and_compute_are_the_targets(scaled):
 
 def test_every_transfer_and_window_takes_the_targets_time(scaled):
     spec, calibration, model, lab = scaled
-    s = model.factor
     target_work = workload_of(spec.trainer_config(spec.cells()[0]))
-    lab_work = workload_of(lab.trainer_config(lab.cells()[0]))
-    [lab_tcp] = lab.tcp.values()
-    # the lab's kernel offers 0.72 of a receive buffer as window, the target's half of it
-    window = min(lab_tcp.rmem[2] * LAB.receive_share, lab_tcp.wmem[2])
     ubuntu = calibration.tcp
     target_window = min(receive_window(ubuntu["rmem"][2], ubuntu["adv_win_scale"]),
                         ubuntu["wmem"][2]) * calibration.sockets  # fmt: skip
-    assert window == pytest.approx(target_window * s, rel=1e-4)
     sends = ubuntu["wmem"][2] * calibration.sockets + calibration.backend_buffer_bytes
-    assert lab_tcp.wmem[2] == pytest.approx(sends * s, abs=1)
-    for short, target_name in model.profiles.items():
-        target, local = spec.targets[target_name], parse_profile(short)
+    for lab_cell, scale_cell in zip(lab.cells(), lab.scale.cells, strict=True):
+        target_name = scale_cell.target_profile
+        s = model.scales[target_name].factor
+        lab_work = workload_of(lab.trainer_config(lab_cell))
+        assert lab.trainer_config(lab_cell).emulate.scale == s
+        lab_tcp = lab.tcp_settings(lab_cell)
+        # the lab's kernel offers 0.72 of a receive buffer as window, the target's half of it
+        window = min(lab_tcp.rmem[2] * LAB.receive_share, lab_tcp.wmem[2])
+        assert window == pytest.approx(target_window * s, rel=1e-4)
+        assert lab_tcp.wmem[2] == pytest.approx(sends * s, abs=1)
+        target, local = spec.targets[target_name], parse_profile(lab_cell.profile)
         target_rate = target.rate_bps or calibration.native.rate_bps
         # an activation hop and a stage's gradients take the same seconds in both
         hop = target_work.activation_bytes * 8 / target_rate
@@ -91,6 +123,12 @@ def test_every_transfer_and_window_takes_the_targets_time(scaled):
         if target_latency > LAB.latency_s:
             lab_latency = LAB.latency_s + local.delay_ms / 1000
             assert lab_latency == pytest.approx(target_latency, abs=1e-6)
+            # a delay node takes its own hop out of each delay itself: asked for in full
+            whole = replace(LAB, delays_whole=True)
+            assert whole.delay_ms_for(target_latency) == pytest.approx(target_latency * 1000)
+            assert whole.one_way_s(whole.delay_ms_for(target_latency)) == pytest.approx(
+                target_latency
+            )
         assert local.loss_pct == target.loss_pct
 
 
@@ -103,21 +141,31 @@ def test_the_groups_say_what_the_lab_cannot_keep(scaled):
     assert kept[("d50b1", "window / bandwidth-delay product")]
     # the lab's one socket buffers what the target's 16 sockets and NCCL's buffer held
     assert all(kept[(p, "send buffers / activation")] for p in spec.axes.profiles)
-    # 160 initial segments × s is under one segment: the lab starts with more than its share
-    assert not kept[("d50b1", "initial window / activation")]
+    # 160 initial segments × s is under one segment at 10 Gbit/s: the lab starts with more
+    # than its share there; at 1 Gbit/s the factor makes it exactly one segment
+    assert not kept[("default", "initial window / activation")]
+    assert kept[("d50b1", "initial window / activation")]
+    [lab_tcp] = lab.tcp.values()  # [tcp]: the baseline profile's factor
+    assert lab_tcp.initcwnd == 1 and 10 * 16 * model.scales["default"].factor < 1
     # a gradient chain's 256 KiB pieces would scale to a few hundred bytes; the lab sends more
-    assert lab.trainer["ps_chunk_kb"] == MIN_CHUNK_KB and 256 * model.factor < MIN_CHUNK_KB
+    for scale in model.scales.values():
+        assert scale.tensors["ps_chunk_kb"] == MIN_CHUNK_KB and 256 * scale.factor < MIN_CHUNK_KB
     assert not kept[("d50b1", "sync chunk / largest gradient")]
-    # HTB's burst is 4 ms at the rate but at least two frames: more than 4 ms at the lab's rates
-    assert not kept[("d50b1", "shaper burst / activation")]
+    # HTB's burst is 4 ms at the rate, at least two frames: the larger factor of a slower
+    # profile keeps two frames within 4 ms at its lab rate
+    assert kept[("d50b1", "shaper burst / activation")]
     assert ("default", "shaper burst / activation") not in kept  # no shaper on that network
-    [lab_tcp] = lab.tcp.values()
-    assert lab_tcp.initcwnd == 1 and 10 * 16 * MSS_BYTES * model.factor < MSS_BYTES
 
 
 def test_every_lab_cell_names_its_target_and_prediction(scaled):
     spec, calibration, model, lab = scaled
-    assert lab.scale is not None and lab.scale.factor == model.factor
+    assert lab.scale is not None and lab.scale.factor == model.scales["default"].factor
+    own = {name: p.factor for name, p in lab.scale.profiles.items()}
+    assert own == {
+        scale.profile.short(): scale.factor
+        for scale in model.scales.values()
+        if scale.factor != lab.scale.factor
+    }
     assert lab.scale.baseline_profile == baseline_profile(spec) == "default"
     named = {(c.profile, c.tcp, c.dp_degree, c.micro_batch, c.dp_mode) for c in lab.scale.cells}
     cells = {(c.profile, c.tcp, c.dp_degree, c.micro_batch, c.dp_mode) for c in lab.cells()}
@@ -185,3 +233,30 @@ def test_a_target_with_layouts_or_sharded_stages_is_refused(tmp_path, old, new, 
     with pytest.raises(ConfigError) as caught:
         derive(load_matrix(path), reference_calibration(), LAB)
     assert caught.value.field == field
+
+
+def _own_factor(data: dict) -> str:
+    return next(iter(data["scale"]["profiles"]))
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d, p: d["scale"]["profiles"].update({"7ms/1mbit": d["scale"]["profiles"][p]}),
+         "scale.profiles.7ms/1mbit"),
+        (lambda d, p: d["scale"]["profiles"][p].update(tcp={}), "scale.profiles.{p}.tcp"),
+        (lambda d, p: d["scale"]["profiles"][p]["trainer"].update(dp_degree=2),
+         "scale.profiles.{p}.trainer.dp_degree"),
+        (lambda d, p: d["trainer"].pop("emulate"), "scale.profiles.{p}"),
+    ],
+)  # fmt: skip
+def test_a_profile_with_its_own_factor_is_checked_like_the_rest(scaled, tmp_path, edit, field):
+    spec, calibration, model, _ = scaled
+    data = scaled_matrix(model, spec, calibration, 3, 1)
+    profile = _own_factor(data)
+    edit(data, profile)
+    path = tmp_path / "scaled.toml"
+    path.write_text(tomli_w.dumps(data))
+    with pytest.raises(ConfigError) as caught:
+        load_matrix(path)
+    assert caught.value.field == field.format(p=profile)

@@ -94,7 +94,7 @@ def predict_matrix(
         hosts = spec.place(cell, fleet) if fleet is not None else None
         row |= predict_config(
             spec.trainer_config(cell), spec.targets[cell.profile], calibration_for(params), hosts,
-            spec.tcp[cell.tcp],
+            spec.tcp_settings(cell),
         )  # fmt: skip
         record = (measured or {}).get(cell.cell_id)
         if record is not None:

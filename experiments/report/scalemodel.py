@@ -1,7 +1,8 @@
 """A scale model's report section: its measured slowdowns beside the target's predicted ones.
 
 A matrix `wanlab scale` wrote carries a [scale] table: for each of its cells, the target cell it
-stands for and the cost model's iteration time for that target cell. A slowdown is a cell's
+stands for, the cost model's iteration time for that target cell, and the target's own measured
+time where the target is a results folder of a real run. A slowdown is a cell's
 time over the time of the cell on the target's baseline profile with the same other settings.
 """
 
@@ -15,12 +16,16 @@ KEYS = ["tcp", "dp_degree", "micro_batch", "dp_mode"]
 
 
 def scale_rows(scale: dict) -> pd.DataFrame:
-    """The [scale] table's cells as a frame, with each target cell's predicted slowdown."""
+    """The [scale] table's cells as a frame, with each target cell's predicted slowdown (and
+    its measured one, where the target ran)."""
     cells = pd.DataFrame(scale["cells"]).rename(columns={"predicted_s": "target_s"})
-    base = cells[cells["target_profile"] == scale["baseline_profile"]]
-    base = base.set_index(KEYS)["target_s"].rename("target_base_s")
-    cells = cells.join(base, on=KEYS)
+    if "measured_s" not in cells:
+        cells["measured_s"] = float("nan")
+    base = cells[cells["target_profile"] == scale["baseline_profile"]].set_index(KEYS)
+    cells = cells.join(base["target_s"].rename("target_base_s"), on=KEYS)
+    cells = cells.join(base["measured_s"].rename("measured_base_s"), on=KEYS)
     cells["target_slowdown"] = cells["target_s"] / cells["target_base_s"]
+    cells["measured_slowdown"] = cells["measured_s"] / cells["measured_base_s"]
     return cells
 
 
@@ -41,18 +46,26 @@ def scale_table(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
     predicted time and slowdown, and how far apart the two slowdowns are."""
     merged = scale_comparison(points, scale)
     labels = variant_labels(merged)
+    ran = merged["measured_s"].notna().any()
     rows = []
     for index, row in merged.iterrows():
         done = row["status"] == "ok"
-        rows.append(
-            {
-                "target network": row["target_profile"],
-                "variant": labels[index],
-                "scale model": fmt_seconds(row["iter_mean_s"]) if done else row["status"],
-                "slowdown (scale model)": fmt_ratio(row["lab_slowdown"]) if done else DASH,
-                "target (predicted)": fmt_seconds(row["target_s"]),
-                "slowdown (target)": fmt_ratio(row["target_slowdown"]),
-                "difference": DASH if pd.isna(row["difference"]) else f"{row['difference']:+.1%}",
-            }
-        )
+        shown = {
+            "target network": row["target_profile"],
+            "variant": labels[index],
+            "scale model": fmt_seconds(row["iter_mean_s"]) if done else row["status"],
+            "slowdown (scale model)": fmt_ratio(row["lab_slowdown"]) if done else DASH,
+            "target (predicted)": fmt_seconds(row["target_s"]),
+            "slowdown (target)": fmt_ratio(row["target_slowdown"]),
+            "difference": DASH if pd.isna(row["difference"]) else f"{row['difference']:+.1%}",
+        }
+        if ran:
+            measured = row["measured_slowdown"]
+            shown["target (measured)"] = _or_dash(row["measured_s"], fmt_seconds)
+            shown["slowdown (target, measured)"] = _or_dash(measured, fmt_ratio)
+        rows.append(shown)
     return pd.DataFrame(rows)
+
+
+def _or_dash(value: float, fmt) -> str:
+    return DASH if pd.isna(value) else fmt(value)

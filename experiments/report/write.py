@@ -152,11 +152,12 @@ def report_sections(results: Results) -> list[Section]:
                 "Scale model against its target",
                 scale_table(points, results.scale),
                 f"This matrix is a scale model of {results.scale['target']}: the target's ranks,"
-                " schedule, delays and compute times, with tensors, rates and TCP windows ×"
-                f"{results.scale['factor']:.3g}. Slowdown: against the target's"
-                f" {results.scale['baseline_profile']} network. The target's times are the cost"
-                f" model's, calibrated on {results.scale['calibration']}. difference = slowdown"
-                " (scale model) / slowdown (target) − 1.",
+                " schedule, delays and compute times, with tensors, rates and TCP windows"
+                f" scaled by {_factors(results.scale)}. Slowdown: against the target's"
+                f" {results.scale['baseline_profile']} network. The target's predicted times are"
+                f" the cost model's, calibrated on {results.scale['calibration']}; its measured"
+                " ones (where it ran) its own records. difference = slowdown (scale model) /"
+                " slowdown (target, predicted) − 1.",
             )
         )
     sections.append(
@@ -168,6 +169,15 @@ def report_sections(results: Results) -> list[Section]:
     )
     sections.append(Section("Failed and missing cells", problems_table(results.cells)))
     return sections
+
+
+def _factors(scale: dict) -> str:
+    """The scale model's factors: one, or one per profile that has its own."""
+    own = scale.get("profiles") or {}
+    text = f"×{scale['factor']:.3g}"
+    if own:
+        text += " (" + ", ".join(f"{name} ×{p['factor']:.3g}" for name, p in own.items()) + ")"
+    return text
 
 
 def emulation_note(points: pd.DataFrame) -> str:
