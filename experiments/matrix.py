@@ -279,7 +279,7 @@ class MatrixSpec:
     def trainer_table(self, profile: str) -> dict[str, Any]:
         """[trainer] as the cells of `profile` take it (a scale model's profile with a factor of
         its own sizes its tensors by that factor)."""
-        scaled = self.scale.profiles.get(profile) if self.scale is not None else None
+        scaled = self._scaled(profile)
         if scaled is None:
             return self.trainer
         return with_factor(self.trainer, scaled.factor, scaled.trainer)
@@ -291,10 +291,14 @@ class MatrixSpec:
     def tcp_settings(self, cell: Cell) -> TcpSettings | None:
         """The TCP settings of one cell: its tcp axis value's (None: the hosts' own), in a
         scale model's profile with a factor of its own, that factor's."""
-        scaled = self.scale.profiles.get(cell.profile) if self.scale is not None else None
+        scaled = self._scaled(cell.profile)
         if scaled is not None and cell.tcp in scaled.tcp:
             return scaled.tcp[cell.tcp]
         return self.tcp[cell.tcp]
+
+    def _scaled(self, profile: str) -> ScaledProfile | None:
+        """A scale model's entry for `profile` when it has a factor of its own."""
+        return self.scale.profiles.get(profile) if self.scale is not None else None
 
     @property
     def max_world_size(self) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from experiments.costmodel.analytic import StageCompute
 from experiments.costmodel.calibrate import Calibration, workload_of
@@ -94,16 +94,14 @@ class Measured:
     """A target that ran: each cell's calibration (its measured twin's) and measured times."""
 
     calibration_for: Callable[[dict], Calibration]
-    records: list[CellRecord]
+    finished: dict[str, CellRecord]
+    """Its finished cells by id (`measured_cells`)."""
+    repeats: int
 
     def times(self, cell: Cell) -> list[float]:
         """The iteration times the target measured for `cell`, one per finished repeat."""
-        same = dict(cell.params(), repeat=None)
-        return [
-            record.summary.iteration_s
-            for record in self.records
-            if record.ok and dict(record.params.model_dump(), repeat=None) == same
-        ]
+        ids = [replace(cell, repeat=repeat).cell_id for repeat in range(self.repeats)]
+        return [self.finished[i].summary.iteration_s for i in ids if i in self.finished]
 
 
 @dataclass(frozen=True)
@@ -117,6 +115,10 @@ class ProfileScale:
     """Trainer fields sized by the factor (the gradient chains' pieces and buckets)."""
     tcp: dict[str, TcpSettings]
     """Lab TCP setting name → its settings; one per TCP setting of the target."""
+
+    def lab_trainer(self, emulated: dict) -> dict:
+        """The lab's trainer table for this profile's cells, from the emulated one."""
+        return with_factor(emulated, self.factor, self.tensors)
 
 
 @dataclass(frozen=True)
@@ -133,14 +135,6 @@ class ScaleModel:
     targets: list[dict]
     """Per lab cell: its coordinates and the target cell's predicted iteration time."""
 
-    def lab_trainer(self, target_profile: str) -> dict:
-        """The lab's trainer table for the cells of `target_profile`."""
-        return _lab_trainer(self.trainer, self.scales[target_profile])
-
-
-def _lab_trainer(trainer: dict, scale: ProfileScale) -> dict:
-    return with_factor(trainer, scale.factor, scale.tensors)
-
 
 def scaled_matrix(
     model: ScaleModel, spec: MatrixSpec, calibration: Calibration, iterations: int, warmup: int
@@ -150,7 +144,7 @@ def scaled_matrix(
     [tcp] hold the baseline profile's factor; a profile with another has its own entry."""
     baseline = baseline_profile(spec)
     base = model.scales[baseline]
-    trainer = model.lab_trainer(baseline) | {"iterations": iterations, "warmup": warmup}
+    trainer = base.lab_trainer(model.trainer) | {"iterations": iterations, "warmup": warmup}
     own = {
         scale.profile.short(): {
             "factor": scale.factor,
@@ -264,7 +258,7 @@ def derive(
         }  # fmt: skip
         scaled = _scaled_profile(profile, calibration, lab, s)
         scales[name] = ProfileScale(s, scaled, _scaled_tensors(first, s), tcp)
-        _check_tensors(spec, _lab_trainer(trainer, scales[name]), source)
+        _check_tensors(spec, scales[name].lab_trainer(trainer), source)
     if len({scale.profile.short() for scale in scales.values()}) != len(profiles):
         raise ConfigError(source, "axes.profiles", "two profiles scale to the same lab profile")
     lab_tcp = {target: lab_name for lab_name, target in tcp_names.items()}
@@ -408,7 +402,7 @@ def _groups(spec, target_config, compute, calibration, lab, trainer, scales, tcp
     target_largest = max(float(b.max()) for b in target_work.sync_buckets)
     rows = []
     for target_name, scale in scales.items():
-        lab_config = TrainerConfig(**target_config.model_dump() | _lab_trainer(trainer, scale))
+        lab_config = TrainerConfig(**target_config.model_dump() | scale.lab_trainer(trainer))
         lab_work = workload_of(lab_config)
         lab_largest = max(float(b.max()) for b in lab_work.sync_buckets)
         target_p, lab_p, tcp = spec.targets[target_name], scale.profile, scale.tcp

@@ -16,6 +16,7 @@ from experiments.costmodel.calibrate import (
     from_flops,
     reference_calibration,
 )
+from experiments.costmodel.predict import measured_cells
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import ResultsStore
 from experiments.scale import Lab, Measured, baseline_profile, derive, scaled_matrix
@@ -154,7 +155,7 @@ def _measured_target(directory: Path) -> tuple[MatrixSpec, Calibration, Measured
     records = store.latest()
     calibrator = ResultsCalibration(records, source=str(directory))
     baseline = next(c for c in spec.cells() if c.profile == baseline_profile(spec))
-    measured = Measured(calibrator.for_cell, records)
+    measured = Measured(calibrator.for_cell, measured_cells(records), spec.header.repeats)
     return spec, calibrator.for_cell(baseline.params()), measured
 
 

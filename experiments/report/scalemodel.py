@@ -60,12 +60,7 @@ def scale_table(points: pd.DataFrame, scale: dict) -> pd.DataFrame:
             "difference": DASH if pd.isna(row["difference"]) else f"{row['difference']:+.1%}",
         }
         if ran:
-            measured = row["measured_slowdown"]
-            shown["target (measured)"] = _or_dash(row["measured_s"], fmt_seconds)
-            shown["slowdown (target, measured)"] = _or_dash(measured, fmt_ratio)
+            shown["target (measured)"] = fmt_seconds(row["measured_s"])
+            shown["slowdown (target, measured)"] = fmt_ratio(row["measured_slowdown"])
         rows.append(shown)
     return pd.DataFrame(rows)
-
-
-def _or_dash(value: float, fmt) -> str:
-    return DASH if pd.isna(value) else fmt(value)
