@@ -31,7 +31,7 @@ from inventory.models import Fleet
 from inventory.sources import build_fleet, literal_address
 from inventory.tomlfile import read_text
 
-__all__ = ["ALL", "expand_range", "host_order", "load_ansible"]
+__all__ = ["ALL", "expand_range", "host_order", "load_ansible", "order_statement"]
 
 MAX_VARS_FILES = 1_000
 """The most files read from host_vars/ and group_vars/."""
@@ -200,6 +200,17 @@ def order_varies(inventory: Inventory, group: str) -> bool:
         seen.update(found)
         level = found
     return False
+
+
+def order_statement(path: Path, group: str = ALL) -> str:
+    """How the hosts of `group` are ordered, for `wanlab inventory show`."""
+    statement = f"host order: as `ansible {group} --list-hosts` lists them"
+    if order_varies(_read_inventory(path, str(path)), group):
+        statement += (
+            " (ansible-core's own order of hosts two or more groups down varies from run"
+            " to run here; wanlab takes sibling groups in the order they were found)"
+        )
+    return statement
 
 
 def host_variables(inventory: Inventory, host: str, folders: VarsFolders) -> dict[str, Any]:

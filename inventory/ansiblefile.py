@@ -234,8 +234,11 @@ def expand_range(pattern: str, file: str, where: str) -> list[str]:
 
 def _yaml_group(inventory: Inventory, name: Any, body: Any, where: str, depth: int) -> str:
     inventory.entries += 1
-    if inventory.entries > MAX_ENTRIES or depth > MAX_DEPTH:
-        raise ConfigError(inventory.file, where, f"groups nested deeper than {MAX_DEPTH}")
+    if inventory.entries > MAX_ENTRIES:
+        message = f"over {MAX_ENTRIES} entries (anchors repeating groups); not read"
+        raise ConfigError(inventory.file, None, message)
+    if depth > MAX_DEPTH:
+        raise ConfigError(inventory.file, None, f"groups nested deeper than {MAX_DEPTH}")
     if not isinstance(body, dict | None):
         raise ConfigError(inventory.file, where, "a group must be a mapping")
     group = inventory.add_group(name, where)

@@ -17,7 +17,7 @@ from inventory.deploy import with_environments
 from inventory.errors import ConfigError, check_option
 from inventory.freeze import write_fleet
 from inventory.fromsource import SourceOptions, read_source
-from inventory.loader import LOCAL, load_inventory
+from inventory.loader import ANSIBLE_PREFIX, LOCAL, is_ansible_spec, load_inventory
 from inventory.localfleet import LocalFleet
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
@@ -144,8 +144,30 @@ def inventory_show(
     ]  # fmt: skip
     columns = ["name", "address", "user", "port", "jump", "interface", "python", "labels"]
     print_table(f"{fleet.name} ({fleet.source or source})", rows, columns)
+    statement = order_statement(source, file, inventory, group)
+    if statement:
+        console.print(statement, highlight=False, soft_wrap=True)
     if write is not None:
         console.print(f"written: {write}", highlight=False, soft_wrap=True)
+
+
+def order_statement(
+    source: str | None, file: Path | None, inventory: str | None, group: str | None
+) -> str | None:
+    """Which order the hosts come in (ranks follow it), where the source has its own."""
+    from inventory.ansible import ALL
+    from inventory.ansible import order_statement as ansible_order
+
+    if source == "ansible" and file is not None:
+        return ansible_order(file, group or ALL)
+    if inventory is not None and is_ansible_spec(inventory):
+        return ansible_order(Path(inventory.removeprefix(ANSIBLE_PREFIX)))
+    if source == "ssh-config":
+        return (
+            "host order: the order the Host lines name them, Included files in place "
+            "(ssh itself has no list of hosts)"
+        )
+    return None
 
 
 @inventory_app.command("check")
