@@ -29,7 +29,7 @@ MAX_HOSTS = 10_000
 MAX_GROUPS = 10_000
 MAX_DEPTH = 64
 """The deepest nesting of groups."""
-MAX_ENTRIES = 200_000
+MAX_ENTRIES = 50_000
 """The most YAML entries walked (anchors can repeat a mapping many times over)."""
 
 _SECTION = re.compile(r"^\[([^:\]\s]+)(?::(\w+))?\]\s*(?:\#.*)?$")

@@ -127,7 +127,7 @@ def test_yaml_anchors_cannot_multiply_work(monkeypatch, capsys, tmp_path):
     path.write_text("\n".join(lines) + "\n")
     code, _, stderr = run_cli(monkeypatch, capsys, "inventory", "show", "--from", "ansible",
                               str(path))  # fmt: skip
-    assert code == 2 and "over 200000 entries" in stderr, stderr
+    assert code == 2 and "over 50000 entries" in stderr, stderr
 
 
 def test_show_states_the_host_order(monkeypatch, capsys):
