@@ -153,7 +153,10 @@ class FleetSSH:
             port=target.port,
             connect_timeout=self.fleet.connect_timeout,
             connect_kwargs=connect_kwargs,
-            config=Config(overrides={"run": {"in_stream": False}}),
+            # An empty SSH client configuration: the library would otherwise read the user's
+            # and the system's, whose HostName, Port or ProxyCommand would override the
+            # inventory (or run a command) when connecting.
+            config=Config(overrides={"run": {"in_stream": False}}, ssh_config=paramiko.SSHConfig()),
         )
         client = connection.client
         if self.fleet.known_hosts is not None:

@@ -147,3 +147,22 @@ def test_proxy_jump_reaches_h1_through_h0(local_fleet, tmp_path):
         name, connection = result.stdout.split("\n")[:2]
         assert name == "h1" and connection.split()[0] == h0.address
         assert isinstance(ssh._connections["target"].transport.sock, paramiko.Channel)
+
+
+def test_the_users_ssh_config_does_not_redirect_a_host(local_fleet, tmp_path, monkeypatch):
+    """The inventory is the one description of a host: an SSH client configuration in the
+    user's home (which the SSH library would otherwise read when connecting) must neither
+    change a host's address nor run its ProxyCommand."""
+    marker = tmp_path / "ran"
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        f"Host *\n  HostName 198.18.255.254\n  Port 1\n  ProxyCommand touch {marker}\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    fleet = load_inventory("local")
+    with FleetSSH(fleet) as ssh:
+        results = ssh.run(["hostname"])
+    assert {name: r.stdout.strip() for name, r in results.items() if r.ok} == {
+        name: name for name in fleet.names
+    }
+    assert not marker.exists()
