@@ -27,6 +27,7 @@ TRAINER_CODE = (
     "inventory/__init__.py",
     "inventory/errors.py",
     "inventory/ports.py",
+    "inventory/safewrite.py",
 )
 _RECORD_PID_THEN_EXEC = 'echo $$ > "$0"; exec "$@"'
 _KILL_RECORDED = (

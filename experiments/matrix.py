@@ -55,6 +55,7 @@ from experiments.placement import Placement, place_ranks
 from inventory.errors import ConfigError
 from inventory.loader import first_error
 from inventory.models import Fleet, Host
+from inventory.names import Name
 from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
@@ -83,7 +84,8 @@ class MatrixHeader(BaseModel):
     """The [matrix] table."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "matrix"
+    name: Name = "matrix"
+    """A name by the one rule (`inventory.names`): `wanlab scale` names its output after it."""
     inventory: str = "local"
     repeats: int = Field(1, ge=1, le=100, strict=True)
     max_cells: int = Field(DEFAULT_MAX_CELLS, ge=1, strict=True)

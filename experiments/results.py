@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +21,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inventory.errors import ConfigError
+from inventory.safewrite import check_target, open_append, write_file
 from trainer.config import TrainerConfig
 
 CELLS = "cells.jsonl"
+PARQUET = "cells.parquet"
+RUN_INFO = "run.json"
+MATRIX_COPY = "matrix.toml"
 
 
 class CellParams(BaseModel):
@@ -176,9 +179,13 @@ class ResultsStore:
 
     def check_for_run(self, resume: bool) -> None:
         """Refuse a folder a run cannot write into, without touching it: a file, a folder
-        holding another run's results (unless `resume`), or torn records."""
+        holding another run's results (unless `resume`), anything but a regular file where
+        the run writes one, or torn records."""
         if self.directory.exists() and not self.directory.is_dir():
             raise ConfigError(str(self.directory), "-o", "exists and is not a folder")
+        if self.directory.is_dir():  # what a run writes there must be a file or nothing
+            for name in (CELLS, PARQUET, RUN_INFO, MATRIX_COPY):
+                check_target(self.directory / name, "-o")
         if self.cells_path.exists() and not resume:
             raise ConfigError(
                 str(self.directory),
@@ -195,9 +202,9 @@ class ResultsStore:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(str(self.directory), "-o", f"cannot be made: {error}") from None
-        copy = self.directory / "matrix.toml"
+        copy = self.directory / MATRIX_COPY
         if not copy.exists():
-            shutil.copyfile(matrix_path, copy)
+            write_file(copy, matrix_path.read_bytes(), "-o")
 
     def records(self) -> list[CellRecord]:
         """Every cell record, in the order written (a torn line, as a crash can leave last, is
@@ -244,7 +251,7 @@ class ResultsStore:
 
     def append(self, record: CellRecord) -> None:
         """Add one cell record durably, then refresh the Parquet copy."""
-        with self.cells_path.open("a+") as cells:
+        with open_append(self.cells_path, "-o") as cells:
             cells.seek(0, os.SEEK_END)
             if cells.tell() > 0:
                 cells.seek(cells.tell() - 1)
@@ -257,18 +264,16 @@ class ResultsStore:
 
     def write_parquet(self) -> Path:
         """Rebuild `cells.parquet` (flattened columns) from the JSON lines."""
-        path = self.directory / "cells.parquet"
         rows = [record.model_dump(mode="json") for record in self.records()]
         frame = pd.json_normalize(rows, max_level=2)
         for column in frame.columns:
             if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
                 frame[column] = frame[column].map(json.dumps)
-        frame.to_parquet(path, index=False)
-        return path
+        return write_file(self.directory / PARQUET, frame.to_parquet(index=False), "-o")
 
     def write_run_info(self, info: dict) -> None:
         """Append this run's environment (hosts, versions, time) to `run.json`."""
-        path = self.directory / "run.json"
+        path = check_target(self.directory / RUN_INFO, "-o")  # never read through a link
         runs = json.loads(path.read_text()) if path.exists() else []
         runs.append(info)
-        path.write_text(json.dumps(runs, indent=2, default=str) + "\n")
+        write_file(path, json.dumps(runs, indent=2, default=str) + "\n", "-o")

@@ -37,6 +37,7 @@ from experiments.matrix import Cell, MatrixSpec, with_factor
 from experiments.results import CellRecord
 from inventory.errors import ConfigError
 from inventory.localfleet import MAX_HOSTS
+from inventory.names import NAME_LENGTH
 from netem.profile import Profile
 from netem.tcp import KERNEL_INITCWND, TcpSettings
 from netem.tree import burst_bytes
@@ -136,6 +137,12 @@ class ScaleModel:
     """Per lab cell: its coordinates and the target cell's predicted iteration time."""
 
 
+def scaled_name(name: str) -> str:
+    """The scale model's name: the target's, cut to leave room, and `-scale` (still a name)."""
+    suffix = "-scale"
+    return name[: NAME_LENGTH - len(suffix)] + suffix
+
+
 def scaled_matrix(
     model: ScaleModel, spec: MatrixSpec, calibration: Calibration, iterations: int, warmup: int
 ) -> dict:
@@ -156,7 +163,7 @@ def scaled_matrix(
     }
     return {
         "matrix": {
-            "name": f"{spec.header.name}-scale",
+            "name": scaled_name(spec.header.name),
             "inventory": "local",
             "repeats": spec.header.repeats,
         },

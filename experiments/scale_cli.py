@@ -19,10 +19,18 @@ from experiments.costmodel.calibrate import (
 from experiments.costmodel.predict import measured_cells
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import ResultsStore
-from experiments.scale import Lab, Measured, baseline_profile, derive, scaled_matrix
+from experiments.scale import (
+    Lab,
+    Measured,
+    baseline_profile,
+    derive,
+    scaled_matrix,
+    scaled_name,
+)
 from inventory.cli import JsonOption, console, print_table
 from inventory.errors import ConfigError, check_option
 from inventory.loader import LOCAL, load_inventory
+from inventory.safewrite import check_target, write_file
 from netem.fleet import FleetNetem
 from netem.units import parse_rate_bps, parse_time_ms
 
@@ -97,14 +105,11 @@ def scale(
         calibration = from_flops() if calibrate == "flops" else reference_calibration()
     if lab_receive_share is not None:
         check_option("--lab-receive-share", lab_receive_share, 0.05, 1.0)
+    out = check_target(output or Path(f"{scaled_name(spec.header.name)}.toml"), "-o")
     lab = _lab(to, ceiling, lab_latency, lab_receive_share)
     model = derive(spec, calibration, lab, measured)
-    out = output or Path(f"{spec.header.name}-scale.toml")
     data = scaled_matrix(model, spec, calibration, iterations, warmup)
-    try:
-        out.write_text(tomli_w.dumps(data))
-    except OSError as error:
-        raise ConfigError(str(out), None, f"cannot be written: {error.strerror}") from None
+    write_file(out, tomli_w.dumps(data), "-o")
     load_matrix(out)  # what was written reads back as a valid matrix
     summary = {
         "factors": {name: scale.factor for name, scale in model.scales.items()},

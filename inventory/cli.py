@@ -19,6 +19,7 @@ from inventory.freeze import write_fleet
 from inventory.fromsource import SourceOptions, read_source
 from inventory.loader import ANSIBLE_PREFIX, LOCAL, is_ansible_spec, load_inventory
 from inventory.localfleet import LocalFleet
+from inventory.safewrite import check_target
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
 console = Console(markup=False)  # user text (names, labels, paths) is never markup
@@ -123,6 +124,8 @@ def inventory_show(
     --write freezes them into a TOML inventory."""
     if (inventory is None) == (source is None):
         raise ConfigError(None, "-i/--from", "give exactly one of -i INVENTORY and --from SOURCE")
+    if write is not None:
+        check_target(write, "--write")
     if source is None:
         if file is not None or name is not None:
             which = "FILE" if file is not None else "--name"
@@ -133,7 +136,7 @@ def inventory_show(
                                 order_tag, user, key_file)  # fmt: skip
         fleet = read_source(source, file, options)
     if write is not None:
-        write_fleet(fleet, write)
+        write_fleet(fleet, write, "--write")
     if as_json:
         print(fleet.model_dump_json(indent=2))
         return
@@ -243,14 +246,14 @@ def deploy(
     parallel, from a wheelhouse made here (hosts need no package registry); a torch already on
     a host is reused; a host already at this version is skipped. `-i local` points the local
     fleet's hosts at their environments."""
+    if write is not None:
+        check_target(write, "--write")
     fleet = load_inventory(inventory)
-    if write is not None and not write.parent.is_dir():
-        raise ConfigError(str(write), "--write", "its folder does not exist")
     reports = deploy_hosts(fleet, with_torch)
     if str(inventory) == LOCAL:
         LocalFleet().refresh_inventory()
     if write is not None:
-        write_fleet(with_environments(fleet, reports), write)
+        write_fleet(with_environments(fleet, reports), write, "--write")
     if as_json:
         print(json.dumps(reports, indent=2))
     else:

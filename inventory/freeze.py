@@ -6,8 +6,8 @@ from pathlib import Path
 
 import tomli_w
 
-from inventory.errors import ConfigError
 from inventory.models import Fleet
+from inventory.safewrite import write_file
 
 
 def fleet_toml(fleet: Fleet) -> str:
@@ -17,11 +17,7 @@ def fleet_toml(fleet: Fleet) -> str:
     return tomli_w.dumps({"fleet": data, "hosts": hosts} if data else {"hosts": hosts})
 
 
-def write_fleet(fleet: Fleet, path: Path) -> None:
-    """Write the fleet's TOML to `path` (replacing it whole: a reader never sees half)."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(fleet_toml(fleet))
-        partial.replace(path)
-    except OSError as error:
-        raise ConfigError(str(path), None, f"cannot be written: {error.strerror}") from None
+def write_fleet(fleet: Fleet, path: Path, field: str) -> None:
+    """Write the fleet's TOML to `path`, which the option `field` gave (`inventory.safewrite`:
+    replaced whole, never through a link)."""
+    write_file(path, fleet_toml(fleet), field)

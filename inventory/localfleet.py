@@ -24,6 +24,7 @@ from inventory import netns
 from inventory.errors import ConfigError
 from inventory.localsshd import LocalSshd, keygen, wait_ready
 from inventory.netns import ip, link_exists, netns_exists
+from inventory.safewrite import write_file
 
 FIRST_HOST_OCTET = 10
 TOPOLOGIES = ("bridge", "delay-node")
@@ -167,7 +168,7 @@ class LocalFleet:
         if self.topology not in (None, topology):
             self.down()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.state_file.write_text(json.dumps({"topology": topology}))
+        write_file(self.state_file, json.dumps({"topology": topology}), None)
         self.empty_home.mkdir(exist_ok=True)
         self._ensure_client_key()
         netns.allow_every_congestion_control()  # so a TCP preset may choose any of them
@@ -185,7 +186,8 @@ class LocalFleet:
         for host in hosts:
             self._ensure_host_network(host, topology)
             host.sshd.start(self.directory / "authorized_keys", self.empty_home)
-        self.known_hosts.write_text("".join(h.sshd.known_hosts_line() + "\n" for h in hosts))
+        known = "".join(h.sshd.known_hosts_line() + "\n" for h in hosts)
+        write_file(self.known_hosts, known, None)
         self._write_inventory(hosts, topology)
         if topology == "bridge":
             self.wait_ready()
@@ -204,9 +206,8 @@ class LocalFleet:
     def _ensure_client_key(self) -> None:
         if not self.client_key.exists():
             keygen(self.client_key, comment="wanlab-local")
-        authorized = self.directory / "authorized_keys"
-        authorized.write_text(self.client_key.with_suffix(".pub").read_text())
-        authorized.chmod(0o600)
+        public = self.client_key.with_suffix(".pub").read_text()
+        write_file(self.directory / "authorized_keys", public, None, mode=0o600)
 
     def _ensure_host_network(self, host: LocalHost, topology: str) -> None:
         address = f"{host.address}/{self.network.prefixlen}"
@@ -263,7 +264,7 @@ class LocalFleet:
         header = (
             "# Written by `wanlab fleet up`: the local fleet, one network namespace per host.\n"
         )
-        self.inventory_path.write_text(header + tomli_w.dumps(document))
+        write_file(self.inventory_path, header + tomli_w.dumps(document), None)
 
     # -- down -------------------------------------------------------------------------------
     def down(self) -> None:

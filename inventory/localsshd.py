@@ -10,6 +10,7 @@ from pathlib import Path
 
 from inventory.netns import pid_alive
 from inventory.ports import port_open
+from inventory.safewrite import write_file
 
 SSHD = "/usr/sbin/sshd"
 
@@ -49,7 +50,7 @@ class LocalSshd:
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.host_key.exists():
             keygen(self.host_key, comment=self.name)
-        self.config.write_text(self._config_text(authorized_keys, home))
+        write_file(self.config, self._config_text(authorized_keys, home), None)
         script = (
             f"hostname {self.name}"
             " && mount -t tmpfs -o size=16m,mode=755 run /run"

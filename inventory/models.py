@@ -9,23 +9,14 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inventory.names import Name
+
 # Matched whole (fullmatch): a `$` would also accept a trailing newline.
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _INTERFACE = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}")
 _PATH = re.compile(r"[A-Za-z0-9_./~+-]{1,255}")
-
-
-def _simple_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError("must be 1-63 letters, digits, '-', '_' or '.', starting alphanumeric")
-    return name
-
-
-SimpleName = Annotated[str, AfterValidator(_simple_name)]
-"""A host's or fleet's name: it reaches file names and remote commands."""
 
 
 def normalized_address(text: str) -> str:
@@ -87,7 +78,7 @@ class Host(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: SimpleName
+    name: Name
     address: Address
     user: UserName = "root"
     port: Port = 22
@@ -164,7 +155,7 @@ class Fleet(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: SimpleName = "fleet"
+    name: Name = "fleet"
     hosts: list[Host] = Field(min_length=1)
     known_hosts: Path | None = None
     strict_host_keys: bool = Field(True, strict=True)

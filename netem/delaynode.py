@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from inventory.safewrite import open_append, write_file
 from netem.kernel import (
     MODULE_FAILED,
     Kernel,
@@ -141,16 +142,15 @@ class DelayNode:
         self.directory.mkdir(parents=True, exist_ok=True)
         for folder in (self.requests, self.responses):
             folder.mkdir(exist_ok=True)
-        stale_files = ("ready.json", "stop", "returncode", "node.log", FORWARDING_FILE)
+        stale_files = ("ready.json", "stop", "returncode", "node.log", "console.log",
+                       FORWARDING_FILE)  # fmt: skip
         for stale in (*stale_files, MODULE_FAILED):
             (self.directory / stale).unlink(missing_ok=True)
-        (self.directory / "kernel.json").write_text(json.dumps(describe(), indent=2))
-        init = self.directory / "init.sh"
-        init.write_text(init_text)
-        init.chmod(0o755)
+        write_file(self.directory / "kernel.json", json.dumps(describe(), indent=2), None)
+        init = write_file(self.directory / "init.sh", init_text, None, mode=0o755)
         vectors = [f"vec{i}:transport=tap,ifname={tap}" for i, tap in enumerate(taps)]
         argv = boot_argv(kernel.binary, init, f"wanlab-node-{os.getpid()}", self.directory, mem)
-        with open(self.directory / "console.log", "w") as console:
+        with open_append(self.directory / "console.log", None) as console:
             process = subprocess.Popen(
                 [*argv[:-1], *vectors, argv[-1]],
                 stdin=subprocess.DEVNULL,
@@ -158,7 +158,7 @@ class DelayNode:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.pid_file.write_text(str(process.pid))
+        write_file(self.pid_file, str(process.pid), None)
         deadline = time.monotonic() + timeout
         while not (self.directory / "ready.json").exists():
             if process.poll() is not None:
@@ -245,7 +245,7 @@ halt -f
     def record_forwarding(self, measurement: dict) -> None:
         """Keep the measured forwarding latency (`one_way_ms_at_delay`, and how it was
         measured)."""
-        (self.directory / FORWARDING_FILE).write_text(json.dumps(measurement, indent=2))
+        write_file(self.directory / FORWARDING_FILE, json.dumps(measurement, indent=2), None)
 
     def call(self, requests: list[dict], timeout: float = 60.0) -> list[dict]:
         """The node's agent's answers to `requests`, in order, in one mailbox round trip."""
@@ -257,9 +257,8 @@ halt -f
             return failed("the delay node is not running")
         request_id = uuid.uuid4().hex
         response = self.responses / f"{request_id}.json"
-        staging = self.requests / f".{request_id}.tmp"
-        staging.write_text(json.dumps({"batch": requests}))
-        staging.rename(self.requests / f"{request_id}.json")
+        message = json.dumps({"batch": requests})
+        write_file(self.requests / f"{request_id}.json", message, None, sync=False)
         deadline = time.monotonic() + timeout
         while not response.exists():
             if time.monotonic() > deadline or self.pid() is None:
@@ -275,7 +274,7 @@ halt -f
         pid = self.pid()
         if pid is None:
             return
-        (self.directory / "stop").touch()
+        write_file(self.directory / "stop", "", None, sync=False)
         deadline = time.monotonic() + timeout
         while self.pid() is not None and time.monotonic() < deadline:
             time.sleep(0.1)

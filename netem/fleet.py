@@ -49,7 +49,7 @@ Requests = dict[str, dict[str, Any]]
 AGENT_CODE = tuple(
     [f"netem/{name}.py" for name in ("__init__", "agent", "agentserve", "pairs", "probe",
                                      "profile", "shaper", "tcp", "tree", "units")]
-    + [f"inventory/{name}.py" for name in ("__init__", "errors", "ports", "tomlfile")]
+    + [f"inventory/{name}.py" for name in ("__init__", "errors", "names", "ports", "tomlfile")]
 )  # fmt: skip
 
 

@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from inventory.safewrite import write_file
+
 PACKAGED_BINARY = Path("/usr/bin/linux.uml")
 PACKAGED_MODULES = Path("/usr/lib/uml/modules")
 FETCH_SUITE = "sid"
@@ -330,7 +332,7 @@ def fetch(destination: Path) -> Kernel:
     for folder in (lists / "partial", cache / "archives" / "partial", debs):
         folder.mkdir(parents=True, exist_ok=True)
     sources = apt / "sources.list"
-    sources.write_text(f"deb [signed-by={KEYRING}] {ARCHIVE} {FETCH_SUITE} main\n")
+    write_file(sources, f"deb [signed-by={KEYRING}] {ARCHIVE} {FETCH_SUITE} main\n", None)
     options = [
         "-o",
         f"Dir::Etc::sourcelist={sources}",
@@ -463,9 +465,7 @@ def provision(refresh: bool = False) -> dict:
             fetch_error = str(error) or type(error).__name__
     record = choose(fetched, fetch_error, packaged_candidate())
     kernel_dir().mkdir(parents=True, exist_ok=True)
-    staging = record_path().with_suffix(".tmp")
-    staging.write_text(json.dumps(record, indent=2) + "\n")
-    staging.replace(record_path())
+    write_file(record_path(), json.dumps(record, indent=2) + "\n", None)
     return record
 
 

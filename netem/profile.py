@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inventory.errors import ConfigError
+from inventory.names import check_name
 from inventory.tomlfile import read_toml
 from netem.units import format_rate, format_time, parse_percent, parse_rate_bps, parse_time_ms
 
@@ -210,7 +211,13 @@ def load_profile_file(path: str | Path) -> Profile:
     """Read a TOML profile file: name, delay, jitter, loss, duplicate, reorder, rate, limit."""
     path = Path(path)
     data = read_toml(path)
+    named = "name" in data
     name = data.pop("name", path.stem)
     if not isinstance(name, str):
         raise ConfigError(str(path), "name", "must be a string")
+    try:
+        check_name(name)
+    except ValueError as error:
+        whence = "" if named else f" (without a name it is the file's, {name!r})"
+        raise ConfigError(str(path), "name", f"{error}{whence}") from None
     return profile_from_fields(data, str(path), name=name)

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from inventory.safewrite import write_file
 from netem.kernel import MODULE_FAILED, Kernel, boot_argv, current, init_prelude, run_bounded
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +55,7 @@ def run(
     workdir = Path(tempfile.mkdtemp(prefix="wanlab-uml-")) if owned else Path(workdir)
     try:
         init = workdir / "init.sh"
-        init.write_text(_init_script(kernel, workdir, argv, env or {}))
-        init.chmod(0o755)
+        write_file(init, _init_script(kernel, workdir, argv, env or {}), None, mode=0o755)
         umid = f"wanlab-{os.getpid()}-{workdir.name[-8:]}"
         console = run_bounded(boot_argv(kernel.binary, init, umid, workdir, mem), timeout_s)
         rc_file, out_file = workdir / "returncode", workdir / "output.log"

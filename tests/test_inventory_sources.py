@@ -120,5 +120,5 @@ def test_show_writes_a_toml_twin(monkeypatch, capsys, tmp_path, argv, twin):
 def test_frozen_fleet_loads_back_the_same(tmp_path):
     for fleet in (load_inventory(EXAMPLES / "p3-2xlarge-12.toml", check_keys=False),
                   load_inventory(EXAMPLES / "bastion.toml", check_keys=False)):  # fmt: skip
-        write_fleet(fleet, tmp_path / "frozen.toml")
+        write_fleet(fleet, tmp_path / "frozen.toml", "--write")
         assert dump(load_inventory(tmp_path / "frozen.toml", check_keys=False)) == dump(fleet)

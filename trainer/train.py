@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from inventory.safewrite import open_append, write_file
 from trainer.config import TrainerConfig
 from trainer.data import TokenSource
 from trainer.dataparallel import make_gradient_sync
@@ -174,7 +175,8 @@ def train(
     rank_log = None
     if cfg.out is not None:
         cfg.out.mkdir(parents=True, exist_ok=True)
-        rank_log = (cfg.out / f"rank-{rank}.jsonl").open("w")
+        rank_log = open_append(cfg.out / f"rank-{rank}.jsonl", "out")
+        rank_log.truncate(0)  # a run's own log
     records = []
     for iteration in range(cfg.iterations):
         record = trainer.step(iteration)
@@ -267,9 +269,8 @@ def _device_name(device: torch.device) -> str:
 def write_results(cfg: TrainerConfig, summary: dict, everyone: list[dict]) -> None:
     """`iterations.jsonl` (rank 0's timed iterations with the batch loss) and `summary.json`."""
     losses = summary["losses"]
-    with (cfg.out / "iterations.jsonl").open("w") as f:
-        for record in everyone[0]["records"][cfg.warmup :]:
-            line = record | {"loss": losses[record["iteration"]]}
-            f.write(json.dumps(line) + "\n")
-    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    timed = everyone[0]["records"][cfg.warmup :]
+    lines = [json.dumps(record | {"loss": losses[record["iteration"]]}) + "\n" for record in timed]
+    write_file(cfg.out / "iterations.jsonl", "".join(lines), "out")
+    write_file(cfg.out / "summary.json", json.dumps(summary, indent=2) + "\n", "out")
     print(f"results in {cfg.out}", file=sys.stderr)

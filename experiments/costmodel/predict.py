@@ -20,6 +20,7 @@ from experiments.matrix import MatrixSpec
 from experiments.results import CellRecord
 from inventory.errors import ConfigError
 from inventory.models import Fleet
+from inventory.safewrite import write_file
 from netem.fleet import Target
 from netem.pairs import Addressable, PairMatrix
 from netem.tcp import TcpSettings
@@ -112,6 +113,5 @@ def measured_cells(records: list[CellRecord]) -> dict[str, CellRecord]:
 
 def store_predictions(directory: Path, rows: list[dict]) -> Path:
     """Write `predictions.jsonl` next to the cells, one row per cell, replacing an older one."""
-    path = directory / PREDICTIONS
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    return write_file(directory / PREDICTIONS, text, "--store")

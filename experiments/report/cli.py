@@ -10,6 +10,7 @@ import typer
 from experiments.report.write import FORMATS, parse_formats, write_comparison, write_report
 from inventory.cli import console
 from inventory.errors import ConfigError
+from inventory.names import check_name
 
 
 def report(
@@ -38,10 +39,19 @@ def report(
         raise ConfigError(str(results), "RESULTS", "give either RESULTS or --compare A B")
     if compare is not None:
         a, b = compare
-        written = write_comparison(a, b, out or a / f"compare-{b.name}", chosen)
+        written = write_comparison(a, b, out or a / f"compare-{_folder_name(b)}", chosen)
     elif results is not None:
         written = write_report(results, out or results / "report", chosen)
     else:
         raise ConfigError(None, "RESULTS", "give a results folder, or --compare A B")
     for kind, path in written.items():
         console.print(f"{kind:28} {path}", highlight=False)
+
+
+def _folder_name(folder: Path) -> str:
+    """A results folder's own name, for the folder named after it (a name by the one rule)."""
+    try:
+        return check_name(folder.resolve().name)
+    except ValueError as error:
+        why = f"its folder's name {error} (or give -o)"
+        raise ConfigError(str(folder), "--compare", why) from None

@@ -32,6 +32,7 @@ from experiments.report.tables import (
     to_markdown,
 )
 from inventory.errors import ConfigError
+from inventory.safewrite import check_target, write_file
 from netem.probe import MIN_WINDOW_RTTS
 
 FORMATS = ("md", "csv", "parquet", "html", "png")
@@ -243,37 +244,33 @@ def _write_outputs(
         raise ConfigError(str(out_dir), "-o", "exists and is not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / ".wanlab-write-check").touch()
-        (out_dir / ".wanlab-write-check").unlink()
     except OSError as error:
-        raise ConfigError(str(out_dir), "-o", f"cannot be written: {error.strerror}") from None
+        raise ConfigError(str(out_dir), "-o", f"cannot be made: {error.strerror}") from None
+    kinds = [kind for kind in ("csv", "parquet") if kind in formats]
+    paths = {f"{kind}:{name}": out_dir / f"{name}.{kind}" for name in frames for kind in kinds}
+    paths |= {kind: out_dir / f"{stem}.{kind}" for kind in ("md", "html") if kind in formats}
+    for path in paths.values():  # before the figures are drawn
+        check_target(path, "-o")
     written: dict[str, Path] = {}
     for name, frame in frames.items():
-        if "csv" in formats:
-            written[f"csv:{name}"] = out_dir / f"{name}.csv"
-            frame.to_csv(written[f"csv:{name}"], index=False)
-        if "parquet" in formats:
-            written[f"parquet:{name}"] = out_dir / f"{name}.parquet"
-            frame.to_parquet(written[f"parquet:{name}"], index=False)
+        for kind in kinds:
+            data = frame.to_csv(index=False) if kind == "csv" else frame.to_parquet(index=False)
+            written[f"{kind}:{name}"] = write_file(paths[f"{kind}:{name}"], data, "-o")
     drawn = figures() if formats & {"png", "html"} else {}
     pngs = {name: png_bytes(figure) for name, figure in drawn.items()}
     if "png" in formats:
         for name, data in pngs.items():
-            written[f"png:{name}"] = out_dir / f"{name}.png"
-            written[f"png:{name}"].write_bytes(data)
+            written[f"png:{name}"] = write_file(out_dir / f"{name}.png", data, "-o")
     if "md" in formats:
         png_names = [f"{n}.png" for n in pngs] if "png" in formats else []
-        written["md"] = out_dir / f"{stem}.md"
-        written["md"].write_text(
-            render_markdown(title, meta, sections, png_names, spec_text, environment)
-        )
+        markdown = render_markdown(title, meta, sections, png_names, spec_text, environment)
+        written["md"] = write_file(paths["md"], markdown, "-o")
     if "html" in formats:
         plots = [Plot(name, CAPTIONS[name], data) for name, data in pngs.items()]
         page = render_html(
             title, meta, counts, sections, plots, DEFINITIONS, spec_text, environment
         )
-        written["html"] = out_dir / f"{stem}.html"
-        written["html"].write_text(page)
+        written["html"] = write_file(paths["html"], page, "-o")
     return written
 
 
