@@ -1,13 +1,13 @@
 """Differential tests: every legal inventory below is read by the reference tool and by wanlab,
 and every host's name, address, user, port, identity file and jump host must agree.
 
-References: ansible-core itself, in this process (`InventoryManager.get_hosts` is what `ansible
-GROUP --list-hosts` prints, `VariableManager.get_vars` what `ansible-inventory --list` prints, and
-the ssh connection plugin's own option lookup turns those variables into address, user, port and
-key); OpenSSH's `ssh -G` for ssh_config, `ssh -v` for the identity files ssh actually loads
-(tokens expanded) and for the jump host ssh actually runs (its `Executing proxy command` line).
-Every jump host here is a loopback address with nothing listening on port 9, so the jump ssh
-starts fails at once and nothing leaves this machine."""
+References: ansible-core itself, in one separate process for all cases (tests/ansible_reference.py:
+its host list is what `ansible GROUP --list-hosts` prints, its variables what `ansible-inventory
+--list` prints, and the ssh connection plugin's own option lookup turns those into address, user,
+port and key); OpenSSH's `ssh -G` for ssh_config, `ssh -v` for the identity files ssh actually
+loads (tokens expanded) and for the jump host ssh actually runs (its `Executing proxy command`
+line). Every jump host here is a loopback address with nothing listening on port 9, so the jump
+ssh starts fails at once and nothing leaves this machine."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import re
 import shlex
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -26,13 +27,8 @@ from clirun import run_cli
 from inventory.ansible import load_ansible
 from inventory.sshconfig import load_ssh_config
 
-ansible_constants = pytest.importorskip("ansible.constants")
-from ansible.inventory.manager import InventoryManager  # noqa: E402
-from ansible.parsing.dataloader import DataLoader  # noqa: E402
-from ansible.plugins.loader import connection_loader  # noqa: E402
-from ansible.vars.manager import VariableManager  # noqa: E402
-
-connection_loader.get("ssh", class_only=True)  # registers the ssh connection's options
+pytest.importorskip("ansible")
+REFERENCE_SCRIPT = Path(__file__).with_name("ansible_reference.py")
 
 # (case, {file: text}, group). The first file is the inventory; others are host_vars/group_vars.
 ANSIBLE_CASES = [
@@ -169,31 +165,33 @@ def write_files(root: Path, files: dict[str, str]) -> Path:
     return root / next(iter(files))
 
 
-def ansible_reference(path: Path, group: str) -> list[dict]:
-    """Each host as ansible-core reads it: name, and what its ssh connection would use."""
-    loader = DataLoader()
-    inventory = InventoryManager(loader=loader, sources=[str(path)])
-    variables = VariableManager(loader=loader, inventory=inventory)
-    config = ansible_constants.config
-    hosts = []
-    for host in inventory.get_hosts(group):
-        merged = variables.get_vars(host=host)
+@pytest.fixture(scope="module")
+def ansible_cases(tmp_path_factory) -> dict[str, tuple[Path, Path, list[dict]]]:
+    """Every Ansible case written to its own folder, with ansible-core's reading of it (one
+    process for all cases, each in its folder): case -> (folder, inventory, its hosts)."""
+    cases = {}
+    for case, files, group in ANSIBLE_CASES:
+        root = tmp_path_factory.mktemp(case)
+        cases[case] = {"dir": str(root), "path": str(write_files(root, files)), "group": group}
+    done = subprocess.run([sys.executable, str(REFERENCE_SCRIPT)], input=json.dumps(list(
+        cases.values())), capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    answers = json.loads(done.stdout)
+    return {case: (Path(spec["dir"]), Path(spec["path"]), [reference_host(h) for h in hosts])
+            for (case, spec), hosts in zip(cases.items(), answers, strict=True)}  # fmt: skip
 
-        def option(name, merged=merged):
-            return config.get_config_value(name, plugin_type="connection", plugin_name="ssh",
-                                           variables=merged)  # fmt: skip
 
-        key = option("private_key_file")
-        args = " ".join(option(n) or "" for n in ("ssh_args", "ssh_common_args", "ssh_extra_args"))
-        hosts.append({
-            "name": host.name,
-            "address": option("host"),
-            "user": option("remote_user") or "root",  # unset: wanlab's default (README)
-            "port": option("port") or 22,
-            "key_file": str(Path.cwd() / os.path.expanduser(key)) if key else None,
-            "jump": ssh_jump_reference(["-F", "/dev/null", *shlex.split(args)], "target.invalid"),
-        })  # fmt: skip
-    return hosts
+def reference_host(options: dict) -> dict:
+    """A host as ansible-core's ssh connection would reach it (jump host: the one ssh itself
+    runs for those ssh arguments)."""
+    args = " ".join(options[n] or "" for n in ("ssh_args", "ssh_common_args", "ssh_extra_args"))
+    return {
+        "name": options["name"],
+        "address": options["host"],
+        "user": options["remote_user"] or "root",  # unset: wanlab's default (README)
+        "port": options["port"] or 22,
+        "key_file": options["private_key_file"],
+        "jump": ssh_jump_reference(["-F", "/dev/null", *shlex.split(args)], "target.invalid"),
+    }
 
 
 def ssh_g(argv: list[str]) -> dict[str, list[str]]:
@@ -265,13 +263,13 @@ def normalized(hosts: list[dict]) -> list[dict]:
     return hosts
 
 
-@pytest.mark.parametrize(("case", "files", "group"), ANSIBLE_CASES,
-                         ids=[c[0] for c in ANSIBLE_CASES])  # fmt: skip
-def test_ansible_reads_as_ansible_core(tmp_path, monkeypatch, case, files, group):
-    monkeypatch.chdir(tmp_path)
-    path = write_files(tmp_path, files)
-    reference = normalized(ansible_reference(path, group))
+@pytest.mark.parametrize("case", [c[0] for c in ANSIBLE_CASES])
+def test_ansible_reads_as_ansible_core(ansible_cases, monkeypatch, case):
+    folder, path, reference = ansible_cases[case]
+    monkeypatch.chdir(folder)
+    reference = normalized(reference)
     assert reference, "the reference found no hosts"
+    group = next(c[2] for c in ANSIBLE_CASES if c[0] == case)
     assert wanlab_hosts(load_ansible(path, group)) == reference
 
 
@@ -336,18 +334,18 @@ def test_ssh_config_reads_as_openssh(tmp_path, monkeypatch, listener, case):
     assert fleet.names == names
 
 
-def test_cli_shows_what_the_references_read(monkeypatch, capsys, tmp_path):
+def test_cli_shows_what_the_references_read(ansible_cases, monkeypatch, capsys, tmp_path):
     """A sample through the real entry point: `wanlab inventory show --json` for one Ansible
     inventory (with group_vars) and one ssh_config (with a jump host)."""
+    _, path, reference = ansible_cases["group-vars-folders"]
+    group = next(c[2] for c in ANSIBLE_CASES if c[0] == "group-vars-folders")
     monkeypatch.chdir(tmp_path)
-    name, files, group = next(c for c in ANSIBLE_CASES if c[0] == "group-vars-folders")
-    path = write_files(tmp_path, files)
     code, stdout, stderr = run_cli(monkeypatch, capsys, "inventory", "show", "--from", "ansible",
                                    str(path), "--group", group, "--json")  # fmt: skip
     assert code == 0, stderr
     shown = [{k: h[k] for k in ("name", "address", "user", "port", "key_file", "jump")}
              for h in json.loads(stdout)["hosts"]]  # fmt: skip
-    assert shown == normalized(ansible_reference(path, group))
+    assert shown == normalized(reference)
     config = tmp_path / "config"
     config.write_text(next(c[1] for c in SSH_CASES if c[0] == "jump-alias"))
     code, stdout, stderr = run_cli(monkeypatch, capsys, "inventory", "show", "--from",
