@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +25,7 @@ from inventory.cli import (
     deploy,
     inventory_app,
     node_kernel_line,
+    print_json,
     print_table,
 )
 from inventory.errors import ConfigError, HostsUnreachable
@@ -39,6 +40,9 @@ try:  # typer 0.2x carries its own copy of click; older typer uses click itself
     from typer._click.exceptions import UsageError
 except ImportError:
     from click.exceptions import UsageError
+
+UNUSABLE_PATH = (errno.ENAMETOOLONG, errno.ELOOP)
+"""OS errors that say a path given is bad input (a name too long, a loop of links)."""
 
 app = typer.Typer(
     help="Measure how distributed training slows down as the network gets worse.",
@@ -87,7 +91,7 @@ def fleet_status(as_json: JsonOption = False):
     """Show the local fleet's hosts, their sshd, whether SSH answers, and the node's kernel."""
     status = lab_status()
     if as_json:
-        print(json.dumps(status, indent=2))
+        print_json(status)
         return
     columns = ["name", "address", "netns", "netns_exists", "sshd_pid", "ssh_port_open"]
     node = f", delay node PID {status['delay_node_pid']}" if status["delay_node_pid"] else ""
@@ -107,7 +111,7 @@ def fleet_kernel(
     one into wanlab's own folder, probe-boot every candidate, record the choice."""
     record = kernel.provision(refresh=refresh)
     if as_json:
-        print(json.dumps(record, indent=2))
+        print_json(record)
         return
     print_table(
         "user-mode Linux kernels probed here",
@@ -218,4 +222,9 @@ def main() -> None:
         for name, reason in sorted(error.reasons.items()):
             print(f"  {name}: {' '.join(reason.split())}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:  # a path given that the system cannot take, wherever it was used
+        if error.errno not in UNUSABLE_PATH or error.filename is None:
+            raise
+        print(f"wanlab: error: {error.filename}: {error.strerror}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -17,6 +17,7 @@ from experiments.report.write import write_report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner, RunOutcome, interrupts_held
 from inventory.loader import load_inventory
+from inventory.localfleet import LocalFleet
 
 DEMO_MATRIX = Path(__file__).parent / "matrices" / "local-demo.toml"
 
@@ -30,6 +31,7 @@ def run_demo(
     out: Path, console: Console, hosts: int = 4, shaping: str = "auto", keep_fleet: bool = False
 ) -> tuple[RunOutcome, dict[str, Path]]:
     """Fleet up, matrix, report, fleet down; returns the run's outcome and the report files."""
+    LocalFleet().check_size(hosts)  # every option is checked before anything is made
     spec = load_matrix(DEMO_MATRIX)
     store = ResultsStore(out)
     store.open_for_run(spec.source, resume=False)

@@ -28,6 +28,7 @@ TRAINER_CODE = (
     "inventory/errors.py",
     "inventory/ports.py",
     "inventory/safewrite.py",
+    "inventory/tomlfile.py",
 )
 _RECORD_PID_THEN_EXEC = 'echo $$ > "$0"; exec "$@"'
 _KILL_RECORDED = (

@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -59,7 +60,7 @@ from inventory.names import Name
 from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
-from trainer.config import TrainerConfig, load_config
+from trainer.config import MAX_WORLD_SIZE, TrainerConfig, load_config
 from trainer.layout import parse_shape
 
 _TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts", "scale")
@@ -77,7 +78,15 @@ _OPTIONAL_AXES = {"layouts": ("tensor", "pipeline", "layers"), "dtypes": ("dtype
 each one sets per cell."""
 _TCP_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
 DEFAULT_MAX_CELLS = 10_000
+MAX_CELLS = 100_000
+"""The most cells `matrix.max_cells` may allow: reading a matrix checks every cell's trainer
+configuration (about a second per 100,000 cells)."""
 _CELL_FIELDS = ("micro_batch", "dp_degree", "engine", "dp_mode", "out", "iface")
+_SCALE_CELL_AXES = {"profile": "profiles", "tcp": "tcp", "dp_degree": "dp_degrees",
+                    "micro_batch": "micro_batches", "dp_mode": "dp_modes"}  # fmt: skip
+"""A scale model cell's coordinates and the axis each one must lie on."""
+Degree = Annotated[int, Field(ge=1, le=MAX_WORLD_SIZE, strict=True)]
+"""A DP degree or micro-batch size of an axis."""
 
 
 class MatrixHeader(BaseModel):
@@ -88,8 +97,8 @@ class MatrixHeader(BaseModel):
     """A name by the one rule (`inventory.names`): `wanlab scale` names its output after it."""
     inventory: str = "local"
     repeats: int = Field(1, ge=1, le=100, strict=True)
-    max_cells: int = Field(DEFAULT_MAX_CELLS, ge=1, strict=True)
-    """A matrix with more cells is refused (raise it here for a bigger one)."""
+    max_cells: int = Field(DEFAULT_MAX_CELLS, ge=1, le=MAX_CELLS, strict=True)
+    """A matrix with more cells is refused (raise it here for a bigger one, up to MAX_CELLS)."""
 
 
 class Axes(BaseModel):
@@ -97,8 +106,8 @@ class Axes(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     profiles: list[str] = Field(min_length=1)
-    dp_degrees: list[StrictInt] = Field(default=[1], min_length=1)
-    micro_batches: list[StrictInt] = Field(default=[1], min_length=1)
+    dp_degrees: list[Degree] = Field(default=[1], min_length=1)
+    micro_batches: list[Degree] = Field(default=[1], min_length=1)
     engines: list[str] = Field(default=["gpipe"], min_length=1)
     dp_modes: list[str] = Field(default=["ps"], min_length=1)
     tcp: list[str] = Field(default=[HOST], min_length=1)
@@ -138,10 +147,19 @@ class ScaleCell(BaseModel):
     micro_batch: StrictInt
     dp_mode: str
     target_profile: str
-    predicted_s: float = Field(gt=0, allow_inf_nan=False)
-    measured_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    predicted_s: float = Field(gt=0, allow_inf_nan=False, strict=True)
+    measured_s: float | None = Field(None, gt=0, allow_inf_nan=False, strict=True)
     """The target cell's own measured time (mean over its repeats), when the target is a
     results folder."""
+
+
+class SizedTrainer(BaseModel):
+    """The trainer fields a scale model's factor sizes (`experiments.scale`): the pieces and
+    buckets of the gradient chains."""
+
+    model_config = ConfigDict(extra="forbid")
+    ps_chunk_kb: float | None = Field(None, strict=True)
+    ps_bucket_mb: float | None = Field(None, strict=True)
 
 
 class ScaledProfile(BaseModel):
@@ -149,8 +167,8 @@ class ScaledProfile(BaseModel):
     trainer fields that factor sizes and every TCP setting of the matrix, scaled by it."""
 
     model_config = ConfigDict(extra="forbid")
-    factor: float = Field(gt=0, le=1, allow_inf_nan=False)
-    trainer: dict[str, Any] = Field(default_factory=dict)
+    factor: float = Field(gt=0, le=1, allow_inf_nan=False, strict=True)
+    trainer: SizedTrainer = Field(default_factory=SizedTrainer)
     tcp: dict[str, TcpSettings]
 
 
@@ -160,7 +178,7 @@ class ScaleOrigin(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: str
     calibration: str
-    factor: float = Field(gt=0, le=1, allow_inf_nan=False)
+    factor: float = Field(gt=0, le=1, allow_inf_nan=False, strict=True)
     """The factor of the [trainer] and [tcp] tables: every profile's but those in `profiles`."""
     baseline_profile: str
     """The target profile that slowdowns are measured against."""
@@ -284,7 +302,8 @@ class MatrixSpec:
         scaled = self._scaled(profile)
         if scaled is None:
             return self.trainer
-        return with_factor(self.trainer, scaled.factor, scaled.trainer)
+        sized = scaled.trainer.model_dump(exclude_none=True)
+        return with_factor(self.trainer, scaled.factor, sized)
 
     def trainer_config(self, cell: Cell) -> TrainerConfig:
         """The full trainer configuration of one cell."""
@@ -318,14 +337,36 @@ def _section(data: dict, name: str, model: type[BaseModel], file: str) -> BaseMo
         raise first_error(error, file, prefix=name) from None
 
 
-def _resolve_profile(spec: str, base: Path, file: str, index: int) -> Target:
-    candidate = base / spec
-    path_like = spec.endswith(".toml") or "/" in spec and candidate.is_file()
-    try:
-        return load_target(str(candidate) if path_like else spec)
-    except ConfigError as error:
-        where = f"axes.profiles[{index}]"
-        raise ConfigError(file, where, f"{spec!r}: {error}") from None
+def _resolve_profiles(specs: list[str], base: Path, file: str) -> dict[str, Target]:
+    """Each profile of the axis: a name, a short form, or a file relative to the matrix (a file
+    named twice, spelled two ways, is read once)."""
+    targets: dict[str, Target] = {}
+    read: dict[str, Target] = {}
+    for index, spec in enumerate(specs):
+        candidate = base / spec
+        path_like = spec.endswith(".toml") or "/" in spec and os.path.isfile(candidate)
+        key = os.path.realpath(candidate) if path_like else spec
+        try:
+            if key not in read:
+                read[key] = load_target(str(candidate) if path_like else spec)
+        except ConfigError as error:
+            raise ConfigError(file, f"axes.profiles[{index}]", f"{spec!r}: {error}") from None
+        targets[spec] = read[key]
+    return targets
+
+
+def cell_count(axes: Axes, repeats: int) -> int:
+    """How many cells `axes` make with `repeats`, without making them."""
+    return repeats * math.prod(len(getattr(axes, axis) or [None]) for axis in _AXES)
+
+
+def check_cell_count(header: MatrixHeader, axes: Axes, file: str) -> None:
+    """Refuse axes that make more cells than `matrix.max_cells`, before any cell is made."""
+    n_cells = cell_count(axes, header.repeats)
+    if n_cells > header.max_cells:
+        raise ConfigError(
+            file, "axes", f"makes {n_cells} cells, more than matrix.max_cells = {header.max_cells}"
+        )
 
 
 def load_matrix(path: str | Path) -> MatrixSpec:
@@ -360,27 +401,17 @@ def load_matrix(path: str | Path) -> MatrixSpec:
         load_config(None, trainer)
     except ConfigError as error:
         raise ConfigError(file, f"trainer.{error.field}", error.message) from None
-    for axis in ("dp_degrees", "micro_batches"):
-        for index, value in enumerate(getattr(axes, axis)):
-            if value < 1:
-                raise ConfigError(file, f"axes.{axis}[{index}]", "must be at least 1")
     for axis in _AXES:
         values = getattr(axes, axis) or []
         if len(set(values)) != len(values):
             raise ConfigError(file, f"axes.{axis}", "lists a value twice")
-    n_cells = header.repeats * math.prod(len(getattr(axes, axis) or [None]) for axis in _AXES)
-    if n_cells > header.max_cells:
-        raise ConfigError(
-            file, "axes", f"makes {n_cells} cells, more than matrix.max_cells = {header.max_cells}"
-        )
-    targets = {
-        spec: _resolve_profile(spec, path.parent, file, i) for i, spec in enumerate(axes.profiles)
-    }
+    check_cell_count(header, axes, file)
+    targets = _resolve_profiles(axes.profiles, path.parent, file)
     tcp = _tcp_settings(data.get("tcp", {}), axes.tcp, file)
     placement = _section(data, "placement", Placement, file)
     scale = _section(data, "scale", ScaleOrigin, file) if "scale" in data else None
     if scale is not None:
-        _check_scaled_profiles(scale, trainer, axes.profiles, tcp, file)
+        _check_scale(scale, trainer, axes, tcp, file)
     spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp, placement, scale)
     _check_cells(spec, file)
     return spec
@@ -411,21 +442,30 @@ def _tcp_settings(tables: Any, axis: list[str], file: str) -> dict[str, TcpSetti
     return {name: known[name] for name in axis}
 
 
-def _check_scaled_profiles(
-    scale: ScaleOrigin, trainer: dict, profiles: list[str], tcp: dict, file: str
-) -> None:
-    """A profile's own factor needs emulated compute, a profile of the axis, no field a cell
-    sets, and every [tcp.NAME] setting of the axis scaled by it."""
+def _check_scale(scale: ScaleOrigin, trainer: dict, axes: Axes, tcp: dict, file: str) -> None:
+    """Every cell of a scale model lies on the axes, its baseline is a target profile of its
+    cells; a profile's own factor needs emulated compute, a profile of the axis, and every
+    [tcp.NAME] setting of the axis scaled by it."""
+    for index, cell in enumerate(scale.cells):
+        for coordinate, axis in _SCALE_CELL_AXES.items():
+            if getattr(cell, coordinate) not in getattr(axes, axis):
+                raise ConfigError(
+                    file, f"scale.cells[{index}].{coordinate}",
+                    f"{getattr(cell, coordinate)!r} is not a value of axes.{axis}",
+                )  # fmt: skip
+    targets = sorted({cell.target_profile for cell in scale.cells})
+    if scale.baseline_profile not in targets:
+        raise ConfigError(
+            file, "scale.baseline_profile",
+            f"{scale.baseline_profile!r} is not a target_profile of scale.cells ({targets})",
+        )  # fmt: skip
     scaled_tcp = {name for name, settings in tcp.items() if settings is not None}
     for profile, scaled in scale.profiles.items():
         where = f"scale.profiles.{profile}"
         if "emulate" not in trainer:
             raise ConfigError(file, where, "a factor of its own needs [trainer.emulate]")
-        if profile not in profiles:
+        if profile not in axes.profiles:
             raise ConfigError(file, where, "is not a profile of axes.profiles")
-        for key in scaled.trainer:
-            if key in (*_CELL_FIELDS, "emulate"):
-                raise ConfigError(file, f"{where}.trainer.{key}", "is not sized by the factor")
         if set(scaled.tcp) != scaled_tcp:
             raise ConfigError(
                 file, f"{where}.tcp", f"must scale the [tcp] settings {sorted(scaled_tcp)}, "
@@ -447,6 +487,8 @@ def _check_cells(spec: MatrixSpec, file: str) -> None:
     if spec.axes.recompute is not None:
         axis_of["recompute"] = ("recompute", "recompute")
     for cell in spec.cells():
+        if cell.repeat > 0:
+            continue  # a cell's repeats share its configuration
         try:
             load_config(None, {**spec.trainer_table(cell.profile), **cell.trainer_overrides()})
         except ConfigError as error:

@@ -113,6 +113,11 @@ def _by_label(config: TrainerConfig, fleet: Fleet, placement: Placement, source:
                 str(fleet.source), f"hosts.{host.name}.labels", f"has no {placement.label!r}"
             )
         groups.setdefault(host.labels[placement.label], []).extend([host] * host.slots)
+    if placement.pipelines == "spread" and len(groups) < 2:
+        raise ConfigError(
+            source, "placement.pipelines", f"'spread' needs hosts of two {placement.label}s or "
+            f"more; {fleet.source} has only {placement.label} {next(iter(groups))!r}",
+        )  # fmt: skip
     free = list(groups.values())
     layout = config.layout
     stages, width = layout.stages, layout.tensor

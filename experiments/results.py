@@ -15,19 +15,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, check_path
 from inventory.safewrite import check_target, open_append, write_file
+from inventory.tomlfile import read_text
 from trainer.config import TrainerConfig
 
 CELLS = "cells.jsonl"
 PARQUET = "cells.parquet"
 RUN_INFO = "run.json"
 MATRIX_COPY = "matrix.toml"
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""A measured time: a finite number of seconds (a record holding NaN is not one of ours)."""
+MAX_CELLS_BYTES = 1024 * 2**20
+"""The largest cells.jsonl read (1 GiB: 100,000 cells of 10 KiB each)."""
 
 
 class CellParams(BaseModel):
@@ -61,7 +66,7 @@ class Summary(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    phases: dict[str, dict[str, float]]
+    phases: dict[str, dict[str, Seconds]]
     """Per phase (`total_s`, `forward_s`, …): mean, std, median, p10, p90 over iterations."""
     timed_iterations: int = 1
     warmup_iterations_s: list[float] = []
@@ -69,6 +74,12 @@ class Summary(BaseModel):
     stages: list[dict[str, Any]] = []
     world_size: int | None = None
     tokens_per_iteration: int | None = None
+
+    @model_validator(mode="after")
+    def _timed(self) -> Summary:
+        if not self.phases.get("total_s", {}).get("mean"):
+            raise ValueError("phases.total_s.mean (the mean iteration time) is missing or 0")
+        return self
 
     @property
     def iteration_s(self) -> float:
@@ -112,6 +123,28 @@ class CellTiming(BaseModel):
     overhead_s: float | None = None
     """The rest of the cell: shaping, probing, process-group set-up, collecting, reset."""
     overhead_share: float | None = None
+
+
+class RecordedEmulation(BaseModel):
+    """What a record's emulated compute must hold for reports to read it."""
+
+    model_config = ConfigDict(extra="allow")
+    scale: float = Field(gt=0, le=1, allow_inf_nan=False, strict=True)
+
+
+class RecordedTrainer(BaseModel):
+    """The trainer fields of a record that reports read without building the configuration:
+    numbers where they are given (a record may come from an older wanlab: others may be
+    missing, and more may be there)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    batch: int | None = Field(None, ge=1, strict=True)
+    micro_batch: int | None = Field(None, ge=1, strict=True)
+    pipeline: int | None = Field(None, ge=1, strict=True)
+    dp_degree: int | None = Field(None, ge=1, strict=True)
+    tensor: int | None = Field(None, ge=1, strict=True)
+    emulate: RecordedEmulation | None = None
 
 
 class CellRecord(BaseModel):
@@ -181,12 +214,13 @@ class ResultsStore:
         """Refuse a folder a run cannot write into, without touching it: a file, a folder
         holding another run's results (unless `resume`), anything but a regular file where
         the run writes one, or torn records."""
-        if self.directory.exists() and not self.directory.is_dir():
+        check_path(self.directory, "-o")
+        if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
             raise ConfigError(str(self.directory), "-o", "exists and is not a folder")
         if self.directory.is_dir():  # what a run writes there must be a file or nothing
             for name in (CELLS, PARQUET, RUN_INFO, MATRIX_COPY):
                 check_target(self.directory / name, "-o")
-        if self.cells_path.exists() and not resume:
+        if os.path.lexists(self.cells_path) and not resume:
             raise ConfigError(
                 str(self.directory),
                 None,
@@ -211,13 +245,10 @@ class ResultsStore:
         skipped, and its number kept in `torn_lines`); ConfigError for a line that is JSON but
         not a cell record."""
         self.torn_lines = []
-        if not self.cells_path.exists():
+        if not os.path.lexists(self.cells_path):
             return []
         records = []
-        try:
-            text = self.cells_path.read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(str(self.cells_path), None, f"cannot be read: {error}") from None
+        text = read_text(self.cells_path, MAX_CELLS_BYTES)
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -228,9 +259,12 @@ class ResultsStore:
                 continue
             try:
                 records.append(CellRecord.model_validate(record))
+                RecordedTrainer.model_validate(records[-1].trainer)
             except ValidationError as error:
                 problem = error.errors()[0]
                 field = ".".join(str(part) for part in problem["loc"])
+                if error.title == RecordedTrainer.__name__:
+                    field = f"trainer.{field}"
                 where = f"line {number}" + (f": {field}" if field else "")
                 raise ConfigError(str(self.cells_path), where, problem["msg"]) from None
         return records
@@ -238,7 +272,7 @@ class ResultsStore:
     def latest(self) -> list[CellRecord]:
         """The last record of each cell (a re-run supersedes a failed try), in first-seen order;
         ConfigError when the folder holds no cells file."""
-        if not self.cells_path.is_file():
+        if not os.path.isfile(self.cells_path):
             raise ConfigError(str(self.directory), CELLS, "not found: not a results folder")
         latest: dict[str, CellRecord] = {}
         for record in self.records():

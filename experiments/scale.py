@@ -155,7 +155,7 @@ def scaled_matrix(
     own = {
         scale.profile.short(): {
             "factor": scale.factor,
-            "trainer": scale.tensors,
+            "trainer": dict(scale.tensors),
             "tcp": _tcp_tables(scale.tcp),
         }
         for scale in model.scales.values()

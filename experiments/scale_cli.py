@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import statistics
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +18,7 @@ from experiments.costmodel.calibrate import (
 )
 from experiments.costmodel.predict import measured_cells
 from experiments.matrix import MatrixSpec, load_matrix
-from experiments.results import ResultsStore
+from experiments.results import CellRecord, ResultsStore
 from experiments.scale import (
     Lab,
     Measured,
@@ -27,17 +27,21 @@ from experiments.scale import (
     scaled_matrix,
     scaled_name,
 )
-from inventory.cli import JsonOption, console, print_table
-from inventory.errors import ConfigError, check_option
+from inventory.cli import JsonOption, console, print_json, print_table
+from inventory.errors import ConfigError, check_option, parsed_option
 from inventory.loader import LOCAL, load_inventory
 from inventory.safewrite import check_target, write_file
 from netem.fleet import FleetNetem
-from netem.units import parse_rate_bps, parse_time_ms
+from netem.units import parse_rate_bps, parse_time_s
 
 REFERENCE = "reference"
 PROBE_SECONDS = 2.0
 PROBE_HOSTS = 4
 """The lab's figures come from a ring of its first hosts (every hop of the lab is alike)."""
+CEILING_BPS = (1e6, 1e13)
+"""The lab's forwarding ceiling a person may give: 1 Mbit/s to 10 Tbit/s."""
+LATENCY_S = (0.0, 0.1)
+"""The one-way latency of the lab's unshaped hop a person may give: 0 to 100 ms."""
 
 
 def scale(
@@ -95,18 +99,28 @@ def scale(
     check_option("--warmup", warmup, 1, iterations - 1)
     if calibrate not in (None, REFERENCE, "flops"):
         raise ConfigError(None, "--calibrate", f"must be {REFERENCE!r} or 'flops'")
+    ceiling_bps = (
+        None
+        if ceiling is None
+        else parsed_option("--ceiling", ceiling, parse_rate_bps, *CEILING_BPS)
+    )
+    latency_s = (
+        None
+        if lab_latency is None
+        else parsed_option("--lab-latency", lab_latency, parse_time_s, *LATENCY_S)
+    )
+    if lab_receive_share is not None:
+        check_option("--lab-receive-share", lab_receive_share, 0.05, 1.0)
     measured = None
-    if target.is_dir():
+    if os.path.isdir(target):
         if calibrate is not None:
             raise ConfigError(str(target), "--calibrate", "a results folder calibrates on its own")
         spec, calibration, measured = _measured_target(target)
     else:
         spec = load_matrix(target)
         calibration = from_flops() if calibrate == "flops" else reference_calibration()
-    if lab_receive_share is not None:
-        check_option("--lab-receive-share", lab_receive_share, 0.05, 1.0)
     out = check_target(output or Path(f"{scaled_name(spec.header.name)}.toml"), "-o")
-    lab = _lab(to, ceiling, lab_latency, lab_receive_share)
+    lab = _lab(to, ceiling_bps, latency_s, lab_receive_share)
     model = derive(spec, calibration, lab, measured)
     data = scaled_matrix(model, spec, calibration, iterations, warmup)
     write_file(out, tomli_w.dumps(data), "-o")
@@ -122,7 +136,7 @@ def scale(
         "groups": model.groups,
     }
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
         return
     share = f"{lab.receive_share:.3f}" if lab.receive_share else "as adv_win_scale leaves"
     console.print(
@@ -153,25 +167,45 @@ def _measured_target(directory: Path) -> tuple[MatrixSpec, Calibration, Measured
     """A results folder as a target: its matrix, the calibration on its baseline cell (the
     scale model's compute and TCP), and each cell's own calibration and measured times."""
     store = ResultsStore(directory)
-    if not store.cells_path.is_file() or not (directory / "matrix.toml").is_file():
+    if not os.path.isfile(store.cells_path) or not os.path.isfile(directory / "matrix.toml"):
         raise ConfigError(str(directory), None, "is not a results folder (no cells.jsonl and "
                           "matrix.toml)")  # fmt: skip
     spec = load_matrix(directory / "matrix.toml")
     records = store.latest()
+    _check_cells_of(spec, records, store.cells_path)
     calibrator = ResultsCalibration(records, source=str(directory))
     baseline = next(c for c in spec.cells() if c.profile == baseline_profile(spec))
     measured = Measured(calibrator.for_cell, measured_cells(records), spec.header.repeats)
     return spec, calibrator.for_cell(baseline.params()), measured
 
 
-def _lab(inventory: str, ceiling: str | None, latency: str | None, share: float | None) -> Lab:
+def _check_cells_of(spec: MatrixSpec, records: list[CellRecord], cells_path: Path) -> None:
+    """Refuse a results folder whose matrix.toml is not the matrix its cells ran: a cell it
+    does not have, or a trainer setting other than the one the cell ran with."""
+    cells = {cell.cell_id: cell for cell in spec.cells()}
+    for record in records:
+        cell = cells.get(record.cell_id)
+        if cell is None or record.matrix not in (None, spec.header.name):
+            raise ConfigError(
+                str(cells_path), f"cell {record.cell_id}",
+                f"is not a cell of {spec.source} (matrix {spec.header.name!r}): the folder mixes "
+                "the results of another matrix",
+            )  # fmt: skip
+        config = spec.trainer_config(cell).model_dump(mode="json")
+        for key, ran in record.trainer.items():
+            if key in config and config[key] != ran:
+                raise ConfigError(
+                    str(spec.source), f"trainer.{key}",
+                    f"is {config[key]!r} here but cell {record.cell_id} ran with {ran!r}: this "
+                    "is not the matrix of the folder's cells",
+                )  # fmt: skip
+
+
+def _lab(
+    inventory: str, ceiling_bps: float | None, latency_s: float | None, share: float | None
+) -> Lab:
     """The lab's figures: as given, else probed on a ring of the inventory's first hosts; and
     whether the inventory's delay node takes its own hop out of the delays it applies."""
-    try:
-        ceiling_bps = parse_rate_bps(ceiling) if ceiling is not None else None
-        latency_s = parse_time_ms(latency) / 1000 if latency is not None else None
-    except ValueError as error:
-        raise ConfigError(None, "--ceiling/--lab-latency", str(error)) from None
     fleet = load_inventory(inventory)
     delays_whole = fleet.delay_node is not None
     if ceiling_bps is not None and latency_s is not None and share is not None:

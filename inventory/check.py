@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
+from inventory.errors import ConfigError
 from inventory.models import Fleet
 from inventory.ssh import FleetSSH
+from inventory.tomlfile import read_json
 
 FACTS_SCRIPT = (Path(__file__).parent / "host_facts.py").read_text()
 ROUND_TRIPS = 3
@@ -56,10 +59,25 @@ def node_kernel_of(fleet: Fleet) -> dict | None:
     `kernel.json` in its mailbox, written when it starts), else None."""
     if fleet.delay_node is None:
         return None
-    try:
-        return json.loads((fleet.delay_node.mailbox / "kernel.json").read_text())
-    except (OSError, ValueError):
+    path = fleet.delay_node.mailbox / "kernel.json"
+    if not os.path.lexists(path):
         return {"kernel": None, "reason": "the delay node has not started (no kernel.json)"}
+    try:
+        described = read_json(path)
+    except ConfigError as error:
+        return {"kernel": None, "reason": str(error)}
+    if not _is_description(described):
+        return {"kernel": None, "reason": f"{path}: not what a delay node writes"}
+    return described
+
+
+def _is_description(value) -> bool:
+    """What a delay node writes to kernel.json: a reason, and a kernel (None, or its package
+    with its version)."""
+    if not isinstance(value, dict) or not isinstance(value.get("reason"), str):
+        return False
+    kernel = value.get("kernel")
+    return kernel is None or (isinstance(kernel, str) and isinstance(value.get("version"), str))
 
 
 def _peer_of(fleet: Fleet, name: str) -> str:

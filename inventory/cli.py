@@ -4,8 +4,9 @@ options."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,7 +33,28 @@ InventoryOption = Annotated[
         help="Inventory file (TOML; Ansible as ansible:FILE or *.yml/*.yaml/*.ini), or 'local'.",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON document instead of tables (other lines: stderr)."),
+]
+notes = Console(markup=False, stderr=True)
+"""Where a command given --json says what is not its JSON."""
+
+
+def print_json(value: Any) -> None:
+    """What a `--json` option prints: exactly one JSON document on stdout. A number JSON cannot
+    hold (NaN, infinity) is null."""
+    print(json.dumps(_json_numbers(value), indent=2, allow_nan=False, default=str))
+
+
+def _json_numbers(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_numbers(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_numbers(item) for item in value]
+    return value
 
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
@@ -138,7 +160,7 @@ def inventory_show(
     if write is not None:
         write_fleet(fleet, write, "--write")
     if as_json:
-        print(fleet.model_dump_json(indent=2))
+        print_json(fleet.model_dump(mode="json"))
         return
     rows = [
         {**host.model_dump(), "labels": ", ".join(f"{k}={v}" for k, v in host.labels.items()),
@@ -184,7 +206,7 @@ def inventory_check(
     check_option("--timeout", timeout, 0, 3600, low_open=True)
     reports = check_fleet(load_inventory(inventory), timeout=timeout)
     if as_json:
-        print(json.dumps(reports, indent=2))
+        print_json(reports)
     else:
         columns = [
             "name",
@@ -255,7 +277,7 @@ def deploy(
     if write is not None:
         write_fleet(with_environments(fleet, reports), write, "--write")
     if as_json:
-        print(json.dumps(reports, indent=2))
+        print_json(reports)
     else:
         print_table("deploy", [deploy_row(n, r) for n, r in reports.items()], DEPLOY_COLUMNS)
     if any(report["status"] == "failed" for report in reports.values()):

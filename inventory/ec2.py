@@ -7,21 +7,83 @@ not know them), and labelled with its region, zone and instance type.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from pydantic import TypeAdapter, ValidationError
 
 from inventory.errors import ConfigError
+from inventory.loader import key_file_problem
 from inventory.models import Fleet, UserName
 from inventory.sources import build_fleet
 
 SOURCE = "ec2"
 PAGE_SIZE = 200
 _DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"}
+REGION = re.compile(r"[a-z0-9]+(-[a-z0-9]+){1,4}")
+INSTANCE_TYPE = re.compile(r"[a-z0-9][a-z0-9.-]{0,39}")
+TAG_KEY = re.compile(r"[^\x00-\x1f]{1,128}")
+_AWS_FORMATS = {
+    "AWS_MAX_ATTEMPTS": (re.compile(r"[1-9][0-9]{0,2}"), "a number of attempts, 1 to 999"),
+    "AWS_RETRY_MODE": (re.compile(r"legacy|standard|adaptive"), "legacy, standard or adaptive"),
+    "AWS_DEFAULT_REGION": (REGION, "a region such as us-east-1"),
+    "AWS_REGION": (REGION, "a region such as us-east-1"),
+}
+_AWS_URLS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2")
+_AWS_FILES = {
+    "AWS_CONFIG_FILE": "~/.aws/config",
+    "AWS_SHARED_CREDENTIALS_FILE": "~/.aws/credentials",
+}
+ENVIRONMENT = "environment"
+
+
+def check_aws_environment() -> None:
+    """The AWS_* variables the EC2 client reads first, checked before it is made (its own
+    errors name no variable): ConfigError naming the variable."""
+    for variable, (pattern, meaning) in _AWS_FORMATS.items():
+        value = os.environ.get(variable)
+        if value is not None and not pattern.fullmatch(value):
+            raise ConfigError(ENVIRONMENT, variable, f"{value!r} is not {meaning}")
+    for variable in _AWS_URLS:
+        value = os.environ.get(variable)
+        if value is None:
+            continue
+        try:
+            url = urlsplit(value)
+            url.port  # noqa: B018 (parsing it is the check)
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(ENVIRONMENT, variable, f"{value!r} is not an http(s) URL")
+    for variable, default in _AWS_FILES.items():
+        path = os.path.expanduser(os.environ.get(variable, default))
+        if os.path.lexists(path) and not os.path.isfile(path):  # a FIFO would hang the client
+            raise ConfigError(ENVIRONMENT, variable, f"{path} is not a file")
+
+
+def check_options(query: Ec2Query, user: str, key_file: Path | None) -> None:
+    """Refuse a bad option before anything is asked of AWS."""
+    try:
+        TypeAdapter(UserName).validate_python(user)
+    except ValidationError as error:
+        message = error.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(None, "--user", message) from None
+    for option, value, pattern in (
+        ("--region", query.region, REGION),
+        ("--type", query.instance_type, INSTANCE_TYPE),
+        ("--order-tag", query.order_tag, TAG_KEY),
+    ):
+        if value is not None and not pattern.fullmatch(value):
+            raise ConfigError(None, option, f"{value!r} is not a valid {option[2:]}")
+    problem = key_file is not None and key_file_problem(key_file.expanduser())
+    if problem:
+        raise ConfigError(None, "--key-file", f"{key_file} {problem}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +158,8 @@ def _described(query: Ec2Query, page_size: int) -> tuple[list[dict], str]:
         raise ConfigError(SOURCE, code, str(error)) from None
     except BotoCoreError as error:
         raise ConfigError(SOURCE, None, str(error)) from None
+    except ValueError as error:  # botocore's word on a setting it read (a file, a variable)
+        raise ConfigError(SOURCE, None, f"an AWS setting is not valid: {error}") from None
 
 
 def load_ec2(
@@ -106,11 +170,8 @@ def load_ec2(
     page_size: int = PAGE_SIZE,
 ) -> Fleet:
     """The running instances of `query` as a Fleet, in a stable order."""
-    try:
-        TypeAdapter(UserName).validate_python(user)
-    except ValidationError as error:
-        message = error.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(None, "--user", message) from None
+    check_options(query, user, key_file)
+    check_aws_environment()
     instances, region = _described(query, page_size)
     if not instances:
         raise ConfigError(SOURCE, "instances", "no running instance matches the filters")

@@ -5,6 +5,9 @@ per host). Every package raises them: every package builds on `inventory`."""
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -29,6 +32,42 @@ def check_option(name: str, value: float, low: float, high: float, low_open: boo
         bracket = "(" if low_open else "["
         interval = f"{bracket}{low:g}, {high:g}]"
         raise ConfigError(None, name, f"must be a number in {interval}, not {value}")
+
+
+def parsed_option(
+    name: str, text: str, parse: Callable[[str], float], low: float, high: float
+) -> float:
+    """A command-line figure read by `parse` (its ValueError is the option's fault) and lying
+    in [low, high] (in (low, high] where low is above 0)."""
+    try:
+        value = parse(text)
+    except ValueError as error:
+        raise ConfigError(None, name, str(error)) from None
+    check_option(name, value, low, high, low_open=low > 0)
+    return value
+
+
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+
+
+def path_too_long(path: str | Path) -> str | None:
+    """Why the system cannot hold `path` (ENAMETOOLONG): a name in it over 255 bytes, or over
+    4096 bytes in all; None when it can."""
+    encoded = os.fsencode(path)
+    if len(encoded) > PATH_MAX_BYTES or any(len(n) > NAME_MAX_BYTES for n in encoded.split(b"/")):
+        return (
+            f"too long: a name in a path is at most {NAME_MAX_BYTES} bytes, the path at most "
+            f"{PATH_MAX_BYTES}"
+        )
+    return None
+
+
+def check_path(path: str | Path, field: str) -> None:
+    """Refuse a path given as `field` that the system cannot hold (`path_too_long`)."""
+    problem = path_too_long(path)
+    if problem:
+        raise ConfigError(str(path), field, problem)
 
 
 class HostsUnreachable(ConnectionError):

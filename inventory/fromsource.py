@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from inventory.errors import ConfigError
-from inventory.models import Fleet
+from inventory.models import Fleet, SimpleName
 
 SOURCES = ("ansible", "ssh-config", "ec2")
 
@@ -49,6 +51,12 @@ def read_source(source: str, file: Path | None, options: SourceOptions) -> Fleet
     for attribute, (owner, option) in _OWNER.items():
         if getattr(options, attribute) and owner != source:
             raise ConfigError(None, option, f"only with --from {owner}")
+    if options.name is not None:
+        try:
+            TypeAdapter(SimpleName).validate_python(options.name)
+        except ValidationError as error:
+            message = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(None, "--name", message) from None
     if source == "ansible":
         from inventory.ansible import ALL, load_ansible
 

@@ -3,14 +3,15 @@ the file and the field."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, path_too_long
 from inventory.models import Fleet
-from inventory.tomlfile import read_toml
+from inventory.tomlfile import read_text, read_toml
 
 LOCAL = "local"
 ANSIBLE_PREFIX = "ansible:"
@@ -123,28 +124,28 @@ def check_key_files(fleet: Fleet) -> None:
     """Raise a ConfigError for the first host whose key file is missing or not a private key,
     or when the known_hosts file is missing."""
     file = str(fleet.source)
-    if fleet.known_hosts is not None and not fleet.known_hosts.is_file():
+    if fleet.known_hosts is not None and not os.path.isfile(fleet.known_hosts):
         raise ConfigError(file, "fleet.known_hosts", f"{fleet.known_hosts} does not exist")
     for index, host in enumerate(fleet.hosts):
         for field, key_file in (
             ("key_file", host.key_file),
             ("jump.key_file", host.jump and host.jump.key_file),
         ):
-            problem = key_file and _not_a_private_key(key_file)
+            problem = key_file and key_file_problem(key_file)
             if problem:
                 raise ConfigError(file, f"hosts[{index}].{field}", f"{key_file} {problem}")
 
 
-def _not_a_private_key(path: Path) -> str | None:
+def key_file_problem(path: Path) -> str | None:
     """Why `path` is not a private key file (None when it looks like one)."""
-    if not path.is_file():
+    if path_too_long(path):
+        return "is a path too long to open"
+    if not os.path.lexists(path):
         return "does not exist"
     try:
-        if path.stat().st_size > MAX_KEY_BYTES:
-            return "is too large to be a private key"
-        first = path.read_bytes()[:100].split(b"\n", 1)[0].strip()
-    except OSError as error:
-        return f"cannot be read: {error.strerror}"
-    if not (first.startswith(b"-----BEGIN ") and b"PRIVATE KEY" in first):
+        first = read_text(path, MAX_KEY_BYTES)[:100].split("\n", 1)[0].strip()
+    except ConfigError as error:
+        return error.message
+    if not (first.startswith("-----BEGIN ") and "PRIVATE KEY" in first):
         return "is not a private key (no -----BEGIN ... PRIVATE KEY----- line)"
     return None

@@ -21,10 +21,12 @@ from pathlib import Path
 import tomli_w
 
 from inventory import netns
+from inventory.environment import folder_from
 from inventory.errors import ConfigError
 from inventory.localsshd import LocalSshd, keygen, wait_ready
 from inventory.netns import ip, link_exists, netns_exists
 from inventory.safewrite import write_file
+from inventory.tomlfile import read_json
 
 FIRST_HOST_OCTET = 10
 TOPOLOGIES = ("bridge", "delay-node")
@@ -34,7 +36,7 @@ _PREFIX = re.compile(r"[a-z][a-z0-9]{0,7}")
 
 def wanlab_home() -> Path:
     """Where wanlab keeps its state: $WANLAB_HOME, else ~/.wanlab."""
-    return Path(os.environ.get("WANLAB_HOME", Path.home() / ".wanlab"))
+    return folder_from("WANLAB_HOME", Path.home() / ".wanlab")
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,11 @@ class LocalFleet:
     def topology(self) -> str | None:
         """`bridge` or `delay-node` while the fleet is up, else None."""
         try:
-            return json.loads(self.state_file.read_text())["topology"]
-        except (OSError, ValueError, KeyError):
+            state = read_json(self.state_file)
+        except ConfigError:
             return None
+        topology = state.get("topology") if isinstance(state, dict) else None
+        return topology if topology in TOPOLOGIES else None
 
     def taps(self, n_hosts: int) -> list[str]:
         """The delay node's taps in its interface order: the hosts', then the controller's."""

@@ -1,7 +1,11 @@
-"""Read a text or TOML file (inventory, profile, pair matrix, matrix) with one clear error."""
+"""Read a text, TOML or JSON file (inventory, profile, pair matrix, matrix, a record of ours)
+with one clear error, never blocking on a FIFO, never past a size limit."""
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,21 +16,43 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 """The largest inventory, profile or matrix file read."""
 
 
-def read_text(path: Path) -> str:
-    """A file's text; a missing, unreadable, binary or huge file is a ConfigError."""
+def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """A file's text; a missing, unreadable, binary or huge file (over `limit` bytes), or
+    anything but a regular file (a FIFO, a device, a folder), is a ConfigError. Opening never
+    blocks: a FIFO is refused, not waited on."""
     try:
-        if not path.is_file():
-            raise ConfigError(str(path), None, "is not a file" if path.exists() else "no such file")
-        with path.open("rb") as stream:  # not Path.read_text(): /proc files claim size 0
-            raw = stream.read(MAX_FILE_BYTES + 1)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "no such file") from None
     except OSError as error:
         raise ConfigError(str(path), None, f"cannot be read: {error.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(str(path), None, f"larger than {MAX_FILE_BYTES} bytes")
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(str(path), None, "is not a file")
+        if status.st_size > limit:
+            raise ConfigError(str(path), None, f"larger than {limit} bytes")
+        with os.fdopen(descriptor, "rb", closefd=False) as stream:  # /proc files claim size 0
+            raw = stream.read(limit + 1)
+    except OSError as error:
+        raise ConfigError(str(path), None, f"cannot be read: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
+    if len(raw) > limit:
+        raise ConfigError(str(path), None, f"larger than {limit} bytes")
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise ConfigError(str(path), None, "not a text file") from None
+        raise ConfigError(str(path), None, "not a text file (not UTF-8)") from None
+
+
+def read_json(path: Path, limit: int = MAX_FILE_BYTES) -> Any:
+    """A JSON file's value (`read_text`'s refusals, and one for text that is not JSON)."""
+    text = read_text(path, limit)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(str(path), None, f"not valid JSON: {error}") from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

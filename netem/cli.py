@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inventory.cli import InventoryOption, JsonOption
+from inventory.cli import InventoryOption, JsonOption, print_json
 from inventory.errors import check_option
 from inventory.loader import load_inventory
 from netem.agent import DEFAULT_LEASE_S
@@ -28,7 +28,7 @@ console = Console(markup=False)  # user text (names, labels, paths) is never mar
 
 def _report(title: str, answers: dict[str, dict[str, Any]], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(answers, indent=2))
+        print_json(answers)
     else:
         table = Table(title=title)
         for column in ("host", "ok", "interface", "result", "shaping", "error"):
@@ -69,7 +69,7 @@ def apply(
     if dry_run:
         answers = dry_run_commands(fleet, chosen, ssh_exempt)
         if as_json:
-            print(json.dumps(answers, indent=2))
+            print_json(answers)
         for name, answer in answers.items() if not as_json else ():
             console.print(f"# {name}" + (": reset (nothing to shape)" if answer["reset"] else ""))
             for line in answer["commands"]:
@@ -113,7 +113,7 @@ def probe(
     with FleetNetem(fleet) as netem:
         rows = netem.probe(pairs=pairs, seconds=seconds, count=count)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         table = Table(title="probe")
         for column in ("src", "dst", "rtt ms (median)", "throughput", "receive share", "error"):

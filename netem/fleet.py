@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import socket
 import threading
 import time
@@ -62,7 +63,10 @@ def load_target(spec: str) -> Target:
         is_file = False
     if spec.endswith(".toml") or is_file:
         if not is_file:
-            raise ConfigError(spec, None, "no such profile or matrix file")
+            there = os.path.lexists(path)
+            raise ConfigError(
+                spec, None, "is not a file" if there else "no such profile or matrix file"
+            )
         return (
             load_pair_matrix_file(path)
             if is_pair_matrix_document(path)

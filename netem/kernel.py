@@ -28,7 +28,13 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from inventory.environment import folder_from
+from inventory.errors import ConfigError
+from inventory.loader import first_error
 from inventory.safewrite import write_file
+from inventory.tomlfile import read_json
 
 PACKAGED_BINARY = Path("/usr/bin/linux.uml")
 PACKAGED_MODULES = Path("/usr/lib/uml/modules")
@@ -55,6 +61,7 @@ MODULE_FAILED = "module-failed"
 load."""
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SETUP_HINT = "run `wanlab fleet kernel` (install.sh does) to fetch and probe a kernel for this CPU"
+REFRESH_HINT = "remove it or run `wanlab fleet kernel --refresh` to choose again"
 
 
 class KernelError(RuntimeError):
@@ -129,7 +136,7 @@ class Probe:
 def kernel_dir() -> Path:
     """wanlab's kernel folder: $WANLAB_KERNEL_DIR, else /var/lib/wanlab/kernel (machine-wide,
     so every fleet, test session and state folder of this machine shares it)."""
-    return Path(os.environ.get("WANLAB_KERNEL_DIR", "/var/lib/wanlab/kernel"))
+    return folder_from("WANLAB_KERNEL_DIR", Path("/var/lib/wanlab/kernel"))
 
 
 def record_path() -> Path:
@@ -157,12 +164,29 @@ def cpu_facts() -> dict:
 
 
 # -- using the recorded kernel ----------------------------------------------------------------
+class KernelRecord(BaseModel):
+    """What kernel.json holds (`choose`): the choice, why, and every candidate's probe."""
+
+    model_config = ConfigDict(extra="allow")
+    kernel: Kernel
+    reason: str
+    probes: list[dict]
+
+
 def load_record() -> dict | None:
-    """The recorded choice, or None when none was made (or the record is unreadable)."""
-    try:
-        return json.loads(record_path().read_text())
-    except (OSError, ValueError):
+    """The recorded choice, or None when none was made; KernelError naming kernel.json when
+    what is there is not a record (a FIFO, a list, a damaged file)."""
+    path = record_path()
+    if not os.path.lexists(path):
         return None
+    try:
+        record = read_json(path)
+        KernelRecord.model_validate(record)
+    except ConfigError as error:
+        raise KernelError(f"{error}; {REFRESH_HINT}") from None
+    except ValidationError as error:
+        raise KernelError(f"{first_error(error, str(path))}; {REFRESH_HINT}") from None
+    return record
 
 
 def current() -> Kernel:
@@ -173,7 +197,7 @@ def current() -> Kernel:
             f"no user-mode Linux kernel has been chosen for this machine: {SETUP_HINT}"
         )
     kernel = Kernel(**record["kernel"])
-    if not Path(kernel.binary).is_file() or not Path(kernel.modules).is_dir():
+    if not os.path.isfile(kernel.binary) or not os.path.isdir(kernel.modules):
         raise KernelError(
             f"the recorded kernel {kernel.package} is gone ({kernel.binary}): {SETUP_HINT}"
         )

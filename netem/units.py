@@ -30,6 +30,11 @@ def parse_time_ms(value: str | int | float) -> float:
     return _bounded(float(match["num"]) * _TIME_MS[match["unit"]], MAX_TIME_MS, "a time", "ms")
 
 
+def parse_time_s(value: str | int | float) -> float:
+    """A time as `parse_time_ms` reads it, in seconds."""
+    return parse_time_ms(value) / 1000
+
+
 def parse_rate_bps(value: str | int) -> int:
     """A rate like "1gbit", "790mbit" or "2.5gbit" (a bare integer means bit/s) in bit/s."""
     if isinstance(value, bool):

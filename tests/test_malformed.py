@@ -9,20 +9,31 @@ ConfigError, never another exception.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 from clirun import GOOD_MATRIX, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiments.cli import main
+from experiments.matrix import load_matrix
+from inventory.check import node_kernel_of
+from inventory.cli import node_kernel_line, print_json
 from inventory.errors import ConfigError
+from inventory.loader import load_inventory
 from netem.pairs import pair_matrix_from_data
 from netem.profile import parse_profile
 from netem.units import parse_percent, parse_rate_bps, parse_time_ms
+from trainer.config import TrainerConfig
 
 HOST = '[[hosts]]\nname = "a"\naddress = "198.18.9.1"\n'
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -78,7 +89,7 @@ INVENTORIES = [
         "already used",
     ),
     ("key-not-private", HOST + 'key_file = "notakey"\n', "hosts[0].key_file", "not a private key"),
-    ("key-is-folder", HOST + 'key_file = "."\n', "hosts[0].key_file", "does not exist"),
+    ("key-is-folder", HOST + 'key_file = "."\n', "hosts[0].key_file", "is not a file"),
     ("hosts-empty", "hosts = []\n", "hosts", "at least one"),
     ("defaults-not-table", 'defaults = "x"\n' + HOST, "defaults", "must be a table"),
     (
@@ -306,11 +317,11 @@ OPTIONS = [
     ("predict-flops-zero", ["predict", "MATRIX", "--flops", "0"], "--flops"),
     ("predict-flops-negative", ["predict", "MATRIX", "--flops", "-1"], "--flops"),
     ("predict-flops-nan", ["predict", "MATRIX", "--flops", "nan"], "--flops"),
-    ("predict-native-rate", ["predict", "MATRIX", "--native-rate", "fast"], "--native-latency"),
+    ("predict-native-rate", ["predict", "MATRIX", "--native-rate", "fast"], "--native-rate"),
     (
         "scale-ceiling",
         ["scale", "MATRIX", "--ceiling", "fast", "--lab-latency", "1ms"],
-        "--ceiling/--lab-latency",
+        "--ceiling",
     ),
     ("scale-share", ["scale", "MATRIX", "--lab-receive-share", "2"], "--lab-receive-share"),
     ("scale-share-nan", ["scale", "MATRIX", "--lab-receive-share", "nan"], "--lab-receive-share"),
@@ -511,3 +522,806 @@ def test_hosts_out_of_reach_give_one_line_each_and_exit_1(monkeypatch, capsys, t
     lines = stderr.strip().splitlines()
     assert "Traceback" not in stderr and lines[0].startswith("wanlab: error: "), stderr
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["a", "b"], stderr
+
+
+# == the newer surfaces: matrix tables and axes, scale, predict, report --compare, WANLAB_* and
+# AWS_* variables, --json. Each refusal runs the real entry point in the test's folder (also the
+# current folder) with SSH connections and the EC2 client forbidden, and asserts one line that
+# names the file and the field, exit code 2, nothing on stdout and no file written anywhere
+# under the folder. ==============================================================================
+def files_under(folder: Path) -> dict[str, int]:
+    """Every path under `folder` (links and FIFOs too, never followed) with its mtime."""
+    return {str(path): path.lstat().st_mtime_ns for path in folder.rglob("*")}
+
+
+def refused(monkeypatch, capsys, folder: Path, *argv: str) -> str:
+    """The one line `wanlab ARGV` answers bad input with, run in `folder`, which it must leave
+    as it was; the EC2 client may not be made (no AWS call)."""
+
+    def no_aws(*_args, **_kwargs):
+        raise AssertionError("the EC2 client was made")
+
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(boto3, "client", no_aws)
+    before = files_under(folder)
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *argv)
+    assert code == 2 and stdout == "", (code, stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert files_under(folder) == before, "bad input wrote a file"
+    return lines[0]
+
+
+def names(where: str | None, field: str | None, words: str = ""):
+    """An assertion that a line blames `where` (a file, `environment`, or None for the command
+    line) and `field`, and holds `words`."""
+
+    def check(line: str) -> None:
+        parts = [part for part in (where, field) if part]
+        assert line.startswith("wanlab: error: " + "".join(f"{p}: " for p in parts)), line
+        assert words in line, line
+
+    return check
+
+
+def with_trainer(line: str) -> str:
+    return GOOD_MATRIX.replace("iterations = 3", f"iterations = 3\n{line}")
+
+
+# (case, matrix text, field named, words in the message)
+NEWER_MATRICES = [
+    ("recompute-text", with_trainer('recompute = "yes"'), "trainer.recompute", "boolean"),
+    ("tensor-text", with_trainer('tensor = "2"'), "trainer.tensor", "integer"),
+    ("timeout-inf", with_trainer("timeout_s = inf"), "trainer.timeout_s", "finite"),
+    ("timeout-nan", with_trainer("timeout_s = nan"), "trainer.timeout_s", "finite"),
+    ("timeout-a-year", with_trainer("timeout_s = 3.2e7"), "trainer.timeout_s", "less than"),
+    ("lr-inf", with_trainer("lr = inf"), "trainer.lr", "finite"),
+    ("lr-text", with_trainer('lr = "1e-3"'), "trainer.lr", "number"),
+    ("loss-scale-inf", with_trainer("loss_scale = inf"), "trainer.loss_scale", "finite"),
+    ("chunk-bool", with_trainer("ps_chunk_kb = true"), "trainer.ps_chunk_kb", "number"),
+    ("bucket-text", with_trainer('ps_bucket_mb = "1"'), "trainer.ps_bucket_mb", "number"),
+    ("batch-float", GOOD_MATRIX.replace("batch = 4", "batch = 4.0"), "trainer.batch", "integer"),
+    ("seed-bool", with_trainer("seed = true"), "trainer.seed", "integer"),
+    ("seed-negative", with_trainer("seed = -1"), "trainer.seed", "greater than"),
+    ("layers-text", with_trainer('layers = ["2", "2"]'), "trainer.layers.0", "integer"),
+    ("iterations-huge", GOOD_MATRIX.replace("= 3", "= 10000000"), "trainer.iterations", ""),
+    ("warmup-float", with_trainer("warmup = 1.0"), "trainer.warmup", "integer"),
+    ("threads-text", with_trainer('threads = "2"'), "trainer.threads", "integer"),
+    ("seq-len-bool", with_trainer("seq_len = true"), "trainer.seq_len", "integer"),
+    ("model-number", GOOD_MATRIX.replace('"tiny"', "3"), "trainer.model", "string"),
+    ("emulate-scale-text", with_trainer(
+        '[trainer.emulate]\nscale = "0.5"\nforward_ms = [1.0]\nbackward_ms = [1.0]'),
+     "trainer.emulate.scale", "number"),
+    ("emulate-no-stages", with_trainer(
+        "[trainer.emulate]\nscale = 0.5\nforward_ms = []\nbackward_ms = [1.0]"),
+     "trainer.emulate.forward_ms", "at least 1"),
+    ("emulate-ms-inf", with_trainer(
+        "[trainer.emulate]\nscale = 0.5\nforward_ms = [inf]\nbackward_ms = [1.0]"),
+     "trainer.emulate.forward_ms.0", "finite"),
+    ("micro-batches-over-limit", GOOD_MATRIX.replace("batch = 4", "batch = 8192"),
+     "trainer.batch", "more than 4096"),
+    ("world-over-limit", GOOD_MATRIX.replace("[1, 2]", "[4096]"), "axes.dp_degrees[0]",
+     "more than 4096"),
+    ("max-cells-1e15", GOOD_MATRIX.replace('"t"', '"t"\nmax_cells = 1000000000000000'),
+     "matrix.max_cells", "less than or equal to 100000"),
+    ("dp-1e7", GOOD_MATRIX.replace("[1, 2]", "[10000000]"), "axes.dp_degrees[0]", "less than"),
+    ("micro-1e7", GOOD_MATRIX + "micro_batches = [10000000]\n", "axes.micro_batches[0]", ""),
+    ("layout-huge", GOOD_MATRIX.replace("pipeline = 2\n", "") + 'layouts = ["tp2048-pp2"]\n',
+     "axes.layouts[0]", "less than"),
+    ("layout-number", GOOD_MATRIX.replace("pipeline = 2\n", "") + "layouts = [2]\n",
+     "axes.layouts[0]", "string"),
+    ("recompute-axis-text", GOOD_MATRIX + 'recompute = ["yes"]\n', "axes.recompute[0]", "boolean"),
+    ("engine-unknown", GOOD_MATRIX + 'engines = ["magic"]\n', "axes.engines[0]", ""),
+    ("dp-mode-unknown", GOOD_MATRIX + 'dp_modes = ["magic"]\n', "axes.dp_modes[0]", ""),
+    ("profile-number", GOOD_MATRIX.replace('"200mbit"', "200"), "axes.profiles[1]", "string"),
+    ("scale-not-a-table", "scale = 3\n" + GOOD_MATRIX, "scale", "must be a table"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "text", "field", "words"), NEWER_MATRICES,
+                         ids=[c[0] for c in NEWER_MATRICES])  # fmt: skip
+def test_trainer_table_and_axes(monkeypatch, capsys, tmp_path, case, text, field, words):
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    line = refused(monkeypatch, capsys, tmp_path, "run", str(path), "-o", "out", "-i", "x")
+    names(str(path), field, words)(line)
+
+
+SCALE_MODEL = (
+    GOOD_MATRIX.replace("iterations = 3", "iterations = 3\nps_chunk_kb = 16.0")
+    + """
+[trainer.emulate]
+scale = 0.5
+forward_ms = [1.0]
+backward_ms = [2.0]
+[scale]
+target = "/somewhere/target.toml"
+calibration = "reference"
+factor = 0.5
+baseline_profile = "default"
+[[scale.cells]]
+profile = "default"
+dp_degree = 1
+micro_batch = 1
+dp_mode = "ps"
+target_profile = "default"
+predicted_s = 1.5
+"""
+)
+"""A scale model as `wanlab scale` writes one (a factor, emulated compute, the target's
+predicted times per lab cell); `test_scale_model_reads` checks it reads as a valid matrix."""
+OWN_FACTOR = '[scale.profiles."200mbit"]\nfactor = 0.25\ntcp = {}\n'
+
+# (case, edit of SCALE_MODEL, field named, words in the message)
+SCALE_TABLES = [
+    ("baseline-unknown", ('baseline_profile = "default"', 'baseline_profile = "d50b1"'),
+     "scale.baseline_profile", "not a target_profile"),
+    ("cell-profile-off-axes", ('\nprofile = "default"', '\nprofile = "1gbit"'),
+     "scale.cells[0].profile", "not a value of axes.profiles"),
+    ("cell-dp-off-axes", ("dp_degree = 1", "dp_degree = 8"), "scale.cells[0].dp_degree", ""),
+    ("cell-micro-off-axes", ("micro_batch = 1", "micro_batch = 2"),
+     "scale.cells[0].micro_batch", ""),
+    ("cell-tcp-off-axes", ('dp_mode = "ps"', 'dp_mode = "ps"\ntcp = "tuned"'),
+     "scale.cells[0].tcp", ""),
+    ("cell-mode-off-axes", ('dp_mode = "ps"', 'dp_mode = "allreduce"'),
+     "scale.cells[0].dp_mode", ""),
+    ("cell-dp-text", ("dp_degree = 1", 'dp_degree = "1"'), "scale.cells[0].dp_degree", ""),
+    ("predicted-nan", ("predicted_s = 1.5", "predicted_s = nan"),
+     "scale.cells[0].predicted_s", "finite"),
+    ("predicted-text", ("predicted_s = 1.5", 'predicted_s = "1.5"'),
+     "scale.cells[0].predicted_s", "number"),
+    ("measured-zero", ("predicted_s = 1.5", "predicted_s = 1.5\nmeasured_s = 0"),
+     "scale.cells[0].measured_s", "greater than"),
+    ("no-cells", ("[[scale.cells]]", "[[scale.other]]"), "scale.cells", "required"),
+    ("cells-empty", ("[[scale.cells]]", "cells = []\n[[scale.other]]"), "scale.cells", ""),
+    ("factor-text", ("factor = 0.5", 'factor = "0.5"'), "scale.factor", "number"),
+    ("factor-inf", ("factor = 0.5", "factor = inf"), "scale.factor", "finite"),
+    ("unknown-key", ("factor = 0.5", "factor = 0.5\nextra = 1"), "scale.extra", "permitted"),
+    ("profile-model", ("[[scale.cells]]", OWN_FACTOR
+                       + '[scale.profiles."200mbit".trainer]\nmodel = "gpt3-xl"\n[[scale.cells]]'),
+     "scale.profiles.200mbit.trainer.model", "permitted"),
+    ("profile-chunk-text", ("[[scale.cells]]", OWN_FACTOR
+                            + '[scale.profiles."200mbit".trainer]\nps_chunk_kb = "16"\n'
+                            + "[[scale.cells]]"),
+     "scale.profiles.200mbit.trainer.ps_chunk_kb", "number"),
+    ("profile-chunk-too-small", ("[[scale.cells]]", OWN_FACTOR
+                                 + '[scale.profiles."200mbit".trainer]\nps_chunk_kb = 0.5\n'
+                                 + "[[scale.cells]]"),
+     "trainer.ps_chunk_kb", "greater than"),
+    ("profile-off-axes", ("[[scale.cells]]", OWN_FACTOR.replace("200mbit", "1gbit")
+                          + "[[scale.cells]]"),
+     "scale.profiles.1gbit", "not a profile of axes.profiles"),
+    ("profile-factor-bool", ("[[scale.cells]]", OWN_FACTOR.replace("0.25", "true")
+                             + "[[scale.cells]]"),
+     "scale.profiles.200mbit.factor", "number"),
+]  # fmt: skip
+
+
+def test_scale_model_reads(tmp_path):
+    path = tmp_path / "scaled.toml"
+    path.write_text(SCALE_MODEL.replace("[[scale.cells]]", OWN_FACTOR + "[[scale.cells]]"))
+    spec = load_matrix(path)
+    assert spec.scale.baseline_profile == "default"
+    assert spec.trainer_table("200mbit")["emulate"]["scale"] == 0.25
+
+
+@pytest.mark.parametrize(("case", "edit", "field", "words"), SCALE_TABLES,
+                         ids=[c[0] for c in SCALE_TABLES])  # fmt: skip
+def test_scale_table(monkeypatch, capsys, tmp_path, case, edit, field, words):
+    path = tmp_path / "scaled.toml"
+    assert edit[0] in SCALE_MODEL
+    path.write_text(SCALE_MODEL.replace(*edit, 1))
+    line = refused(monkeypatch, capsys, tmp_path, "run", str(path), "-o", "out", "-i", "x")
+    names(str(path), field, words)(line)
+
+
+def test_spread_pipelines_need_two_groups(monkeypatch, capsys, tmp_path):
+    inventory = good_inventory(tmp_path)
+    text = inventory.read_text().replace('address = "198.18.9.2"', 'address = "198.18.9.2"\n'
+                                         'labels = { region = "west" }')  # fmt: skip
+    text = text.replace('key_file = "id"', 'key_file = "id"\nlabels = { region = "west" }')
+    inventory.write_text(text + '[[hosts]]\nname = "c"\naddress = "198.18.9.3"\n'
+                         'labels = { region = "west" }\n[[hosts]]\nname = "d"\n'
+                         'address = "198.18.9.4"\nlabels = { region = "west" }\n')  # fmt: skip
+    path = tmp_path / "m.toml"
+    path.write_text(GOOD_MATRIX + '[placement]\nby = "label"\nlabel = "region"\n'
+                    'pipelines = "spread"\n')  # fmt: skip
+    argv = ["run", str(path), "-o", "out", "-i", str(inventory), "--dry-run"]
+    line = refused(monkeypatch, capsys, tmp_path, *argv)
+    names(str(path), "placement.pipelines", "'spread' needs hosts of two")(line)
+
+
+# Options: (case, command line, option named, words). Every file named is missing (NONE), so the
+# option is blamed only when it is checked before any file is read or anything asked of AWS.
+NONE = "none.toml"
+OPTION_ORDER = [
+    ("scale-ceiling-0bit", ["scale", NONE, "--ceiling", "0bit"], "--ceiling", "(1e+06"),
+    ("scale-ceiling-huge", ["scale", NONE, "--ceiling", "99999tbit"], "--ceiling", "rate"),
+    ("scale-ceiling-word", ["scale", NONE, "--ceiling", "fast"], "--ceiling", "not a rate"),
+    ("scale-latency-3600s", ["scale", NONE, "--lab-latency", "3600s"], "--lab-latency", "0.1]"),
+    ("scale-latency-negative", ["scale", NONE, "--lab-latency", "-1ms"], "--lab-latency", ""),
+    ("scale-latency-word", ["scale", NONE, "--lab-latency", "soon"], "--lab-latency", ""),
+    ("scale-share-zero", ["scale", NONE, "--lab-receive-share", "0"], "--lab-receive-share", ""),
+    ("scale-warmup-zero", ["scale", NONE, "--warmup", "0"], "--warmup", ""),
+    ("predict-cell-alone", ["predict", NONE, "--calibrate-cell", "x"], "--calibrate-cell",
+     "only with --calibrate RESULTS"),
+    ("predict-cell-reference", ["predict", NONE, "--calibrate", "reference", "--calibrate-cell",
+                                "x"], "--calibrate-cell", "only with --calibrate RESULTS"),
+    ("predict-store-alone", ["predict", NONE, "--store"], "--store", "only with"),
+    ("predict-store-reference", ["predict", NONE, "--calibrate", "reference", "--store"],
+     "--store", "only with"),
+    ("predict-native-latency-3600s", ["predict", NONE, "--native-latency", "3600s"],
+     "--native-latency", ""),
+    ("predict-native-rate-0bit", ["predict", NONE, "--native-rate", "0bit"], "--native-rate", ""),
+    ("predict-flops-inf", ["predict", NONE, "--flops", "inf"], "--flops", ""),
+    ("ec2-name", ["inventory", "show", "--from", "ec2", "--name", "bad name"], "--name", ""),
+    ("ec2-region", ["inventory", "show", "--from", "ec2", "--region", "us east"], "--region", ""),
+    ("ec2-type", ["inventory", "show", "--from", "ec2", "--type", "p3 2xlarge"], "--type", ""),
+    ("ec2-order-tag", ["inventory", "show", "--from", "ec2", "--order-tag", "a\tb"],
+     "--order-tag", ""),
+    ("ec2-key-missing", ["inventory", "show", "--from", "ec2", "--key-file", NONE], "--key-file",
+     "does not exist"),
+    ("ansible-name", ["inventory", "show", "--from", "ansible", NONE, "--name", "a/b"], "--name",
+     ""),
+    ("ssh-config-name", ["inventory", "show", "--from", "ssh-config", NONE, "--name", ".."],
+     "--name", ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "argv", "option", "words"), OPTION_ORDER,
+                         ids=[c[0] for c in OPTION_ORDER])  # fmt: skip
+def test_an_option_is_blamed_before_any_work(monkeypatch, capsys, tmp_path, case, argv, option,
+                                             words):  # fmt: skip
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(variable, raising=False)
+    names(None, option, words)(refused(monkeypatch, capsys, tmp_path, *argv))
+
+
+def finished_cell(profile: str = "default", dp: int = 1, total: float = 0.5,
+                  stage_s: float = 0.01) -> dict:  # fmt: skip
+    """A finished cell of GOOD_MATRIX as the runner records it (rank 0's summary included)."""
+    config = {"model": "tiny", "batch": 4, "pipeline": 2, "iterations": 3, "dp_degree": dp}
+    stages = [{"rank": stage, "stage": stage, "forward_per_micro_s": stage_s,
+               "backward_per_micro_s": 2 * stage_s, "mean_s": {"optimizer_s": stage_s / 10}}
+              for stage in range(2)]  # fmt: skip
+    return {
+        "cell_id": f"{profile}|dp{dp}|mb1|gpipe|ps|r0",
+        "status": "ok",
+        "matrix": "t",
+        "params": {
+            "profile": profile,
+            "dp_degree": dp,
+            "micro_batch": 1,
+            "engine": "gpipe",
+            "dp_mode": "ps",
+        },  # fmt: skip
+        "trainer": TrainerConfig(**config).model_dump(mode="json", exclude={"out", "iface"}),
+        "network": {"setting": {"kind": "profile", **parse_profile(profile).model_dump()}},
+        "summary": {
+            "phases": {"total_s": {"mean": total}},
+            "stages": stages,
+            "phases_measured": ["total_s", "forward_s", "backward_s"],
+        },  # fmt: skip
+    }
+
+
+def write_results(folder: Path, records: list[dict], spec: str = GOOD_MATRIX) -> Path:
+    """A results folder: cells.jsonl of `records` (with NaN, as Python's JSON writes it) and
+    the matrix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "matrix.toml").write_text(spec)
+    return folder
+
+
+def spoiled(change) -> list[dict]:
+    record = finished_cell()
+    change(record)
+    return [record, finished_cell("200mbit", total=0.7)]
+
+
+def set_in(path: str, value):
+    """A change that sets record[path...] (dotted, list indices as numbers) to `value`."""
+
+    def change(record: dict) -> None:
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        target = record
+        for key in parents:
+            target = target[key]
+        target[last] = value
+
+    return change
+
+
+# A results folder calibrated on: (case, its records, the field named, words in the message)
+CALIBRATIONS = [
+    ("total-nan", spoiled(set_in("summary.phases.total_s.mean", math.nan)),
+     "line 1: summary.phases.total_s.mean", "finite"),
+    ("total-zero", spoiled(set_in("summary.phases.total_s.mean", 0)), "line 1: summary", "or 0"),
+    ("total-missing", spoiled(set_in("summary.phases", {"forward_s": {"mean": 1.0}})),
+     "line 1: summary", "missing"),
+    ("stage-nan", spoiled(set_in("summary.stages.0.forward_per_micro_s", math.nan)),
+     "cells.jsonl: cell default|dp1|mb1|gpipe|ps|r0: summary.stages", "finite"),
+    ("stage-inf", spoiled(set_in("summary.stages.1.backward_per_micro_s", math.inf)),
+     "cells.jsonl: cell default|dp1|mb1|gpipe|ps|r0: summary.stages", "finite"),
+    ("stage-negative", spoiled(set_in("summary.stages.0.mean_s.optimizer_s", -1.0)),
+     "cells.jsonl: cell default|dp1|mb1|gpipe|ps|r0: summary.stages", "finite"),
+    ("stage-text", spoiled(set_in("summary.stages.0.forward_per_micro_s", "fast")),
+     "cells.jsonl: cell default|dp1|mb1|gpipe|ps|r0: summary.stages", "must give"),
+    ("stage-index", spoiled(set_in("summary.stages.1.stage", 7)),
+     "cells.jsonl: cell default|dp1|mb1|gpipe|ps|r0: summary.stages", "must give"),
+    ("trainer-text", spoiled(set_in("trainer.batch", "4")), "line 1: trainer.batch", "integer"),
+    ("trainer-emulate-text", spoiled(set_in("trainer.emulate", {"scale": "x"})),
+     "line 1: trainer.emulate.scale", "number"),
+    ("trainer-unknown-model", spoiled(set_in("trainer.model", "gpt9")),
+     "cells.jsonl: cell default|dp1|mb1|gpipe|ps|r0: trainer.model", "unknown model"),
+]  # fmt: skip
+
+
+def test_a_good_results_folder_calibrates(monkeypatch, capsys, tmp_path):
+    results = write_results(tmp_path / "results", spoiled(lambda record: None))
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "predict", str(results / "matrix.toml"),
+                                   "--calibrate", str(results), "--json")  # fmt: skip
+    assert code == 0, stderr
+    rows = json.loads(stdout)
+    assert len(rows) == 4 and all(row["predicted_iteration_s"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize(("case", "records", "field", "words"), CALIBRATIONS,
+                         ids=[c[0] for c in CALIBRATIONS])  # fmt: skip
+def test_a_results_folder_calibrated_on(monkeypatch, capsys, tmp_path, case, records, field,
+                                        words):  # fmt: skip
+    results = write_results(tmp_path / "results", records)
+    argv = ["predict", str(results / "matrix.toml"), "--calibrate", str(results), "--json"]
+    line = refused(monkeypatch, capsys, tmp_path, *argv)
+    where = str(results / "cells.jsonl") if field.startswith("line") else str(results)
+    names(where, field, words)(line)
+
+
+# `wanlab scale RESULTS`: (case, records, matrix.toml, file named (in the folder), field, words)
+SCALE_TARGETS = [
+    ("another-matrix", [finished_cell(dp=4)], GOOD_MATRIX, "cells.jsonl",
+     "cell default|dp4|mb1|gpipe|ps|r0", "not a cell of"),
+    ("another-matrix-name", [finished_cell()], GOOD_MATRIX.replace('"t"', '"u"'), "cells.jsonl",
+     "cell default|dp1|mb1|gpipe|ps|r0", "matrix 'u'"),
+    ("another-trainer", [finished_cell()], GOOD_MATRIX.replace("batch = 4", "batch = 8"),
+     "matrix.toml", "trainer.batch", "ran with 4"),
+    ("matrix-broken", [finished_cell()], GOOD_MATRIX.replace("[1, 2]", '["1"]'), "matrix.toml",
+     "axes.dp_degrees[0]", "integer"),
+    ("no-matrix", [finished_cell()], None, None, None, "not a results folder"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "records", "spec", "file", "field", "words"), SCALE_TARGETS,
+                         ids=[c[0] for c in SCALE_TARGETS])  # fmt: skip
+def test_a_results_folder_scaled(monkeypatch, capsys, tmp_path, case, records, spec, file,
+                                 field, words):  # fmt: skip
+    results = write_results(tmp_path / "results", records, spec or "")
+    if spec is None:
+        (results / "matrix.toml").unlink()
+    line = refused(monkeypatch, capsys, tmp_path, "scale", str(results), "--to", "x.toml")
+    names(str(results / file) if file else str(results), field, words)(line)
+
+
+def compared(folder: Path, spec: bytes | str | None = GOOD_MATRIX, **files: bytes | str) -> Path:
+    """A results folder of two finished cells, with `spec` as matrix.toml and other files."""
+    write_results(folder, [finished_cell(), finished_cell("200mbit", total=0.7)])
+    for name, content in {"matrix.toml": spec, **files}.items():
+        path = folder / name.replace("_", ".")
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return folder
+
+
+# `report --compare A B` with A spoiled: (case, A's matrix.toml, other files, file, field, words)
+COMPARISONS = [
+    ("matrix-not-utf8", b"[matrix]\nname = \"\xff\"\n", {}, "matrix.toml", None, "UTF-8"),
+    ("matrix-not-toml", "[matrix\n", {}, "matrix.toml", None, "not valid TOML"),
+    ("matrix-table-number", "matrix = 3\n", {}, "matrix.toml", "matrix", "must be a table"),
+    ("name-number", GOOD_MATRIX.replace('"t"', "5"), {}, "matrix.toml", "matrix.name", "string"),
+    ("repeats-text", GOOD_MATRIX.replace('"t"', '"t"\nrepeats = "2"'), {}, "matrix.toml",
+     "matrix.repeats", "integer"),
+    ("axes-list", "axes = [1]\n" + GOOD_MATRIX.split("[axes]")[0], {}, "matrix.toml", "axes",
+     "must be a table"),
+    ("dp-text", GOOD_MATRIX.replace("[1, 2]", '["1"]'), {}, "matrix.toml",
+     "axes.dp_degrees[0]", "integer"),
+    ("profiles-missing", GOOD_MATRIX.replace('profiles = ["default", "200mbit"]', ""), {},
+     "matrix.toml", "axes.profiles", "required"),
+    ("cells-over-max", GOOD_MATRIX.replace("[1, 2]", f"{list(range(1, 101))}\n"
+                                           f"micro_batches = {list(range(1, 101))}"), {},
+     "matrix.toml", "axes", "20000 cells, more than matrix.max_cells = 10000"),
+    ("scale-no-cells", SCALE_MODEL.split("[[scale.cells]]")[0], {}, "matrix.toml",
+     "scale.cells", "required"),
+    ("scale-factor-text", SCALE_MODEL.replace("factor = 0.5", 'factor = "x"'), {},
+     "matrix.toml", "scale.factor", "number"),
+    ("cells-not-utf8", GOOD_MATRIX, {"cells_jsonl": b"\xff\xfe\n"}, "cells.jsonl", None, "UTF-8"),
+    ("cells-nan", GOOD_MATRIX, {"cells_jsonl": json.dumps(spoiled(set_in(
+        "summary.phases.total_s.mean", math.nan))[0]) + "\n"}, "cells.jsonl",
+     "line 1: summary.phases.total_s.mean", "finite"),
+    ("predictions-text", GOOD_MATRIX, {"predictions_jsonl": json.dumps(
+        {"cell_id": "x", "predicted_iteration_s": "fast"}) + "\n"}, "predictions.jsonl", "line 1",
+     "finite"),
+    ("predictions-nan", GOOD_MATRIX, {"predictions_jsonl": '{"cell_id": "x", '
+                                      '"predicted_iteration_s": NaN}\n'},
+     "predictions.jsonl", "line 1", "finite"),
+    ("run-json-not-utf8", GOOD_MATRIX, {"run_json": b"[\xff]"}, "run.json", None, "UTF-8"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "spec", "files", "file", "field", "words"), COMPARISONS,
+                         ids=[c[0] for c in COMPARISONS])  # fmt: skip
+def test_report_compare(monkeypatch, capsys, tmp_path, case, spec, files, file, field, words):
+    a = compared(tmp_path / "a", spec, **files)
+    b = compared(tmp_path / "b")
+    line = refused(monkeypatch, capsys, tmp_path, "report", "--compare", str(a), str(b))
+    names(str(a / file), field, words)(line)
+    # the same folder as B is named as B: each side is read as strictly
+    line = refused(monkeypatch, capsys, tmp_path, "report", "--compare", str(b), str(a))
+    names(str(a / file), field, words)(line)
+
+
+def test_a_single_report_reads_its_matrix_as_strictly(monkeypatch, capsys, tmp_path):
+    results = compared(tmp_path / "a", GOOD_MATRIX.replace('"t"', '"t"\nrepeats = true'))
+    line = refused(monkeypatch, capsys, tmp_path, "report", str(results))
+    names(str(results / "matrix.toml"), "matrix.repeats", "integer")(line)
+
+
+LONG = "x" * 300
+"""A name longer than any file name may be (ENAMETOOLONG)."""
+EC2 = ["inventory", "show", "--from", "ec2", "--region", "us-east-1"]
+
+# (case, variable, its value (FILE: a file, DIR: a folder, LONG: a name too long), command)
+VARIABLES = [
+    ("home-empty", "WANLAB_HOME", "", ["fleet", "status"], "absolute"),
+    ("home-relative", "WANLAB_HOME", "state", ["fleet", "status", "--json"], "absolute"),
+    ("home-a-file", "WANLAB_HOME", "FILE", ["fleet", "status"], "is not a folder"),
+    ("home-too-long", "WANLAB_HOME", "LONG", ["fleet", "up"], "too long"),
+    ("home-for-run-local", "WANLAB_HOME", "FILE", ["inventory", "show", "-i", "local"], "folder"),
+    ("kernel-dir-empty", "WANLAB_KERNEL_DIR", "", ["fleet", "status"], "absolute"),
+    ("kernel-dir-relative", "WANLAB_KERNEL_DIR", "k", ["fleet", "kernel"], "absolute"),
+    ("kernel-dir-a-file", "WANLAB_KERNEL_DIR", "FILE", ["fleet", "status", "--json"], "folder"),
+    ("kernel-dir-too-long", "WANLAB_KERNEL_DIR", "LONG", ["fleet", "status"], "too long"),
+    ("prefix-empty", "WANLAB_FLEET_PREFIX", "", ["fleet", "status"], "letters"),
+    ("subnet-empty", "WANLAB_FLEET_SUBNET", "", ["fleet", "down"], "network"),
+    ("max-attempts-word", "AWS_MAX_ATTEMPTS", "lots", EC2, "attempts"),
+    ("max-attempts-zero", "AWS_MAX_ATTEMPTS", "0", EC2, "attempts"),
+    ("max-attempts-negative", "AWS_MAX_ATTEMPTS", "-1", EC2, "attempts"),
+    ("endpoint-garbage", "AWS_ENDPOINT_URL", "::garbage::", EC2, "URL"),
+    ("endpoint-half-ipv6", "AWS_ENDPOINT_URL", "http://[::1", EC2, "URL"),
+    ("endpoint-bad-port", "AWS_ENDPOINT_URL", "http://host:99999", EC2, "URL"),
+    ("ec2-endpoint-ftp", "AWS_ENDPOINT_URL_EC2", "ftp://example.com", EC2, "URL"),
+    ("retry-mode", "AWS_RETRY_MODE", "sometimes", EC2, "legacy"),
+    ("default-region", "AWS_DEFAULT_REGION", "us east", ["inventory", "show", "--from", "ec2"],
+     "region"),
+    ("region", "AWS_REGION", "../x", ["inventory", "show", "--from", "ec2"], "region"),
+    ("config-file-folder", "AWS_CONFIG_FILE", "DIR", EC2, "not a file"),
+    ("credentials-folder", "AWS_SHARED_CREDENTIALS_FILE", "DIR", EC2, "not a file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "variable", "value", "argv", "words"), VARIABLES,
+                         ids=[c[0] for c in VARIABLES])  # fmt: skip
+def test_environment_variable(monkeypatch, capsys, tmp_path, case, variable, value, argv, words):
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "DIR").mkdir()
+    for other in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(other, raising=False)
+    places = {"FILE": tmp_path / "FILE", "DIR": tmp_path / "DIR", "LONG": tmp_path / LONG}
+    monkeypatch.setenv(variable, str(places.get(value, value)))
+    line = refused(monkeypatch, capsys, tmp_path, *argv)
+    names("environment", variable, words)(line)
+
+
+KERNEL_RECORDS = [
+    ("a-list", "[1, 2]", None, "valid dictionary"),
+    ("not-json", "{", None, "not valid JSON"),
+    ("no-binary", '{"kernel": {}, "reason": "r", "probes": []}', "kernel.binary", "required"),
+    ("binary-number", '{"kernel": {"binary": 1, "modules": "m", "version": "v", "origin": "o", '
+     '"package": "p", "sha256": "s"}, "reason": "r", "probes": []}', "kernel.binary", "string"),
+    ("not-utf8", b'{"kernel": "\xff"}', None, "UTF-8"),
+    ("too-large", " " * (5 * 2**20) + "{}", None, "larger than"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "text", "field", "words"), KERNEL_RECORDS,
+                         ids=[c[0] for c in KERNEL_RECORDS])  # fmt: skip
+def test_kernel_record(monkeypatch, capsys, tmp_path, case, text, field, words):
+    record = tmp_path / "kernel" / "kernel.json"
+    record.parent.mkdir()
+    record.write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.setenv("WANLAB_KERNEL_DIR", str(record.parent))
+    line = refused(monkeypatch, capsys, tmp_path, "fleet", "status")
+    names(str(record), field, words)(line)
+    assert line.endswith("run `wanlab fleet kernel --refresh` to choose again"), line
+
+
+# A name too long to be a file, where a path is taken: (case, command, file named (TMP: the
+# test's folder), field, words)
+TOO_LONG = [
+    ("run-out", ["run", "M", "-o", LONG, "-i", "INV"], LONG, "-o", "too long"),
+    ("run-out-inside", ["run", "M", "-o", f"{LONG}/x", "-i", "INV"], f"{LONG}/x", "-o", "long"),
+    ("predict-calibrate", ["predict", "M", "--calibrate", LONG], LONG, "--calibrate", ""),
+    ("report", ["report", LONG], LONG, "cells.jsonl", "not a results folder"),
+    ("report-compare", ["report", "--compare", LONG, "M"], LONG, "cells.jsonl", ""),
+    ("scale-target", ["scale", LONG], LONG, None, "File name too long"),
+    ("matrix", ["predict", f"{LONG}.toml"], f"{LONG}.toml", None, "File name too long"),
+    ("key-file", ["netem", "apply", "1gbit", "-i", "LONGKEY", "--dry-run"], "TMP/LONGKEY",
+     "hosts[0].key_file", "too long"),
+    ("ec2-key-file", ["inventory", "show", "--from", "ec2", "--key-file", LONG], None,
+     "--key-file", "too long"),
+    ("trainer-dataset", ["predict", "DATASET"], "DATASET", "trainer.dataset", "neither"),
+    ("profile-file", ["predict", "PROFILE"], "PROFILE", "axes.profiles[1]", "no such"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "argv", "file", "field", "words"), TOO_LONG,
+                         ids=[c[0] for c in TOO_LONG])  # fmt: skip
+def test_a_name_too_long(monkeypatch, capsys, tmp_path, case, argv, file, field, words):
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    files = {
+        "M": GOOD_MATRIX,
+        "LONGKEY": HOST + f'key_file = "{LONG}"\n',
+        "DATASET": with_trainer(f'dataset = "{LONG}"'),
+        "PROFILE": GOOD_MATRIX.replace('"200mbit"', f'"{LONG}.toml"'),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "INV").write_text(HOST)
+    line = refused(monkeypatch, capsys, tmp_path, *argv)
+    names(file and file.replace("TMP", str(tmp_path)), field, words)(line)
+
+
+# -- limits: a small input never costs unbounded time or memory (each refusal must return; the
+# timeout is a guard, not a measurement) -----------------------------------------------------
+def many(n: int, form: str = "{}") -> str:
+    return "[" + ", ".join(f'"{form.format(i)}"' if form != "{}" else str(i + 1)
+                           for i in range(n)) + "]"  # fmt: skip
+
+
+HUGE_AXES = (
+    f"[axes]\nprofiles = {many(100, '{}ms')}\ndp_degrees = {many(100)}\n"
+    f"micro_batches = {many(100)}\nengines = {many(100, 'e{}')}\ndp_modes = {many(100, 'm{}')}\n"
+    f"tcp = {many(100, 't{}')}\n"
+)  # fmt: skip
+"""Axes of 10^12 cells in a file of a few kilobytes."""
+SMALL_HEAD = GOOD_MATRIX.split("[axes]")[0]
+
+# (case, matrix text, field named, words)
+LIMITS = [
+    ("cells-1e14-max-1e15", SMALL_HEAD.replace('"t"', '"t"\nmax_cells = 1000000000000000\n'
+                                               "repeats = 100") + HUGE_AXES,
+     "matrix.max_cells", "100000"),
+    ("cells-1e14-max-1e5", SMALL_HEAD.replace('"t"', '"t"\nmax_cells = 100000\nrepeats = 100')
+     + HUGE_AXES, "axes", "makes 100000000000000 cells"),
+    ("dp-1e7", GOOD_MATRIX.replace("[1, 2]", "[10000000]"), "axes.dp_degrees[0]", ""),
+    ("batch-1e9", GOOD_MATRIX.replace("batch = 4", "batch = 1000000000"), "trainer.batch",
+     "micro-batches"),
+    ("layout-world", GOOD_MATRIX.replace("pipeline = 2\n", "").replace("[1, 2]", "[4096]")
+     + 'layouts = ["tp2-pp4"]\n', "axes.dp_degrees[0]", "32768 ranks"),
+    ("file-5mib", GOOD_MATRIX + "#" * (5 * 2**20) + "\n", None, "larger than 4194304 bytes"),
+]  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("case", "text", "field", "words"), LIMITS, ids=[c[0] for c in LIMITS])
+def test_a_limit_is_refused_before_the_work(monkeypatch, capsys, tmp_path, case, text, field,
+                                            words):  # fmt: skip
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    for argv in (["predict", str(path)], ["run", str(path), "-o", "out", "-i", "x"]):
+        names(str(path), field, words)(refused(monkeypatch, capsys, tmp_path, *argv))
+
+
+def fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+# A FIFO where a file should be: nothing ever writes into it, so reading it would wait forever.
+# (case, the FIFO's path in the test's folder, command, file named (TMP: that folder), field,
+# words)
+FIFOS = [
+    ("matrix", "m.toml", ["predict", "m.toml"], "m.toml", None, "is not a file"),
+    ("profile-file", "p.toml", ["predict", "PROFILES"], "PROFILES", "axes.profiles[1]",
+     "is not a file"),
+    ("kernel-record", "kernel/kernel.json", ["fleet", "status"], "TMP/kernel/kernel.json", None,
+     "is not a file"),
+    ("compared-matrix", "a/matrix.toml", ["report", "--compare", "a", "b"], "a/matrix.toml", None,
+     "is not a file"),
+    ("compared-predictions", "b/predictions.jsonl", ["report", "--compare", "a", "b"],
+     "b/predictions.jsonl", None, "is not a file"),
+    ("run-json", "a/run.json", ["report", "a"], "a/run.json", None, "is not a file"),
+    ("inventory-key", "id", ["netem", "apply", "1gbit", "-i", "INV", "--dry-run"], "TMP/INV",
+     "hosts[0].key_file", "is not a file"),
+    ("ec2-key", "id", ["inventory", "show", "--from", "ec2", "--key-file", "id"], None,
+     "--key-file", "is not a file"),
+    ("aws-config", "aws-config", EC2, "environment", "AWS_CONFIG_FILE", "is not a file"),
+]  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("case", "where", "argv", "file", "field", "words"), FIFOS,
+                         ids=[c[0] for c in FIFOS])  # fmt: skip
+def test_a_fifo_is_refused_not_waited_on(monkeypatch, capsys, tmp_path, case, where, argv, file,
+                                         field, words):  # fmt: skip
+    for name in ("a", "b"):
+        compared(tmp_path / name)
+    (tmp_path / "INV").write_text(HOST + 'key_file = "id"\n')
+    (tmp_path / "PROFILES").write_text(GOOD_MATRIX.replace('"200mbit"', '"p.toml"'))
+    path = tmp_path / where
+    path.unlink(missing_ok=True)
+    fifo(path)
+    monkeypatch.setenv("WANLAB_KERNEL_DIR", str(tmp_path / "kernel"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    line = refused(monkeypatch, capsys, tmp_path, *argv)
+    names(file and file.replace("TMP", str(tmp_path)), field, words)(line)
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_for_the_fleets_state_is_no_state(monkeypatch, capsys, tmp_path):
+    """`fleet status` with a FIFO where the local fleet's state file is: it answers."""
+    monkeypatch.setenv("WANLAB_HOME", str(tmp_path))
+    monkeypatch.setenv("WANLAB_KERNEL_DIR", str(tmp_path / "kernel"))
+    fifo(tmp_path / "fleet-wl" / "fleet.json")
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "fleet", "status", "--json")
+    assert code == 0 and json.loads(stdout)["topology"] is None, stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_huge_results_file_is_refused_unread(monkeypatch, capsys, tmp_path):
+    """A cells.jsonl over 1 GiB (sparse: it takes no disk) is refused by its size."""
+    results = compared(tmp_path / "a")
+    with open(results / "cells.jsonl", "r+b") as cells:
+        cells.truncate(2**30 + 1)
+    line = refused(monkeypatch, capsys, tmp_path, "report", str(results))
+    names(str(results / "cells.jsonl"), None, "larger than 1073741824 bytes")(line)
+
+
+# -- --json: stdout is exactly one JSON document (nothing on an error); the rest goes to stderr --
+def one_json_document(stdout: str):
+    """The one document stdout holds: json.loads refuses trailing text, and NaN or Infinity
+    (which JSON does not have) is refused too."""
+
+    def not_json(constant: str):
+        raise AssertionError(f"{constant} in --json output")
+
+    return json.loads(stdout, parse_constant=not_json)
+
+
+TWO_STAGES = """
+[matrix]
+name = "two-stage"
+[trainer]
+model = "gpt3-xl"
+batch = 4
+pipeline = 2
+recompute = true
+iterations = 3
+[axes]
+profiles = ["default", "1gbit"]
+dp_degrees = [1]
+"""
+LAB_FIGURES = ["--ceiling", "200mbit", "--lab-latency", "0.1ms", "--lab-receive-share", "0.72"]
+
+# (case, command (M: a matrix, R: a results folder, INV: an inventory, T: a scale target), what
+# the document holds, what else it may write)
+JSON_COMMANDS = [
+    ("predict", ["predict", "M", "--json"], lambda rows: len(rows) == 4, []),
+    ("predict-store", ["predict", "M", "--calibrate", "R", "--store", "--json"],
+     lambda rows: all(row["measured_iteration_s"] > 0 for row in rows[:1]),
+     ["R/predictions.jsonl"]),
+    ("inventory-show", ["inventory", "show", "-i", "INV", "--json"],
+     lambda fleet: fleet["hosts"][0]["name"] == "a", []),
+    ("netem-dry-run", ["netem", "apply", "10ms", "-i", "INV", "--dry-run", "--json"],
+     lambda answers: set(answers) == {"a"}, []),
+    ("fleet-status", ["fleet", "status", "--json"], lambda status: status["hosts"] == [], []),
+    ("scale", ["scale", "T", "--to", "INV", *LAB_FIGURES, "-o", "s.toml", "--json"],
+     lambda summary: summary["written"] == "s.toml", ["s.toml"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "argv", "holds", "written"), JSON_COMMANDS,
+                         ids=[c[0] for c in JSON_COMMANDS])  # fmt: skip
+def test_json_output_is_one_document(monkeypatch, capsys, tmp_path, case, argv, holds, written):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANLAB_KERNEL_DIR", str(tmp_path / "kernel"))
+    monkeypatch.setenv("WANLAB_FLEET_PREFIX", "wljson")  # a fleet no test brings up
+    (tmp_path / "M").write_text(GOOD_MATRIX)
+    (tmp_path / "T").write_text(TWO_STAGES)
+    (tmp_path / "INV").write_text(HOST)
+    write_results(tmp_path / "R", [finished_cell(), finished_cell("200mbit", total=0.7)])
+    before = files_under(tmp_path)
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *argv)
+    assert code == 0, stderr
+    assert holds(one_json_document(stdout)), stdout
+    made = set(files_under(tmp_path)) - set(before)
+    assert made == {str(tmp_path / path) for path in written}, made
+    if case == "predict-store":
+        assert stderr.startswith("predictions in "), stderr
+
+
+def finite_or_null(value):
+    """`value` with every NaN and infinity as None (what JSON's null reads back as)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.one_of(st.floats(), st.integers(), st.text(max_size=5), st.none()),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                            st.dictionaries(st.text(max_size=5), inner,
+                                                            max_size=4)),
+                    max_leaves=20))  # fmt: skip
+def test_json_output_holds_no_number_json_lacks(value):
+    """Whatever a --json command is given to print: one strict JSON document, each NaN or
+    infinity in it a null."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_json(value)
+    assert one_json_document(printed.getvalue()) == finite_or_null(value)
+
+
+# -- a sample through the installed entry point in a subprocess: exactly what a user runs -------
+def test_the_command_refuses_in_a_subprocess(wanlab, tmp_path, monkeypatch):
+    """Three refusals and one --json success through `wanlab` as a process of its own."""
+    a = compared(tmp_path / "a", b'[matrix]\nname = "\xff"\n')
+    b = compared(tmp_path / "b")
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(GOOD_MATRIX)
+    for argv, blamed in (
+        (["scale", str(matrix), "--ceiling", "0bit"], "wanlab: error: --ceiling: "),
+        (["report", "--compare", str(a), str(b)], f"wanlab: error: {a / 'matrix.toml'}: "),
+        (["predict", str(matrix), "--calibrate-cell", "x"], "wanlab: error: --calibrate-cell: "),
+    ):
+        done = wanlab(*argv)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and done.stdout == "", done
+        assert len(lines) == 1 and lines[0].startswith(blamed), done.stderr
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "lots")
+    done = wanlab("inventory", "show", "--from", "ec2", "--region", "us-east-1", "--json")
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr == "wanlab: error: environment: AWS_MAX_ATTEMPTS: 'lots' is not a number "\
+                          "of attempts, 1 to 999\n"  # fmt: skip
+    write_results(tmp_path / "r", [finished_cell(), finished_cell("200mbit", total=0.7)])
+    done = wanlab("predict", str(matrix), "--calibrate", str(tmp_path / "r"), "--store", "--json")
+    assert done.returncode == 0 and len(one_json_document(done.stdout)) == 4, done
+
+
+def test_the_trainer_refuses_an_interface_not_there(tmp_path):
+    """`python -m trainer` (a rank) with $WANLAB_IFACE naming no interface of the host."""
+    env = dict(os.environ, WANLAB_IFACE="no such if", PYTHONPATH=str(Path(__file__).parent.parent))
+    done = subprocess.run([sys.executable, "-m", "trainer", "--iterations", "2"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done
+    assert done.stderr.strip().splitlines() == [
+        "trainer: error: environment: WANLAB_IFACE: 'no such if' is no interface of this host"
+    ], done.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("content", ["FIFO", "[1, 2]", '{"kernel": 3, "reason": "r"}', "{"])
+def test_a_delay_nodes_kernel_record_that_is_not_one(tmp_path, content):
+    """`inventory check` says which kernel a delay node boots from its mailbox's kernel.json:
+    one that is a FIFO, not an object, or not JSON is reported as such, never waited on."""
+    mailbox = tmp_path / "mailbox"
+    mailbox.mkdir()
+    if content == "FIFO":
+        fifo(mailbox / "kernel.json")
+    else:
+        (mailbox / "kernel.json").write_text(content)
+    path = tmp_path / "inventory.toml"
+    path.write_text(f'[fleet.delay_node]\nmailbox = "{mailbox}"\ninterfaces = {{ a = "ifb0" }}\n'
+                    + HOST)  # fmt: skip
+    described = node_kernel_of(load_inventory(path))
+    assert described["kernel"] is None and str(mailbox / "kernel.json") in described["reason"]
+    assert node_kernel_line(described) == described["reason"]

@@ -29,7 +29,7 @@ MALFORMED = [
         "axes.profiles[1]",
         "no such",
     ),
-    ("dp-zero", GOOD_MATRIX.replace("[1, 2]", "[1, 0]"), "axes.dp_degrees[1]", "at least 1"),
+    ("dp-zero", GOOD_MATRIX.replace("[1, 2]", "[1, 0]"), "axes.dp_degrees[1]", "greater than"),
     (
         "micro-batch-divides",
         GOOD_MATRIX + "micro_batches = [1, 3]\n",

@@ -287,9 +287,16 @@ def test_the_interface_is_the_flag_else_the_route_to_the_master(monkeypatch):
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     assert route_iface("127.0.0.1") == "lo"
     assert choose_iface(None, "127.0.0.1") == "lo"
-    assert choose_iface("veth7", "127.0.0.1") == "veth7"
+    assert choose_iface("lo", "198.18.9.1") == "lo"
+    monkeypatch.setenv("WANLAB_IFACE", "lo")
+    assert choose_iface(None, "198.18.9.1") == "lo"
+    # an interface this host does not have is bad input, named by where it came from
     monkeypatch.setenv("WANLAB_IFACE", "eth9")
-    assert choose_iface(None, "127.0.0.1") == "eth9"
+    assert choose_iface("lo", "127.0.0.1") == "lo"  # the flag comes first
+    for flag, field in ((None, "WANLAB_IFACE"), ("veth7", "iface")):
+        with pytest.raises(ConfigError) as caught:
+            choose_iface(flag, "127.0.0.1")
+        assert caught.value.field == field
 
 
 def test_the_rendezvous_store_listens_only_on_the_masters_address():

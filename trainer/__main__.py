@@ -15,10 +15,11 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import get_args
 
 from inventory.errors import ConfigError
 from inventory.ports import wait_listening
-from trainer.config import TrainerConfig, check_world, load_config
+from trainer.config import COMMAND_LINE, TrainerConfig, check_world, load_config
 
 ENVIRONMENT = "environment"
 
@@ -52,11 +53,25 @@ def json_object(text: str) -> dict:
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
-    """The fields given as flags."""
+    """The fields given as flags, as the numbers their fields hold (the config is strict)."""
     given = {name: getattr(args, name) for name in TrainerConfig.model_fields}
     if given["layers"] is not None:
-        given["layers"] = [part.strip() for part in given["layers"].split(",")]
+        given["layers"] = [flag_number("layers", part, int) for part in given["layers"].split(",")]
+    for name, field in TrainerConfig.model_fields.items():
+        kinds = {field.annotation, *get_args(field.annotation)}
+        kind = int if int in kinds else float if float in kinds else None
+        if kind is not None and given[name] is not None:
+            given[name] = flag_number(name, given[name], kind)
     return given
+
+
+def flag_number(name: str, text: str, kind: type) -> int | float:
+    """A flag's text as an int or a float; a ConfigError naming the flag when it is not one."""
+    try:
+        return kind(text.strip())
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigError(COMMAND_LINE, name, f"{text!r} is not {noun}") from None
 
 
 def read_environment() -> tuple[int, int, str, int]:

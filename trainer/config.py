@@ -5,17 +5,35 @@ Every validation failure is an `inventory.errors.ConfigError` naming the source 
 
 from __future__ import annotations
 
-import tomllib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from inventory.errors import ConfigError
+from inventory.tomlfile import read_toml
 from trainer.layout import Layout
 from trainer.model import CONFIGS, GPTConfig
 
 COMMAND_LINE = "command line"
+MAX_WORLD_SIZE = 4096
+"""The most ranks a configuration may have (tensor × pipeline × dp_degree)."""
+MAX_MICRO_BATCHES = 4096
+"""The most micro-batches an iteration may have (batch / micro_batch): the cost model plays
+each one out, so this bounds one prediction to seconds."""
+MAX_ITERATIONS = 1_000_000
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+StageMs = Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False, strict=True)]
+"""Emulated milliseconds of one stage's step (at most an hour)."""
 
 
 class FieldProblem(ValueError):
@@ -33,10 +51,10 @@ class Emulation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scale: float = Field(gt=0, le=1, allow_inf_nan=False)
-    forward_ms: list[Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False)]]
-    backward_ms: list[Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False)]]
-    optimizer_ms: list[Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False)]] = [0.0]
+    scale: float = Field(gt=0, le=1, allow_inf_nan=False, strict=True)
+    forward_ms: list[StageMs] = Field(min_length=1)
+    backward_ms: list[StageMs] = Field(min_length=1)
+    optimizer_ms: list[StageMs] = Field([0.0], min_length=1)
 
     def per_stage(self, field: str, n_stages: int) -> list[float]:
         """`field`'s milliseconds for each of `n_stages` stages."""
@@ -59,35 +77,35 @@ class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = "tiny"
-    batch: int = Field(8, ge=1)
-    micro_batch: int = Field(1, ge=1)
-    pipeline: int = Field(1, ge=1)
-    dp_degree: int = Field(1, ge=1)
-    tensor: int = Field(1, ge=1, le=1024)
+    batch: int = Field(8, ge=1, strict=True)
+    micro_batch: int = Field(1, ge=1, strict=True)
+    pipeline: int = Field(1, ge=1, strict=True)
+    dp_degree: int = Field(1, ge=1, le=MAX_WORLD_SIZE, strict=True)
+    tensor: int = Field(1, ge=1, le=1024, strict=True)
     """Tensor-parallel degree: each stage's heads and MLP units split over this many ranks."""
     dp_mode: Literal["ps", "sharded-ps", "ps-star", "allreduce", "fsdp"] = "ps"
-    ps_bucket_mb: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False)
+    ps_bucket_mb: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False, strict=True)
     """`ps`/`sharded-ps`: gradients per reduce-and-broadcast, in MiB (0: one per tensor)."""
-    ps_chunk_kb: float = Field(256, ge=1, le=65536, allow_inf_nan=False)
+    ps_chunk_kb: float = Field(256, ge=1, le=65536, allow_inf_nan=False, strict=True)
     """`ps`/`sharded-ps` on gloo: the piece each hop of the chain forwards at a time, in KiB."""
     engine: Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"] = "gpipe"
     gpipe_schedule: Literal["gpipe", "reference"] = "gpipe"
     """Engine `gpipe`: wanlab's GPipe, or the reference system's (trainer/pipeline.py)."""
-    layers: list[int] | None = None
-    seq_len: int | None = Field(None, ge=1)
-    iterations: int = Field(5, ge=1)
-    warmup: int = Field(1, ge=0)
-    seed: int = 0
+    layers: list[StrictInt] | None = None
+    seq_len: int | None = Field(None, ge=1, strict=True)
+    iterations: int = Field(5, ge=1, le=MAX_ITERATIONS, strict=True)
+    warmup: int = Field(1, ge=0, strict=True)
+    seed: int = Field(0, ge=0, lt=2**63, strict=True)
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    loss_scale: float = Field(1024.0, gt=0)
-    recompute: bool = False
+    loss_scale: float = Field(1024.0, gt=0, allow_inf_nan=False, strict=True)
+    recompute: StrictBool = False
     dataset: str = "synthetic"
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, allow_inf_nan=False, strict=True)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: Path | None = None
-    timeout_s: float = Field(120.0, gt=0)
-    threads: int | None = Field(None, ge=1)
+    timeout_s: float = Field(120.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, strict=True)
+    threads: int | None = Field(None, ge=1, le=1024, strict=True)
     iface: str | None = None
     emulate: Emulation | None = None
     """Emulated compute instead of the model's own (the scale model; labelled in reports)."""
@@ -101,11 +119,21 @@ class TrainerConfig(BaseModel):
             raise FieldProblem(
                 "micro_batch", f"micro-batch {self.micro_batch} does not divide batch {self.batch}"
             )
+        if self.n_micro > MAX_MICRO_BATCHES:
+            raise FieldProblem(
+                "batch", f"batch {self.batch} / micro-batch {self.micro_batch} = {self.n_micro} "
+                f"micro-batches, more than {MAX_MICRO_BATCHES}",
+            )  # fmt: skip
         if self.pipeline > gpt.n_layer:
             raise FieldProblem(
                 "pipeline",
                 f"{self.pipeline} stages but model {self.model!r} has {gpt.n_layer} layers",
             )
+        if self.world_size > MAX_WORLD_SIZE:
+            raise FieldProblem(
+                "dp_degree", f"layout {self.layout.describe()} has {self.world_size} ranks, more "
+                f"than {MAX_WORLD_SIZE}",
+            )  # fmt: skip
         if self.layers is not None and (
             len(self.layers) != self.pipeline
             or sum(self.layers) != gpt.n_layer
@@ -158,7 +186,7 @@ class TrainerConfig(BaseModel):
                         f"emulate.{field}", f"give one value or one per stage ({self.pipeline})"
                     )
         if self.dataset != "synthetic":
-            if not Path(self.dataset).is_file():
+            if not os.path.isfile(self.dataset):  # False, not an error, for a name too long
                 raise FieldProblem("dataset", f"{self.dataset!r} is neither 'synthetic' nor a file")
             if gpt.vocab_size < 256:
                 raise FieldProblem("dataset", "a text file needs a model vocabulary of ≥ 256 bytes")
@@ -200,14 +228,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     values: dict[str, Any] = {}
     source = str(path) if path is not None else COMMAND_LINE
     if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(source, None, "no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(source, None, f"cannot be read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(source, None, f"not valid TOML: {exc}") from None
+        values = read_toml(Path(path))  # a FIFO or a huge file is refused, not waited on
         values = {key.replace("-", "_"): value for key, value in values.items()}
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     if given:

@@ -8,6 +8,9 @@ import socket
 
 from pyroute2 import IPRoute
 
+from inventory.errors import ConfigError
+from trainer.config import COMMAND_LINE
+
 RTN_LOCAL = 2
 
 SOCKET_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
@@ -28,13 +31,19 @@ def route_iface(address: str) -> str:
 
 
 def choose_iface(flag: str | None, master_addr: str) -> str:
-    """`--iface`, else $WANLAB_IFACE, else $GLOO_SOCKET_IFNAME, else the route to the master."""
-    return (
-        flag
-        or os.environ.get("WANLAB_IFACE")
-        or os.environ.get("GLOO_SOCKET_IFNAME")
-        or route_iface(master_addr)
-    )
+    """`--iface`, else $WANLAB_IFACE, else $GLOO_SOCKET_IFNAME, else the route to the master.
+    An interface named by the first two must exist here (ConfigError naming which gave it)."""
+    for source, field, name in (
+        (COMMAND_LINE, "iface", flag),
+        ("environment", "WANLAB_IFACE", os.environ.get("WANLAB_IFACE")),
+    ):
+        if name:
+            try:
+                socket.if_nametoindex(name)
+            except (OSError, ValueError):
+                raise ConfigError(source, field, f"{name!r} is no interface of this host") from None
+            return name
+    return os.environ.get("GLOO_SOCKET_IFNAME") or route_iface(master_addr)
 
 
 def store_address(master_addr: str, iface: str) -> str:

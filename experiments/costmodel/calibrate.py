@@ -31,11 +31,11 @@ from experiments.costmodel.analytic import (
 from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
 from experiments.costmodel.tcp import tcp_side
 from experiments.costmodel.workload import Workload, make_workload
-from experiments.results import CellRecord, Summary
+from experiments.results import CELLS, CellRecord, Summary
 from inventory.errors import ConfigError
 from netem.profile import BUILTIN, Profile
 from netem.tcp import PRESETS
-from trainer.config import TrainerConfig
+from trainer.config import TrainerConfig, load_config
 
 REFERENCE_FILE = Path(__file__).with_name("reference.toml")
 FIT_TOLERANCE = 1e-6
@@ -366,6 +366,8 @@ def stage_times(summary: Summary, n_stages: int) -> StageCompute | None:
         return None
     rows = [[] for _ in range(n_stages)]
     for entry in summary.stages:
+        if entry["stage"] not in range(n_stages):
+            raise IndexError(f"stage {entry['stage']!r} of {n_stages}")
         rows[entry["stage"]].append(entry)
     if any(not row for row in rows):
         return None
@@ -379,6 +381,27 @@ def stage_times(summary: Summary, n_stages: int) -> StageCompute | None:
     if (forward <= 0).any() or (backward <= 0).any():
         return None
     return StageCompute(forward, backward, optimizer)
+
+
+def _check_measured(record: CellRecord, source: str) -> None:
+    """Refuse a finished cell that cannot be calibrated on: a trainer configuration that is not
+    one, or stage times that are not finite numbers of seconds."""
+    where = f"{CELLS}: cell {record.cell_id}"
+    try:
+        config = load_config(None, record.trainer)
+    except ConfigError as error:
+        raise ConfigError(source, f"{where}: trainer.{error.field}", error.message) from None
+    try:
+        stages = stage_times(record.summary, config.pipeline)
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise ConfigError(
+            source, f"{where}: summary.stages", "must give each stage (0 to pipeline - 1) its "
+            "forward_per_micro_s, backward_per_micro_s and mean_s.optimizer_s",
+        ) from None  # fmt: skip
+    times = [] if stages is None else [stages.forward_s, stages.backward_s, stages.optimizer_s]
+    if not all(np.isfinite(column).all() and (column >= 0).all() for column in times):
+        message = "holds a time that is not a finite number of seconds"
+        raise ConfigError(source, f"{where}: summary.stages", message)
 
 
 class ResultsCalibration:
@@ -404,6 +427,8 @@ class ResultsCalibration:
             raise ConfigError(source, "cells.jsonl", "holds no finished cell to calibrate on")
         if cell_id is not None and cell_id not in {r.cell_id for r in self.records}:
             raise ConfigError(source, "--calibrate-cell", f"no finished cell {cell_id!r}")
+        for record in self.records:
+            _check_measured(record, source)
         self.cell_id = cell_id
         self._cache: dict[str, Calibration] = {}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +10,7 @@ import typer
 
 from experiments.costmodel.analytic import DEFAULT_FLOPS
 from experiments.costmodel.calibrate import (
+    MIN_NATIVE_RATE_BPS,
     REFERENCE_FILE,
     Calibration,
     ResultsCalibration,
@@ -19,15 +20,18 @@ from experiments.costmodel.calibrate import reference_calibration as calibrate_o
 from experiments.costmodel.network import Native
 from experiments.costmodel.predict import measured_cells, predict_matrix, store_predictions
 from experiments.matrix import MatrixSpec, load_matrix
-from experiments.results import ResultsStore
-from inventory.cli import JsonOption, console, print_table
-from inventory.errors import ConfigError, check_option
+from experiments.results import CELLS, ResultsStore
+from inventory.cli import JsonOption, console, notes, print_json, print_table
+from inventory.errors import ConfigError, check_option, parsed_option
 from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet
 from netem.pairs import PairMatrix
-from netem.units import parse_rate_bps, parse_time_ms
+from netem.units import parse_rate_bps, parse_time_s
 
 REFERENCE = "reference"
+NATIVE_LATENCY_S = (0.0, 1.0)
+NATIVE_RATE_BPS = (MIN_NATIVE_RATE_BPS, 1e13)
+"""What --native-latency and --native-rate may say: up to a second; 100 kbit/s to 10 Tbit/s."""
 
 
 def predict(
@@ -69,8 +73,14 @@ def predict(
 ):
     """Predict every cell's iteration time and its parts with the analytic cost model."""
     check_option("--flops", flops, 0, 1e21, low_open=True)
-    spec = load_matrix(matrix)
     native = _native(native_latency, native_rate)
+    from_results = calibrate not in (None, REFERENCE)
+    for option, given in (("--calibrate-cell", calibrate_cell is not None), ("--store", store)):
+        if given and not from_results:
+            raise ConfigError(None, option, "only with --calibrate RESULTS (a results folder)")
+    if from_results and not os.path.isfile(Path(calibrate) / CELLS):
+        raise ConfigError(calibrate, "--calibrate", f"no {CELLS} there: not a results folder")
+    spec = load_matrix(matrix)
     results = None
     if calibrate is None:
         calibration_for = _always(from_flops(flops, native=native))
@@ -78,20 +88,17 @@ def predict(
         calibration_for = _always(calibrate_on_reference(native))
     else:
         results = ResultsStore(calibrate)
-        if not results.cells_path.is_file():
-            raise ConfigError(calibrate, "--calibrate", f"no {results.cells_path.name} there")
         calibration_for = ResultsCalibration(
             results.records(), native, calibrate_cell, calibrate
         ).for_cell
-    if store and results is None:
-        raise ConfigError(str(matrix), "--store", "needs --calibrate RESULTS (a results folder)")
     fleet = _fleet(spec, inventory)
     measured = measured_cells(results.records()) if results is not None else None
     rows = predict_matrix(spec, calibration_for, fleet, measured)
     if store:
-        console.print(f"predictions in {store_predictions(results.directory, rows)}")
+        written = store_predictions(results.directory, rows)
+        (notes if as_json else console).print(f"predictions in {written}", highlight=False)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     print_table(f"predicted: {spec.header.name}", [_flat(row) for row in rows], _columns(rows))
     console.print(f"calibration: {rows[0]['calibration']['source']}", highlight=False)
@@ -102,10 +109,10 @@ def _always(calibration: Calibration):
 
 
 def _native(latency: str, rate: str) -> Native:
-    try:
-        return Native(latency_s=parse_time_ms(latency) / 1000, rate_bps=parse_rate_bps(rate))
-    except ValueError as error:
-        raise ConfigError(None, "--native-latency/--native-rate", str(error)) from None
+    return Native(
+        latency_s=parsed_option("--native-latency", latency, parse_time_s, *NATIVE_LATENCY_S),
+        rate_bps=parsed_option("--native-rate", rate, parse_rate_bps, *NATIVE_RATE_BPS),
+    )
 
 
 def _fleet(spec: MatrixSpec, option: str | None) -> Fleet | None:
@@ -117,7 +124,7 @@ def _fleet(spec: MatrixSpec, option: str | None) -> Fleet | None:
     chosen = spec.header.inventory
     if chosen != LOCAL:
         chosen = str(spec.source.parent / chosen)
-        if needed or Path(chosen).is_file():
+        if needed or os.path.isfile(chosen):
             return load_inventory(chosen, check_keys=False)
     return load_inventory(chosen, check_keys=False) if needed else None
 

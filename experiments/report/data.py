@@ -13,16 +13,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from experiments.costmodel.predict import PREDICTIONS
-from experiments.matrix import Axes, Cell, MatrixHeader, matrix_cells
-from experiments.results import CELLS, CellNetwork, CellRecord, ResultsStore
+from experiments.matrix import (
+    Axes,
+    Cell,
+    MatrixHeader,
+    ScaleOrigin,
+    check_cell_count,
+    matrix_cells,
+)
+from experiments.results import CELLS, MAX_CELLS_BYTES, CellNetwork, CellRecord, ResultsStore
 from inventory.errors import ConfigError
+from inventory.loader import first_error
+from inventory.tomlfile import read_text
 from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
@@ -49,27 +61,57 @@ class Results:
 def read_predictions(directory: Path) -> dict[str, float]:
     """Predicted iteration seconds by cell id from `predictions.jsonl`, when there is one."""
     path = directory / PREDICTIONS
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     predicted = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, MAX_CELLS_BYTES).splitlines(), start=1):
         try:
             row = json.loads(line) if line.strip() else {}
         except json.JSONDecodeError:
             raise ConfigError(str(path), f"line {number}", "is not JSON") from None
         if isinstance(row, dict) and "cell_id" in row and "predicted_iteration_s" in row:
-            predicted[row["cell_id"]] = row["predicted_iteration_s"]
+            seconds = row["predicted_iteration_s"]
+            if not _finite_number(seconds) or not isinstance(row["cell_id"], str):
+                raise ConfigError(str(path), f"line {number}", "needs a cell_id and a finite "
+                                  "predicted_iteration_s")  # fmt: skip
+            predicted[row["cell_id"]] = seconds
     return predicted
 
 
-def expected_cells(spec: dict) -> list[Cell]:
-    """Every cell the results folder's copy of the matrix names (none if it does not parse)."""
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_spec(path: Path) -> tuple[str, dict]:
+    """A results folder's copy of its matrix (text and data; none: "" and {}), with the tables
+    the report reads checked: [matrix], [axes], and a scale model's [scale]."""
+    if not os.path.lexists(path):
+        return "", {}
+    text = read_text(path)
     try:
-        axes = Axes(**spec.get("axes", {}))
-        header = MatrixHeader(**spec.get("matrix", {}))
-    except (TypeError, ValueError):
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), None, f"not valid TOML: {error}") from None
+    for table, model in (("matrix", MatrixHeader), ("axes", Axes), ("scale", ScaleOrigin)):
+        if table not in spec:
+            continue
+        if not isinstance(spec[table], dict):
+            raise ConfigError(str(path), table, "must be a table")
+        try:
+            model(**spec[table])
+        except ValidationError as error:
+            raise first_error(error, str(path), prefix=table) from None
+    if "axes" in spec:
+        check_cell_count(MatrixHeader(**spec.get("matrix", {})), Axes(**spec["axes"]), str(path))
+    return text, spec
+
+
+def expected_cells(spec: dict) -> list[Cell]:
+    """Every cell the results folder's copy of the matrix names (`read_spec`; none without
+    [axes])."""
+    if "axes" not in spec:
         return []
-    return matrix_cells(axes, header.repeats)
+    return matrix_cells(Axes(**spec["axes"]), MatrixHeader(**spec.get("matrix", {})).repeats)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -133,10 +175,10 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
     placement = record.placement or {}
     row |= {
         "iter_mean_s": total["mean"],
-        "iter_std_s": total["std"],
-        "iter_median_s": total["median"],
-        "iter_p10_s": total["p10"],
-        "iter_p90_s": total["p90"],
+        "iter_std_s": total.get("std"),
+        "iter_median_s": total.get("median"),
+        "iter_p10_s": total.get("p10"),
+        "iter_p90_s": total.get("p90"),
         "timed_iterations": summary.timed_iterations,
         "world_size": summary.world_size,
         "hosts": len(set(placement.values())) or summary.world_size,
@@ -296,29 +338,24 @@ def load_results(directory: str | Path) -> Results:
     """Read a results folder: its cells, points, matrix spec text and run environments."""
     directory = Path(directory)
     records = ResultsStore(directory).latest()
-    spec_path = directory / "matrix.toml"
-    spec_text = spec_path.read_text() if spec_path.is_file() else ""
-    try:
-        spec = tomllib.loads(spec_text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(spec_path), None, f"not valid TOML: {error}") from None
+    spec_text, spec = read_spec(directory / "matrix.toml")
     if not records and not expected_cells(spec):
         raise ConfigError(str(directory / CELLS), None, "holds no cell records")
     run_path = directory / "run.json"
     runs = _read_runs(run_path)
     cells = cells_frame(records, spec, read_predictions(directory))
-    name = (spec.get("matrix") or {}).get("name") or directory.name
-    scale = spec.get("scale") if isinstance(spec.get("scale"), dict) else None
+    name = spec.get("matrix", {}).get("name") or directory.name
+    scale = spec.get("scale")
     return Results(directory, name, cells, points_frame(cells), spec_text, runs, scale)
 
 
 def _read_runs(path: Path) -> list[dict]:
     """`run.json`: the environment of each run into the folder (none if there is no file)."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
     try:
-        runs = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        runs = json.loads(read_text(path, MAX_CELLS_BYTES))
+    except json.JSONDecodeError as error:
         raise ConfigError(str(path), None, f"not readable as JSON: {error}") from None
     if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
         raise ConfigError(str(path), None, "must be a list of objects, one per run")
