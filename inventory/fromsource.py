@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
-
 from inventory.errors import ConfigError
-from inventory.models import Fleet, SimpleName
+from inventory.models import Fleet
+from inventory.names import check_name
 
 SOURCES = ("ansible", "ssh-config", "ec2")
 
@@ -53,10 +52,9 @@ def read_source(source: str, file: Path | None, options: SourceOptions) -> Fleet
             raise ConfigError(None, option, f"only with --from {owner}")
     if options.name is not None:
         try:
-            TypeAdapter(SimpleName).validate_python(options.name)
-        except ValidationError as error:
-            message = error.errors()[0]["msg"].removeprefix("Value error, ")
-            raise ConfigError(None, "--name", message) from None
+            check_name(options.name)
+        except ValueError as error:
+            raise ConfigError(None, "--name", str(error)) from None
     if source == "ansible":
         from inventory.ansible import ALL, load_ansible
 
