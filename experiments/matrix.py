@@ -53,8 +53,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from experiments.placement import Placement, place_ranks
-from inventory.errors import ConfigError
-from inventory.loader import first_error
+from inventory.errors import ConfigError, config_error
 from inventory.models import Fleet, Host
 from inventory.names import Name
 from inventory.tomlfile import read_toml
@@ -334,7 +333,7 @@ def _section(data: dict, name: str, model: type[BaseModel], file: str) -> BaseMo
     try:
         return model(**table)
     except ValidationError as error:
-        raise first_error(error, file, prefix=name) from None
+        raise config_error(error, file, prefix=name) from None
 
 
 def _resolve_profiles(specs: list[str], base: Path, file: str) -> dict[str, Target]:
@@ -433,7 +432,7 @@ def _tcp_settings(tables: Any, axis: list[str], file: str) -> dict[str, TcpSetti
         try:
             known[name] = TcpSettings(**table)
         except ValidationError as error:
-            raise first_error(error, file, prefix=where) from None
+            raise config_error(error, file, prefix=where) from None
     for index, name in enumerate(axis):
         if name not in known:
             choices = ", ".join(known)

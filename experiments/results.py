@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from inventory.errors import ConfigError, check_path
+from inventory.errors import ConfigError, check_path, config_error
 from inventory.safewrite import check_target, open_append, write_file
 from inventory.tomlfile import read_text
 from trainer.config import TrainerConfig
@@ -261,12 +261,10 @@ class ResultsStore:
                 records.append(CellRecord.model_validate(record))
                 RecordedTrainer.model_validate(records[-1].trainer)
             except ValidationError as error:
-                problem = error.errors()[0]
-                field = ".".join(str(part) for part in problem["loc"])
-                if error.title == RecordedTrainer.__name__:
-                    field = f"trainer.{field}"
-                where = f"line {number}" + (f": {field}" if field else "")
-                raise ConfigError(str(self.cells_path), where, problem["msg"]) from None
+                within = "trainer" if error.title == RecordedTrainer.__name__ else ""
+                problem = config_error(error, str(self.cells_path), prefix=within)
+                where = ": ".join(filter(None, (f"line {number}", problem.field)))
+                raise ConfigError(problem.file, where, problem.message) from None
         return records
 
     def latest(self) -> list[CellRecord]:

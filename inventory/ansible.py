@@ -29,6 +29,7 @@ from inventory.ansiblefile import ALL, YAML_SUFFIXES, Inventory, expand_range, r
 from inventory.errors import ConfigError
 from inventory.models import Fleet
 from inventory.sources import build_fleet, literal_address
+from inventory.sshconfig import SshConfig
 from inventory.tomlfile import read_text
 
 __all__ = ["ALL", "expand_range", "host_order", "load_ansible", "order_statement"]
@@ -352,8 +353,6 @@ def load_ansible(path: Path, group: str = ALL, name: str | None = None) -> Fleet
         fields = host_fields(host, variables, file)
         jump = ssh_jump(variables, file, host)
         if jump is not None:
-            from inventory.sshconfig import SshConfig
-
             jumps = jumps or SshConfig(None)
             try:
                 fields["jump"] = jumps.jump(jump[1], f"{host}.{jump[0]}")

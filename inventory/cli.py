@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from inventory.ansible import ALL
+from inventory.ansible import order_statement as ansible_order
 from inventory.check import check_fleet
 from inventory.deploy import deploy as deploy_hosts
 from inventory.deploy import with_environments
@@ -180,9 +182,6 @@ def order_statement(
     source: str | None, file: Path | None, inventory: str | None, group: str | None
 ) -> str | None:
     """Which order the hosts come in (ranks follow it), where the source has its own."""
-    from inventory.ansible import ALL
-    from inventory.ansible import order_statement as ansible_order
-
     if source == "ansible" and file is not None:
         return ansible_order(file, group or ALL)
     if inventory is not None and is_ansible_spec(inventory):

@@ -18,7 +18,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from pydantic import TypeAdapter, ValidationError
 
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, config_error
 from inventory.loader import key_file_problem
 from inventory.models import Fleet, UserName
 from inventory.sources import build_fleet
@@ -72,8 +72,7 @@ def check_options(query: Ec2Query, user: str, key_file: Path | None) -> None:
     try:
         TypeAdapter(UserName).validate_python(user)
     except ValidationError as error:
-        message = error.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(None, "--user", message) from None
+        raise config_error(error, None, rename=lambda loc: "--user") from None
     for option, value, pattern in (
         ("--region", query.region, REGION),
         ("--type", query.instance_type, INSTANCE_TYPE),

@@ -8,6 +8,10 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # this module is shipped to hosts: pydantic only where a caller has it
+    from pydantic import ValidationError
 
 
 class ConfigError(Exception):
@@ -22,6 +26,43 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         where = ": ".join(part for part in (self.file, self.field) if part)
         return f"{where}: {self.message}" if where else self.message
+
+
+class FieldProblem(ValueError):
+    """A check across fields failed; `loc` is the field to blame, as a pydantic location
+    (`"model"`, or `("hosts", 3, "name")`)."""
+
+    def __init__(self, loc: str | tuple, message: str):
+        self.loc = loc if isinstance(loc, tuple) else (loc,)
+        super().__init__(message)
+
+
+def field_path(loc: tuple) -> str:
+    """Render a pydantic error location as `hosts[3].port`."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def config_error(
+    error: ValidationError,
+    file: str | None,
+    prefix: str = "",
+    rename: Callable[[tuple], str | None] | None = None,
+) -> ConfigError:
+    """pydantic's first complaint as a ConfigError naming `file` and the field: the error's
+    location (with a `FieldProblem`'s own field appended), spelled by `rename` where the user's
+    words differ from the model's, under `prefix`; pydantic's "Value error, " is dropped."""
+    detail = error.errors()[0]
+    loc = tuple(detail["loc"])
+    cause = (detail.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldProblem):
+        loc += cause.loc
+    field = rename(loc) if rename else field_path(loc)
+    if prefix:
+        field = f"{prefix}.{field}" if field else prefix
+    return ConfigError(file, field or None, detail["msg"].removeprefix("Value error, "))
 
 
 def check_option(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:

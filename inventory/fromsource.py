@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inventory.ansible import ALL, load_ansible
 from inventory.errors import ConfigError
 from inventory.models import Fleet
 from inventory.names import check_name
+from inventory.sshconfig import load_ssh_config
 
 SOURCES = ("ansible", "ssh-config", "ec2")
 
@@ -56,18 +58,14 @@ def read_source(source: str, file: Path | None, options: SourceOptions) -> Fleet
         except ValueError as error:
             raise ConfigError(None, "--name", str(error)) from None
     if source == "ansible":
-        from inventory.ansible import ALL, load_ansible
-
         if file is None:
             raise ConfigError(None, "FILE", "--from ansible needs the inventory file")
         return load_ansible(file, options.group or ALL, options.name)
     if file is not None and source == "ec2":
         raise ConfigError(None, "FILE", "--from ec2 reads no file")
     if source == "ssh-config":
-        from inventory.sshconfig import load_ssh_config
-
         return load_ssh_config(file, options.hosts or "*", options.name or "ssh-config")
-    from inventory.ec2 import Ec2Query, load_ec2, parse_tags
+    from inventory.ec2 import Ec2Query, load_ec2, parse_tags  # boto3: 0.4 s, only for ec2
 
     query = Ec2Query(
         tags=parse_tags(options.tags),

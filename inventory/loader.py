@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inventory.errors import ConfigError, path_too_long
+from inventory.ansible import load_ansible
+from inventory.errors import ConfigError, config_error, field_path, path_too_long
 from inventory.models import Fleet
 from inventory.tomlfile import read_text, read_toml
 
@@ -18,27 +19,6 @@ ANSIBLE_PREFIX = "ansible:"
 ANSIBLE_SUFFIXES = (".yml", ".yaml", ".ini")
 _TOP_LEVEL = {"fleet", "defaults", "hosts"}
 _PATH_FIELDS = ("key_file",)
-
-
-def field_path(loc: tuple) -> str:
-    """Render a pydantic error location as `hosts[3].port`."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def first_error(error: ValidationError, file: str, prefix: str = "") -> ConfigError:
-    """Turn pydantic's first complaint into a ConfigError naming file and field."""
-    detail = error.errors()[0]
-    field = field_path(tuple(detail["loc"]))
-    message = detail["msg"].removeprefix("Value error, ")
-    if not field and ": " in message and message.split(": ", 1)[0].startswith(("hosts[", "delay")):
-        field, message = message.split(": ", 1)
-        field = field if field.startswith("hosts[") else f"fleet.{field}"
-    if prefix:
-        field = f"{prefix}.{field}" if field else prefix
-    return ConfigError(file, field or None, message)
 
 
 def _resolve(value: Any, base: Path) -> Any:
@@ -65,8 +45,6 @@ def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
             raise ConfigError(LOCAL, None, "the local fleet is not up; run `wanlab fleet up`")
         fleet = _load_toml(path)
     elif is_ansible_spec(str(spec)):
-        from inventory.ansible import load_ansible  # it builds on this module
-
         fleet = load_ansible(Path(str(spec).removeprefix(ANSIBLE_PREFIX)))
     else:
         fleet = _load_toml(Path(spec))
@@ -111,10 +89,13 @@ def _load_toml(path: Path) -> Fleet:
     try:
         fleet = Fleet(**fleet_fields, hosts=merged_hosts, source=path.resolve())
     except ValidationError as error:
-        detail_loc = error.errors()[0]["loc"]
-        prefix = "fleet" if detail_loc and detail_loc[0] not in ("hosts",) else ""
-        raise first_error(error, file, prefix) from None
+        raise config_error(error, file, rename=_in_file) from None
     return fleet
+
+
+def _in_file(loc: tuple) -> str:
+    """A Fleet field as the file spells it: [fleet]'s keys under `fleet.`, hosts as they are."""
+    return field_path(("fleet", *loc) if loc and loc[0] != "hosts" else loc)
 
 
 MAX_KEY_BYTES = 64 * 1024

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inventory.errors import FieldProblem
 from inventory.names import Name
 
 # Matched whole (fullmatch): a `$` would also accept a trailing newline.
@@ -172,8 +173,8 @@ class Fleet(BaseModel):
                 key = (value, host.port) if attribute == "address" else value
                 if key in seen:
                     first = seen[key]
-                    raise ValueError(
-                        f"hosts[{index}].{attribute}: {value!r} is already used by hosts[{first}]"
+                    raise FieldProblem(
+                        ("hosts", index, attribute), f"{value!r} is already used by hosts[{first}]"
                     )
                 seen[key] = index
         if self.delay_node is not None:
@@ -183,7 +184,7 @@ class Fleet(BaseModel):
                 which = (
                     f"unknown host {unknown[0]!r}" if unknown else f"no entry for {missing[0]!r}"
                 )
-                raise ValueError(f"delay_node.interfaces: {which}")
+                raise FieldProblem(("delay_node", "interfaces"), which)
         return self
 
     def host(self, name: str) -> Host:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from inventory.errors import ConfigError
-from inventory.loader import field_path
+from inventory.errors import ConfigError, config_error, field_path
 from inventory.models import Fleet, Host
 
 
@@ -60,21 +60,30 @@ def build_fleet(
         try:
             models.append(Host(**fields))
         except ValidationError as error:
-            loc = tuple(map(str, error.errors()[0]["loc"]))
-            if loc[0] == "labels" and len(loc) > 1 and "labels" in spelled:
-                field = spelled["labels"] + loc[1]  # a label's own variable, e.g. wanlab_region
-            else:
-                field = ".".join([spelled.get(loc[0], loc[0]), *loc[1:]])
-            message = error.errors()[0]["msg"].removeprefix("Value error, ")
-            raise ConfigError(file, f"{name}.{field}", message) from None
+            raise config_error(error, file, rename=partial(_spell_host, name, spelled)) from None
     try:
         return Fleet(hosts=models, **fleet_fields)
     except ValidationError as error:
-        detail = error.errors()[0]
-        message = detail["msg"].removeprefix("Value error, ")
-        match = re.match(r"hosts\[(\d+)\]\.(\w+): (.*)", message)
-        if match is None:
-            raise ConfigError(file, field_path(tuple(detail["loc"])) or None, message) from None
-        index, field, text = int(match[1]), match[2], match[3]
-        text = re.sub(r"hosts\[(\d+)\]", lambda m: hosts[int(m[1])][0], text)
-        raise ConfigError(file, f"{hosts[index][0]}.{spelled.get(field, field)}", text) from None
+        problem = config_error(error, file, rename=lambda loc: _spell_fleet(loc, hosts, spelled))
+        message = re.sub(r"hosts\[(\d+)\]", lambda m: hosts[int(m[1])][0], problem.message)
+        raise ConfigError(file, problem.field, message) from None
+
+
+def _spell_host(name: str, spelled: dict[str, str], loc: tuple) -> str:
+    """A Host field as `NAME.field` in the source's words."""
+    return f"{name}.{_spell(loc, spelled)}"
+
+
+def _spell(loc: tuple, spelled: dict[str, str]) -> str:
+    """A Host field in the source's words (a label as its own variable, e.g. wanlab_region)."""
+    loc = tuple(map(str, loc))
+    if loc[0] == "labels" and len(loc) > 1 and "labels" in spelled:
+        return spelled["labels"] + loc[1]
+    return ".".join([spelled.get(loc[0], loc[0]), *loc[1:]])
+
+
+def _spell_fleet(loc: tuple, hosts: list[tuple[str, dict[str, Any]]], spelled: dict[str, str]):
+    """A Fleet field in the source's words: a host's by its name in the source."""
+    if len(loc) > 2 and loc[0] == "hosts" and isinstance(loc[1], int):
+        return _spell_host(hosts[loc[1]][0], spelled, loc[2:])
+    return field_path(loc)

@@ -31,8 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inventory.environment import folder_from
-from inventory.errors import ConfigError
-from inventory.loader import first_error
+from inventory.errors import ConfigError, config_error
 from inventory.safewrite import write_file
 from inventory.tomlfile import read_json
 
@@ -185,7 +184,7 @@ def load_record() -> dict | None:
     except ConfigError as error:
         raise KernelError(f"{error}; {REFRESH_HINT}") from None
     except ValidationError as error:
-        raise KernelError(f"{first_error(error, str(path))}; {REFRESH_HINT}") from None
+        raise KernelError(f"{config_error(error, str(path))}; {REFRESH_HINT}") from None
     return record
 
 

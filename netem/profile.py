@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, config_error
 from inventory.names import check_name
 from inventory.tomlfile import read_toml
 from netem.units import format_rate, format_time, parse_percent, parse_rate_bps, parse_time_ms
@@ -145,9 +145,7 @@ def profile_from_fields(
     try:
         return Profile(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = _user_key(first["loc"])
-        raise ConfigError(source, field, first["msg"].removeprefix("Value error, ")) from None
+        raise config_error(err, source, rename=_user_key) from None
 
 
 def _user_key(loc: tuple) -> str | None:

@@ -583,7 +583,7 @@ NEWER_MATRICES = [
     ("batch-float", GOOD_MATRIX.replace("batch = 4", "batch = 4.0"), "trainer.batch", "integer"),
     ("seed-bool", with_trainer("seed = true"), "trainer.seed", "integer"),
     ("seed-negative", with_trainer("seed = -1"), "trainer.seed", "greater than"),
-    ("layers-text", with_trainer('layers = ["2", "2"]'), "trainer.layers.0", "integer"),
+    ("layers-text", with_trainer('layers = ["2", "2"]'), "trainer.layers[0]", "integer"),
     ("iterations-huge", GOOD_MATRIX.replace("= 3", "= 10000000"), "trainer.iterations", ""),
     ("warmup-float", with_trainer("warmup = 1.0"), "trainer.warmup", "integer"),
     ("threads-text", with_trainer('threads = "2"'), "trainer.threads", "integer"),
@@ -597,7 +597,7 @@ NEWER_MATRICES = [
      "trainer.emulate.forward_ms", "at least 1"),
     ("emulate-ms-inf", with_trainer(
         "[trainer.emulate]\nscale = 0.5\nforward_ms = [inf]\nbackward_ms = [1.0]"),
-     "trainer.emulate.forward_ms.0", "finite"),
+     "trainer.emulate.forward_ms[0]", "finite"),
     ("micro-batches-over-limit", GOOD_MATRIX.replace("batch = 4", "batch = 8192"),
      "trainer.batch", "more than 4096"),
     ("world-over-limit", GOOD_MATRIX.replace("[1, 2]", "[4096]"), "axes.dp_degrees[0]",

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, FieldProblem, config_error
 from inventory.tomlfile import read_toml
 from trainer.layout import Layout
 from trainer.model import CONFIGS, GPTConfig
@@ -34,14 +34,6 @@ MAX_ITERATIONS = 1_000_000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 StageMs = Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False, strict=True)]
 """Emulated milliseconds of one stage's step (at most an hour)."""
-
-
-class FieldProblem(ValueError):
-    """A cross-field check failed; carries the field to blame."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(message)
 
 
 class Emulation(BaseModel):
@@ -236,16 +228,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return TrainerConfig(**(values | given))
     except ValidationError as exc:
-        raise _as_config_error(source, exc) from None
-
-
-def _as_config_error(source: str, exc: ValidationError) -> ConfigError:
-    error = exc.errors()[0]
-    cause = (error.get("ctx") or {}).get("error")
-    if isinstance(cause, FieldProblem):
-        return ConfigError(source, cause.field, str(cause))
-    field = ".".join(str(part) for part in error["loc"]) or None
-    return ConfigError(source, field, error["msg"])
+        raise config_error(exc, source) from None
 
 
 def check_world(cfg: TrainerConfig, world_size: int, source: str = "environment") -> None:

@@ -32,7 +32,7 @@ from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, unifo
 from experiments.costmodel.tcp import tcp_side
 from experiments.costmodel.workload import Workload, make_workload
 from experiments.results import CELLS, CellRecord, Summary
-from inventory.errors import ConfigError
+from inventory.errors import ConfigError, config_error
 from netem.profile import BUILTIN, Profile
 from netem.tcp import PRESETS
 from trainer.config import TrainerConfig, load_config
@@ -322,7 +322,7 @@ def load_reference(path: Path = REFERENCE_FILE) -> list[ReferenceMeasurement]:
         except KeyError as missing:
             raise ConfigError(file, f"{where}.{missing.args[0]}", "missing") from None
         except ValidationError as error:
-            raise ConfigError(file, f"{where}.trainer", str(error.errors()[0]["msg"])) from None
+            raise config_error(error, file, prefix=f"{where}.trainer") from None
     if not found:
         raise ConfigError(file, "measurement", "no measurement")
     return found

@@ -32,8 +32,7 @@ from experiments.matrix import (
     matrix_cells,
 )
 from experiments.results import CELLS, MAX_CELLS_BYTES, CellNetwork, CellRecord, ResultsStore
-from inventory.errors import ConfigError
-from inventory.loader import first_error
+from inventory.errors import ConfigError, config_error
 from inventory.tomlfile import read_text
 from netem.probe import MIN_WINDOW_RTTS
 
@@ -100,7 +99,7 @@ def read_spec(path: Path) -> tuple[str, dict]:
         try:
             model(**spec[table])
         except ValidationError as error:
-            raise first_error(error, str(path), prefix=table) from None
+            raise config_error(error, str(path), prefix=table) from None
     if "axes" in spec:
         check_cell_count(MatrixHeader(**spec.get("matrix", {})), Axes(**spec["axes"]), str(path))
     return text, spec
