@@ -57,8 +57,12 @@ def read_json(path: Path, limit: int = MAX_FILE_BYTES) -> Any:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, turning a missing, unreadable or malformed file into a ConfigError."""
-    text = read_text(path)
+    return parse_toml(read_text(path), str(path))
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """Parse TOML text read from `source`; malformed text is a ConfigError naming it."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(path), None, f"not valid TOML: {error}") from None
+        raise ConfigError(source, None, f"not valid TOML: {error}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from experiments.costmodel.tcp import tcp_side
 from experiments.costmodel.workload import Workload, make_workload
 from experiments.results import CELLS, CellRecord, Summary
 from inventory.errors import ConfigError, config_error
+from inventory.tomlfile import read_toml
 from netem.profile import BUILTIN, Profile
 from netem.tcp import PRESETS
 from trainer.config import TrainerConfig, load_config
@@ -300,10 +300,7 @@ class ReferenceMeasurement:
 def load_reference(path: Path = REFERENCE_FILE) -> list[ReferenceMeasurement]:
     """The reference measurements (see reference.toml)."""
     file = str(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(file, None, f"cannot read: {error}") from None
+    data = read_toml(path)
     found = []
     for index, entry in enumerate(data.get("measurement", [])):
         where = f"measurement[{index}]"

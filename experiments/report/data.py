@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from experiments.matrix import (
 )
 from experiments.results import CELLS, MAX_CELLS_BYTES, CellNetwork, CellRecord, ResultsStore
 from inventory.errors import ConfigError, config_error
-from inventory.tomlfile import read_text
+from inventory.tomlfile import parse_toml, read_text
 from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
@@ -87,10 +86,7 @@ def read_spec(path: Path) -> tuple[str, dict]:
     if not os.path.lexists(path):
         return "", {}
     text = read_text(path)
-    try:
-        spec = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(path), None, f"not valid TOML: {error}") from None
+    spec = parse_toml(text, str(path))
     for table, model in (("matrix", MatrixHeader), ("axes", Axes), ("scale", ScaleOrigin)):
         if table not in spec:
             continue
