@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from experiments.matrix import MatrixSpec
 from inventory.models import Fleet
-from netem.fleet import trees_for
-from netem.tree import tc_commands
+from netem.fleet import dry_run
 
 
 def plan_rows(spec: MatrixSpec, fleet: Fleet) -> list[dict]:
@@ -27,16 +26,12 @@ def plan_rows(spec: MatrixSpec, fleet: Fleet) -> list[dict]:
 
 
 def tc_preview(spec: MatrixSpec, fleet: Fleet) -> dict[str, dict[str, list[str]]]:
-    """For each profile of the matrix, the `tc` commands each host would get."""
+    """For each profile of the matrix, the `tc` commands each host would get (`netem apply
+    --dry-run`'s: on the delay node's interface where the fleet has one)."""
     preview = {}
     for name, target in spec.targets.items():
-        trees = trees_for(target, fleet.hosts)
+        answers = dry_run(fleet, target)
         preview[name] = {
-            host.name: (
-                tc_commands(trees[host.name], host.interface or "IF")
-                if trees[host.name] is not None
-                else ["(unshaped)"]
-            )
-            for host in fleet.hosts
+            host: answer["commands"] or ["(unshaped)"] for host, answer in answers.items()
         }
     return preview

@@ -8,6 +8,8 @@ import pytest
 from clirun import GOOD_MATRIX, run_cli
 
 from experiments.matrix import load_matrix
+from experiments.plan import tc_preview
+from inventory.models import DelayNode, Fleet, Host
 
 MATRICES = Path(__file__).parent.parent / "experiments" / "matrices"
 
@@ -186,3 +188,23 @@ def test_dry_run_prints_plan_and_touches_nothing(monkeypatch, capsys, tmp_path, 
     assert "200mbit|dp2|mb1|gpipe|ps|r0" in stdout and "h0 h1 h2 h3" in stdout
     assert "htb rate 200mbit" in stdout
     assert not out.exists()
+
+
+def test_plan_shapes_where_the_fleet_shapes(tmp_path):
+    """The plan's tc commands name the interface the hosts are shaped on: the delay node's
+    (`ifbN`, from the inventory) where the fleet has one, else each host's own; a default
+    profile leaves every host unshaped."""
+    path = tmp_path / "m.toml"
+    path.write_text(GOOD_MATRIX)
+    spec = load_matrix(path)
+    hosts = [Host(name=f"h{i}", address=f"198.18.0.{10 + i}", interface="eth0") for i in range(4)]
+    interfaces = {host.name: f"ifb{i}" for i, host in enumerate(hosts)}
+    on_node = Fleet(hosts=hosts, delay_node=DelayNode(mailbox=tmp_path, interfaces=interfaces))
+    for fleet, expected in (
+        (on_node, interfaces),
+        (Fleet(hosts=hosts), dict.fromkeys(interfaces, "eth0")),
+    ):
+        preview = tc_preview(spec, fleet)
+        assert preview["default"] == {name: ["(unshaped)"] for name in interfaces}
+        for name, commands in preview["200mbit"].items():
+            assert commands and all(f" dev {expected[name]} " in command for command in commands)
