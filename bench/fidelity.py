@@ -134,7 +134,10 @@ def main() -> int:
         try:
             inventory = load_inventory(lab_up(3, "auto", fleet))
             node = DelayNode(fleet.node_directory)
-            forwarding = {"one_way_ms": node.forwarding().points, "release": node.release()}
+            forwarding = {
+                "one_way_ms": node.mailbox.forwarding().points,
+                "release": node.release(),
+            }
             with FleetNetem(inventory) as netem:
                 rows, ceiling = measure(netem, args.scale)
         finally:

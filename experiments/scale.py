@@ -70,7 +70,7 @@ class Lab:
     max_hosts: int = MAX_HOSTS
     delays_whole: bool = False
     """True where a delay d is d one-way in all: the lab's delay node takes its own hop out of
-    every delay it applies (netem/delaynode.py), so its own hop is not taken off again here."""
+    every delay it applies (netem/mailbox.py), so its own hop is not taken off again here."""
 
     def delay_ms_for(self, one_way_s: float) -> float:
         """The delay to ask of the lab for this one-way latency (0: its own hop is as long)."""

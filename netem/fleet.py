@@ -3,10 +3,10 @@
 The controller resolves each host's tree here and sends it, as an agent request (see
 `netem.agent`), to whichever agent shapes that host: the host's own persistent agent
 (`python -m netem.agentserve` over SSH, `ServedAgents`) or, on a fleet with a delay node, the
-node's agent behind its mailbox (`NodeAgent`). Both answer `call(requests)`; probes and the
-hosts' TCP settings (`netem.tcp`, which belong to the host, not to its link) always go to the
-hosts' own agents. The agent's code travels as one zip file per host (Python imports
-packages from a zip), so hosts only need Python with pyroute2 and pydantic.
+node's agent behind its mailbox (`netem.mailbox.MailboxAgent`). Both answer `call(requests)`;
+probes and the hosts' TCP settings (`netem.tcp`, which belong to the host, not to its link)
+always go to the hosts' own agents. The agent's code travels as one zip file per host (Python
+imports packages from a zip), so hosts only need Python with pyroute2 and pydantic.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from inventory.ship import ship_code
 from inventory.ssh import FleetSSH, Stream
 from netem.agent import DEFAULT_LEASE_S
 from netem.agentserve import MARK as AGENT_MARK
-from netem.delaynode import DelayNode
+from netem.mailbox import MailboxAgent
 from netem.pairs import PairMatrix, is_pair_matrix_document, load_pair_matrix_file
 from netem.probe import DEFAULT_PORT
 from netem.profile import Profile, load_profile_file, parse_profile
@@ -194,23 +194,6 @@ class ServedAgents:
             stream.close()
 
 
-class NodeAgent:
-    """The delay node's agent, which shapes every host's egress on the node's interfaces."""
-
-    def __init__(self, node: DelayNode):
-        self.node = node
-
-    def call(self, requests: Requests, timeout_s: float) -> Requests:
-        """Every host's answer to its request, in one mailbox round trip."""
-        started = time.monotonic()
-        answers = self.node.call(list(requests.values()), timeout_s)
-        seconds = round(time.monotonic() - started, 3)
-        return {
-            name: {**answer, "host": name, "seconds": seconds, "shaped_on": "delay-node"}
-            for name, answer in zip(requests, answers, strict=True)
-        }
-
-
 class FleetNetem:
     """One SSH session over the fleet with the agent shipped; use as a context manager.
 
@@ -225,8 +208,8 @@ class FleetNetem:
         self.ssh = FleetSSH(fleet)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(fleet.hosts)))
         self.agents: ServedAgents | None = None
-        self.node = DelayNode(fleet.delay_node.mailbox) if fleet.delay_node else None
-        self.shapers: ServedAgents | NodeAgent | None = NodeAgent(self.node) if self.node else None
+        self.node = MailboxAgent(fleet.delay_node.mailbox) if fleet.delay_node else None
+        self.shapers: ServedAgents | MailboxAgent | None = self.node
 
     def __enter__(self) -> FleetNetem:
         try:

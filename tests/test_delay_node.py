@@ -20,8 +20,8 @@ from experiments.lab import lab_down, lab_status, lab_up
 from inventory.loader import load_inventory
 from inventory.localfleet import LocalFleet
 from netem import kernel
-from netem.delaynode import DelayNode
 from netem.fleet import FleetNetem, load_target
+from netem.mailbox import MailboxAgent
 from netem.profile import parse_profile
 from netem.tree import less_forwarding_delay, tree_for_profile
 
@@ -101,7 +101,7 @@ def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
     each, as single ones take 5 or 15 ms at random on the local fleet). Shaped, every command
     would take over 100 ms (50 ms each way)."""
     fleet, inventory = lab
-    forwarding = DelayNode(fleet.node_directory).forwarding()
+    forwarding = MailboxAgent(fleet.node_directory).forwarding()
     harsh = "50ms/20mbit/loss=10%"
     unshaped_ms, shaped_ms = [], []
     with FleetNetem(inventory) as netem:

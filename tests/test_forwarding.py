@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netem.delaynode import ForwardingLatency
+from netem.mailbox import ForwardingLatency
 from netem.profile import parse_profile
 from netem.tree import less_forwarding_delay, tree_for_profile
 
