@@ -133,9 +133,9 @@ def main() -> int:
         return 0
 
     from experiments.lab import lab_down, lab_up
+    from experiments.lab.fleet import LocalFleet
     from experiments.runner import interrupts_held
     from inventory.loader import load_inventory
-    from inventory.localfleet import LocalFleet
     from netem.fleet import FleetNetem, load_target
 
     target = load_target(args.profile)

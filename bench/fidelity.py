@@ -27,11 +27,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from experiments.lab import lab_down, lab_up, resolve_shaping
+from experiments.lab import kernel, lab_down, lab_up, resolve_shaping
+from experiments.lab.fleet import LocalFleet
+from experiments.lab.node import DelayNode
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
-from netem import kernel
-from netem.delaynode import DelayNode
 from netem.fleet import FleetNetem
 from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN

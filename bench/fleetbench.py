@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from experiments.lab.fleet import LocalFleet
 from experiments.localranks import REPO, finish
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 from netem.fleet import FleetNetem, load_target
 
 PREFIX = "wle"

@@ -28,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.lab.fleet import LocalFleet
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 from netem.fleet import FleetNetem
 from netem.profile import parse_profile
 from netem.tree import tree_for_profile

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from experiments.demo import DEMO_MATRIX
 from experiments.lab import lab_down, lab_up
+from experiments.lab.demo import DEMO_MATRIX
+from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner, interrupts_held
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 
 GOAL_SHARE = 0.10
 

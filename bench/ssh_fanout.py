@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from experiments.lab.fleet import LocalFleet
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 from inventory.ssh import FleetSSH
 
 GOAL_RATIO = 2.0

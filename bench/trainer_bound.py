@@ -20,11 +20,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 
 GOAL_RATIO = 1.10
 PHASES = ("forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s")

@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 
 from experiments.costmodel.cli import predict
-from experiments.demo import default_results_dir, run_demo
-from experiments.lab import SHAPING_MODES, lab_down, lab_status, lab_up
+from experiments.lab import SHAPING_MODES, kernel, lab_down, lab_status, lab_up
+from experiments.lab.demo import default_results_dir, run_demo
+from experiments.lab.node import DelayNodeError
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.plan import plan_rows, tc_preview
 from experiments.report.cli import report
@@ -31,10 +32,8 @@ from inventory.cli import (
 from inventory.errors import ConfigError, HostsUnreachable
 from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet
-from netem import kernel
 from netem.cli import app as netem_app
 from netem.cli import probe
-from netem.delaynode import DelayNodeError
 
 try:  # typer 0.2x carries its own copy of click; older typer uses click itself
     from typer._click.exceptions import UsageError

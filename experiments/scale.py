@@ -33,10 +33,10 @@ from experiments.costmodel.tcp import (
     receive_window,
     tcp_side,
 )
+from experiments.lab.fleet import MAX_HOSTS
 from experiments.matrix import Cell, MatrixSpec, with_factor
 from experiments.results import CellRecord
 from inventory.errors import ConfigError
-from inventory.localfleet import MAX_HOSTS
 from inventory.names import NAME_LENGTH
 from netem.profile import Profile
 from netem.tcp import KERNEL_INITCWND, TcpSettings

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from experiments.lab.fleet import LocalFleet
 from inventory.ansible import ALL
 from inventory.ansible import order_statement as ansible_order
 from inventory.check import check_fleet
@@ -21,7 +22,6 @@ from inventory.errors import ConfigError, check_option
 from inventory.freeze import write_fleet
 from inventory.fromsource import SourceOptions, read_source
 from inventory.loader import ANSIBLE_PREFIX, LOCAL, is_ansible_spec, load_inventory
-from inventory.localfleet import LocalFleet
 from inventory.safewrite import check_target
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")

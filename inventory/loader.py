@@ -38,7 +38,7 @@ def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
     """Load an inventory: a TOML file, an Ansible inventory (every host; see
     `is_ansible_spec`), or the local fleet's own when `spec` is 'local'."""
     if str(spec) == LOCAL:
-        from inventory.localfleet import LocalFleet
+        from experiments.lab.fleet import LocalFleet
 
         path = LocalFleet().inventory_path
         if not path.is_file():

@@ -10,7 +10,7 @@ shaped (or its TCP changed):
   process per state folder that holds its leases until none is left;
 - `python -m netem.agentserve`, the controller's persistent agent on each host, holds them in
   its own loop;
-- the delay node (`netem/nodeserve.py`) holds them in its loop inside its kernel.
+- the delay node (`experiments/lab/nodeserve.py`) holds them in its loop inside its kernel.
 Every face passes requests `{"verb": …, "interface": …, "tree": …, "lease_s": …}` (or, for the
 `tcp-*` verbs, `"tcp": …` instead of a tree) to `handle`,
 which answers with a JSON-able dict: `ok`, and on failure `error` and `error_kind`.

@@ -1,7 +1,7 @@
 """The agent behind a mailbox folder: how the controller reaches the delay node's agent.
 
-The delay node (netem/delaynode.py boots it, netem/nodeserve.py serves inside it) answers agent
-requests read from a folder on the host's files (the node's root is hostfs):
+The delay node (experiments/lab/node.py boots it, experiments/lab/nodeserve.py serves in it)
+answers agent requests read from a folder on the host's files (the node's root is hostfs):
 `requests/<id>.json` holds a batch of agent requests (one per host, so a fleet-wide verb costs
 one round trip), `responses/<id>.json` their answers. `uml.pid` names the node's kernel
 process, `ready.json` is written once the node serves, `stop` asks it to halt, and

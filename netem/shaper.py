@@ -38,7 +38,8 @@ NETEM_MISSING = (
     "this kernel has no sch_netem, so delay, jitter, loss, duplication and reordering cannot be "
     "applied here (rate-only profiles such as `1gbit` still work). Load it with "
     "`modprobe sch_netem` (on Ubuntu it is in linux-modules-extra-$(uname -r), on Fedora in "
-    "kernel-modules-extra), or run the local fleet inside the user-mode Linux kernel (netem.uml)"
+    "kernel-modules-extra), or run the local fleet inside the user-mode Linux kernel "
+    "(experiments.lab.guest)"
 )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from inventory.localfleet import LocalFleet
+from experiments.lab.fleet import LocalFleet
 
 TEST_PREFIX = "wlx"
 TEST_SUBNET = "198.18.2.0/24"

@@ -1,9 +1,9 @@
 """A throwaway network for tests: N network namespaces on one bridge, without sshd.
 
-Used on the host kernel and inside the user-mode Linux guest (netem.uml); every name starts
-with the given prefix so it never touches anything it did not create. It is built from the
-same plumbing as the local fleet (`inventory.netns`), which adds sshd, an inventory and the
-delay node.
+Used on the host kernel and inside the user-mode Linux guest (experiments.lab.guest); every name
+starts with the given prefix so it never touches anything it did not create. It is built from
+the same plumbing as the local fleet (`experiments.lab.netns`), which adds sshd, an inventory
+and the delay node.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from inventory import netns
+from experiments.lab import netns
 
 LAB_IFNAME = "eth0"
 

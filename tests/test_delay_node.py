@@ -16,10 +16,9 @@ import time
 
 import pytest
 
-from experiments.lab import lab_down, lab_status, lab_up
+from experiments.lab import kernel, lab_down, lab_status, lab_up
+from experiments.lab.fleet import LocalFleet
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
-from netem import kernel
 from netem.fleet import FleetNetem, load_target
 from netem.mailbox import MailboxAgent
 from netem.profile import parse_profile

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from netem import kernel
+from experiments.lab import kernel
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="no lab kernel: run install.sh")
 

@@ -6,9 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from inventory import netns
+from experiments.lab import netns
+from experiments.lab.fleet import LocalFleet
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 
 PREFIX = "wly"
 

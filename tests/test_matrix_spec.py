@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from clirun import GOOD_MATRIX, run_cli
 
+from experiments.lab.demo import DEMO_MATRIX
 from experiments.matrix import load_matrix
 from experiments.plan import tc_preview
 from inventory.models import DelayNode, Fleet, Host
@@ -208,3 +209,8 @@ def test_plan_shapes_where_the_fleet_shapes(tmp_path):
         assert preview["default"] == {name: ["(unshaped)"] for name in interfaces}
         for name, commands in preview["200mbit"].items():
             assert commands and all(f" dev {expected[name]} " in command for command in commands)
+
+
+def test_the_demo_runs_a_shipped_matrix():
+    assert DEMO_MATRIX.parent == MATRICES
+    assert load_matrix(DEMO_MATRIX).header.name

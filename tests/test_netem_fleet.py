@@ -14,9 +14,9 @@ import netem_tc
 import pytest
 from typer.testing import CliRunner
 
+from experiments.lab.fleet import LocalFleet
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 from netem.cli import app
 from netem.fleet import FleetNetem, load_target
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from netem import kernel, uml
+from experiments.lab import guest, kernel
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="user-mode-linux is not installed")
 
@@ -22,7 +22,7 @@ CHECKS = Path(__file__).with_name("netem_uml_checks.py")
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory):
     out = tmp_path_factory.mktemp("uml") / "checks.json"
-    run = uml.run([sys.executable, str(CHECKS), str(out)], timeout_s=240)
+    run = guest.run([sys.executable, str(CHECKS), str(out)], timeout_s=240)
     assert out.exists(), f"the guest wrote nothing\n{run.output}\n{run.console[-2000:]}"
     data = json.loads(out.read_text())
     assert data["ok"], data.get("error")

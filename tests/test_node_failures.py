@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.lab import lab_up
-from inventory.localfleet import LocalFleet
-from netem import kernel
-from netem.delaynode import DelayNode, DelayNodeError
+from experiments.lab import kernel, lab_up
+from experiments.lab.fleet import LocalFleet
+from experiments.lab.node import DelayNode, DelayNodeError
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="no lab kernel: run install.sh")
 

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
+from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
 from experiments.report.cli import report
 from experiments.report.data import cells_frame, points_frame
@@ -30,7 +31,6 @@ from experiments.results import CellRecord, ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = """\

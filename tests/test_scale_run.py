@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
 from experiments.report.write import write_report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 
 TARGET = """\
 [matrix]

@@ -17,8 +17,8 @@ import pytest
 from clirun import GOOD_MATRIX
 from labnet import LAB_IFNAME, in_netns, namespaces_down, namespaces_up
 
+from experiments.lab.netns import allow_every_congestion_control
 from experiments.matrix import load_matrix
-from inventory.netns import allow_every_congestion_control
 from netem.tcp import HOST, PRESETS, TcpSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,16 +25,16 @@ from hypothesis import strategies as st
 from test_predict import MATRIX as PREDICT_MATRIX
 from test_predict import STAGE_TIMES, cell_record
 
+from experiments.lab.fleet import LocalFleet
+from experiments.lab.node import DelayNode
 from experiments.matrix import load_matrix
 from experiments.results import CellRecord, ResultsStore
 from experiments.scale import scaled_name
 from inventory import safewrite
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 from inventory.names import NAME_RULE, check_name
 from inventory.safewrite import check_target, open_append, write_file
-from netem.delaynode import DelayNode
 from netem.profile import load_profile_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,12 +11,12 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from experiments.lab import kernel
+from experiments.lab.fleet import LocalFleet
+from experiments.lab.node import DelayNode
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 from inventory.models import Fleet
-from netem import kernel
-from netem.delaynode import DelayNode
 from netem.fleet import FleetNetem
 from netem.profile import parse_profile
 from netem.shaper import netem_available

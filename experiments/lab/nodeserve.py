@@ -1,5 +1,5 @@
 """Inside the delay node: bridge the hosts' links, redirect each host's egress through its ifb,
-and answer the mailbox's requests with the agent (`python -m netem.nodeserve FOLDER N`).
+and answer the mailbox's requests with the agent (`python -m experiments.lab.nodeserve FOLDER N`).
 
 Host i's link ends in a tap that the node sees as `vec<i>`; the node bridges all of them (and
 the controller's tap, the last), and redirects what arrives on `vec<i>` (host i's egress)

@@ -12,14 +12,14 @@ from pathlib import Path
 from rich.console import Console
 
 from experiments.lab import lab_down, lab_up
+from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
 from experiments.report.write import write_report
 from experiments.results import ResultsStore
 from experiments.runner import MatrixRunner, RunOutcome, interrupts_held
 from inventory.loader import load_inventory
-from inventory.localfleet import LocalFleet
 
-DEMO_MATRIX = Path(__file__).parent / "matrices" / "local-demo.toml"
+DEMO_MATRIX = Path(__file__).parents[1] / "matrices" / "local-demo.toml"
 
 
 def default_results_dir() -> Path:

@@ -1,7 +1,7 @@
 """Namespace plumbing on this kernel: network namespaces, veth pairs, bridges and taps.
 
 Every step is idempotent (`ensure_*`), and nothing here touches a name its caller did not give.
-The local fleet (`inventory.localfleet`) and the tests' throwaway networks build on it.
+The local fleet (`experiments.lab.fleet`) and the tests' throwaway networks build on it.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 shapes every host's egress for it, for machines whose own kernel has no sch_netem.
 
 The hosts stay network namespaces on the host kernel (fast, every core); their links run
-through the node, which shapes each host's egress on its behalf (netem/nodeserve.py, inside the
-node) and is reached through a mailbox folder (netem/mailbox.py). This module boots the node,
-says why it did not start when it does not, and stops it.
+through the node, which shapes each host's egress on its behalf (nodeserve.py, inside the node)
+and is reached through a mailbox folder (netem/mailbox.py). This module boots the node, says
+why it did not start when it does not, and stops it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from inventory.safewrite import open_append, write_file
-from netem.kernel import (
+from experiments.lab.kernel import (
     MODULE_FAILED,
     Kernel,
     KernelError,
@@ -30,6 +29,7 @@ from netem.kernel import (
     init_prelude,
     panic_line,
 )
+from inventory.safewrite import open_append, write_file
 from netem.mailbox import FORWARDING_FILE, READY_FILE, REQUESTS, RESPONSES, STOP_FILE, MailboxAgent
 
 
@@ -150,7 +150,13 @@ class DelayNode:
         return "it wrote nothing"
 
     def _init_script(self, kernel: Kernel, n_vecs: int) -> str:
-        serve = [sys.executable, "-m", "netem.nodeserve", str(self.directory), str(n_vecs)]
+        serve = [
+            sys.executable,
+            "-m",
+            "experiments.lab.nodeserve",
+            str(self.directory),
+            str(n_vecs),
+        ]
         return f"""{init_prelude(kernel, self.directory, n_ifbs=n_vecs)}
 {shlex.join(serve)} > {self.directory}/node.log 2>&1 &
 pid=$!

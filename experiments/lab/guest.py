@@ -14,10 +14,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.lab.kernel import (
+    MODULE_FAILED,
+    Kernel,
+    boot_argv,
+    current,
+    init_prelude,
+    run_bounded,
+)
 from inventory.safewrite import write_file
-from netem.kernel import MODULE_FAILED, Kernel, boot_argv, current, init_prelude, run_bounded
 
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """The local fleet: N hosts on this machine, each a network namespace with its own real sshd.
 
 Hosts hang off one bridge (or, for the delay node, each off its own tap); host i has address
-<prefix>.(10+i) on its `eth0`. The namespaces come from `inventory.netns`, each host's sshd
-from `inventory.localsshd`; this module lays the fleet out, brings it up and down, and writes
-its inventory (TOML) and a known_hosts that pins every host key, so strict host-key checking
-just works.
+<prefix>.(10+i) on its `eth0`. The namespaces come from `experiments.lab.netns`, each host's
+sshd from `experiments.lab.sshd`; this module lays the fleet out, brings it up and down, and
+writes its inventory (TOML) and a known_hosts that pins every host key, so strict host-key
+checking just works.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import tomli_w
 
-from inventory import netns
+from experiments.lab import netns
+from experiments.lab.netns import ip, link_exists, netns_exists
+from experiments.lab.sshd import LocalSshd, keygen, wait_ready
 from inventory.environment import folder_from
 from inventory.errors import ConfigError
-from inventory.localsshd import LocalSshd, keygen, wait_ready
-from inventory.netns import ip, link_exists, netns_exists
 from inventory.safewrite import write_file
 from inventory.tomlfile import read_json
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from inventory.netns import pid_alive
+from experiments.lab.netns import pid_alive
 from inventory.ports import port_open
 from inventory.safewrite import write_file
 

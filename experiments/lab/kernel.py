@@ -58,7 +58,7 @@ PROBE_TIMEOUT_S = 60.0
 MODULE_FAILED = "module-failed"
 """The file (in the guest's host folder) where the init prelude names a module that did not
 load."""
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 SETUP_HINT = "run `wanlab fleet kernel` (install.sh does) to fetch and probe a kernel for this CPU"
 REFRESH_HINT = "remove it or run `wanlab fleet kernel --refresh` to choose again"
 
