@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 
 from experiments.costmodel.cli import predict
-from experiments.lab import SHAPING_MODES, kernel, lab_down, lab_status, lab_up
+from experiments.lab import SHAPING_MODES, kernelfetch, lab_down, lab_status, lab_up
 from experiments.lab.demo import default_results_dir, run_demo
+from experiments.lab.kernel import KernelError
 from experiments.lab.node import DelayNodeError
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.plan import plan_rows, tc_preview
@@ -108,7 +109,7 @@ def fleet_kernel(
 ):
     """Make sure the lab has a user-mode Linux kernel that boots on this CPU: fetch the newer
     one into wanlab's own folder, probe-boot every candidate, record the choice."""
-    record = kernel.provision(refresh=refresh)
+    record = kernelfetch.provision(refresh=refresh)
     if as_json:
         print_json(record)
         return
@@ -210,7 +211,7 @@ def main() -> None:
         sys.exit(2)
     except typer.Abort:
         sys.exit(130)
-    except (ConfigError, kernel.KernelError) as error:
+    except (ConfigError, KernelError) as error:
         print(f"wanlab: error: {error}", file=sys.stderr)
         sys.exit(2)
     except DelayNodeError as error:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.lab import kernel
+from experiments.lab import kernel, kernelfetch
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="no lab kernel: run install.sh")
 
@@ -50,7 +50,7 @@ def test_the_lab_boots_the_fetched_kernel_from_its_own_folder():
 
 
 def test_a_packaged_kernel_that_panics_is_named_with_its_panic(panicking):
-    record = kernel.choose(kernel.current(), None, panicking)
+    record = kernelfetch.choose(kernel.current(), None, panicking)
     assert record["kernel"]["origin"] == "fetched"
     assert f"does not boot here ({PANIC} / Kernel panic" in record["reason"]
     booted = {p["package"]: p["booted"] for p in record["probes"]}
@@ -59,7 +59,7 @@ def test_a_packaged_kernel_that_panics_is_named_with_its_panic(panicking):
 
 def test_the_packaged_kernel_is_the_fallback_when_the_fetch_fails():
     packaged = replace(kernel.current(), origin="packaged", package="as packaged")
-    record = kernel.choose(None, "apt-get download failed (exit 100)", packaged)
+    record = kernelfetch.choose(None, "apt-get download failed (exit 100)", packaged)
     assert record["kernel"]["package"] == "as packaged"
     assert "fallback" in record["reason"] and "apt-get download failed" in record["reason"]
 
@@ -67,7 +67,7 @@ def test_the_packaged_kernel_is_the_fallback_when_the_fetch_fails():
 def test_no_kernel_that_boots_is_one_clear_error(panicking):
     fetched = replace(panicking, origin="fetched", package="fetched stand-in")
     with pytest.raises(kernel.KernelError) as failure:
-        kernel.choose(fetched, None, panicking)
+        kernelfetch.choose(fetched, None, panicking)
     assert f"fetched stand-in: {PANIC}" in str(failure.value)
     assert f"stand-in: {PANIC}" in str(failure.value)
 
