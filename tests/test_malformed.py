@@ -25,9 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiments.cli import main
+from experiments.cli.inventory import node_kernel_line, print_json
 from experiments.matrix import load_matrix
 from inventory.check import node_kernel_of
-from inventory.cli import node_kernel_line, print_json
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
 from netem.pairs import pair_matrix_from_data

@@ -14,10 +14,10 @@ import netem_tc
 import pytest
 from typer.testing import CliRunner
 
+from experiments.cli.netem import app
 from experiments.lab.fleet import LocalFleet
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
-from netem.cli import app
 from netem.fleet import FleetNetem, load_target
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the local fleet")

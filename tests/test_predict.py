@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from experiments.cli.predict import predict
 from experiments.costmodel.analytic import (
     OPTIMIZER_BYTES_PER_PARAM,
     StageCompute,
@@ -22,7 +23,6 @@ from experiments.costmodel.calibrate import (
     reference_calibration,
     workload_of,
 )
-from experiments.costmodel.cli import predict
 from experiments.costmodel.network import (
     MACHINE_BYTES_PER_S,
     MACHINE_LATENCY_S,

@@ -21,9 +21,9 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
+from experiments.cli.report import report
 from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
-from experiments.report.cli import report
 from experiments.report.data import cells_frame, points_frame
 from experiments.report.tables import fmt_mean_spread, fmt_ratio, iteration_table
 from experiments.report.write import FORMATS, parse_formats, write_comparison, write_report

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from experiments.cli.inventory import JsonOption, console, notes, print_json, print_table
 from experiments.costmodel.analytic import DEFAULT_FLOPS
 from experiments.costmodel.calibrate import (
     MIN_NATIVE_RATE_BPS,
@@ -21,7 +22,6 @@ from experiments.costmodel.network import Native
 from experiments.costmodel.predict import measured_cells, predict_matrix, store_predictions
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import CELLS, ResultsStore
-from inventory.cli import JsonOption, console, notes, print_json, print_table
 from inventory.errors import ConfigError, check_option, parsed_option
 from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet

@@ -10,18 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from experiments.costmodel.cli import predict
-from experiments.lab import SHAPING_MODES, kernelfetch, lab_down, lab_status, lab_up
-from experiments.lab.demo import default_results_dir, run_demo
-from experiments.lab.kernel import KernelError
-from experiments.lab.node import DelayNodeError
-from experiments.matrix import MatrixSpec, load_matrix
-from experiments.plan import plan_rows, tc_preview
-from experiments.report.cli import report
-from experiments.results import ResultsStore
-from experiments.runner import MatrixRunner
-from experiments.scale_cli import scale
-from inventory.cli import (
+from experiments.cli.inventory import (
     JsonOption,
     console,
     deploy,
@@ -30,11 +19,22 @@ from inventory.cli import (
     print_json,
     print_table,
 )
+from experiments.cli.netem import app as netem_app
+from experiments.cli.netem import probe
+from experiments.cli.predict import predict
+from experiments.cli.report import report
+from experiments.cli.scale import scale
+from experiments.lab import SHAPING_MODES, kernelfetch, lab_down, lab_status, lab_up
+from experiments.lab.demo import default_results_dir, run_demo
+from experiments.lab.kernel import KernelError
+from experiments.lab.node import DelayNodeError
+from experiments.matrix import MatrixSpec, load_matrix
+from experiments.plan import plan_rows, tc_preview
+from experiments.results import ResultsStore
+from experiments.runner import MatrixRunner
 from inventory.errors import ConfigError, HostsUnreachable
 from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet
-from netem.cli import app as netem_app
-from netem.cli import probe
 
 try:  # typer 0.2x carries its own copy of click; older typer uses click itself
     from typer._click.exceptions import UsageError

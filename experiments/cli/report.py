@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from experiments.cli.inventory import console
 from experiments.report.write import FORMATS, parse_formats, write_comparison, write_report
-from inventory.cli import console
 from inventory.errors import ConfigError
 from inventory.names import check_name
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import tomli_w
 import typer
 
+from experiments.cli.inventory import JsonOption, console, print_json, print_table
 from experiments.costmodel.calibrate import (
     Calibration,
     ResultsCalibration,
@@ -27,7 +28,6 @@ from experiments.scale import (
     scaled_matrix,
     scaled_name,
 )
-from inventory.cli import JsonOption, console, print_json, print_table
 from inventory.errors import ConfigError, check_option, parsed_option
 from inventory.loader import LOCAL, load_inventory
 from inventory.safewrite import check_target, write_file

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inventory.cli import InventoryOption, JsonOption, print_json
+from experiments.cli.inventory import InventoryOption, JsonOption, print_json
 from inventory.errors import check_option
 from inventory.loader import load_inventory
 from netem.agent import DEFAULT_LEASE_S
