@@ -132,7 +132,7 @@ def main() -> int:
         exchange(address, int(port), int(n_bytes), int(repeats), start_file)
         return 0
 
-    from experiments.lab import lab_down, lab_up
+    from experiments import lab
     from experiments.lab.fleet import LocalFleet
     from experiments.runner import interrupts_held
     from inventory.loader import load_inventory
@@ -143,14 +143,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as home:
         fleet = LocalFleet(prefix="wlc", subnet="198.18.15.0/24", home=Path(home))
         try:
-            with FleetNetem(load_inventory(lab_up(2, "auto", fleet))) as netem:
+            with FleetNetem(load_inventory(lab.up(2, "auto", fleet))) as netem:
                 for order in ("before", "after"):
                     rows[order] = summarize(
                         one_order(fleet, netem, target, order, args, Path(home))
                     )
         finally:
             with interrupts_held():
-                lab_down(fleet)
+                lab.down(fleet)
     print(f"{args.profile}, {args.bytes} B each way, {args.repeats} exchanges, {IDLE_S} s apart")
     for order, row in rows.items():
         shown = " ".join(f"{t:.3f}" for t in row["times_s"])

@@ -27,7 +27,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from experiments.lab import kernel, lab_down, lab_up, resolve_shaping
+from experiments import lab
+from experiments.lab import kernel
 from experiments.lab.fleet import LocalFleet
 from experiments.lab.node import DelayNode
 from inventory.loader import load_inventory
@@ -131,7 +132,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wanlab-fidelity-") as home:
         fleet = LocalFleet(prefix="wlq", subnet="198.18.15.0/24", home=Path(home))
         try:
-            inventory = load_inventory(lab_up(3, "auto", fleet))
+            inventory = load_inventory(lab.up(3, "auto", fleet))
             node = DelayNode(fleet.node_directory)
             forwarding = {
                 "one_way_ms": node.mailbox.forwarding().points,
@@ -140,7 +141,7 @@ def main() -> int:
             with FleetNetem(inventory) as netem:
                 rows, ceiling = measure(netem, args.scale)
         finally:
-            lab_down(fleet)
+            lab.down(fleet)
     print(
         f"{'setting':16} {'cfg RTT':>8} {'meas RTT':>9} {'rate':>9} {'goodput':>9} "
         f"{'ratio':>6} {'drops':>6}"
@@ -159,7 +160,7 @@ def main() -> int:
     taken_out = ", ".join(f"{ms} ms at {d:g} ms" for d, ms in forwarding["one_way_ms"])
     print(f"node forwarding latency taken out of each delay: {taken_out or 'none'}")
     met = all(row["rtt_ok"] and row["drops_ok"] and row["rate_ok"] for row in rows)
-    shaping = resolve_shaping("auto")
+    shaping = lab.resolve_shaping("auto")
     ran_on = {
         "host_kernel": platform.release(),
         "cpu": kernel.cpu_facts(),

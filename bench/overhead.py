@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from experiments.lab import lab_down, lab_up
+from experiments import lab
 from experiments.lab.demo import DEMO_MATRIX
 from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
@@ -36,12 +36,12 @@ def run_demo_matrix(out: Path) -> None:
     with tempfile.TemporaryDirectory() as home:
         fleet = LocalFleet(prefix="wlo", subnet="198.18.14.0/24", home=Path(home))
         try:
-            inventory = load_inventory(lab_up(4, "auto", fleet))
+            inventory = load_inventory(lab.up(4, "auto", fleet))
             spec = load_matrix(DEMO_MATRIX)
             MatrixRunner(spec, inventory, ResultsStore(out), Console(stderr=True)).run()
         finally:
             with interrupts_held():
-                lab_down(fleet)
+                lab.down(fleet)
 
 
 def main() -> None:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
 
-from inventory.errors import ConfigError
 from inventory.models import Fleet
 from inventory.ssh import FleetSSH
-from inventory.tomlfile import read_json
 
 FACTS_SCRIPT = (Path(__file__).parent / "host_facts.py").read_text()
 ROUND_TRIPS = 3
 
 
-def check_fleet(fleet: Fleet, timeout: float = 20.0) -> list[dict]:
-    """One report per host: reachable, SSH round trip, versions, interface, qdisc support."""
+def check_fleet(fleet: Fleet, timeout: float = 20.0, node_kernel: dict | None = None) -> list[dict]:
+    """One report per host: reachable, SSH round trip, versions, interface, qdisc support; and
+    `node_kernel`, what the caller knows of the kernel the fleet's delay node boots, if given."""
     peers = {host.name: _peer_of(fleet, host.name) for host in fleet.hosts}
     with FleetSSH(fleet) as ssh:
         facts = ssh.run(
@@ -32,7 +30,6 @@ def check_fleet(fleet: Fleet, timeout: float = 20.0) -> list[dict]:
             for name, result in ssh.run(["true"], timeout=timeout, hosts=reachable).items():
                 if result.ok:
                     round_trips[name].append(result.seconds * 1000)
-    node_kernel = node_kernel_of(fleet)
     reports = []
     for host in fleet.hosts:
         result = facts[host.name]
@@ -52,32 +49,6 @@ def check_fleet(fleet: Fleet, timeout: float = 20.0) -> list[dict]:
             report["error"] = result.error or (result.stderr.strip() or f"exit {result.exit_code}")
         reports.append(report)
     return reports
-
-
-def node_kernel_of(fleet: Fleet) -> dict | None:
-    """For a fleet shaped by a delay node: the kernel the node boots and why (the node's
-    `kernel.json` in its mailbox, written when it starts), else None."""
-    if fleet.delay_node is None:
-        return None
-    path = fleet.delay_node.mailbox / "kernel.json"
-    if not os.path.lexists(path):
-        return {"kernel": None, "reason": "the delay node has not started (no kernel.json)"}
-    try:
-        described = read_json(path)
-    except ConfigError as error:
-        return {"kernel": None, "reason": str(error)}
-    if not _is_description(described):
-        return {"kernel": None, "reason": f"{path}: not what a delay node writes"}
-    return described
-
-
-def _is_description(value) -> bool:
-    """What a delay node writes to kernel.json: a reason, and a kernel (None, or its package
-    with its version)."""
-    if not isinstance(value, dict) or not isinstance(value.get("reason"), str):
-        return False
-    kernel = value.get("kernel")
-    return kernel is None or (isinstance(kernel, str) and isinstance(value.get("version"), str))
 
 
 def _peer_of(fleet: Fleet, name: str) -> str:

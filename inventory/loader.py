@@ -14,7 +14,6 @@ from inventory.errors import ConfigError, config_error, field_path, path_too_lon
 from inventory.models import Fleet
 from inventory.tomlfile import read_text, read_toml
 
-LOCAL = "local"
 ANSIBLE_PREFIX = "ansible:"
 ANSIBLE_SUFFIXES = (".yml", ".yaml", ".ini")
 _TOP_LEVEL = {"fleet", "defaults", "hosts"}
@@ -35,16 +34,9 @@ def is_ansible_spec(spec: str) -> bool:
 
 
 def load_inventory(spec: str | Path, check_keys: bool = True) -> Fleet:
-    """Load an inventory: a TOML file, an Ansible inventory (every host; see
-    `is_ansible_spec`), or the local fleet's own when `spec` is 'local'."""
-    if str(spec) == LOCAL:
-        from experiments.lab.fleet import LocalFleet
-
-        path = LocalFleet().inventory_path
-        if not path.is_file():
-            raise ConfigError(LOCAL, None, "the local fleet is not up; run `wanlab fleet up`")
-        fleet = _load_toml(path)
-    elif is_ansible_spec(str(spec)):
+    """Load an inventory: a TOML file, or an Ansible inventory (every host; see
+    `is_ansible_spec`)."""
+    if is_ansible_spec(str(spec)):
         fleet = load_ansible(Path(str(spec).removeprefix(ANSIBLE_PREFIX)))
     else:
         fleet = _load_toml(Path(spec))

@@ -25,6 +25,9 @@ import threading
 import time
 from typing import Any
 
+from netem import probe
+from netem.agent import Agent  # the expensive imports (pyroute2), once, before "ready"
+
 MARK = "WANLAB-AGENT "
 POLL_S = 0.1
 
@@ -37,8 +40,6 @@ class ProbeServers:
 
     def serve(self, bind: str, port: int, warmup_s: float = 1.0) -> dict[str, Any]:
         """Listen on (bind, port) unless already listening; returns once it listens."""
-        from netem import probe
-
         if (bind, port) not in self.listening:
             try:
                 server = probe.open_server(bind, port)
@@ -58,8 +59,6 @@ class ProbeServers:
 
 def answer(agent, probes: ProbeServers, request: dict[str, Any]) -> dict[str, Any]:
     """One request's answer: the probe's verbs here, every other verb by the agent."""
-    from netem import probe
-
     verb = request.get("verb")
     try:
         if verb == "probe-serve":
@@ -77,8 +76,6 @@ def answer(agent, probes: ProbeServers, request: dict[str, Any]) -> dict[str, An
 
 def serve() -> int:
     """Answer requests on stdin until it ends, then outlive the leases still running."""
-    from netem.agent import Agent  # the expensive imports, once, before "ready"
-
     agent, probes = Agent(), ProbeServers()
     print(MARK + json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     while True:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from experiments.lab import kernel, lab_down, lab_status, lab_up
+from experiments.lab import down, kernel, status, up
 from experiments.lab.fleet import LocalFleet
 from inventory.loader import load_inventory
 from netem.fleet import FleetNetem, load_target
@@ -32,10 +32,10 @@ PREFIX = "wln"
 def lab(tmp_path_factory):
     fleet = LocalFleet(prefix=PREFIX, subnet="198.18.7.0/24", home=tmp_path_factory.mktemp("dn"))
     try:
-        inventory = lab_up(3, shaping="delay-node", fleet=fleet)
+        inventory = up(3, shaping="delay-node", fleet=fleet)
         yield fleet, load_inventory(inventory)
     finally:
-        lab_down(fleet)
+        down(fleet)
 
 
 def test_shaping_on_the_node_is_what_hosts_measure(lab):
@@ -124,11 +124,11 @@ def test_ssh_is_exempt_and_reset_leaves_hosts_unshaped(lab):
 
 def test_lab_down_leaves_nothing(tmp_path):
     fleet = LocalFleet(prefix="wlm", subnet="198.18.8.0/24", home=tmp_path)
-    lab_up(2, shaping="delay-node", fleet=fleet)
-    pid = lab_status(fleet)["delay_node_pid"]
-    assert pid is not None and all(h["ssh_port_open"] for h in lab_status(fleet)["hosts"])
-    lab_down(fleet)
-    assert lab_status(fleet)["delay_node_pid"] is None
+    up(2, shaping="delay-node", fleet=fleet)
+    pid = status(fleet)["delay_node_pid"]
+    assert pid is not None and all(h["ssh_port_open"] for h in status(fleet)["hosts"])
+    down(fleet)
+    assert status(fleet)["delay_node_pid"] is None
     assert not any(name.startswith("wlm") for name in _links_and_namespaces())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

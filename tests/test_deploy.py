@@ -46,7 +46,7 @@ def test_deploy_installs_per_host_then_runs_a_matrix_then_skips(local_fleet, wan
                                    capture_output=True, text=True, check=True).stdout  # fmt: skip
             assert f"Location: {env}" in shown
             assert (env / "pyvenv.cfg").read_text().count("include-system-site-packages = true")
-        fleet = load_inventory("local")
+        fleet = load_inventory(local_fleet.inventory_path)
         assert [host.python for host in fleet.hosts] == [
             str(env / "bin" / "python") for env in envs
         ]

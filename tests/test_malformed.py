@@ -24,10 +24,11 @@ from clirun import GOOD_MATRIX, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from experiments import lab
 from experiments.cli import main
-from experiments.cli.inventory import node_kernel_line, print_json
+from experiments.cli.common import print_json
+from experiments.cli.inventory import node_kernel_line
 from experiments.matrix import load_matrix
-from inventory.check import node_kernel_of
 from inventory.errors import ConfigError
 from inventory.loader import load_inventory
 from netem.pairs import pair_matrix_from_data
@@ -1322,6 +1323,6 @@ def test_a_delay_nodes_kernel_record_that_is_not_one(tmp_path, content):
     path = tmp_path / "inventory.toml"
     path.write_text(f'[fleet.delay_node]\nmailbox = "{mailbox}"\ninterfaces = {{ a = "ifb0" }}\n'
                     + HOST)  # fmt: skip
-    described = node_kernel_of(load_inventory(path))
+    described = lab.node_kernel(load_inventory(path))
     assert described["kernel"] is None and str(mailbox / "kernel.json") in described["reason"]
     assert node_kernel_line(described) == described["reason"]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.lab import kernel, lab_up
+from experiments import lab
+from experiments.lab import kernel
 from experiments.lab.fleet import LocalFleet
 from experiments.lab.node import DelayNode, DelayNodeError
 
@@ -135,7 +136,7 @@ def test_a_tap_held_by_another_process(kernel_dir, fleet):
         iff_tap, iff_no_pi, tunsetiff = 0x0002, 0x1000, 0x400454CA
         fcntl.ioctl(held, tunsetiff, struct.pack("16sH", tap.encode(), iff_tap | iff_no_pi))
         with pytest.raises(DelayNodeError) as failure:
-            lab_up(2, shaping="delay-node", fleet=fleet)
+            lab.up(2, shaping="delay-node", fleet=fleet)
     finally:
         os.close(held)
     assert failure.value.exit_code == 2

@@ -46,7 +46,7 @@ def _kernel_accepts(kind: str, *options: str) -> bool:
 
 
 def test_each_host_runs_in_its_own_namespace(local_fleet):
-    fleet = load_inventory("local")
+    fleet = load_inventory(local_fleet.inventory_path)
     with FleetSSH(fleet) as ssh:
         results = ssh.run(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
     for host in fleet.hosts:
@@ -56,7 +56,7 @@ def test_each_host_runs_in_its_own_namespace(local_fleet):
 
 def test_arguments_are_quoted_not_interpreted(local_fleet):
     tricky = "a b; echo injected $HOME 'q' \"dq\" `id`"
-    with FleetSSH(load_inventory("local")) as ssh:
+    with FleetSSH(load_inventory(local_fleet.inventory_path)) as ssh:
         results = ssh.run(["printf", "%s", tricky], env={"X": "1 2"})
     assert {r.stdout for r in results.values()} == {tricky}
 
@@ -64,7 +64,7 @@ def test_arguments_are_quoted_not_interpreted(local_fleet):
 def test_connections_send_without_waiting_for_acks(local_fleet):
     """Nagle's algorithm is off on every connection (the kernel's own answer): with it on, each
     command's last small message waited for the host's delayed ACK, about 40 ms."""
-    fleet = load_inventory("local")
+    fleet = load_inventory(local_fleet.inventory_path)
     with FleetSSH(fleet) as ssh:
         assert all(r.ok for r in ssh.run(["true"]).values())
         sockets = [c.client.get_transport().sock for c in ssh._connections.values()]
@@ -73,7 +73,7 @@ def test_connections_send_without_waiting_for_acks(local_fleet):
 
 
 def test_per_host_commands_and_upload(local_fleet, tmp_path):
-    fleet = load_inventory("local")
+    fleet = load_inventory(local_fleet.inventory_path)
     payload = tmp_path / "payload.txt"
     payload.write_text("wanlab upload\n")
     with FleetSSH(fleet) as ssh:
@@ -86,7 +86,7 @@ def test_per_host_commands_and_upload(local_fleet, tmp_path):
 
 
 def test_wrong_host_key_is_rejected(local_fleet, tmp_path):
-    fleet = load_inventory("local")
+    fleet = load_inventory(local_fleet.inventory_path)
     other = tmp_path / "known_hosts"
     lines = local_fleet.known_hosts.read_text().splitlines()
     keys = [line.split(" ", 1)[1] for line in lines]
@@ -120,7 +120,7 @@ def test_stopped_sshd_is_unreachable_others_answer(local_fleet, wanlab):
 
 
 def test_strict_host_keys_reject_unknown_host(local_fleet, tmp_path):
-    fleet = load_inventory("local")
+    fleet = load_inventory(local_fleet.inventory_path)
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     with FleetSSH(fleet.model_copy(update={"known_hosts": empty})) as ssh:
@@ -131,7 +131,7 @@ def test_strict_host_keys_reject_unknown_host(local_fleet, tmp_path):
 def test_proxy_jump_reaches_h1_through_h0(local_fleet, tmp_path):
     """h1 as an SSH client configuration names it, with h0 as its ProxyJump: the command runs
     on h1, its SSH connection comes from h0's address, and it rides a channel of h0's."""
-    fleet = load_inventory("local")
+    fleet = load_inventory(local_fleet.inventory_path)
     h0, h1 = fleet.hosts[0], fleet.hosts[1]
     config = tmp_path / "config"
     config.write_text(
@@ -159,7 +159,7 @@ def test_the_users_ssh_config_does_not_redirect_a_host(local_fleet, tmp_path, mo
         f"Host *\n  HostName 198.18.255.254\n  Port 1\n  ProxyCommand touch {marker}\n"
     )
     monkeypatch.setenv("HOME", str(tmp_path))
-    fleet = load_inventory("local")
+    fleet = load_inventory(local_fleet.inventory_path)
     with FleetSSH(fleet) as ssh:
         results = ssh.run(["hostname"])
     assert {name: r.stdout.strip() for name, r in results.items() if r.ok} == {

@@ -1,18 +1,21 @@
-"""CLI verbs of the inventory package: `wanlab inventory show|check`, `wanlab deploy`, and shared
-options."""
+"""`wanlab inventory show|check` and `wanlab deploy`."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from experiments.lab.fleet import LocalFleet
+from experiments import lab
+from experiments.cli.common import (
+    InventoryOption,
+    JsonOption,
+    console,
+    load_fleet,
+    print_json,
+    print_table,
+)
 from inventory.ansible import ALL
 from inventory.ansible import order_statement as ansible_order
 from inventory.check import check_fleet
@@ -21,53 +24,10 @@ from inventory.deploy import with_environments
 from inventory.errors import ConfigError, check_option
 from inventory.freeze import write_fleet
 from inventory.fromsource import SourceOptions, read_source
-from inventory.loader import ANSIBLE_PREFIX, LOCAL, is_ansible_spec, load_inventory
+from inventory.loader import ANSIBLE_PREFIX, is_ansible_spec
 from inventory.safewrite import check_target
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
-console = Console(markup=False)  # user text (names, labels, paths) is never markup
-
-InventoryOption = Annotated[
-    str,
-    typer.Option(
-        "-i",
-        "--inventory",
-        help="Inventory file (TOML; Ansible as ansible:FILE or *.yml/*.yaml/*.ini), or 'local'.",
-    ),
-]
-JsonOption = Annotated[
-    bool,
-    typer.Option("--json", help="Print one JSON document instead of tables (other lines: stderr)."),
-]
-notes = Console(markup=False, stderr=True)
-"""Where a command given --json says what is not its JSON."""
-
-
-def print_json(value: Any) -> None:
-    """What a `--json` option prints: exactly one JSON document on stdout. A number JSON cannot
-    hold (NaN, infinity) is null."""
-    print(json.dumps(_json_numbers(value), indent=2, allow_nan=False, default=str))
-
-
-def _json_numbers(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_numbers(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_numbers(item) for item in value]
-    return value
-
-
-def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
-    """Print rows of dicts as a rich table with the given columns."""
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    console.print(table)
-
 
 TCP_COLUMNS = {
     "congestion_control": "cc",
@@ -154,7 +114,7 @@ def inventory_show(
         if file is not None or name is not None:
             which = "FILE" if file is not None else "--name"
             raise ConfigError(None, which, "only with --from (-i names the inventory)")
-        fleet = load_inventory(inventory, check_keys=False)
+        fleet = load_fleet(inventory, check_keys=False)
     else:
         options = SourceOptions(name, group, hosts, tag or [], instance_type, region, public,
                                 order_tag, user, key_file)  # fmt: skip
@@ -203,7 +163,8 @@ def inventory_check(
     """SSH into every host in parallel: reachability, round trip, versions, qdisc support, the
     TCP settings and the GPUs."""
     check_option("--timeout", timeout, 0, 3600, low_open=True)
-    reports = check_fleet(load_inventory(inventory), timeout=timeout)
+    fleet = load_fleet(inventory)
+    reports = check_fleet(fleet, timeout=timeout, node_kernel=lab.node_kernel(fleet))
     if as_json:
         print_json(reports)
     else:
@@ -269,10 +230,10 @@ def deploy(
     fleet's hosts at their environments."""
     if write is not None:
         check_target(write, "--write")
-    fleet = load_inventory(inventory)
+    fleet = load_fleet(inventory)
     reports = deploy_hosts(fleet, with_torch)
-    if str(inventory) == LOCAL:
-        LocalFleet().refresh_inventory()
+    if str(inventory) == lab.LOCAL:
+        lab.refresh_inventory()
     if write is not None:
         write_fleet(with_environments(fleet, reports), write, "--write")
     if as_json:

@@ -1,4 +1,4 @@
-"""CLI verbs of the netem package: `wanlab netem apply|show|reset` (the `app`) and `wanlab probe`.
+"""`wanlab netem apply|show|reset` (the `app`) and `wanlab probe`.
 
 Bad input raises inventory.errors.ConfigError (the wanlab CLI prints it and exits 2); a host
 that fails makes the command exit 1 after every host's answer is printed.
@@ -10,12 +10,10 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from experiments.cli.inventory import InventoryOption, JsonOption, print_json
+from experiments.cli.common import InventoryOption, JsonOption, console, load_fleet, print_json
 from inventory.errors import check_option
-from inventory.loader import load_inventory
 from netem.agent import DEFAULT_LEASE_S
 from netem.fleet import FleetNetem, load_target
 from netem.fleet import dry_run as dry_run_commands
@@ -23,7 +21,6 @@ from netem.units import format_rate
 
 app = typer.Typer(help="Shape the fleet's network: apply a profile or pair matrix, show, reset.")
 MAX_LEASE_S = 7 * 24 * 3600.0
-console = Console(markup=False)  # user text (names, labels, paths) is never markup
 
 
 def _report(title: str, answers: dict[str, dict[str, Any]], as_json: bool) -> None:
@@ -65,7 +62,7 @@ def apply(
     """Shape every host, read the kernel's tree back and compare it with what was asked."""
     check_option("--lease", lease, 0, MAX_LEASE_S)
     chosen = load_target(target)
-    fleet = load_inventory(inventory)
+    fleet = load_fleet(inventory)
     if dry_run:
         answers = dry_run_commands(fleet, chosen, ssh_exempt)
         if as_json:
@@ -83,14 +80,14 @@ def apply(
 @app.command("show")
 def show(inventory: InventoryOption, as_json: JsonOption = False):
     """What every host's kernel holds now, as a profile or per-destination routes."""
-    with FleetNetem(load_inventory(inventory)) as netem:
+    with FleetNetem(load_fleet(inventory)) as netem:
         _report("netem show", netem.show(), as_json)
 
 
 @app.command("reset")
 def reset(inventory: InventoryOption, as_json: JsonOption = False):
     """Put every host's interface back as it was before wanlab; safe to run twice."""
-    with FleetNetem(load_inventory(inventory)) as netem:
+    with FleetNetem(load_fleet(inventory)) as netem:
         _report("netem reset", netem.reset(force=True), as_json)
 
 
@@ -107,7 +104,7 @@ def probe(
     share (the window its kernel offers per byte of receive buffer) between host pairs."""
     check_option("--seconds", seconds, 0, 600)
     check_option("--count", count, 1, 100_000)
-    fleet = load_inventory(inventory)
+    fleet = load_fleet(inventory)
     names = [host.name for host in fleet.hosts]
     pairs = [(a, b) for a in names for b in names if a != b] if all_pairs else None
     with FleetNetem(fleet) as netem:

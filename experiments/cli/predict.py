@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from experiments.cli.inventory import JsonOption, console, notes, print_json, print_table
+from experiments import lab
+from experiments.cli.common import (
+    REFERENCE,
+    JsonOption,
+    console,
+    load_fleet,
+    matrix_inventory,
+    notes,
+    print_json,
+    print_table,
+)
 from experiments.costmodel.analytic import DEFAULT_FLOPS
 from experiments.costmodel.calibrate import (
     MIN_NATIVE_RATE_BPS,
@@ -23,12 +33,10 @@ from experiments.costmodel.predict import measured_cells, predict_matrix, store_
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import CELLS, ResultsStore
 from inventory.errors import ConfigError, check_option, parsed_option
-from inventory.loader import LOCAL, load_inventory
 from inventory.models import Fleet
 from netem.pairs import PairMatrix
 from netem.units import parse_rate_bps, parse_time_s
 
-REFERENCE = "reference"
 NATIVE_LATENCY_S = (0.0, 1.0)
 NATIVE_RATE_BPS = (MIN_NATIVE_RATE_BPS, 1e13)
 """What --native-latency and --native-rate may say: up to a second; 100 kbit/s to 10 Tbit/s."""
@@ -120,13 +128,11 @@ def _fleet(spec: MatrixSpec, option: str | None) -> Fleet | None:
     needs it or it names a file; None (one rank per host, in rank order) otherwise."""
     needed = any(isinstance(t, PairMatrix) for t in spec.targets.values())
     if option is not None:
-        return load_inventory(option, check_keys=False)
-    chosen = spec.header.inventory
-    if chosen != LOCAL:
-        chosen = str(spec.source.parent / chosen)
-        if needed or os.path.isfile(chosen):
-            return load_inventory(chosen, check_keys=False)
-    return load_inventory(chosen, check_keys=False) if needed else None
+        return load_fleet(option, check_keys=False)
+    chosen = matrix_inventory(spec)
+    if needed or (chosen != lab.LOCAL and os.path.isfile(chosen)):
+        return load_fleet(chosen, check_keys=False)
+    return None
 
 
 def _flat(row: dict) -> dict:

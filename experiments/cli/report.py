@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from experiments.cli.inventory import console
+from experiments.cli.common import console
 from experiments.report.write import FORMATS, parse_formats, write_comparison, write_report
 from inventory.errors import ConfigError
 from inventory.names import check_name

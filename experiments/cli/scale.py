@@ -10,7 +10,15 @@ from typing import Annotated
 import tomli_w
 import typer
 
-from experiments.cli.inventory import JsonOption, console, print_json, print_table
+from experiments import lab
+from experiments.cli.common import (
+    REFERENCE,
+    JsonOption,
+    console,
+    load_fleet,
+    print_json,
+    print_table,
+)
 from experiments.costmodel.calibrate import (
     Calibration,
     ResultsCalibration,
@@ -29,12 +37,10 @@ from experiments.scale import (
     scaled_name,
 )
 from inventory.errors import ConfigError, check_option, parsed_option
-from inventory.loader import LOCAL, load_inventory
 from inventory.safewrite import check_target, write_file
 from netem.fleet import FleetNetem
 from netem.units import parse_rate_bps, parse_time_s
 
-REFERENCE = "reference"
 PROBE_SECONDS = 2.0
 PROBE_HOSTS = 4
 """The lab's figures come from a ring of its first hosts (every hop of the lab is alike)."""
@@ -58,7 +64,7 @@ def scale(
             help="The lab's inventory (is there a delay node?); its hosts are probed for the "
             "figures below that are not given."
         ),
-    ] = LOCAL,
+    ] = lab.LOCAL,
     calibrate: Annotated[
         str | None,
         typer.Option(
@@ -206,7 +212,7 @@ def _lab(
 ) -> Lab:
     """The lab's figures: as given, else probed on a ring of the inventory's first hosts; and
     whether the inventory's delay node takes its own hop out of the delays it applies."""
-    fleet = load_inventory(inventory)
+    fleet = load_fleet(inventory)
     delays_whole = fleet.delay_node is not None
     if ceiling_bps is not None and latency_s is not None and share is not None:
         return Lab(latency_s, ceiling_bps, share, delays_whole=delays_whole)

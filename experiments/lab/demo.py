@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from experiments.lab import lab_down, lab_up
+from experiments.lab import check_shaping, down, up
 from experiments.lab.fleet import LocalFleet
 from experiments.matrix import load_matrix
 from experiments.report.write import write_report
@@ -31,19 +31,20 @@ def run_demo(
     out: Path, console: Console, hosts: int = 4, shaping: str = "auto", keep_fleet: bool = False
 ) -> tuple[RunOutcome, dict[str, Path]]:
     """Fleet up, matrix, report, fleet down; returns the run's outcome and the report files."""
-    LocalFleet().check_size(hosts)  # every option is checked before anything is made
+    check_shaping(shaping)  # every option is checked before anything is made
+    LocalFleet().check_size(hosts)
     spec = load_matrix(DEMO_MATRIX)
     store = ResultsStore(out)
     store.open_for_run(spec.source, resume=False)
     console.print(f"bringing up the local fleet ({hosts} hosts, shaping: {shaping})")
     try:
-        fleet = load_inventory(lab_up(hosts, shaping))
+        fleet = load_inventory(up(hosts, shaping))
         where = "a delay node" if fleet.delay_node else "each host"
         console.print(f"fleet up; shaping on {where}; running {len(spec.cells())} cells")
         outcome = MatrixRunner(spec, fleet, store, console).run(resume=True)
     finally:
         if not keep_fleet:
             with interrupts_held():
-                lab_down()
+                down()
     written = write_report(out, out / "report")
     return outcome, written

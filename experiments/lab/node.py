@@ -32,6 +32,9 @@ from experiments.lab.kernel import (
 from inventory.safewrite import open_append, write_file
 from netem.mailbox import FORWARDING_FILE, READY_FILE, REQUESTS, RESPONSES, STOP_FILE, MailboxAgent
 
+KERNEL_FILE = "kernel.json"
+"""Where in its mailbox the node says which kernel it boots (kernel.describe())."""
+
 
 class DelayNodeError(RuntimeError):
     """The delay node did not start: `cause` (from its console or logs), `remedy`, and the exit
@@ -80,7 +83,7 @@ class DelayNode:
                        FORWARDING_FILE)  # fmt: skip
         for stale in (*stale_files, MODULE_FAILED):
             (self.directory / stale).unlink(missing_ok=True)
-        write_file(self.directory / "kernel.json", json.dumps(describe(), indent=2), None)
+        write_file(self.directory / KERNEL_FILE, json.dumps(describe(), indent=2), None)
         init = write_file(self.directory / "init.sh", init_text, None, mode=0o755)
         vectors = [f"vec{i}:transport=tap,ifname={tap}" for i, tap in enumerate(taps)]
         argv = boot_argv(kernel.binary, init, f"wanlab-node-{os.getpid()}", self.directory, mem)
