@@ -107,9 +107,10 @@ class MatrixRunner:
         cells = self.spec.cells()
         outcome = RunOutcome(skipped=[c.cell_id for c in cells if c.cell_id in done])
         todo = [c for c in cells if c.cell_id not in done]
-        self._record_environment()
+        facts = self._host_facts()
         owner = f"{controller_identity()} run {os.getpid()}"
         with FleetNetem(self.fleet, self.spec.timeouts.apply_s, owner) as netem:
+            self._record_environment(facts, netem)
             held = netem.held_by_others()
             if held:
                 raise HostsUnreachable("in use by another controller", held)
@@ -128,14 +129,27 @@ class MatrixRunner:
                     netem.reset()
         return outcome
 
-    def _record_environment(self) -> None:
+    def _host_facts(self) -> list[dict]:
+        """What every host is (`inventory check`'s reports), refusing a fleet with a host out
+        of reach or short of the GPUs the matrix's cells need, before any host is touched."""
         facts = check_fleet(self.fleet)
         unreachable = [f["name"] for f in facts if not f["reachable"]]
         if unreachable:
             raise ConnectionError(f"unreachable before the run: {', '.join(unreachable)}")
+        check_gpus(self.spec, self.fleet, {f["name"]: f for f in facts})
+        return facts
+
+    def _record_environment(self, facts: list[dict], netem: FleetNetem) -> None:
+        """Keep what every host is, with its TCP settings as its agent reads them, in run.json,
+        refusing first a matrix whose congestion controls a host cannot have."""
+        tcp = netem.tcp_facts()
+        unread = {name: fact["error"] for name, fact in tcp.items() if "error" in fact}
+        if unread:
+            raise HostsUnreachable("the TCP settings could not be read", unread)
         keep = ("kernel", "python", "torch", "pyroute2", "cpus", "interface", "netem", "tcp", "gpu")
-        self.host_facts = {f["name"]: {k: f.get(k) for k in keep} for f in facts}
-        check_gpus(self.spec, self.fleet, self.host_facts)
+        self.host_facts = {
+            f["name"]: {k: tcp[f["name"]] if k == "tcp" else f.get(k) for k in keep} for f in facts
+        }
         check_congestion_controls(self.spec, self.fleet, self.host_facts)
         self.store.write_run_info(
             {

@@ -3,9 +3,9 @@
 It is sent as `python -c SOURCE PEER INTERFACE` so nothing has to be installed on the host first.
 Kernel support for a qdisc kind is tested for real: the script adds one to the loopback device of a
 throwaway network namespace, which loads the module if it is loadable and touches nothing else.
-The host's TCP settings are read as `netem.tcp` reads them (initcwnd: the smallest of the routes
-out of the interface, 10 where a route sets none); its GPUs from `nvidia-smi` and torch (torch is
-imported only on a host whose driver lists GPUs).
+Its GPUs come from `nvidia-smi` and torch (torch is imported only on a host whose driver lists
+GPUs). Its TCP settings are not read here: the host's agent reads them (netem.tcp), for
+`inventory check` and for a run alike.
 """
 
 import importlib.metadata
@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 
-KERNEL_INITCWND = 10
 QDISC_TRIALS = {
     "netem": ["delay", "1ms"],
     "htb": ["default", "1"],
@@ -57,50 +56,6 @@ def qdisc_supported(kind):
         trial = ["unshare", "--net", "tc", "qdisc", "add", "dev", "lo", "root", kind]
         return subprocess.run(trial + QDISC_TRIALS[kind], capture_output=True).returncode == 0
     return module_present(kind)
-
-
-def sysctl_words(name):
-    with open(f"/proc/sys/net/ipv4/{name}") as sysctl:
-        return sysctl.read().split()
-
-
-def loadable_congestion_controls():
-    folder = f"/lib/modules/{platform.release()}/kernel/net/ipv4"
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted(n.split(".")[0][4:] for n in names if n.startswith("tcp_") and ".ko" in n)
-
-
-def in_machines_namespace():
-    """Whether this is the machine's own network namespace, where root may choose any
-    congestion control the kernel has or can load: the kernel lets only that namespace write
-    net.ipv4.tcp_allowed_congestion_control (mode 0644 there, 0444 in every other)."""
-    mode = os.stat("/proc/sys/net/ipv4/tcp_allowed_congestion_control").st_mode
-    return bool(mode & 0o200)
-
-
-def tcp_settings(interface):
-    settings = {
-        "congestion_control": sysctl_words("tcp_congestion_control")[0],
-        "available_congestion_control": sysctl_words("tcp_available_congestion_control"),
-        "allowed_congestion_control": sysctl_words("tcp_allowed_congestion_control"),
-        "loadable_congestion_control": loadable_congestion_controls(),
-        "machines_namespace": in_machines_namespace(),
-        "rmem": [int(word) for word in sysctl_words("tcp_rmem")],
-        "wmem": [int(word) for word in sysctl_words("tcp_wmem")],
-        "adv_win_scale": int(sysctl_words("tcp_adv_win_scale")[0]),
-        "slow_start_after_idle": sysctl_words("tcp_slow_start_after_idle") != ["0"],
-    }
-    routes = subprocess.run(
-        ["ip", "-o", "-4", "route", "show", "table", "main", "dev", interface or "lo"],
-        capture_output=True,
-        text=True,
-    ).stdout.splitlines()
-    windows = []
-    for words in (route.split() for route in routes):
-        given = "initcwnd" in words and words[words.index("initcwnd") + 1]
-        windows.append(int(given) if given else KERNEL_INITCWND)
-    settings["initcwnd"] = min(windows) if windows else None
-    return settings
 
 
 TORCH_GPU_PROBE = (
@@ -165,7 +120,6 @@ def main():
         "cpus": os.cpu_count(),
     }
     facts.update({kind: qdisc_supported(kind) for kind in QDISC_TRIALS})
-    facts["tcp"] = tcp_settings(interface)
     facts["gpu"] = gpu_facts(facts["torch"] is not None)
     print(json.dumps(facts))
 

@@ -36,6 +36,9 @@ from netem.profile import Profile, load_profile_file, parse_profile
 from netem.tcp import TcpSettings
 from netem.tree import Tree, less_forwarding_delay, tc_commands, tree_for_profile, tree_for_routes
 
+TCP_CONTROL_KINDS = ("available", "allowed", "loadable")
+TCP_SETTINGS_SHOWN = ("rmem", "wmem", "adv_win_scale", "slow_start_after_idle", "initcwnd")
+
 
 def controller_identity() -> str:
     """Who this controller is, as the hosts' agents record it: user@machine."""
@@ -335,6 +338,24 @@ class FleetNetem:
     def show_tcp(self, names: list[str] | None = None) -> Requests:
         """Every host's (or `names'`) TCP settings as they are, and its congestion controls."""
         return self._tcp("tcp-show", names)
+
+    def tcp_facts(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Every host's (or `names'`) TCP settings and congestion controls as one flat record,
+        as `inventory check` shows them and run.json keeps them; `{"error": …}` for a host
+        whose agent could not read them."""
+        facts = {}
+        for name, answer in self.show_tcp(names).items():
+            if not answer.get("ok"):
+                facts[name] = {"error": answer.get("error")}
+                continue
+            settings, controls = answer["tcp"], answer["congestion_controls"]
+            facts[name] = {
+                "congestion_control": settings["congestion_control"],
+                **{f"{kind}_congestion_control": controls[kind] for kind in TCP_CONTROL_KINDS},
+                "machines_namespace": controls["machines_namespace"],
+                **{key: settings[key] for key in TCP_SETTINGS_SHOWN},
+            }
+        return facts
 
     def held_by_others(self) -> dict[str, str]:
         """Hosts whose shaping another owner holds now, with who and for how long."""

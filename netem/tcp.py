@@ -104,9 +104,10 @@ def _parse(field: str, text: str) -> Any:
     return int(text)
 
 
-def congestion_controls() -> dict[str, list[str]]:
+def congestion_controls() -> dict[str, Any]:
     """The congestion controls this kernel has (`available`), may load (`loadable`), and lets
-    a namespace other than the machine's own choose (`allowed`)."""
+    a namespace other than the machine's own choose (`allowed`); and whether this is the
+    machine's own namespace (`machines_namespace`), where root may choose any of them."""
     modules = Path("/lib/modules", os.uname().release, "kernel/net/ipv4")
     loadable = sorted(
         path.name.split(".")[0].removeprefix("tcp_") for path in modules.glob("tcp_*.ko*")
@@ -115,7 +116,14 @@ def congestion_controls() -> dict[str, list[str]]:
         "available": _sysctl("tcp_available_congestion_control").split(),
         "allowed": _sysctl("tcp_allowed_congestion_control").split(),
         "loadable": loadable,
+        "machines_namespace": in_machines_namespace(),
     }
+
+
+def in_machines_namespace() -> bool:
+    """Whether this is the machine's own network namespace: the kernel lets only that one
+    write net.ipv4.tcp_allowed_congestion_control (mode 0644 there, 0444 in every other)."""
+    return bool((SYSCTLS / "tcp_allowed_congestion_control").stat().st_mode & 0o200)
 
 
 def _routes(ipr: IPRoute, ifname: str) -> list[dict[str, Any]]:

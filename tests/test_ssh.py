@@ -8,9 +8,13 @@ import signal
 import socket
 import subprocess
 import time
+import tomllib
 
 import paramiko
+import pytest
+import tomli_w
 
+from experiments.cli.inventory import NOT_DEPLOYED
 from inventory.loader import load_inventory
 from inventory.ssh import FleetSSH
 from inventory.sshconfig import load_ssh_config
@@ -166,3 +170,25 @@ def test_the_users_ssh_config_does_not_redirect_a_host(local_fleet, tmp_path, mo
         name: name for name in fleet.names
     }
     assert not marker.exists()
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(
+    subprocess.run([SYSTEM_PYTHON, "-c", "import pyroute2"], capture_output=True).returncode == 0,
+    reason="needs a python without pyroute2 (a host wanlab is not deployed on)",
+)
+def test_check_says_which_host_needs_wanlab_deployed(local_fleet, wanlab, tmp_path):
+    """A host's TCP settings are read by its agent; a host whose python has no pyroute2 cannot
+    run it and says it needs `wanlab deploy`, while the others are read all the same."""
+    document = tomllib.loads(local_fleet.inventory_path.read_text())
+    document["hosts"][1]["python"] = SYSTEM_PYTHON
+    inventory = tmp_path / "fleet.toml"
+    inventory.write_text(tomli_w.dumps(document))
+    result = wanlab("inventory", "check", "-i", str(inventory), "--json")
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert reports[1]["pyroute2"] is None and reports[1]["tcp"] == {"error": NOT_DEPLOYED}
+    for report in reports[:1] + reports[2:]:
+        assert report["tcp"]["allowed_congestion_control"] and "error" not in report["tcp"]

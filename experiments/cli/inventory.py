@@ -21,11 +21,13 @@ from inventory.ansible import order_statement as ansible_order
 from inventory.check import check_fleet
 from inventory.deploy import deploy as deploy_hosts
 from inventory.deploy import with_environments
-from inventory.errors import ConfigError, check_option
+from inventory.errors import ConfigError, HostsUnreachable, check_option
 from inventory.freeze import write_fleet
 from inventory.fromsource import SourceOptions, read_source
 from inventory.loader import ANSIBLE_PREFIX, is_ansible_spec
+from inventory.models import Fleet
 from inventory.safewrite import check_target
+from netem.fleet import FleetNetem
 
 inventory_app = typer.Typer(help="Read and check a fleet inventory.")
 
@@ -43,7 +45,11 @@ TCP_COLUMNS = {
 
 def tcp_row(report: dict) -> dict:
     """A host's TCP settings as one table row (lists as space-separated words)."""
-    row = {TCP_COLUMNS[k]: v for k, v in report["tcp"].items() if k in TCP_COLUMNS}
+    row = {
+        TCP_COLUMNS.get(k, k): v
+        for k, v in report["tcp"].items()
+        if k in TCP_COLUMNS or k == "error"
+    }
     return {"name": report["name"]} | {
         k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()
     }
@@ -165,6 +171,9 @@ def inventory_check(
     check_option("--timeout", timeout, 0, 3600, low_open=True)
     fleet = load_fleet(inventory)
     reports = check_fleet(fleet, timeout=timeout, node_kernel=lab.node_kernel(fleet))
+    for report, tcp in zip(reports, tcp_facts(fleet, reports, timeout), strict=True):
+        if tcp is not None:
+            report["tcp"] = tcp
     if as_json:
         print_json(reports)
     else:
@@ -185,7 +194,12 @@ def inventory_check(
         ]
         print_table("inventory check", reports, columns)
         tcp_rows = [tcp_row(report) for report in reports if "tcp" in report]
-        print_table("TCP settings", tcp_rows, ["name", *TCP_COLUMNS.values()])
+        unread = (
+            ["error"]
+            if any("error" in report["tcp"] for report in reports if "tcp" in report)
+            else []
+        )
+        print_table("TCP settings", tcp_rows, ["name", *TCP_COLUMNS.values(), *unread])
         gpu_rows = [gpu_row(report) for report in reports if "gpu" in report]
         print_table("GPUs", gpu_rows, GPU_COLUMNS)
         node_kernel = reports[0].get("node_kernel") if reports else None
@@ -195,6 +209,31 @@ def inventory_check(
         raise typer.Exit(1)
 
 
+def tcp_facts(fleet: Fleet, reports: list[dict], timeout: float) -> list[dict | None]:
+    """Each host's TCP settings as its agent reads them (netem.tcp), in fleet order: why not
+    (`{"error": …}`) where the agent cannot run (no pyroute2: wanlab is not deployed there),
+    None for a host out of reach."""
+    reachable = {r["name"]: r for r in reports if r["reachable"]}
+    why = {n: NOT_DEPLOYED for n, r in reachable.items() if not r.get("pyroute2")}
+    names = [name for name in reachable if name not in why]
+    facts: dict[str, dict] = {}
+    while names:
+        some = fleet.model_copy(update={"hosts": [fleet.host(name) for name in names]})
+        try:
+            with FleetNetem(some, timeout_s=timeout) as netem:
+                facts = netem.tcp_facts()
+            break
+        except HostsUnreachable as error:  # an agent that did not start: ask the others again
+            failed = set(error.reasons) & set(names) or set(names)
+            why |= {name: f"{error.what}: {error.reasons.get(name, '')}" for name in failed}
+            names = [name for name in names if name not in failed]
+    return [
+        facts.get(h.name) or {"error": why[h.name]} if h.name in reachable else None
+        for h in fleet.hosts
+    ]
+
+
+NOT_DEPLOYED = "needs wanlab deployed (`wanlab deploy`): the host has no pyroute2"
 DEPLOY_COLUMNS = ["name", "status", "installed", "reused", "torch", "python", "why"]
 
 
