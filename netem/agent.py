@@ -19,19 +19,17 @@ which answers with a JSON-able dict: `ok`, and on failure `error` and `error_kin
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from netem import shaper, tcp
-from netem.probe import spawn_detached
+from netem.leases import StateFolder, held_by_another, refusal
 from netem.tcp import TcpSettings
 from netem.tree import Tree, tc_commands
 
@@ -39,10 +37,8 @@ DEFAULT_STATE_DIR = Path("/run/wanlab/netem")
 DEFAULT_LEASE_S = 300.0
 WATCHDOG_POLL_S = 0.25
 LEASE_CHECK_S = 0.5
-WATCHDOG_FILE = "watchdog.pid"
 VERBS = ("apply", "show", "reset", "renew", "status")
 TCP_VERBS = ("tcp-apply", "tcp-show", "tcp-reset", "tcp-renew")
-TCP_STATE = "host.tcp"  # the TCP settings' state (not *.json, which are interfaces')
 
 
 class AgentError(Exception):
@@ -80,99 +76,41 @@ class Agent:
     """
 
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, watchdog: bool = False):
-        self.state_dir = state_dir
+        self.state = StateFolder(state_dir)
         self.watchdog = watchdog
         self._next_check = 0.0  # when revert_expired looks at the state folder again
         self._running = 0  # leases running at its last look
 
-    # -- the state folder: one JSON file per shaped interface, under one lock --------------------
-    @contextmanager
-    def _locked(self):
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def _path(self, ifname: str) -> Path:
-        return self.state_dir / f"{ifname}.json"
-
-    @property
-    def _tcp_path(self) -> Path:
-        return self.state_dir / TCP_STATE
-
-    @staticmethod
-    def _read(path: Path) -> dict[str, Any] | None:
-        return json.loads(path.read_text()) if path.exists() else None
-
-    @staticmethod
-    def _write(path: Path, state: dict[str, Any]) -> None:
-        staging = path.with_suffix(".tmp")
-        staging.write_text(json.dumps(state))
-        staging.replace(path)
-
-    def _load(self, ifname: str) -> dict[str, Any] | None:
-        return self._read(self._path(ifname))
-
-    def _save(self, ifname: str, state: dict[str, Any]) -> None:
-        self._write(self._path(ifname), state)
-
-    @staticmethod
-    def _held_by_another(state: dict | None, owner: str | None) -> str | None:
-        """ "shaped by HOLDER (for N s more)" while a shaping another owner applied still holds;
-        None otherwise (nothing applied, no owner on either side, or the lease is over)."""
-        if state is None or "lease_until" not in state:  # saved before applying: not held
-            return None
-        holder, until = state.get("owner"), state.get("lease_until")
-        if holder is None or owner is None or holder == owner:
-            return None
-        if until is not None and until <= time.time():
-            return None
-        how_long = "until reset" if until is None else f"for {until - time.time():.0f} s more"
-        return f"shaped by {holder} ({how_long})"
-
     def _check_owner(self, ifname: str, state: dict | None, owner: str | None, force: bool) -> None:
         """Refuse to touch `ifname` (or the TCP settings) while another owner holds it."""
-        held = None if force else self._held_by_another(state, owner)
-        if held is not None:
-            raise AgentError(
-                f"{ifname} is {held}; another controller is using this host. Wait for it, or "
-                "put the host back by hand with `wanlab netem reset`",
-                "locked",
-            )
+        refused = refusal(ifname, state, owner, force)
+        if refused is not None:
+            raise AgentError(refused, "locked")
 
     def _revert(self, ifname: str, state: dict[str, Any]) -> None:
         shaper.restore(state["snapshot"])
-        self._path(ifname).unlink(missing_ok=True)
+        self.state.interface(ifname).unlink(missing_ok=True)
 
     def _revert_tcp(self, state: dict[str, Any]) -> None:
         tcp.restore(state["originals"])
-        self._tcp_path.unlink(missing_ok=True)
-
-    def _watchdog_pid(self) -> int | None:
-        try:
-            pid = int((self.state_dir / WATCHDOG_FILE).read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        return pid if b"netem.agent" in cmdline and b"watchdog" in cmdline else None
+        self.state.tcp.unlink(missing_ok=True)
 
     def _hold_lease(self) -> None:
-        if self.watchdog and self._watchdog_pid() is None:
-            pid = spawn_detached(["netem.agent", "watchdog", "--state-dir", str(self.state_dir)])
-            (self.state_dir / WATCHDOG_FILE).write_text(str(pid))
+        if self.watchdog:
+            self.state.start_watchdog()
 
     # -- the verbs -------------------------------------------------------------------------------
     def apply(
         self, ifname: str, tree: Tree, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None
     ) -> dict[str, Any]:
         """Shape `ifname` with `tree`, read it back, and take a lease (0 = none) for `owner`."""
-        with self._locked():
-            state = self._load(ifname)
+        with self.state.locked():
+            state = self.state.load(ifname)
             self._check_owner(ifname, state, owner, force=False)
             fresh = state is None
             if fresh:
                 state = {"snapshot": shaper.snapshot(ifname)}
-                self._save(ifname, state)
+                self.state.save(ifname, state)
             try:
                 result = shaper.apply(ifname, tree)
             except shaper.ShaperError as err:
@@ -183,7 +121,7 @@ class Agent:
             state["tree"] = tree.model_dump()
             state["owner"] = owner
             state["lease_until"] = time.time() + lease_s if lease_s > 0 else None
-            self._save(ifname, state)
+            self.state.save(ifname, state)
             if lease_s > 0:
                 self._hold_lease()
         self._next_check = 0.0  # a new lease: the next revert_expired looks afresh
@@ -198,7 +136,7 @@ class Agent:
         """What the kernel holds on `ifname`, its counters, the lease, and whether an owner
         other than `owner` holds it."""
         tree = shaper.read_tree(ifname)
-        state = self._load(ifname)
+        state = self.state.load(ifname)
         asked = None if state is None or "tree" not in state else Tree.model_validate(state["tree"])
         return {
             "shaped": tree is not None,
@@ -208,13 +146,13 @@ class Agent:
             "stats": shaper.read_stats(ifname),
             "lease_until": None if state is None else state.get("lease_until"),
             "owner": None if state is None else state.get("owner"),
-            "held_by_another": self._held_by_another(state, owner),
+            "held_by_another": held_by_another(state, owner),
         }
 
     def reset(self, ifname: str, owner: str | None = None, force: bool = False) -> dict[str, Any]:
         """Restore what was on `ifname` before wanlab; a no-op when nothing is applied."""
-        with self._locked():
-            state = self._load(ifname)
+        with self.state.locked():
+            state = self.state.load(ifname)
             if state is None:
                 return {"result": "clean"}
             self._check_owner(ifname, state, owner, force)
@@ -225,21 +163,21 @@ class Agent:
         self, ifname: str, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None
     ) -> dict[str, Any]:
         """Extend the lease of `ifname` to `lease_s` seconds from now."""
-        with self._locked():
-            state = self._load(ifname)
+        with self.state.locked():
+            state = self.state.load(ifname)
             if state is None or "tree" not in state:
                 raise AgentError(f"nothing is applied on {ifname}: no lease to renew", "no_lease")
             self._check_owner(ifname, state, owner, force=False)
             state["lease_until"] = time.time() + lease_s
-            self._save(ifname, state)
+            self.state.save(ifname, state)
             self._hold_lease()
         self._next_check = 0.0
         return {"lease_until": state["lease_until"]}
 
     def status(self, ifname: str) -> dict[str, Any]:
         """The lease of `ifname`, and the watchdog process holding this folder's leases."""
-        state = self._load(ifname) or {}
-        pid = self._watchdog_pid()
+        state = self.state.load(ifname) or {}
+        pid = self.state.watchdog_pid()
         return {
             "applied": "tree" in state,
             "lease_until": state.get("lease_until"),
@@ -253,8 +191,8 @@ class Agent:
     ) -> dict[str, Any]:
         """Set the TCP settings, keep the originals until reset or the lease (0 = none) ends,
         and read them back."""
-        with self._locked():
-            state = self._read(self._tcp_path)
+        with self.state.locked():
+            state = self.state.read(self.state.tcp)
             self._check_owner("the TCP settings", state, owner, force=False)
             state = state or {"originals": {}}
             try:
@@ -264,7 +202,7 @@ class Agent:
                 raise
             state["owner"] = owner
             state["lease_until"] = time.time() + lease_s if lease_s > 0 else None
-            self._write(self._tcp_path, state)
+            self.state.write(self.state.tcp, state)
             if lease_s > 0:
                 self._hold_lease()
         self._next_check = 0.0
@@ -279,19 +217,19 @@ class Agent:
     def tcp_show(self, ifname: str, owner: str | None = None) -> dict[str, Any]:
         """The TCP settings as they are, the congestion controls this kernel has, and who
         holds the settings wanlab changed."""
-        state = self._read(self._tcp_path)
+        state = self.state.read(self.state.tcp)
         return {
             "tcp": tcp.read(ifname).model_dump(mode="json"),
             "congestion_controls": tcp.congestion_controls(),
             "changed": sorted(state["originals"].get("sysctls", {})) if state else [],
             "lease_until": None if state is None else state.get("lease_until"),
-            "held_by_another": self._held_by_another(state, owner),
+            "held_by_another": held_by_another(state, owner),
         }
 
     def tcp_reset(self, owner: str | None = None, force: bool = False) -> dict[str, Any]:
         """Put back the TCP settings wanlab changed; a no-op when it changed none."""
-        with self._locked():
-            state = self._read(self._tcp_path)
+        with self.state.locked():
+            state = self.state.read(self.state.tcp)
             if state is None:
                 return {"result": "clean"}
             self._check_owner("the TCP settings", state, owner, force)
@@ -300,13 +238,13 @@ class Agent:
 
     def tcp_renew(self, lease_s: float, owner: str | None = None) -> dict[str, Any]:
         """Extend the TCP settings' lease to `lease_s` seconds from now."""
-        with self._locked():
-            state = self._read(self._tcp_path)
+        with self.state.locked():
+            state = self.state.read(self.state.tcp)
             if state is None or "lease_until" not in state:
                 raise AgentError("no TCP settings are applied: no lease to renew", "no_lease")
             self._check_owner("the TCP settings", state, owner, force=False)
             state["lease_until"] = time.time() + lease_s
-            self._write(self._tcp_path, state)
+            self.state.write(self.state.tcp, state)
             self._hold_lease()
         self._next_check = 0.0
         return {"lease_until": state["lease_until"]}
@@ -322,16 +260,15 @@ class Agent:
             return self._running
         self._next_check = now + LEASE_CHECK_S
         running = 0
-        with self._locked():
-            paths = [*self.state_dir.glob("*.json"), self._tcp_path]
-            for path in paths:
-                state = self._read(path)
+        with self.state.locked():
+            for path in [*self.state.shaped(), self.state.tcp]:
+                state = self.state.read(path)
                 lease_until = None if state is None else state.get("lease_until")
                 if lease_until is None:
                     continue
                 if time.time() >= lease_until:
                     try:
-                        if path == self._tcp_path:
+                        if path == self.state.tcp:
                             self._revert_tcp(state)
                         else:
                             self._revert(path.stem, state)
@@ -347,8 +284,8 @@ class Agent:
         """Be the watchdog: hold the folder's leases until none is left (or another watchdog
         took over)."""
         while True:
-            with self._locked():  # the process that started us writes our PID under this lock
-                if self._watchdog_pid() != os.getpid():
+            with self.state.locked():  # who started us writes our PID under this lock
+                if self.state.watchdog_pid() != os.getpid():
                     return
             if not self.revert_expired():
                 return

@@ -51,7 +51,7 @@ Requests = dict[str, dict[str, Any]]
 # What runs on a host (the agent, its shaper and probes) and what those import; nothing else,
 # so a host needs no copy of wanlab (tests/test_ship.py imports each from the zip alone).
 AGENT_CODE = tuple(
-    [f"netem/{name}.py" for name in ("__init__", "agent", "agentserve", "pairs", "probe",
+    [f"netem/{name}.py" for name in ("__init__", "agent", "agentserve", "leases", "pairs", "probe",
                                      "profile", "shaper", "tcp", "tree", "units")]
     + [f"inventory/{name}.py" for name in ("__init__", "errors", "names", "ports", "tomlfile")]
 )  # fmt: skip
