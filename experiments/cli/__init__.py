@@ -8,6 +8,7 @@ run.py `run` and `demo`; predict.py, report.py and scale.py their verbs.
 from __future__ import annotations
 
 import errno
+import inspect
 import sys
 
 import typer
@@ -41,6 +42,21 @@ app.command("report")(report.report)
 app.command("scale")(scale.scale)
 app.command("run")(run.run)
 app.command("demo")(run.demo)
+
+
+def summarize_commands(typer_app: typer.Typer) -> None:
+    """Give every command of `typer_app` (and of its groups) the first paragraph of its
+    docstring, on one line, as its summary: the Commands panel of the help keeps the source's
+    line breaks, which break its sentences in an 80-column terminal."""
+    for command in typer_app.registered_commands:
+        if command.short_help is None:
+            text = command.help or inspect.getdoc(command.callback) or ""
+            command.short_help = " ".join(text.split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        summarize_commands(group.typer_instance)
+
+
+summarize_commands(app)
 
 
 def main() -> None:
