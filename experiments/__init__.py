@@ -1,1 +1,2 @@
-"""The controller: experiment matrices, the runner, results, reports and the `wanlab` CLI."""
+"""The controller: experiment matrices, the runner, results, reports, the local lab
+(experiments/lab/) and the `wanlab` command (experiments/cli/)."""

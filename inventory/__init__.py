@@ -1,1 +1,2 @@
-"""Who the hosts are and how to reach them: models, loaders, the SSH layer, the local fleet."""
+"""Who the hosts are and how to reach them: models, loaders, the SSH layer, checking and
+deploying hosts."""

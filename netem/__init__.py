@@ -1,1 +1,2 @@
-"""Network shaping: profiles and pair matrices, the tc tree, the host agent, the delay node."""
+"""Network shaping: profiles and pair matrices, the tc tree, the host agent and its leases,
+fleet-wide verbs, and the client of the delay node's agent."""
