@@ -48,7 +48,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -60,7 +60,7 @@ from inventory.names import Name
 from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
-from trainer.config import MAX_WORLD_SIZE, TrainerConfig, load_config
+from trainer.config import MAX_WORLD_SIZE, DType, TrainerConfig, load_config
 from trainer.layout import parse_shape
 
 _TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts", "scale")
@@ -114,7 +114,7 @@ class Axes(BaseModel):
     """The hosts' TCP settings: `host` (as they are), a preset of `netem.tcp`, or a [tcp.NAME]."""
     layouts: list[str] | None = Field(default=None, min_length=1)
     """`tpT-ppS`: tensor-parallel degree × pipeline stages (DP from `dp_degrees`)."""
-    dtypes: list[Literal["fp32", "fp16", "bf16"]] | None = Field(default=None, min_length=1)
+    dtypes: list[DType] | None = Field(default=None, min_length=1)
     recompute: list[StrictBool] | None = Field(default=None, min_length=1)
 
 

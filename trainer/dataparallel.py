@@ -21,7 +21,6 @@ ring); on gloo, whose collectives do not, they are chunked `isend`/`irecv` betwe
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -30,32 +29,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.config import DP_MODES
+from trainer.gradsync import GradientSync
 from trainer.layout import Layout, Position
 
-DP_MODES = ("ps", "sharded-ps", "ps-star", "allreduce", "fsdp")
 STAR_PUSH_TAG = 1 << 20
 STAR_PULL_TAG = STAR_PUSH_TAG + 1
 CHAIN_TAG_BASE = 1 << 24
 CHUNKS_PER_TAG_BLOCK = 1 << 16
 """A chain message's tag: base + (bucket·2 + phase)·CHUNKS_PER_TAG_BLOCK + chunk, unique within
 a sync, so no message is ever taken for another."""
-
-
-class GradientSync(ABC):
-    """Makes every replica's gradients of one stage the replicas' average."""
-
-    def __init__(self, module: nn.Module, ranks: list[int], replica: int):
-        """`ranks`: the global ranks of this stage's (and shard's) replicas, replica order."""
-        self.params = [p for p in module.parameters() if p.requires_grad]
-        self.replica, self.n_replicas = replica, len(ranks)
-        self.ranks = ranks
-
-    @abstractmethod
-    def sync(self) -> None:
-        """Replace this replica's gradients by the average over all replicas."""
-
-    def before_backward(self, last: bool) -> None:  # noqa: B027 - a hook most modes leave empty
-        """Called by the engine before each micro-batch's backward; `last` for the final one."""
 
 
 def flatten(params: list[nn.Parameter]) -> torch.Tensor:
@@ -355,7 +338,8 @@ def make_gradient_sync(
     }
     group = groups[position.stage, position.shard]
     if mode == "fsdp":
-        from trainer.fullyshard import FullyShardedSync  # imports this module
+        # Imported only here: torch.distributed.fsdp adds about a second to a rank's start-up.
+        from trainer.fullyshard import FullyShardedSync
 
         device_type = next(module.parameters()).device.type
         return FullyShardedSync(module, ranks, position.replica, group, device_type)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from trainer.config import TrainerConfig
+from trainer.config import ENGINES, TrainerConfig
 from trainer.emulated import EmulatedStage
 from trainer.layout import Layout, Position
 from trainer.partition import Stage
@@ -18,8 +18,7 @@ from trainer.pipeline import GPipe
 from trainer.timing import PHASES
 
 OURS = "gpipe"
-LIBRARY_SCHEDULES = ("pipelining-gpipe", "pipelining-1f1b")
-ENGINES = (OURS, *LIBRARY_SCHEDULES)
+LIBRARY_SCHEDULES = tuple(engine for engine in ENGINES if engine != OURS)
 
 SEPARATE_PHASES = ("forward_s", "backward_s", "comm_wait_s")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

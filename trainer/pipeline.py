@@ -15,15 +15,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.distributed as dist
 
+from trainer.config import GpipeSchedule
 from trainer.layout import Layout, Position
 from trainer.partition import Stage
 from trainer.timing import Clock
 
-SCHEDULES = ("gpipe", "reference")
+SCHEDULES = get_args(GpipeSchedule)
 
 
 @dataclass
