@@ -31,6 +31,7 @@ from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
 from netem.tcp import PRESETS
 from trainer.config import TrainerConfig
+from trainer.layout import Layout
 from trainer.model import CONFIGS
 from trainer.partition import Stage, split_layers, stage_tensor_sizes
 from trainer.tensorparallel import shard_stage
@@ -45,8 +46,7 @@ def toy_workload(
     ones = np.ones(stages)
     per_bucket = np.full(buckets, 4 * params / buckets)
     return Workload(
-        n_stages=stages,
-        n_replicas=replicas,
+        layout=Layout(stages, replicas),
         n_micro=micro,
         micro_batch=1,
         seq=1,
@@ -493,7 +493,7 @@ def test_tensor_allreduces_cost_a_ring_per_block_pass(tensor, recompute):
     assert result.parts["compute"] == pytest.approx(micro * (t_f + t_b))
     assert result.parts["tensor_allreduce"] == pytest.approx(micro * per_micro)
     assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
-    unsplit = replace(workload, tensor=1, tensor_allreduces=None)
+    unsplit = replace(workload, layout=replace(workload.layout, tensor=1), tensor_allreduces=None)
     plain_network = uniform_network(stages, BUILTIN["default"], Native(latency, rate_bps))
     plain = predict(unsplit, times(stages, t_f, t_b), plain_network)
     assert "tensor_allreduce" not in plain.parts

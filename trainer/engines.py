@@ -37,11 +37,11 @@ def pipeline_group(layout: Layout, position: Position) -> dist.ProcessGroup | No
 
     Collective: every rank must call it, in the same order as every other `new_group`.
     """
-    if layout.replicas == 1 and layout.tensor == 1:
+    if layout.dp_degree == 1 and layout.tensor == 1:
         return None
     groups = {
         (r, t): dist.new_group(layout.pipeline_ranks(r, t))
-        for r in range(layout.replicas)
+        for r in range(layout.dp_degree)
         for t in range(layout.tensor)
     }
     return groups[position.replica, position.shard]

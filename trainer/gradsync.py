@@ -14,7 +14,7 @@ class GradientSync(ABC):
     def __init__(self, module: nn.Module, ranks: list[int], replica: int):
         """`ranks`: the global ranks of this stage's (and shard's) replicas, replica order."""
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.replica, self.n_replicas = replica, len(ranks)
+        self.replica, self.dp_degree = replica, len(ranks)
         self.ranks = ranks
 
     @abstractmethod

@@ -73,6 +73,7 @@ from experiments.costmodel.connection import Connection
 from experiments.costmodel.network import Network
 from experiments.costmodel.schedule import op_order
 from experiments.costmodel.workload import GRAD_BYTES, Workload
+from trainer.layout import Layout
 
 DEFAULT_FLOPS = 14e12
 """Compute rate per device when nothing is calibrated: 14 TFLOP/s, a V100-class GPU in fp32
@@ -148,10 +149,17 @@ class Prediction:
         }
 
 
-def rank_order_placement(n_stages: int, n_replicas: int, tensor: int = 1) -> np.ndarray:
-    """Host of shard 0 of (stage s, replica r) = rank (r·S + s)·T: one rank per host, hosts in
-    rank order (trainer/layout.py)."""
-    return np.arange(n_stages * n_replicas).reshape(n_replicas, n_stages).T * tensor
+def rank_order_placement(layout: Layout) -> np.ndarray:
+    """The rank of shard 0 of each (stage, replica), (S, D), as `Layout.rank` gives it: the
+    host of each with one rank per host, hosts in rank order."""
+    return np.array(
+        [[layout.rank(s, r) for r in range(layout.dp_degree)] for s in range(layout.stages)]
+    )
+
+
+def tensor_offsets(layout: Layout) -> np.ndarray:
+    """Where a tensor group's ranks sit from its shard 0's, (T,): the same for every group."""
+    return np.array(layout.tensor_ranks(0, 0)) - layout.rank(0, 0)
 
 
 def predict(
@@ -162,7 +170,7 @@ def predict(
 ) -> Prediction:
     """Predicted iteration of `workload`, stage (s, replica r) on host placement[s, r]."""
     if placement is None:
-        placement = rank_order_placement(workload.n_stages, workload.n_replicas, workload.tensor)
+        placement = rank_order_placement(workload.layout)
     result = evaluate(workload, compute, network, placement[np.newaxis])
     return Prediction(
         iteration_s=float(result.iteration_s[0]),
@@ -176,11 +184,14 @@ def evaluate(
     workload: Workload, compute: StageCompute, network: Network, placements: np.ndarray
 ) -> Evaluation:
     """Evaluate K placements at once: `placements` has shape (K, S, D) of host indices."""
-    n_stages, n_replicas = workload.n_stages, workload.n_replicas
-    if placements.shape[1:] != (n_stages, n_replicas):
-        raise ValueError(f"placements of shape {placements.shape} for {n_stages}×{n_replicas}")
+    layout = workload.layout
+    if placements.shape[1:] != (layout.stages, layout.dp_degree):
+        raise ValueError(
+            f"placements of shape {placements.shape} for {layout.stages}×{layout.dp_degree}"
+        )
     hosts = np.moveaxis(placements, 1, 0)  # (S, K, D)
-    host_of = _by_rank(hosts)
+    order = _shard_0_order(layout)
+    host_of = _by_rank(hosts, order)
     hops = _hops(workload, network, hosts)
     pure = compute
     with_tensor = _with_tensor_allreduces(workload, compute, network, hosts)
@@ -190,10 +201,10 @@ def evaluate(
     leave = np.zeros(host_of.shape)
     for _ in range(STEADY_PASSES):
         start = leave - leave[:, :1]  # from rank 0's start, as rank 0 times the iteration
-        done = _run_pipeline(workload, compute, hops, _by_stage(start, hosts.shape))
+        done = _run_pipeline(workload, compute, hops, _by_stage(start, order))
         sync_end = _sync(workload, network, hosts, done)
         entry = sync_end + opt
-        leave = dissemination_barrier(network.latency_s, host_of, _by_rank(entry))
+        leave = dissemination_barrier(network.latency_s, host_of, _by_rank(entry, order))
     total = leave[:, 0]
 
     compute_part, tensor_busy, busy = (
@@ -206,7 +217,7 @@ def evaluate(
     sync_name = SYNC_PARTS.get(workload.dp_mode, "ps_sync")
     parts = {
         "compute": compute_part,
-        **({"tensor_allreduce": tensor_busy - compute_part} if workload.tensor > 1 else {}),
+        **({"tensor_allreduce": tensor_busy - compute_part} if layout.tensor > 1 else {}),
         **({"fsdp_allgather": busy - tensor_busy} if _gathers(workload) else {}),
         "bubble": np.maximum(no_transfer_end - busy, 0.0),  # ≥ 0 but for rounding
         "activation_transfer": pipeline_end - no_transfer_end,
@@ -241,7 +252,7 @@ def _busiest_stage(workload: Workload, compute: StageCompute, shape: tuple) -> n
 
 
 def _gathers(workload: Workload) -> bool:
-    return workload.dp_mode == "fsdp" and workload.n_replicas > 1
+    return workload.dp_mode == "fsdp" and workload.layout.dp_degree > 1
 
 
 def _ring_collective_s(
@@ -290,7 +301,7 @@ def _with_tensor_allreduces(
 ) -> StageCompute:
     """Stage times with each micro-batch's tensor-group all-reduces added: (S, K, D) arrays,
     or `compute` itself when T = 1."""
-    if workload.tensor == 1:
+    if workload.layout.tensor == 1:
         return compute
     each = tensor_allreduce_s(workload, network, hosts)
     forward_count, backward_count = (c.reshape(-1, 1, 1) for c in workload.tensor_counts())
@@ -303,10 +314,11 @@ def _with_tensor_allreduces(
 
 def tensor_allreduce_s(workload: Workload, network: Network, hosts: np.ndarray) -> np.ndarray:
     """Seconds of one activation all-reduce in the tensor group whose shard 0 is on `hosts`
-    (any shape): a ring over it and the next T − 1 hosts, 2·(T − 1) steps of A/T bytes over
-    its slowest hop, each k·α, the connections busy (no restart after idle)."""
-    n = workload.tensor
-    ring = np.asarray(hosts)[..., np.newaxis] + np.arange(n)
+    (any shape): a ring over the hosts of its ranks (one rank per host, hosts in rank order),
+    2·(T − 1) steps of A/T bytes over its slowest hop, each k·α, the connections busy (no
+    restart after idle)."""
+    n = workload.layout.tensor
+    ring = np.asarray(hosts)[..., np.newaxis] + tensor_offsets(workload.layout)
     following = np.roll(ring, -1, axis=-1)
     piece = workload.activation_bytes / n
     latency = workload.ring_step_latencies * network.latency_s[ring, following]
@@ -314,16 +326,22 @@ def tensor_allreduce_s(workload: Workload, network: Network, hosts: np.ndarray) 
     return 2 * (n - 1) * step.max(axis=-1)
 
 
-def _by_rank(per_stage: np.ndarray) -> np.ndarray:
-    """(S, K, D) → (K, W), rank r·S + s for stage s of replica r."""
-    n_batch = per_stage.shape[1]
-    return np.moveaxis(per_stage, 1, 0).transpose(0, 2, 1).reshape(n_batch, -1)
+def _shard_0_order(layout: Layout) -> np.ndarray:
+    """Each (stage, replica)'s place among the shard-0 ranks in rank order, (S, D): the ranks
+    the model plays the pipelines and the barrier on."""
+    return rank_order_placement(layout) // layout.tensor
 
 
-def _by_stage(per_rank: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def _by_rank(per_stage: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(S, K, D) → (K, W): stage s of replica r at its place `order[s, r]`."""
+    per_rank = np.empty((per_stage.shape[1], order.size), per_stage.dtype)
+    per_rank[:, order] = np.moveaxis(per_stage, 1, 0)
+    return per_rank
+
+
+def _by_stage(per_rank: np.ndarray, order: np.ndarray) -> np.ndarray:
     """(K, W) → (S, K, D), the inverse of `_by_rank`."""
-    n_stages, n_batch, n_replicas = shape
-    return np.moveaxis(per_rank.reshape(n_batch, n_replicas, n_stages).transpose(0, 2, 1), 0, 1)
+    return np.moveaxis(per_rank[:, order], 1, 0)
 
 
 @dataclass(frozen=True)
@@ -382,7 +400,7 @@ def _run_pipeline(
     between its forwards and its backwards, and the last stage waits for each backward send to
     complete before its next backward (until what is left of it fits in the sender's buffers).
     """
-    n_stages, n_micro = workload.n_stages, workload.n_micro
+    n_stages, n_micro = workload.layout.stages, workload.n_micro
     if start is None:
         start = np.zeros((n_stages, *(hops.senders.shape[1:] if hops else (1, 1))))
     free = start.astype(float)
@@ -445,9 +463,9 @@ def _phase_barrier(hops: Hops | None, arrive: np.ndarray) -> np.ndarray:
 
 def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndarray):
     """When each rank holds the averaged gradients of its stage."""
-    n_replicas = workload.n_replicas
+    dp_degree = workload.layout.dp_degree
     done = np.broadcast_to(done, hosts.shape).astype(float)
-    if n_replicas == 1:
+    if dp_degree == 1:
         return done
     if workload.dp_mode in ("ps", "sharded-ps"):
         return _chain_sync(workload, network, hosts, done)
@@ -460,11 +478,11 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
         return np.broadcast_to(end[..., None], done.shape)
     if workload.dp_mode == "allreduce":
         ring_next = np.roll(hosts, -1, axis=2)
-        piece = size[..., None] / n_replicas
+        piece = size[..., None] / dp_degree
         latency = workload.ring_step_latencies * network.latency_s[hosts, ring_next]
         first = (latency + network.wire_s(piece, hosts, ring_next)).max(axis=2)  # after idle
         step = (latency + network.wire_s(piece, hosts, ring_next, 0.0)).max(axis=2)
-        end = done.max(axis=2) + first + (2 * n_replicas - 3) * step
+        end = done.max(axis=2) + first + (2 * dp_degree - 3) * step
         return np.broadcast_to(end[..., None], done.shape)
     server, others = hosts[..., :1], hosts[..., 1:]
     posted = done[..., :1] + network.latency_s[server, others]  # the server's receive, heard
@@ -472,11 +490,11 @@ def _sync(workload: Workload, network: Network, hosts: np.ndarray, done: np.ndar
     push_latency = network.latency_s[others, server]
     arrivals = push_start + push_latency + network.wire_s(size[..., None], others, server)
     ingress = network.ingress_bytes_per_s[server[..., 0]]
-    ingress_bound = (push_start + push_latency).min(axis=2) + (n_replicas - 1) * size / ingress
+    ingress_bound = (push_start + push_latency).min(axis=2) + (dp_degree - 1) * size / ingress
     push_end = np.maximum(arrivals.max(axis=2), ingress_bound)
     pull_wire = (size[..., None] / network.bytes_per_s[server, others]).sum(axis=2)
     if network.tcp is not None:  # D − 1 connections share the egress, each within its window
-        share = network.wire_s(size[..., None], server, others, rate_share=1 / (n_replicas - 1))
+        share = network.wire_s(size[..., None], server, others, rate_share=1 / (dp_degree - 1))
         pull_wire = np.maximum(pull_wire, share.max(axis=2))
     sent = push_end + pull_wire
     received = sent[..., None] + network.latency_s[server, others]
@@ -547,11 +565,11 @@ def _sharded_chains(
     """`sharded-ps` chunk by chunk: (K, D), when each replica holds its stage's averaged
     gradients, the replicas having started at `start` (K, D); each placement played in turn
     (`_sharded_play`)."""
-    n_replicas = workload.n_replicas
+    dp_degree = workload.layout.dp_degree
     per_piece = np.ceil(float(np.sum(buckets)) / (SHARDED_PIECES * workload.chunk_bytes))
     piece = workload.chunk_bytes * max(1.0, per_piece)
     pieces = [_chunk_sizes(float(size), piece) for size in buckets]
-    owners = [bucket % n_replicas for bucket in range(len(buckets))]
+    owners = [bucket % dp_degree for bucket in range(len(buckets))]
     return np.stack([_sharded_play(network, h[k], start[k], owners, pieces) for k in range(len(h))])
 
 
@@ -570,7 +588,7 @@ def _sharded_play(
     order they became ready (the order the owners' threads hand them to it), so a link starts at
     once with the chains it is the tail of and the other chains' chunks queue behind them: with
     equal links a phase takes about the busiest replica's (D − 1)/D·N, the fill hidden."""
-    n_replicas = len(hosts)
+    dp_degree = len(hosts)
     links: dict[tuple[int, int], Connection] = {}
     held = start.astype(float)  # when each replica has sent and received all it has so far
 
@@ -585,23 +603,23 @@ def _sharded_play(
     def notice(r: int, t: int) -> float:  # r may send to t: both started, t's notice in
         return max(start[r], start[t] + network.latency_s[hosts[t], hosts[r]])
 
-    tail = n_replicas - 1
+    tail = dp_degree - 1
     queue = []
     for bucket, chunks in enumerate(pieces):
-        r = (owners[bucket] + tail) % n_replicas
-        ready = notice(r, (r - 1) % n_replicas)
+        r = (owners[bucket] + tail) % dp_degree
+        ready = notice(r, (r - 1) % dp_degree)
         queue += [(ready, i, bucket, tail) for i in range(len(chunks))]
     reduced = {}
     heapq.heapify(queue)
     while queue:
         ready, i, bucket, position = heapq.heappop(queue)
-        r = (owners[bucket] + position) % n_replicas
-        arrival = send(r, (r - 1) % n_replicas, pieces[bucket][i], ready)
+        r = (owners[bucket] + position) % dp_degree
+        arrival = send(r, (r - 1) % dp_degree, pieces[bucket][i], ready)
         if position == 1:
             reduced[bucket, i] = arrival
             continue
-        t = (r - 1) % n_replicas
-        ready = max(arrival, notice(t, (t - 1) % n_replicas))
+        t = (r - 1) % dp_degree
+        ready = max(arrival, notice(t, (t - 1) % dp_degree))
         heapq.heappush(queue, (ready, i, bucket, position - 1))
     reduce_done = held.copy()
     queue = [
@@ -612,9 +630,9 @@ def _sharded_play(
     heapq.heapify(queue)
     while queue:
         ready, i, bucket, position = heapq.heappop(queue)
-        r = (owners[bucket] + position) % n_replicas
-        arrival = send(r, (r + 1) % n_replicas, pieces[bucket][i], ready)
+        r = (owners[bucket] + position) % dp_degree
+        arrival = send(r, (r + 1) % dp_degree, pieces[bucket][i], ready)
         if position + 1 < tail:
-            t = (r + 1) % n_replicas
+            t = (r + 1) % dp_degree
             heapq.heappush(queue, (max(arrival, reduce_done[t]), i, bucket, position + 1))
     return held

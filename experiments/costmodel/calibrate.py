@@ -149,7 +149,9 @@ class Calibration:
 
 
 def _same_partition(measured: Workload | None, target: Workload) -> bool:
-    if measured is None or measured.n_stages != target.n_stages or measured.seq != target.seq:
+    if measured is None or measured.layout.stages != target.layout.stages:
+        return False
+    if measured.seq != target.seq:
         return False
     per_sequence = measured.forward_flops / measured.micro_batch
     return bool(np.allclose(per_sequence, target.forward_flops / target.micro_batch))
@@ -165,7 +167,7 @@ def from_flops(
     return Calibration(source, flops_per_s, memory_bytes_per_s, native)
 
 
-def fromstage_times(
+def from_stage_times(
     workload: Workload, stages: StageCompute, source: str, native: Native
 ) -> Calibration:
     """Measured per-stage times, with the FLOP and memory rates they imply."""
@@ -248,7 +250,7 @@ def fit_native_rate(
 
     def predicted(rate_bps: float) -> float:
         slowed = Native(latency_s=native.latency_s, rate_bps=rate_bps)
-        network = uniform_network(workload.world_size, profile, slowed)
+        network = uniform_network(workload.layout.world_size, profile, slowed)
         return predict(workload, stages, network).iteration_s
 
     if predicted(native.rate_bps) >= measured_s:
@@ -266,13 +268,14 @@ def without_stage_collectives(
     """Measured stage times less what the model says their collectives inside the stage (tensor
     all-reduces, fsdp gathers) took on the cell's network (the model adds them back on the
     network it predicts for); at least a tenth of each time is kept as compute."""
-    network = uniform_network(workload.world_size, profile, native)
-    placement = rank_order_placement(workload.n_stages, workload.n_replicas, workload.tensor)
-    zero = np.zeros(workload.n_stages)
+    layout = workload.layout
+    network = uniform_network(layout.world_size, profile, native)
+    placement = rank_order_placement(layout)
+    zero = np.zeros(layout.stages)
     spent = with_stage_collectives(
         workload, StageCompute(zero, zero, stages.optimizer_s), network, placement[:, None, :]
     )
-    shape = (workload.n_stages, 1, workload.n_replicas)
+    shape = (layout.stages, 1, layout.dp_degree)
 
     def replica_0(seconds: np.ndarray) -> np.ndarray:
         return seconds if seconds.ndim == 1 else np.broadcast_to(seconds, shape)[:, 0, 0]
@@ -480,9 +483,9 @@ class ResultsCalibration:
             stages = without_stage_collectives(stages, workload, profile, native)
             rate = fit_native_rate(workload, stages, profile, native, measured)
             native = Native(latency_s=native.latency_s, rate_bps=rate)
-            return fromstage_times(workload, stages, source, native)
+            return from_stage_times(workload, stages, source, native)
         if stages is not None:
-            return fromstage_times(workload_of(config), stages, source, native)
+            return from_stage_times(workload_of(config), stages, source, native)
         if profile is None:
             raise ConfigError(
                 source, "network", "a pair-matrix cell cannot be fitted; name another"
