@@ -40,7 +40,7 @@ Engine = Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"]
 """What runs a pipeline: wanlab's GPipe, then the `torch.distributed.pipelining` schedules
 (trainer/engines.py)."""
 GpipeSchedule = Literal["gpipe", "reference"]
-"""Engine `gpipe`'s schedule: wanlab's, or the reference system's (trainer/pipeline.py)."""
+"""Engine `gpipe`'s schedule: wanlab's, or the reference system's (trainer/gpipe.py)."""
 DType = Literal["fp32", "fp16", "bf16"]
 """The precision a stage computes and sends activations in."""
 DP_MODES: tuple[str, ...] = get_args(DpMode)

@@ -12,9 +12,9 @@ import torch.distributed as dist
 
 from trainer.config import ENGINES, TrainerConfig
 from trainer.emulated import EmulatedStage
+from trainer.gpipe import GPipe
 from trainer.layout import Layout, Position
 from trainer.partition import Stage
-from trainer.pipeline import GPipe
 from trainer.timing import PHASES
 
 OURS = "gpipe"

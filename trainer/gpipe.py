@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import get_args
 
 import torch
@@ -23,18 +22,9 @@ import torch.distributed as dist
 from trainer.config import GpipeSchedule
 from trainer.layout import Layout, Position
 from trainer.partition import Stage
-from trainer.timing import Clock
+from trainer.timing import Clock, PipelineTimes
 
 SCHEDULES = get_args(GpipeSchedule)
-
-
-@dataclass
-class PipelineTimes:
-    """Seconds one stage spent computing and blocked on transfers in one iteration."""
-
-    forward_s: float = 0.0
-    backward_s: float = 0.0
-    comm_wait_s: float = 0.0
 
 
 class GPipe:
