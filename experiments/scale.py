@@ -25,6 +25,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from experiments.axes import AXES, product_order, scale_axes
 from experiments.costmodel.analytic import StageCompute
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.predict import predict_config, tcp_for
@@ -169,12 +170,13 @@ def scaled_matrix(
         },
         "trainer": trainer,
         "axes": {
+            axis.key: getattr(spec.axes, axis.key)
+            for axis in product_order()
+            if getattr(spec.axes, axis.key) is not None
+        }
+        | {
             "profiles": [scale.profile.short() for scale in model.scales.values()],
             "tcp": list(model.tcp_names),
-            "dp_degrees": spec.axes.dp_degrees,
-            "micro_batches": spec.axes.micro_batches,
-            "engines": spec.axes.engines,
-            "dp_modes": spec.axes.dp_modes,
         },
         "tcp": _tcp_tables(base.tcp),
         "probe": {"seconds": 1.0, "count": 10},
@@ -241,10 +243,10 @@ def derive(
         raise ConfigError(source, "axes.engines", "a scale model emulates engine 'gpipe' only")
     if spec.trainer.get("emulate") is not None:
         raise ConfigError(source, "trainer.emulate", "is already a scale model")
-    for axis in ("layouts", "dtypes", "recompute"):
-        if getattr(spec.axes, axis) is not None:
+    for axis in AXES:
+        if axis.optional and not axis.scale_kept and getattr(spec.axes, axis.key) is not None:
             raise ConfigError(
-                source, f"axes.{axis}", "a scale model keeps one layout, precision and recompute"
+                source, f"axes.{axis.key}", "a scale model keeps [trainer]'s value: remove the axis"
             )
     if spec.trainer.get("tensor", 1) > 1 or "fsdp" in spec.axes.dp_modes:
         raise ConfigError(
@@ -279,12 +281,10 @@ def derive(
             measured.calibration_for(params) if measured else calibration, None,
             spec.tcp_settings(cell),
         )  # fmt: skip
-        target = {
-            "profile": scales[cell.profile].profile.short(),
+        target = {axis.field: getattr(cell, axis.field) for axis in scale_axes()}
+        target |= {
+            "profile": scales[cell.profile].profile.short(),  # the lab's, for the target's
             "tcp": lab_tcp[cell.tcp],
-            "dp_degree": cell.dp_degree,
-            "micro_batch": cell.micro_batch,
-            "dp_mode": cell.dp_mode,
             "target_profile": cell.profile,
             "predicted_s": predicted["predicted_iteration_s"],
         }

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
+from experiments.axes import match_tiers
 from experiments.costmodel.analytic import (
     DEFAULT_FLOPS,
     DEFAULT_MEMORY_BYTES_PER_S,
@@ -411,10 +412,11 @@ class ResultsCalibration:
     """Calibrations from a results folder's cells, chosen per predicted cell.
 
     For a cell, the measured cell used is: the one named by `cell_id`; else an unshaped cell
-    with the same DP degree, micro-batch, engine, DP mode, TCP, layout, precision, recompute and
-    repeat (the twin measured in the same pass); else the same but any repeat; else
-    one with the same DP degree, micro-batch and those three; else one with the same DP degree
-    and micro-batch; else the first usable cell. Its probe gives the native network.
+    with the same coordinates but the profile, and the same repeat (the twin measured in the
+    same pass); else the same but any repeat; else one sharing fewer and fewer coordinates, in
+    the order `experiments.axes` lets them go (the TCP setting, then engine and DP mode, then
+    layout, precision and recompute), down to the DP degree and micro-batch; else the first
+    usable cell. Its probe gives the native network.
     """
 
     def __init__(
@@ -442,14 +444,7 @@ class ResultsCalibration:
         unshaped = [
             r for r in self.records if _profile_of(r) is not None and _profile_of(r).is_default
         ]
-        variant = ("layout", "dtype", "recompute")
-        for keys in (
-            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant, "repeat"),
-            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant),
-            ("dp_degree", "micro_batch", "engine", "dp_mode", *variant),
-            ("dp_degree", "micro_batch", *variant),
-            ("dp_degree", "micro_batch"),
-        ):
+        for keys in match_tiers():
             for record in unshaped:
                 if all(getattr(record.params, k) == params.get(k) for k in keys):
                     return record

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from experiments.axes import predict_columns
 from experiments.costmodel.analytic import DEFAULT_FLOPS
 from experiments.costmodel.calibrate import (
     MIN_NATIVE_RATE_BPS,
@@ -130,13 +131,8 @@ def _fleet(spec: MatrixSpec, option: str | None) -> Fleet | None:
 
 
 def _flat(row: dict) -> dict:
-    params = row["params"]
     flat = {
-        "profile": params["profile"],
-        "dp_degree": params["dp_degree"],
-        "mb": params["micro_batch"],
-        "engine": f"{params['engine']}/{params['dp_mode']}",
-        **_variant(params),
+        **predict_columns(row["params"]),
         "predicted s": f"{row['predicted_iteration_s']:.3f}",
         **{name: f"{value:.3f}" for name, value in row["parts"].items()},
     }
@@ -144,17 +140,6 @@ def _flat(row: dict) -> dict:
         flat["measured s"] = f"{row['measured_iteration_s']:.3f}"
         flat["error"] = f"{row['error']:+.1%}"
     return flat
-
-
-def _variant(params: dict) -> dict:
-    """The layout, precision and recompute columns, for the axes the matrix has."""
-    recompute = params.get("recompute")
-    shown = {
-        "layout": params.get("layout"),
-        "dtype": params.get("dtype"),
-        "recompute": None if recompute is None else ("yes" if recompute else "no"),
-    }
-    return {name: value for name, value in shown.items() if value is not None}
 
 
 def _columns(rows: list[dict]) -> list[str]:
