@@ -7,16 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from experiments.costmodel.analytic import (
-    Hops,
-    StageCompute,
-    _chain_sync,
-    _run_pipeline,
-    evaluate,
-    predict,
-)
+from experiments.costmodel.analytic import Hops, StageCompute, _run_pipeline, evaluate, predict
 from experiments.costmodel.barrier import dissemination_barrier
 from experiments.costmodel.calibrate import from_flops, reference_calibration
+from experiments.costmodel.collectives import _chain_sync
 from experiments.costmodel.network import (
     TCP_PAYLOAD_SHARE,
     Native,
