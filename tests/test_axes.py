@@ -51,7 +51,8 @@ axes.AXES += (
 )
 
 from experiments.cli import main
-from experiments.costmodel.calibrate import ResultsCalibration, from_flops
+from experiments.costmodel.calibrate import from_flops
+from experiments.costmodel.fromresults import ResultsCalibration
 from experiments.costmodel.predict import predict_matrix
 from experiments.matrix import load_matrix
 from experiments.report.data import load_results

@@ -16,13 +16,9 @@ from experiments.costmodel.analytic import (
     rank_order_placement,
     with_stage_collectives,
 )
-from experiments.costmodel.calibrate import (
-    ResultsCalibration,
-    from_flops,
-    reference_calibration,
-    workload_of,
-)
+from experiments.costmodel.calibrate import from_flops, reference_calibration, workload_of
 from experiments.costmodel.cli import predict
+from experiments.costmodel.fromresults import ResultsCalibration
 from experiments.costmodel.network import (
     MACHINE_BYTES_PER_S,
     MACHINE_LATENCY_S,

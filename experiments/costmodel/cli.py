@@ -14,10 +14,10 @@ from experiments.costmodel.calibrate import (
     MIN_NATIVE_RATE_BPS,
     REFERENCE_FILE,
     Calibration,
-    ResultsCalibration,
     from_flops,
 )
 from experiments.costmodel.calibrate import reference_calibration as calibrate_on_reference
+from experiments.costmodel.fromresults import ResultsCalibration
 from experiments.costmodel.network import Native
 from experiments.costmodel.predict import measured_cells, predict_matrix, store_predictions
 from experiments.matrix import MatrixSpec, load_matrix
