@@ -28,11 +28,11 @@ from experiments.matrix import (
     Axes,
     Cell,
     MatrixHeader,
-    ScaleOrigin,
     check_cell_count,
     matrix_cells,
 )
 from experiments.results import CELLS, MAX_CELLS_BYTES, CellNetwork, CellRecord, ResultsStore
+from experiments.scalespec import ScaleOrigin
 from inventory.errors import ConfigError
 from inventory.loader import first_error
 from inventory.tomlfile import read_text
