@@ -23,12 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.costmodel.analytic import evaluate
-from experiments.costmodel.calibrate import (
-    ResultsCalibration,
-    reference_calibration,
-    stage_times,
-    workload_of,
-)
+from experiments.costmodel.calibrate import reference_calibration, workload_of
+from experiments.costmodel.fromresults import ResultsCalibration, stage_times
 from experiments.costmodel.predict import measured_cells, predict_config
 from experiments.costmodel.simulate import explore, random_placements, world_scenario
 from experiments.matrix import load_matrix
@@ -118,7 +114,7 @@ def against_results(directory: Path) -> dict:
     records = store.records()
     calibrator = ResultsCalibration(records, source=str(directory))
     measured = measured_cells(records)
-    cells = []
+    cells, points = [], {}
     for cell in spec.cells():
         record = measured.get(cell.cell_id)
         target = spec.targets[cell.profile]
@@ -134,6 +130,7 @@ def against_results(directory: Path) -> dict:
         own = replace(calibration, stages=own_stages, measured=workload_of(config))
         own_row = predict_config(config, target, own, None, spec.tcp_settings(cell))
         actual = record.summary.iteration_s
+        points[cell.cell_id] = cell.point_id
         cells.append(
             {
                 "cell_id": cell.cell_id,
@@ -148,7 +145,7 @@ def against_results(directory: Path) -> dict:
         )
     if not cells:
         return {"run": False, "why": f"no finished profile cell in {directory}"}
-    pooled = over_repeats(cells)
+    pooled = over_repeats(cells, points)
     worst = max(abs(c["error"]) for c in pooled)
     return {
         "run": True,
@@ -163,12 +160,13 @@ def against_results(directory: Path) -> dict:
     }
 
 
-def over_repeats(cells: list[dict]) -> list[dict]:
-    """Each cell's repeats together: the mean measured and predicted times (each repeat is
-    predicted from its own pass's calibration) and the error between them."""
+def over_repeats(cells: list[dict], points: dict[str, str]) -> list[dict]:
+    """Each cell's repeats together (`points`: cell id → its point's id): the mean measured and
+    predicted times (each repeat is predicted from its own pass's calibration) and the error
+    between them."""
     groups: dict[str, list[dict]] = {}
     for cell in cells:
-        groups.setdefault(cell["cell_id"].rsplit("|r", 1)[0], []).append(cell)
+        groups.setdefault(points[cell["cell_id"]], []).append(cell)
     pooled = []
     for cell_id, repeats in groups.items():
         measured = float(np.mean([c["measured_s"] for c in repeats]))

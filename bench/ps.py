@@ -26,7 +26,8 @@ from machine import machine_facts
 
 from experiments.costmodel.workload import GRAD_BYTES
 from netem.profile import parse_profile
-from trainer.dataparallel import DP_MODES, bucket_spans
+from trainer.config import DP_MODES
+from trainer.dataparallel import bucket_spans
 from trainer.model import CONFIGS
 from trainer.partition import split_layers, stage_tensor_sizes
 

@@ -48,44 +48,35 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from experiments.axes import (
+    AXES,
+    axes_model,
+    cell_class,
+    owner_of,
+    product_order,
+)
 from experiments.placement import Placement, place_ranks
+from experiments.scalespec import ScaledProfile, ScaleOrigin, check_scale, with_factor
 from inventory.errors import ConfigError, config_error
 from inventory.models import Fleet, Host
 from inventory.names import Name
 from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
-from trainer.config import MAX_WORLD_SIZE, TrainerConfig, load_config
-from trainer.layout import parse_shape
+from trainer.config import TrainerConfig, load_config
 
 _TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts", "scale")
-_AXES = (
-    "profiles", "tcp", "dp_degrees", "micro_batches", "engines", "dp_modes", "layouts", "dtypes",
-    "recompute",
-)  # fmt: skip
-_AXES_AS_CELL = (
-    "profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode", "layout", "dtype",
-    "recompute",
-)  # fmt: skip
-_OPTIONAL_AXES = {"layouts": ("tensor", "pipeline", "layers"), "dtypes": ("dtype",),
-                  "recompute": ("recompute",)}  # fmt: skip
-"""Axes a matrix may leave out (its cells then take [trainer]'s value), with the trainer fields
-each one sets per cell."""
 _TCP_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
 DEFAULT_MAX_CELLS = 10_000
 MAX_CELLS = 100_000
 """The most cells `matrix.max_cells` may allow: reading a matrix checks every cell's trainer
 configuration (about a second per 100,000 cells)."""
-_CELL_FIELDS = ("micro_batch", "dp_degree", "engine", "dp_mode", "out", "iface")
-_SCALE_CELL_AXES = {"profile": "profiles", "tcp": "tcp", "dp_degree": "dp_degrees",
-                    "micro_batch": "micro_batches", "dp_mode": "dp_modes"}  # fmt: skip
-"""A scale model cell's coordinates and the axis each one must lie on."""
-Degree = Annotated[int, Field(ge=1, le=MAX_WORLD_SIZE, strict=True)]
-"""A DP degree or micro-batch size of an axis."""
+_RUNNER_FIELDS = ("out", "iface")
+"""Trainer fields the runner sets per cell."""
 
 
 class MatrixHeader(BaseModel):
@@ -100,21 +91,7 @@ class MatrixHeader(BaseModel):
     """A matrix with more cells is refused (raise it here for a bigger one, up to MAX_CELLS)."""
 
 
-class Axes(BaseModel):
-    """The [axes] table: every combination of these is one cell."""
-
-    model_config = ConfigDict(extra="forbid")
-    profiles: list[str] = Field(min_length=1)
-    dp_degrees: list[Degree] = Field(default=[1], min_length=1)
-    micro_batches: list[Degree] = Field(default=[1], min_length=1)
-    engines: list[str] = Field(default=["gpipe"], min_length=1)
-    dp_modes: list[str] = Field(default=["ps"], min_length=1)
-    tcp: list[str] = Field(default=[HOST], min_length=1)
-    """The hosts' TCP settings: `host` (as they are), a preset of `netem.tcp`, or a [tcp.NAME]."""
-    layouts: list[str] | None = Field(default=None, min_length=1)
-    """`tpT-ppS`: tensor-parallel degree × pipeline stages (DP from `dp_degrees`)."""
-    dtypes: list[Literal["fp32", "fp16", "bf16"]] | None = Field(default=None, min_length=1)
-    recompute: list[StrictBool] | None = Field(default=None, min_length=1)
+Axes = axes_model()
 
 
 class ProbeSettings(BaseModel):
@@ -136,136 +113,19 @@ class Timeouts(BaseModel):
     of it while a cell runs)."""
 
 
-class ScaleCell(BaseModel):
-    """One cell of a scale model: its lab coordinates and the target cell's predicted time."""
-
-    model_config = ConfigDict(extra="forbid")
-    profile: str
-    tcp: str = HOST
-    dp_degree: StrictInt
-    micro_batch: StrictInt
-    dp_mode: str
-    target_profile: str
-    predicted_s: float = Field(gt=0, allow_inf_nan=False, strict=True)
-    measured_s: float | None = Field(None, gt=0, allow_inf_nan=False, strict=True)
-    """The target cell's own measured time (mean over its repeats), when the target is a
-    results folder."""
-
-
-class SizedTrainer(BaseModel):
-    """The trainer fields a scale model's factor sizes (`experiments.scale`): the pieces and
-    buckets of the gradient chains."""
-
-    model_config = ConfigDict(extra="forbid")
-    ps_chunk_kb: float | None = Field(None, strict=True)
-    ps_bucket_mb: float | None = Field(None, strict=True)
-
-
-class ScaledProfile(BaseModel):
-    """A profile of a scale model whose tensors and TCP windows take a factor of their own: the
-    trainer fields that factor sizes and every TCP setting of the matrix, scaled by it."""
-
-    model_config = ConfigDict(extra="forbid")
-    factor: float = Field(gt=0, le=1, allow_inf_nan=False, strict=True)
-    trainer: SizedTrainer = Field(default_factory=SizedTrainer)
-    tcp: dict[str, TcpSettings]
-
-
-class ScaleOrigin(BaseModel):
-    """The [scale] table of a matrix `wanlab scale` wrote: the target it models."""
-
-    model_config = ConfigDict(extra="forbid")
-    target: str
-    calibration: str
-    factor: float = Field(gt=0, le=1, allow_inf_nan=False, strict=True)
-    """The factor of the [trainer] and [tcp] tables: every profile's but those in `profiles`."""
-    baseline_profile: str
-    """The target profile that slowdowns are measured against."""
-    cells: list[ScaleCell] = Field(min_length=1)
-    profiles: dict[str, ScaledProfile] = Field(default_factory=dict)
-    """Lab profile → its own factor, where the lab carries a larger one at its rate."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the matrix."""
-
-    profile: str
-    dp_degree: int
-    micro_batch: int
-    engine: str
-    dp_mode: str
-    repeat: int
-    tcp: str = HOST
-    layout: str | None = None
-    """`tpT-ppS`; None: the [trainer] table's tensor and pipeline degrees."""
-    dtype: str | None = None
-    recompute: bool | None = None
-
-    @property
-    def cell_id(self) -> str:
-        """Stable identifier, used to resume (the hosts' own TCP and an axis the matrix leaves
-        out add nothing to it, so ids from before those axes still match)."""
-        tcp = "" if self.tcp == HOST else f"|tcp={self.tcp}"
-        variant = "".join(
-            f"|{part}"
-            for part in (
-                self.layout,
-                self.dtype,
-                None if self.recompute is None else ("recompute" if self.recompute else "stored"),
-            )
-            if part is not None
-        )
-        return (
-            f"{self.profile}{tcp}|dp{self.dp_degree}|mb{self.micro_batch}|{self.engine}|"
-            f"{self.dp_mode}{variant}|r{self.repeat}"
-        )
-
-    def params(self) -> dict[str, Any]:
-        """The cell's coordinates as a plain dict (an axis the matrix leaves out: None)."""
-        return {
-            "profile": self.profile,
-            "dp_degree": self.dp_degree,
-            "micro_batch": self.micro_batch,
-            "engine": self.engine,
-            "dp_mode": self.dp_mode,
-            "tcp": self.tcp,
-            "layout": self.layout,
-            "dtype": self.dtype,
-            "recompute": self.recompute,
-            "repeat": self.repeat,
-        }
-
-    def trainer_overrides(self) -> dict[str, Any]:
-        """The trainer fields this cell sets."""
-        overrides = {
-            "micro_batch": self.micro_batch,
-            "dp_degree": self.dp_degree,
-            "engine": self.engine,
-            "dp_mode": self.dp_mode,
-        }
-        if self.layout is not None:
-            overrides["tensor"], overrides["pipeline"] = parse_shape(self.layout)
-        if self.dtype is not None:
-            overrides["dtype"] = self.dtype
-        if self.recompute is not None:
-            overrides["recompute"] = self.recompute
-        return overrides
-
-
-def with_factor(trainer: dict[str, Any], factor: float, sized: dict[str, Any]) -> dict[str, Any]:
-    """An emulated [trainer] table with its tensors × `factor`: `sized` holds the fields that
-    factor sizes besides the emulated stages' own tensors."""
-    return trainer | sized | {"emulate": trainer["emulate"] | {"scale": factor}}
+Cell = cell_class(__name__)
 
 
 def matrix_cells(axes: Axes, repeats: int) -> list[Cell]:
     """Every cell of these axes, profiles outermost (so a profile is applied once for its
     cells), then TCP settings, repeats innermost: the one order the runner, `--resume` and the
     reports share."""
-    product = itertools.product(*(getattr(axes, axis) or [None] for axis in _AXES), range(repeats))
+    order = product_order()
+    values = (getattr(axes, axis.key) or [None] for axis in order)
+    fields = [*(axis.field for axis in order), "repeat"]
     return [
-        Cell(**dict(zip([*_AXES_AS_CELL, "repeat"], values, strict=True))) for values in product
+        Cell(**dict(zip(fields, cell, strict=True)))
+        for cell in itertools.product(*values, range(repeats))
     ]
 
 
@@ -356,7 +216,7 @@ def _resolve_profiles(specs: list[str], base: Path, file: str) -> dict[str, Targ
 
 def cell_count(axes: Axes, repeats: int) -> int:
     """How many cells `axes` make with `repeats`, without making them."""
-    return repeats * math.prod(len(getattr(axes, axis) or [None]) for axis in _AXES)
+    return repeats * math.prod(len(getattr(axes, axis.key) or [None]) for axis in product_order())
 
 
 def check_cell_count(header: MatrixHeader, axes: Axes, file: str) -> None:
@@ -384,33 +244,34 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     if not isinstance(trainer, dict):
         raise ConfigError(file, "trainer", "must be a table")
     for key in trainer:
-        if key in _CELL_FIELDS:
+        if key in _RUNNER_FIELDS or owner_of(key, lambda axis: not axis.optional):
             raise ConfigError(file, f"trainer.{key}", "is set per cell by the matrix; remove it")
-        for axis, fields in _OPTIONAL_AXES.items():
-            if key in fields and getattr(axes, axis) is not None:
-                raise ConfigError(
-                    file, f"trainer.{key}", f"is set per cell by axes.{axis}; remove it"
-                )
-    for index, shape in enumerate(axes.layouts or []):
-        try:
-            parse_shape(shape)
-        except ValueError as error:
-            raise ConfigError(file, f"axes.layouts[{index}]", str(error)) from None
+        owner = owner_of(key, lambda axis: getattr(axes, axis.key) is not None)
+        if owner is not None:
+            raise ConfigError(
+                file, f"trainer.{key}", f"is set per cell by axes.{owner.key}; remove it"
+            )
+    for axis in (axis for axis in AXES if axis.check is not None):
+        for index, value in enumerate(getattr(axes, axis.key) or []):
+            try:
+                axis.check(value)
+            except ValueError as error:
+                raise ConfigError(file, f"axes.{axis.key}[{index}]", str(error)) from None
     try:
         load_config(None, trainer)
     except ConfigError as error:
         raise ConfigError(file, f"trainer.{error.field}", error.message) from None
-    for axis in _AXES:
-        values = getattr(axes, axis) or []
+    for axis in product_order():
+        values = getattr(axes, axis.key) or []
         if len(set(values)) != len(values):
-            raise ConfigError(file, f"axes.{axis}", "lists a value twice")
+            raise ConfigError(file, f"axes.{axis.key}", "lists a value twice")
     check_cell_count(header, axes, file)
     targets = _resolve_profiles(axes.profiles, path.parent, file)
     tcp = _tcp_settings(data.get("tcp", {}), axes.tcp, file)
     placement = _section(data, "placement", Placement, file)
     scale = _section(data, "scale", ScaleOrigin, file) if "scale" in data else None
     if scale is not None:
-        _check_scale(scale, trainer, axes, tcp, file)
+        check_scale(scale, trainer, axes, tcp, file)
     spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp, placement, scale)
     _check_cells(spec, file)
     return spec
@@ -441,50 +302,13 @@ def _tcp_settings(tables: Any, axis: list[str], file: str) -> dict[str, TcpSetti
     return {name: known[name] for name in axis}
 
 
-def _check_scale(scale: ScaleOrigin, trainer: dict, axes: Axes, tcp: dict, file: str) -> None:
-    """Every cell of a scale model lies on the axes, its baseline is a target profile of its
-    cells; a profile's own factor needs emulated compute, a profile of the axis, and every
-    [tcp.NAME] setting of the axis scaled by it."""
-    for index, cell in enumerate(scale.cells):
-        for coordinate, axis in _SCALE_CELL_AXES.items():
-            if getattr(cell, coordinate) not in getattr(axes, axis):
-                raise ConfigError(
-                    file, f"scale.cells[{index}].{coordinate}",
-                    f"{getattr(cell, coordinate)!r} is not a value of axes.{axis}",
-                )  # fmt: skip
-    targets = sorted({cell.target_profile for cell in scale.cells})
-    if scale.baseline_profile not in targets:
-        raise ConfigError(
-            file, "scale.baseline_profile",
-            f"{scale.baseline_profile!r} is not a target_profile of scale.cells ({targets})",
-        )  # fmt: skip
-    scaled_tcp = {name for name, settings in tcp.items() if settings is not None}
-    for profile, scaled in scale.profiles.items():
-        where = f"scale.profiles.{profile}"
-        if "emulate" not in trainer:
-            raise ConfigError(file, where, "a factor of its own needs [trainer.emulate]")
-        if profile not in axes.profiles:
-            raise ConfigError(file, where, "is not a profile of axes.profiles")
-        if set(scaled.tcp) != scaled_tcp:
-            raise ConfigError(
-                file, f"{where}.tcp", f"must scale the [tcp] settings {sorted(scaled_tcp)}, "
-                f"not {sorted(scaled.tcp)}",
-            )  # fmt: skip
-
-
 def _check_cells(spec: MatrixSpec, file: str) -> None:
-    axis_of = {
-        "micro_batch": ("micro_batches", "micro_batch"),
-        "dp_degree": ("dp_degrees", "dp_degree"),
-        "engine": ("engines", "engine"),
-        "dp_mode": ("dp_modes", "dp_mode"),
-    }
-    if spec.axes.layouts is not None:
-        axis_of |= {field: ("layouts", "layout") for field in ("tensor", "pipeline", "layers")}
-    if spec.axes.dtypes is not None:
-        axis_of["dtype"] = ("dtypes", "dtype")
-    if spec.axes.recompute is not None:
-        axis_of["recompute"] = ("recompute", "recompute")
+    """Every cell's trainer configuration; an error on a field an axis sets names the axis's
+    value."""
+
+    def listed(axis) -> bool:
+        return getattr(spec.axes, axis.key) is not None
+
     for cell in spec.cells():
         if cell.repeat > 0:
             continue  # a cell's repeats share its configuration
@@ -492,8 +316,8 @@ def _check_cells(spec: MatrixSpec, file: str) -> None:
             load_config(None, {**spec.trainer_table(cell.profile), **cell.trainer_overrides()})
         except ConfigError as error:
             field = error.field or ""
-            if field in axis_of:
-                axis, coordinate = axis_of[field]
-                index = getattr(spec.axes, axis).index(getattr(cell, coordinate))
-                raise ConfigError(file, f"axes.{axis}[{index}]", error.message) from None
+            owner = owner_of(field, listed)
+            if owner is not None:
+                index = getattr(spec.axes, owner.key).index(getattr(cell, owner.field))
+                raise ConfigError(file, f"axes.{owner.key}[{index}]", error.message) from None
             raise ConfigError(file, f"trainer.{field}", error.message) from None

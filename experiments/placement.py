@@ -122,7 +122,7 @@ def _by_label(config: TrainerConfig, fleet: Fleet, placement: Placement, source:
     layout = config.layout
     stages, width = layout.stages, layout.tensor
     ranks: dict[int, Host] = {}
-    for replica in range(layout.replicas):
+    for replica in range(layout.dp_degree):
         if placement.pipelines == "together":
             group = next((hosts for hosts in free if len(hosts) >= stages * width), None)
             if group is None:

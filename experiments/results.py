@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from experiments.axes import record_params_model
 from inventory.errors import ConfigError, check_path, config_error
 from inventory.safewrite import check_target, open_append, write_file
 from inventory.tomlfile import read_text
@@ -35,29 +36,9 @@ MAX_CELLS_BYTES = 1024 * 2**20
 """The largest cells.jsonl read (1 GiB: 100,000 cells of 10 KiB each)."""
 
 
-class CellParams(BaseModel):
-    """A cell's coordinates in its matrix (`experiments.matrix.Cell`)."""
-
-    profile: str
-    dp_degree: int
-    micro_batch: int
-    engine: str
-    dp_mode: str
-    repeat: int = 0
-    tcp: str = "host"
-    """The hosts' TCP setting (`netem.tcp`): `host` leaves them as they are."""
-    layout: str | None = None
-    """`tpT-ppS` when the matrix has a layouts axis."""
-    dtype: str | None = None
-    recompute: bool | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, values: Any) -> Any:
-        if isinstance(values, dict) and "dp" in values and "dp_degree" not in values:
-            values = {**values, "dp_degree": values["dp"]}
-            del values["dp"]
-        return values
+CellParams = record_params_model()
+"""A cell's coordinates in its matrix (`experiments.axes`): a record from before an axis holds
+its neutral value (`tcp` = `host`, an optional axis None), and `dp` reads as `dp_degree`."""
 
 
 class Summary(BaseModel):

@@ -25,22 +25,20 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from experiments.axes import AXES, product_order, scale_axes
 from experiments.costmodel.analytic import StageCompute
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.predict import predict_config, tcp_for
-from experiments.costmodel.tcp import (
-    MSS_BYTES,
-    receive_window,
-    tcp_side,
-)
+from experiments.costmodel.tcp import MSS_BYTES, receive_window
 from experiments.lab.fleet import MAX_HOSTS
-from experiments.matrix import Cell, MatrixSpec, with_factor
+from experiments.matrix import Cell, MatrixSpec
 from experiments.results import CellRecord
+from experiments.scalegroups import dimensionless_groups, profile_rate_bps
+from experiments.scalespec import with_factor
 from inventory.errors import ConfigError
 from inventory.names import NAME_LENGTH
 from netem.profile import Profile
 from netem.tcp import KERNEL_INITCWND, TcpSettings
-from netem.tree import burst_bytes
 from trainer.config import TrainerConfig
 
 HEADROOM = 0.8
@@ -53,10 +51,6 @@ MIN_CHUNK_KB = 16.0
 """The smallest piece the lab's gradient chains forward. Each piece is a message of its own,
 handed on by a rank process: with 48 ranks on this machine's 2 cores, 1 KiB pieces cost about
 5 ms each and made a GPT-3 XL stage's sync 2.3 times slower than 256 KiB ones."""
-ONE = 0
-"""The only host of a one-host TcpSide."""
-GROUP_TOLERANCE = 0.02
-"""A group counts as kept when the lab's value is within this of the target's."""
 
 
 @dataclass(frozen=True)
@@ -169,12 +163,13 @@ def scaled_matrix(
         },
         "trainer": trainer,
         "axes": {
+            axis.key: getattr(spec.axes, axis.key)
+            for axis in product_order()
+            if getattr(spec.axes, axis.key) is not None
+        }
+        | {
             "profiles": [scale.profile.short() for scale in model.scales.values()],
             "tcp": list(model.tcp_names),
-            "dp_degrees": spec.axes.dp_degrees,
-            "micro_batches": spec.axes.micro_batches,
-            "engines": spec.axes.engines,
-            "dp_modes": spec.axes.dp_modes,
         },
         "tcp": _tcp_tables(base.tcp),
         "probe": {"seconds": 1.0, "count": 10},
@@ -241,10 +236,10 @@ def derive(
         raise ConfigError(source, "axes.engines", "a scale model emulates engine 'gpipe' only")
     if spec.trainer.get("emulate") is not None:
         raise ConfigError(source, "trainer.emulate", "is already a scale model")
-    for axis in ("layouts", "dtypes", "recompute"):
-        if getattr(spec.axes, axis) is not None:
+    for axis in AXES:
+        if axis.optional and not axis.scale_kept and getattr(spec.axes, axis.key) is not None:
             raise ConfigError(
-                source, f"axes.{axis}", "a scale model keeps one layout, precision and recompute"
+                source, f"axes.{axis.key}", "a scale model keeps [trainer]'s value: remove the axis"
             )
     if spec.trainer.get("tensor", 1) > 1 or "fsdp" in spec.axes.dp_modes:
         raise ConfigError(
@@ -257,7 +252,7 @@ def derive(
     tcp_names = {f"scaled-{name}": name for name in spec.tcp}
     scales = {}
     for name, profile in profiles.items():
-        s = scale_factor(spec, calibration, lab, _rate_bps(profile, calibration))
+        s = scale_factor(spec, calibration, lab, profile_rate_bps(profile, calibration))
         tcp = {
             lab_name: _scaled_tcp(tcp_for(spec.tcp[target], calibration.tcp), calibration,
                                   lab, s, source)
@@ -279,19 +274,19 @@ def derive(
             measured.calibration_for(params) if measured else calibration, None,
             spec.tcp_settings(cell),
         )  # fmt: skip
-        target = {
-            "profile": scales[cell.profile].profile.short(),
+        target = {axis.field: getattr(cell, axis.field) for axis in scale_axes()}
+        target |= {
+            "profile": scales[cell.profile].profile.short(),  # the lab's, for the target's
             "tcp": lab_tcp[cell.tcp],
-            "dp_degree": cell.dp_degree,
-            "micro_batch": cell.micro_batch,
-            "dp_mode": cell.dp_mode,
             "target_profile": cell.profile,
             "predicted_s": predicted["predicted_iteration_s"],
         }
         if measured and (times := measured.times(cell)):
             target["measured_s"] = statistics.fmean(times)
         targets.append(target)
-    groups = _groups(spec, first, compute, calibration, lab, trainer, scales, tcp_names)
+    groups = dimensionless_groups(
+        spec, first, compute, calibration, lab, trainer, scales, tcp_names
+    )
     return ScaleModel(trainer, scales, tcp_names, groups, targets)
 
 
@@ -303,10 +298,6 @@ def _profiles(spec: MatrixSpec) -> dict[str, Profile]:
                 "takes uniform profiles (one shape on every host)",
             )  # fmt: skip
     return dict(spec.targets)
-
-
-def _rate_bps(profile: Profile, calibration: Calibration) -> float:
-    return float(profile.rate_bps or calibration.native.rate_bps)
 
 
 def _emulated_trainer(
@@ -342,7 +333,7 @@ def _scaled_profile(profile: Profile, calibration: Calibration, lab: Lab, s: flo
             "name": None,
             "delay_ms": delay_ms,
             "jitter_ms": min(profile.jitter_ms, delay_ms),
-            "rate_bps": int(max(1000, round(_rate_bps(profile, calibration) * s, -3))),
+            "rate_bps": int(max(1000, round(profile_rate_bps(profile, calibration) * s, -3))),
             "limit": None,
         }
     )
@@ -399,73 +390,3 @@ def _check_tensors(spec: MatrixSpec, trainer: dict, source: str) -> None:
                 source, "axes.micro_batches", f"a scaled activation of micro-batch "
                 f"{cell.micro_batch} fills {segments:.1f} segments, under {MIN_TENSOR_SEGMENTS}",
             )  # fmt: skip
-
-
-def _groups(spec, target_config, compute, calibration, lab, trainer, scales, tcp_names):
-    """The dimensionless groups that shape the slowdown curve, target against lab, per profile
-    (and TCP setting where it matters), with the cost model's own TCP terms."""
-    target_work = workload_of(target_config)
-    forward_s = float(compute.forward_s[0])
-    target_largest = max(float(b.max()) for b in target_work.sync_buckets)
-    rows = []
-    for target_name, scale in scales.items():
-        lab_config = TrainerConfig(**target_config.model_dump() | scale.lab_trainer(trainer))
-        lab_work = workload_of(lab_config)
-        lab_largest = max(float(b.max()) for b in lab_work.sync_buckets)
-        target_p, lab_p, tcp = spec.targets[target_name], scale.profile, scale.tcp
-        t_rate = _rate_bps(target_p, calibration) / 8
-        l_rate = lab_p.rate_bps / 8
-        t_lat = calibration.native.latency_s + target_p.delay_ms / 1000
-        l_lat = lab.one_way_s(lab_p.delay_ms)
-        pairs = [
-            ("activation hop / forward", target_work.activation_bytes / t_rate / forward_s,
-             lab_work.activation_bytes / l_rate / forward_s),
-            ("one-way latency / forward", t_lat / forward_s, l_lat / forward_s),
-            ("gradient sync / forward", target_work.grad_bytes.max() / t_rate / forward_s,
-             lab_work.grad_bytes.max() / l_rate / forward_s),
-            ("sync chunk / largest gradient", target_work.chunk_bytes / target_largest,
-             lab_work.chunk_bytes / lab_largest),
-        ]  # fmt: skip
-        if target_p.rate_bps is not None:  # what a shaped link lets through at once after idle
-            pairs.append((
-                "shaper burst / activation",
-                burst_bytes(target_p.rate_bps) / target_work.activation_bytes,
-                burst_bytes(lab_p.rate_bps) / lab_work.activation_bytes,
-            ))  # fmt: skip
-        for lab_tcp, target_tcp in tcp_names.items():
-            known = tcp_for(spec.tcp[target_tcp], calibration.tcp)
-            t_side = tcp_side([known], calibration.sockets, calibration.backend_buffer_bytes)
-            l_side = tcp_side([lab.tcp(tcp[lab_tcp])])
-            t_window, l_window = float(t_side.window(ONE, ONE)), float(l_side.window(ONE, ONE))
-            t_buffered, l_buffered = (
-                float(t_side.buffered_bytes(ONE)),
-                float(l_side.buffered_bytes(ONE)),
-            )
-            t_initial, l_initial = (
-                float(t_side.initial_bytes(ONE)),
-                float(l_side.initial_bytes(ONE)),
-            )
-            suffix = "" if len(tcp_names) == 1 else f" (TCP {target_tcp})"
-            pairs += [
-                (f"window / bandwidth-delay product{suffix}", t_window / (t_rate * 2 * t_lat),
-                 l_window / (l_rate * 2 * l_lat)),
-                (f"send buffers / activation{suffix}", t_buffered / target_work.activation_bytes,
-                 l_buffered / lab_work.activation_bytes),
-                (f"initial window / activation{suffix}",
-                 t_initial / target_work.activation_bytes,
-                 l_initial / lab_work.activation_bytes),
-            ]  # fmt: skip
-        for group, target_value, lab_value in pairs:
-            kept = math.isclose(lab_value, target_value, rel_tol=GROUP_TOLERANCE)
-            if group.startswith("window"):  # a window over the BDP limits neither: same regime
-                kept = kept or min(target_value, lab_value) >= 1
-            rows.append(
-                {
-                    "profile": target_name,
-                    "group": group,
-                    "target": target_value,
-                    "local": lab_value,
-                    "kept": kept,
-                }
-            )
-    return rows

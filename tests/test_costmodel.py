@@ -7,16 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from experiments.costmodel.analytic import (
-    Hops,
-    StageCompute,
-    _chain_sync,
-    _run_pipeline,
-    evaluate,
-    predict,
-)
+from experiments.costmodel.analytic import Hops, StageCompute, _run_pipeline, evaluate, predict
 from experiments.costmodel.barrier import dissemination_barrier
 from experiments.costmodel.calibrate import from_flops, reference_calibration
+from experiments.costmodel.collectives import _chain_sync
 from experiments.costmodel.network import (
     TCP_PAYLOAD_SHARE,
     Native,
@@ -31,6 +25,7 @@ from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
 from netem.tcp import PRESETS
 from trainer.config import TrainerConfig
+from trainer.layout import Layout
 from trainer.model import CONFIGS
 from trainer.partition import Stage, split_layers, stage_tensor_sizes
 from trainer.tensorparallel import shard_stage
@@ -45,8 +40,7 @@ def toy_workload(
     ones = np.ones(stages)
     per_bucket = np.full(buckets, 4 * params / buckets)
     return Workload(
-        n_stages=stages,
-        n_replicas=replicas,
+        layout=Layout(stages, replicas),
         n_micro=micro,
         micro_batch=1,
         seq=1,
@@ -493,7 +487,7 @@ def test_tensor_allreduces_cost_a_ring_per_block_pass(tensor, recompute):
     assert result.parts["compute"] == pytest.approx(micro * (t_f + t_b))
     assert result.parts["tensor_allreduce"] == pytest.approx(micro * per_micro)
     assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
-    unsplit = replace(workload, tensor=1, tensor_allreduces=None)
+    unsplit = replace(workload, layout=replace(workload.layout, tensor=1), tensor_allreduces=None)
     plain_network = uniform_network(stages, BUILTIN["default"], Native(latency, rate_bps))
     plain = predict(unsplit, times(stages, t_f, t_b), plain_network)
     assert "tensor_allreduce" not in plain.parts

@@ -18,10 +18,11 @@ from trainer_workers import _join, launch_cli, spawn
 
 from experiments.localranks import finish
 from inventory.errors import ConfigError
-from trainer.config import TrainerConfig, load_config
+from trainer.config import ENGINES, DType, TrainerConfig, load_config
 from trainer.data import TokenSource
-from trainer.engines import ENGINES, measured_phases
+from trainer.engines import DTYPES, LIBRARY_SCHEDULES, OURS, measured_phases
 from trainer.model import GPT
+from trainer.pipelining import SCHEDULES
 from trainer.timing import PHASES
 from trainer.train import RankTrainer, make_optimizer
 
@@ -87,10 +88,13 @@ def check_against_reference(out_dir: Path, cfg: TrainerConfig, runs) -> None:
         assert names == expected_params.keys()
 
 
-def test_the_engine_field_offers_every_engine():
+def test_the_config_offers_exactly_the_engines_and_dtypes_the_trainer_runs():
     field = TrainerConfig.model_fields["engine"]
     assert typing.get_args(field.annotation) == ENGINES
-    assert field.default == "gpipe"
+    assert field.default == OURS
+    assert (OURS, *LIBRARY_SCHEDULES) == ENGINES
+    assert tuple(SCHEDULES) == LIBRARY_SCHEDULES  # each library schedule has its class
+    assert tuple(DTYPES) == typing.get_args(DType)  # each precision has its torch dtype
     assert measured_phases("gpipe") == list(PHASES)
     assert measured_phases("pipelining-1f1b") == [
         "total_s", "pipeline_s", "ps_sync_s", "optimizer_s"

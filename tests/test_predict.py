@@ -17,12 +17,8 @@ from experiments.costmodel.analytic import (
     rank_order_placement,
     with_stage_collectives,
 )
-from experiments.costmodel.calibrate import (
-    ResultsCalibration,
-    from_flops,
-    reference_calibration,
-    workload_of,
-)
+from experiments.costmodel.calibrate import from_flops, reference_calibration, workload_of
+from experiments.costmodel.fromresults import ResultsCalibration
 from experiments.costmodel.network import (
     MACHINE_BYTES_PER_S,
     MACHINE_LATENCY_S,
@@ -281,7 +277,8 @@ def test_a_fully_sharded_cells_gathers_are_taken_out_of_its_measured_compute(tmp
     own = StageCompute(np.array([0.010, 0.015]), np.array([0.020, 0.030]), np.array([1e-3] * 2))
     probed = Native(latency_s=0.0002, rate_bps=2e9)  # what PROBE says
     network = uniform_network(4, BUILTIN["default"], probed)
-    measured = with_stage_collectives(workload, own, network, rank_order_placement(2, 2)[:, None])
+    placement = rank_order_placement(workload.layout)[:, None]
+    measured = with_stage_collectives(workload, own, network, placement)
     forward, backward = measured.forward_s[:, 0, 0], measured.backward_s[:, 0, 0]
     assert (forward > own.forward_s * 1.03).all()  # the gathers are a visible share
     stages = [(f, b, o) for f, b, o in zip(forward, backward, own.optimizer_s, strict=True)]

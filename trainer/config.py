@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,17 @@ MAX_ITERATIONS = 1_000_000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 StageMs = Annotated[float, Field(ge=0, le=3.6e6, allow_inf_nan=False, strict=True)]
 """Emulated milliseconds of one stage's step (at most an hour)."""
+DpMode = Literal["ps", "sharded-ps", "ps-star", "allreduce", "fsdp"]
+"""How a stage's replicas average their gradients (trainer/dataparallel.py)."""
+Engine = Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"]
+"""What runs a pipeline: wanlab's GPipe, then the `torch.distributed.pipelining` schedules
+(trainer/engines.py)."""
+GpipeSchedule = Literal["gpipe", "reference"]
+"""Engine `gpipe`'s schedule: wanlab's, or the reference system's (trainer/gpipe.py)."""
+DType = Literal["fp32", "fp16", "bf16"]
+"""The precision a stage computes and sends activations in."""
+DP_MODES: tuple[str, ...] = get_args(DpMode)
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 class Emulation(BaseModel):
@@ -75,20 +86,19 @@ class TrainerConfig(BaseModel):
     dp_degree: int = Field(1, ge=1, le=MAX_WORLD_SIZE, strict=True)
     tensor: int = Field(1, ge=1, le=1024, strict=True)
     """Tensor-parallel degree: each stage's heads and MLP units split over this many ranks."""
-    dp_mode: Literal["ps", "sharded-ps", "ps-star", "allreduce", "fsdp"] = "ps"
+    dp_mode: DpMode = "ps"
     ps_bucket_mb: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False, strict=True)
     """`ps`/`sharded-ps`: gradients per reduce-and-broadcast, in MiB (0: one per tensor)."""
     ps_chunk_kb: float = Field(256, ge=1, le=65536, allow_inf_nan=False, strict=True)
     """`ps`/`sharded-ps` on gloo: the piece each hop of the chain forwards at a time, in KiB."""
-    engine: Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"] = "gpipe"
-    gpipe_schedule: Literal["gpipe", "reference"] = "gpipe"
-    """Engine `gpipe`: wanlab's GPipe, or the reference system's (trainer/pipeline.py)."""
+    engine: Engine = "gpipe"
+    gpipe_schedule: GpipeSchedule = "gpipe"
     layers: list[StrictInt] | None = None
     seq_len: int | None = Field(None, ge=1, strict=True)
     iterations: int = Field(5, ge=1, le=MAX_ITERATIONS, strict=True)
     warmup: int = Field(1, ge=0, strict=True)
     seed: int = Field(0, ge=0, lt=2**63, strict=True)
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    dtype: DType = "fp32"
     loss_scale: float = Field(1024.0, gt=0, allow_inf_nan=False, strict=True)
     recompute: StrictBool = False
     dataset: str = "synthetic"

@@ -21,7 +21,6 @@ ring); on gloo, whose collectives do not, they are chunked `isend`/`irecv` betwe
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -30,32 +29,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.config import DP_MODES
+from trainer.gradsync import GradientSync
 from trainer.layout import Layout, Position
 
-DP_MODES = ("ps", "sharded-ps", "ps-star", "allreduce", "fsdp")
 STAR_PUSH_TAG = 1 << 20
 STAR_PULL_TAG = STAR_PUSH_TAG + 1
 CHAIN_TAG_BASE = 1 << 24
 CHUNKS_PER_TAG_BLOCK = 1 << 16
 """A chain message's tag: base + (bucket·2 + phase)·CHUNKS_PER_TAG_BLOCK + chunk, unique within
 a sync, so no message is ever taken for another."""
-
-
-class GradientSync(ABC):
-    """Makes every replica's gradients of one stage the replicas' average."""
-
-    def __init__(self, module: nn.Module, ranks: list[int], replica: int):
-        """`ranks`: the global ranks of this stage's (and shard's) replicas, replica order."""
-        self.params = [p for p in module.parameters() if p.requires_grad]
-        self.replica, self.n_replicas = replica, len(ranks)
-        self.ranks = ranks
-
-    @abstractmethod
-    def sync(self) -> None:
-        """Replace this replica's gradients by the average over all replicas."""
-
-    def before_backward(self, last: bool) -> None:  # noqa: B027 - a hook most modes leave empty
-        """Called by the engine before each micro-batch's backward; `last` for the final one."""
 
 
 def flatten(params: list[nn.Parameter]) -> torch.Tensor:
@@ -144,7 +127,7 @@ def broadcast_receives(jobs: list[ChainJob], chunk_elems: int) -> Incoming:
 
 
 def chain_reduce(
-    jobs: list[ChainJob], chunk_elems: int, n_replicas: int, incoming: Incoming
+    jobs: list[ChainJob], chunk_elems: int, dp_degree: int, incoming: Incoming
 ) -> None:
     """Sum every job's tensor into its root, chunk by chunk from the chain's tail (each rank
     adds its own chunk to what came from behind and passes it on); the root divides by D.
@@ -170,7 +153,7 @@ def chain_reduce(
         work.wait()
     for job in jobs:
         if job.position == 0:
-            job.flat /= n_replicas
+            job.flat /= dp_degree
 
 
 def chain_broadcast(jobs: list[ChainJob], chunk_elems: int, incoming: Incoming) -> None:
@@ -202,7 +185,7 @@ class ChainedParameterServer(GradientSync):
         self.group, self.sharded, self.collectives = group, sharded, collectives
         self.buckets = make_buckets(self.params, bucket_bytes)
         self.chunk_elems = max(1, chunk_bytes // 4)
-        self.pool = ThreadPoolExecutor(self.n_replicas, thread_name_prefix="sharded-ps")
+        self.pool = ThreadPoolExecutor(self.dp_degree, thread_name_prefix="sharded-ps")
         largest = max(sum(p.numel() for p in bucket) for bucket in self.buckets)
         if -(-largest // self.chunk_elems) > CHUNKS_PER_TAG_BLOCK:
             raise ValueError(f"a bucket of {largest} gradients needs larger chunks")
@@ -211,15 +194,15 @@ class ChainedParameterServer(GradientSync):
 
     def owner(self, bucket_index: int) -> int:
         """The replica that a bucket is reduced to: replica 0 for `ps`, round-robin if sharded."""
-        return bucket_index % self.n_replicas if self.sharded else 0
+        return bucket_index % self.dp_degree if self.sharded else 0
 
     def _job(self, flat: torch.Tensor, bucket: int) -> ChainJob:
         owner = self.owner(bucket)
         chain = self.ranks[owner:] + self.ranks[:owner]
-        return ChainJob(flat, chain, (self.replica - owner) % self.n_replicas, bucket)
+        return ChainJob(flat, chain, (self.replica - owner) % self.dp_degree, bucket)
 
     def sync(self) -> None:
-        if self.n_replicas == 1:
+        if self.dp_degree == 1:
             return
         flats = [flatten(bucket) for bucket in self.buckets]
         jobs = [self._job(flat, i) for i, flat in enumerate(flats)]
@@ -234,7 +217,7 @@ class ChainedParameterServer(GradientSync):
             # follows the previous bucket's broadcast to it, which that rank needs first anyway
             chunk = self.chunk_elems
             for job in jobs:
-                chain_reduce([job], chunk, self.n_replicas, reduce_receives([job], chunk))
+                chain_reduce([job], chunk, self.dp_degree, reduce_receives([job], chunk))
                 chain_broadcast([job], chunk, broadcast_receives([job], chunk))
         for flat, bucket in zip(flats, self.buckets, strict=True):
             unflatten(flat, bucket)
@@ -257,7 +240,7 @@ class ChainedParameterServer(GradientSync):
         by_owner = [owned for owned in by_owner if owned]
         reduce_in = reduce_receives(jobs, self.chunk_elems)
         broadcast_in = broadcast_receives(jobs, self.chunk_elems)
-        reduce = partial(chain_reduce, chunk_elems=self.chunk_elems, n_replicas=self.n_replicas,
+        reduce = partial(chain_reduce, chunk_elems=self.chunk_elems, dp_degree=self.dp_degree,
                          incoming=reduce_in)  # fmt: skip
         list(self.pool.map(reduce, by_owner))
         broadcast = partial(chain_broadcast, chunk_elems=self.chunk_elems, incoming=broadcast_in)
@@ -272,7 +255,7 @@ class ChainedParameterServer(GradientSync):
             work.wait()
         for job in jobs:
             if job.position == 0:
-                job.flat /= self.n_replicas
+                job.flat /= self.dp_degree
         broadcasts = [
             dist.broadcast(job.flat, src=job.chain[0], group=self.group, async_op=True)
             for job in jobs
@@ -286,7 +269,7 @@ class StarParameterServer(GradientSync):
     averages and sends the average back to each replica."""
 
     def sync(self) -> None:
-        if self.n_replicas == 1:
+        if self.dp_degree == 1:
             return
         flat = flatten(self.params)
         server = self.ranks[0]
@@ -299,7 +282,7 @@ class StarParameterServer(GradientSync):
             for work, buf in zip(works, pushed, strict=True):
                 work.wait()
                 flat += buf
-            flat /= self.n_replicas
+            flat /= self.dp_degree
             for work in [dist.isend(flat, dst=dst, tag=STAR_PULL_TAG) for dst in self.ranks[1:]]:
                 work.wait()
         else:
@@ -320,11 +303,11 @@ class AllReduce(GradientSync):
         self.group = group
 
     def sync(self) -> None:
-        if self.n_replicas == 1:
+        if self.dp_degree == 1:
             return
         flat = flatten(self.params)
         dist.all_reduce(flat, group=self.group)
-        flat /= self.n_replicas
+        flat /= self.dp_degree
         unflatten(flat, self.params)
 
 
@@ -346,7 +329,7 @@ def make_gradient_sync(
     if mode not in DP_MODES:
         raise ValueError(f"unknown data-parallel mode {mode!r}; known: {DP_MODES}")
     ranks = layout.replica_ranks(position.stage, position.shard)
-    if mode == "ps-star" or layout.replicas == 1:
+    if mode == "ps-star" or layout.dp_degree == 1:
         return StarParameterServer(module, ranks, position.replica)
     groups = {
         (s, t): dist.new_group(layout.replica_ranks(s, t))
@@ -355,7 +338,8 @@ def make_gradient_sync(
     }
     group = groups[position.stage, position.shard]
     if mode == "fsdp":
-        from trainer.fullyshard import FullyShardedSync  # imports this module
+        # Imported only here: torch.distributed.fsdp adds about a second to a rank's start-up.
+        from trainer.fullyshard import FullyShardedSync
 
         device_type = next(module.parameters()).device.type
         return FullyShardedSync(module, ranks, position.replica, group, device_type)

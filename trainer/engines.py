@@ -10,16 +10,15 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from trainer.config import TrainerConfig
+from trainer.config import ENGINES, TrainerConfig
 from trainer.emulated import EmulatedStage
+from trainer.gpipe import GPipe
 from trainer.layout import Layout, Position
 from trainer.partition import Stage
-from trainer.pipeline import GPipe
 from trainer.timing import PHASES
 
 OURS = "gpipe"
-LIBRARY_SCHEDULES = ("pipelining-gpipe", "pipelining-1f1b")
-ENGINES = (OURS, *LIBRARY_SCHEDULES)
+LIBRARY_SCHEDULES = tuple(engine for engine in ENGINES if engine != OURS)
 
 SEPARATE_PHASES = ("forward_s", "backward_s", "comm_wait_s")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -38,11 +37,11 @@ def pipeline_group(layout: Layout, position: Position) -> dist.ProcessGroup | No
 
     Collective: every rank must call it, in the same order as every other `new_group`.
     """
-    if layout.replicas == 1 and layout.tensor == 1:
+    if layout.dp_degree == 1 and layout.tensor == 1:
         return None
     groups = {
         (r, t): dist.new_group(layout.pipeline_ranks(r, t))
-        for r in range(layout.replicas)
+        for r in range(layout.dp_degree)
         for t in range(layout.tensor)
     }
     return groups[position.replica, position.shard]

@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 
-from trainer.dataparallel import GradientSync
+from trainer.gradsync import GradientSync
 from trainer.model import Block
 
 

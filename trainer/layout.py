@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 SHAPE = re.compile(r"tp([1-9][0-9]{0,3})-pp([1-9][0-9]{0,3})")
-"""A matrix's layout axis value: `tpT-ppS` (the replicas come from its DP degrees)."""
+"""A matrix's layout axis value: `tpT-ppS` (the DP degree comes from its own axis)."""
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -35,16 +35,16 @@ class Position:
 
 @dataclass(frozen=True)
 class Layout:
-    """A run's `tensor × stages × replicas` ranks."""
+    """A run's `tensor × stages × dp_degree` ranks: `dp_degree` pipelines (replicas)."""
 
     stages: int
-    replicas: int = 1
+    dp_degree: int = 1
     tensor: int = 1
 
     @property
     def world_size(self) -> int:
         """Ranks the layout needs."""
-        return self.tensor * self.stages * self.replicas
+        return self.tensor * self.stages * self.dp_degree
 
     def rank(self, stage: int, replica: int, shard: int = 0) -> int:
         """The global rank of shard `shard` of `stage` in pipeline `replica`."""
@@ -62,7 +62,7 @@ class Layout:
 
     def replica_ranks(self, stage: int, shard: int = 0) -> list[int]:
         """The ranks holding the same stage and shard in every pipeline: a data-parallel group."""
-        return [self.rank(stage, r, shard) for r in range(self.replicas)]
+        return [self.rank(stage, r, shard) for r in range(self.dp_degree)]
 
     def tensor_ranks(self, stage: int, replica: int) -> list[int]:
         """The ranks that split one stage of one pipeline between them: a tensor group."""
@@ -70,4 +70,4 @@ class Layout:
 
     def describe(self) -> str:
         """`tpT-ppS-dpD`, as records and reports name a layout."""
-        return f"tp{self.tensor}-pp{self.stages}-dp{self.replicas}"
+        return f"tp{self.tensor}-pp{self.stages}-dp{self.dp_degree}"

@@ -19,7 +19,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from trainer.model import lm_loss
 from trainer.partition import Stage
-from trainer.pipeline import PipelineTimes
+from trainer.timing import PipelineTimes
 
 SCHEDULES = {"pipelining-gpipe": ScheduleGPipe, "pipelining-1f1b": Schedule1F1B}
 

@@ -143,6 +143,6 @@ def tensor_groups(layout) -> dict[tuple[int, int], dist.ProcessGroup]:
     """
     return {
         (stage, replica): dist.new_group(layout.tensor_ranks(stage, replica))
-        for replica in range(layout.replicas)
+        for replica in range(layout.dp_degree)
         for stage in range(layout.stages)
     }

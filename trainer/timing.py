@@ -32,6 +32,15 @@ class Clock:
 
 
 @dataclass
+class PipelineTimes:
+    """Seconds one stage spent computing and blocked on transfers in one iteration."""
+
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    comm_wait_s: float = 0.0
+
+
+@dataclass
 class IterationTimes:
     """One rank's phases of one iteration, in seconds.
 

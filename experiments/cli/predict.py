@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from experiments import lab
+from experiments.axes import predict_columns
 from experiments.cli.common import (
     REFERENCE,
     JsonOption,
@@ -24,10 +25,10 @@ from experiments.costmodel.calibrate import (
     MIN_NATIVE_RATE_BPS,
     REFERENCE_FILE,
     Calibration,
-    ResultsCalibration,
     from_flops,
 )
 from experiments.costmodel.calibrate import reference_calibration as calibrate_on_reference
+from experiments.costmodel.fromresults import ResultsCalibration
 from experiments.costmodel.network import Native
 from experiments.costmodel.predict import measured_cells, predict_matrix, store_predictions
 from experiments.matrix import MatrixSpec, load_matrix
@@ -136,13 +137,8 @@ def _fleet(spec: MatrixSpec, option: str | None) -> Fleet | None:
 
 
 def _flat(row: dict) -> dict:
-    params = row["params"]
     flat = {
-        "profile": params["profile"],
-        "dp_degree": params["dp_degree"],
-        "mb": params["micro_batch"],
-        "engine": f"{params['engine']}/{params['dp_mode']}",
-        **_variant(params),
+        **predict_columns(row["params"]),
         "predicted s": f"{row['predicted_iteration_s']:.3f}",
         **{name: f"{value:.3f}" for name, value in row["parts"].items()},
     }
@@ -150,17 +146,6 @@ def _flat(row: dict) -> dict:
         flat["measured s"] = f"{row['measured_iteration_s']:.3f}"
         flat["error"] = f"{row['error']:+.1%}"
     return flat
-
-
-def _variant(params: dict) -> dict:
-    """The layout, precision and recompute columns, for the axes the matrix has."""
-    recompute = params.get("recompute")
-    shown = {
-        "layout": params.get("layout"),
-        "dtype": params.get("dtype"),
-        "recompute": None if recompute is None else ("yes" if recompute else "no"),
-    }
-    return {name: value for name, value in shown.items() if value is not None}
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -19,12 +19,8 @@ from experiments.cli.common import (
     print_json,
     print_table,
 )
-from experiments.costmodel.calibrate import (
-    Calibration,
-    ResultsCalibration,
-    from_flops,
-    reference_calibration,
-)
+from experiments.costmodel.calibrate import Calibration, from_flops, reference_calibration
+from experiments.costmodel.fromresults import ResultsCalibration
 from experiments.costmodel.predict import measured_cells
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import CellRecord, ResultsStore

@@ -1,5 +1,6 @@
 """The analytic cost model: `workload` (what a cell computes and sends), `network` (what a link
 costs), `schedule` and `barrier` (how the pipeline and gloo's barrier play out), `analytic` (the
-iteration time and its parts), `calibrate` (per-stage compute measured here or on the
-reference), `predict` (a matrix's cells) and `simulate` (a world-wide fleet); `cli` is
-`wanlab predict`."""
+iteration time and its parts), `collectives` (what each DP mode's sync and each ring inside a
+stage cost), `calibrate` (per-stage compute measured here or on the reference) and
+`fromresults` (which measured cell calibrates which), `predict` (a matrix's cells) and
+`simulate` (a world-wide fleet); `cli` is `wanlab predict`."""

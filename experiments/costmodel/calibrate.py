@@ -10,7 +10,6 @@ one FLOP rate at which the model predicts exactly that time on that cell's netwo
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,12 +29,11 @@ from experiments.costmodel.analytic import (
 from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
 from experiments.costmodel.tcp import tcp_side
 from experiments.costmodel.workload import Workload, make_workload
-from experiments.results import CELLS, CellRecord, Summary
 from inventory.errors import ConfigError, config_error
 from inventory.tomlfile import read_toml
 from netem.profile import BUILTIN, Profile
 from netem.tcp import PRESETS
-from trainer.config import TrainerConfig, load_config
+from trainer.config import TrainerConfig
 
 REFERENCE_FILE = Path(__file__).with_name("reference.toml")
 FIT_TOLERANCE = 1e-6
@@ -149,7 +147,9 @@ class Calibration:
 
 
 def _same_partition(measured: Workload | None, target: Workload) -> bool:
-    if measured is None or measured.n_stages != target.n_stages or measured.seq != target.seq:
+    if measured is None or measured.layout.stages != target.layout.stages:
+        return False
+    if measured.seq != target.seq:
         return False
     per_sequence = measured.forward_flops / measured.micro_batch
     return bool(np.allclose(per_sequence, target.forward_flops / target.micro_batch))
@@ -165,7 +165,7 @@ def from_flops(
     return Calibration(source, flops_per_s, memory_bytes_per_s, native)
 
 
-def fromstage_times(
+def from_stage_times(
     workload: Workload, stages: StageCompute, source: str, native: Native
 ) -> Calibration:
     """Measured per-stage times, with the FLOP and memory rates they imply."""
@@ -248,7 +248,7 @@ def fit_native_rate(
 
     def predicted(rate_bps: float) -> float:
         slowed = Native(latency_s=native.latency_s, rate_bps=rate_bps)
-        network = uniform_network(workload.world_size, profile, slowed)
+        network = uniform_network(workload.layout.world_size, profile, slowed)
         return predict(workload, stages, network).iteration_s
 
     if predicted(native.rate_bps) >= measured_s:
@@ -266,13 +266,14 @@ def without_stage_collectives(
     """Measured stage times less what the model says their collectives inside the stage (tensor
     all-reduces, fsdp gathers) took on the cell's network (the model adds them back on the
     network it predicts for); at least a tenth of each time is kept as compute."""
-    network = uniform_network(workload.world_size, profile, native)
-    placement = rank_order_placement(workload.n_stages, workload.n_replicas, workload.tensor)
-    zero = np.zeros(workload.n_stages)
+    layout = workload.layout
+    network = uniform_network(layout.world_size, profile, native)
+    placement = rank_order_placement(layout)
+    zero = np.zeros(layout.stages)
     spent = with_stage_collectives(
         workload, StageCompute(zero, zero, stages.optimizer_s), network, placement[:, None, :]
     )
-    shape = (workload.n_stages, 1, workload.n_replicas)
+    shape = (layout.stages, 1, layout.dp_degree)
 
     def replica_0(seconds: np.ndarray) -> np.ndarray:
         return seconds if seconds.ndim == 1 else np.broadcast_to(seconds, shape)[:, 0, 0]
@@ -338,150 +339,3 @@ def reference_calibration(native: Native = DEFAULT_NATIVE) -> Calibration:
         backend_buffer_bytes=REFERENCE_BACKEND_BUFFER,
         ring_step_latencies=REFERENCE_RING_STEP_LATENCIES,
     )  # fmt: skip
-
-
-def native_from_probe(probe: list[dict] | None, fallback: Native) -> Native:
-    """Native latency (half the median RTT) and rate from an unshaped cell's probe."""
-    rtts = [p["rtt_ms_median"] for p in probe or [] if p.get("rtt_ms_median")]
-    rates = [p["throughput_bps"] for p in probe or [] if p.get("throughput_bps")]
-    latency = statistics.median(rtts) / 2 / 1000 if rtts else fallback.latency_s
-    rate = statistics.median(rates) if rates else fallback.rate_bps
-    return Native(latency_s=latency, rate_bps=rate)
-
-
-def _profile_of(record: CellRecord) -> Profile | None:
-    setting = record.network.setting
-    if setting.get("kind") != "profile":
-        return None
-    fields = {k: v for k, v in setting.items() if k in Profile.model_fields}
-    return Profile(**fields)
-
-
-def stage_times(summary: Summary, n_stages: int) -> StageCompute | None:
-    """Per-stage means over replicas, or None when the engine did not time its steps."""
-    if "forward_s" not in summary.phases_measured:
-        return None
-    rows = [[] for _ in range(n_stages)]
-    for entry in summary.stages:
-        if entry["stage"] not in range(n_stages):
-            raise IndexError(f"stage {entry['stage']!r} of {n_stages}")
-        rows[entry["stage"]].append(entry)
-    if any(not row for row in rows):
-        return None
-
-    def mean(row: list[dict], get) -> float:
-        return statistics.fmean(get(entry) for entry in row)
-
-    forward = np.array([mean(row, lambda e: e["forward_per_micro_s"]) for row in rows])
-    backward = np.array([mean(row, lambda e: e["backward_per_micro_s"]) for row in rows])
-    optimizer = np.array([mean(row, lambda e: e["mean_s"]["optimizer_s"]) for row in rows])
-    if (forward <= 0).any() or (backward <= 0).any():
-        return None
-    return StageCompute(forward, backward, optimizer)
-
-
-def _check_measured(record: CellRecord, source: str) -> None:
-    """Refuse a finished cell that cannot be calibrated on: a trainer configuration that is not
-    one, or stage times that are not finite numbers of seconds."""
-    where = f"{CELLS}: cell {record.cell_id}"
-    try:
-        config = load_config(None, record.trainer)
-    except ConfigError as error:
-        raise ConfigError(source, f"{where}: trainer.{error.field}", error.message) from None
-    try:
-        stages = stage_times(record.summary, config.pipeline)
-    except (KeyError, TypeError, IndexError, ValueError):
-        raise ConfigError(
-            source, f"{where}: summary.stages", "must give each stage (0 to pipeline - 1) its "
-            "forward_per_micro_s, backward_per_micro_s and mean_s.optimizer_s",
-        ) from None  # fmt: skip
-    times = [] if stages is None else [stages.forward_s, stages.backward_s, stages.optimizer_s]
-    if not all(np.isfinite(column).all() and (column >= 0).all() for column in times):
-        message = "holds a time that is not a finite number of seconds"
-        raise ConfigError(source, f"{where}: summary.stages", message)
-
-
-class ResultsCalibration:
-    """Calibrations from a results folder's cells, chosen per predicted cell.
-
-    For a cell, the measured cell used is: the one named by `cell_id`; else an unshaped cell
-    with the same DP degree, micro-batch, engine, DP mode, TCP, layout, precision, recompute and
-    repeat (the twin measured in the same pass); else the same but any repeat; else
-    one with the same DP degree, micro-batch and those three; else one with the same DP degree
-    and micro-batch; else the first usable cell. Its probe gives the native network.
-    """
-
-    def __init__(
-        self,
-        records: list[CellRecord],
-        fallback: Native = DEFAULT_NATIVE,
-        cell_id: str | None = None,
-        source: str = "results",
-    ):
-        self.records = [r for r in records if r.ok and r.summary.stages]
-        self.fallback = fallback
-        if not self.records:
-            raise ConfigError(source, "cells.jsonl", "holds no finished cell to calibrate on")
-        if cell_id is not None and cell_id not in {r.cell_id for r in self.records}:
-            raise ConfigError(source, "--calibrate-cell", f"no finished cell {cell_id!r}")
-        for record in self.records:
-            _check_measured(record, source)
-        self.cell_id = cell_id
-        self._cache: dict[str, Calibration] = {}
-
-    def choose(self, params: dict) -> CellRecord:
-        """The measured record to calibrate a cell with coordinates `params` on."""
-        if self.cell_id is not None:
-            return next(r for r in self.records if r.cell_id == self.cell_id)
-        unshaped = [
-            r for r in self.records if _profile_of(r) is not None and _profile_of(r).is_default
-        ]
-        variant = ("layout", "dtype", "recompute")
-        for keys in (
-            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant, "repeat"),
-            ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant),
-            ("dp_degree", "micro_batch", "engine", "dp_mode", *variant),
-            ("dp_degree", "micro_batch", *variant),
-            ("dp_degree", "micro_batch"),
-        ):
-            for record in unshaped:
-                if all(getattr(record.params, k) == params.get(k) for k in keys):
-                    return record
-        return self.records[0]
-
-    def for_cell(self, params: dict) -> Calibration:
-        """The calibration for a cell with coordinates `params` (profile, dp, micro_batch, …)."""
-        record = self.choose(params)
-        if record.cell_id not in self._cache:
-            recorded = [tcp for tcp in record.network.tcp.values() if tcp]
-            tcp = recorded[0] if recorded else None  # the hosts are taken to be alike
-            shares = [
-                p["receive_share"] for p in record.network.probe or [] if p.get("receive_share")
-            ]
-            if tcp is not None and shares:
-                tcp = tcp | {"receive_share": statistics.median(shares)}
-            self._cache[record.cell_id] = replace(self._calibrate(record), tcp=tcp)
-        return self._cache[record.cell_id]
-
-    def _calibrate(self, record: CellRecord) -> Calibration:
-        config = record.config()
-        profile = _profile_of(record)
-        native = self.fallback
-        if profile is not None and profile.is_default:
-            native = native_from_probe(record.network.probe, self.fallback)
-        source = f"measured cell {record.cell_id}"
-        stages = stage_times(record.summary, config.pipeline)
-        measured = record.summary.iteration_s
-        if stages is not None and profile is not None:
-            workload = workload_of(config)
-            stages = without_stage_collectives(stages, workload, profile, native)
-            rate = fit_native_rate(workload, stages, profile, native, measured)
-            native = Native(latency_s=native.latency_s, rate_bps=rate)
-            return fromstage_times(workload, stages, source, native)
-        if stages is not None:
-            return fromstage_times(workload_of(config), stages, source, native)
-        if profile is None:
-            raise ConfigError(
-                source, "network", "a pair-matrix cell cannot be fitted; name another"
-            )
-        return from_total(config, profile, measured, source, native)

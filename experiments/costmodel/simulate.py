@@ -70,11 +70,10 @@ def world_scenario(
 
 def random_placements(scenario: Scenario, count: int, rng: np.random.Generator) -> np.ndarray:
     """`count` placements of (stage, replica) on distinct random hosts: shape (count, S, D)."""
-    w = scenario.workload
-    world = w.n_stages * w.n_replicas
+    layout = scenario.workload.layout
     hosts = scenario.network.n_hosts
-    chosen = np.stack([rng.permutation(hosts)[:world] for _ in range(count)])
-    return chosen.reshape(count, w.n_replicas, w.n_stages).transpose(0, 2, 1)
+    chosen = np.stack([rng.permutation(hosts)[: layout.world_size] for _ in range(count)])
+    return chosen.reshape(count, layout.dp_degree, layout.stages).transpose(0, 2, 1)
 
 
 def greedy_placement(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
@@ -84,10 +83,10 @@ def greedy_placement(scenario: Scenario, rng: np.random.Generator) -> np.ndarray
     np.fill_diagonal(hop, np.inf)
     hop = hop * (1 + 1e-9 * rng.random(hop.shape))  # random tie-breaks between restarts
     free = np.ones(net.n_hosts, dtype=bool)
-    pipelines = np.empty((w.n_replicas, w.n_stages), dtype=int)
-    for r in range(w.n_replicas):
+    pipelines = np.empty((w.layout.dp_degree, w.layout.stages), dtype=int)
+    for r in range(w.layout.dp_degree):
         current = rng.choice(np.flatnonzero(free))
-        for s in range(w.n_stages):
+        for s in range(w.layout.stages):
             if s:
                 current = int(np.argmin(np.where(free, hop[current], np.inf)))
             pipelines[r, s] = current
@@ -98,7 +97,7 @@ def greedy_placement(scenario: Scenario, rng: np.random.Generator) -> np.ndarray
 def _order_replicas(scenario: Scenario, pipelines: np.ndarray) -> np.ndarray:
     """Replica 0 = the pipeline cheapest to sync with all others; then nearest-next."""
     w, net = scenario.workload, scenario.network
-    size = (w.grad_bytes / w.n_replicas)[np.newaxis, np.newaxis, :]
+    size = (w.grad_bytes / w.layout.dp_degree)[np.newaxis, np.newaxis, :]
     a, b = pipelines[:, np.newaxis, :], pipelines[np.newaxis, :, :]
     cost = (net.latency_s[a, b] + size / net.bytes_per_s[a, b]).max(axis=2)
     np.fill_diagonal(cost, np.inf)
@@ -127,8 +126,8 @@ def explore(scenario: Scenario, restarts: int = 4, randoms: int = 4, seed: int =
     best = int(np.argmin(times[:restarts]))
     return {
         "hosts": scenario.network.n_hosts,
-        "stages": scenario.workload.n_stages,
-        "replicas": scenario.workload.n_replicas,
+        "stages": scenario.workload.layout.stages,
+        "dp_degree": scenario.workload.layout.dp_degree,
         "micro_batches": scenario.workload.n_micro,
         "dp_mode": scenario.workload.dp_mode,
         "best_iteration_s": float(times[best]),

@@ -19,6 +19,7 @@ import numpy as np
 
 from trainer.dataparallel import bucket_spans
 from trainer.emulated import scaled_count
+from trainer.layout import Layout
 from trainer.model import GPTConfig
 from trainer.partition import block_sizes, split_layers, stage_tensor_sizes
 
@@ -32,8 +33,9 @@ GRAD_BYTES = 4
 class Workload:
     """One iteration of one configuration: shapes, sizes in bytes and FLOPs per stage."""
 
-    n_stages: int
-    n_replicas: int
+    layout: Layout
+    """Stages × DP degree × tensor shards, ranked as trainer/layout.py ranks them; a stage's
+    tensor shards sit on T consecutive ranks."""
     n_micro: int
     micro_batch: int
     seq: int
@@ -47,8 +49,6 @@ class Workload:
     """`ps`/`sharded-ps`: each stage's buckets, in bytes of gradient, in the order they go."""
     chunk_bytes: float = 256 * 1024
     """`ps`/`sharded-ps`: the piece each hop of a chain forwards at a time."""
-    tensor: int = 1
-    """Tensor-parallel degree: a stage's shards on T consecutive ranks."""
     tensor_allreduces: tuple[np.ndarray, np.ndarray] | None = None
     """Per stage, the activation all-reduces of one micro-batch's forward and backward."""
     ring_step_latencies: int = 2
@@ -60,15 +60,10 @@ class Workload:
     block_params: float = 0.0
     """Parameters of one block (of one tensor shard)."""
 
-    @property
-    def world_size(self) -> int:
-        """Ranks: stages × replicas × tensor shards."""
-        return self.n_stages * self.n_replicas * self.tensor
-
     def tensor_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """(forward, backward) all-reduces per micro-batch of each stage (zeros when T = 1)."""
         if self.tensor_allreduces is None:
-            zeros = np.zeros(self.n_stages)
+            zeros = np.zeros(self.layout.stages)
             return zeros, zeros
         return self.tensor_allreduces
 
@@ -130,8 +125,7 @@ def make_workload(
         spans = bucket_spans(nbytes, bucket_bytes)
         buckets.append(np.array([sum(nbytes[span.start : span.stop]) for span in spans], float))
     return Workload(
-        n_stages=pipeline,
-        n_replicas=dp_degree,
+        layout=Layout(pipeline, dp_degree, tensor),
         n_micro=batch // micro_batch,
         micro_batch=micro_batch,
         seq=seq,
@@ -145,7 +139,6 @@ def make_workload(
         backward_flops=backward,
         sync_buckets=tuple(buckets),
         chunk_bytes=float(chunk_bytes),
-        tensor=tensor,
         tensor_allreduces=allreduces,
         stage_blocks=blocks,
         block_params=float(sum(scaled_count(n, tensor_scale) for n in block_sizes(gpt, tensor))),

@@ -21,24 +21,29 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
+from experiments.axes import AXES, REPEAT, point_keys, variant_keys
 from experiments.costmodel.predict import PREDICTIONS
 from experiments.matrix import (
     Axes,
     Cell,
     MatrixHeader,
-    ScaleOrigin,
     check_cell_count,
     matrix_cells,
 )
 from experiments.results import CELLS, MAX_CELLS_BYTES, CellNetwork, CellRecord, ResultsStore
+from experiments.scalespec import ScaleOrigin
 from inventory.errors import ConfigError, config_error
 from inventory.tomlfile import parse_toml, read_text
 from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
-VARIANT_KEYS = ["layout", "dtype", "recompute"]
+VARIANT_KEYS = variant_keys()
 """Axes a matrix may leave out: empty in the frames where it did."""
-POINT_KEYS = ["profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode", *VARIANT_KEYS]
+POINT_KEYS = point_keys()
+NETWORK = [axis for axis in AXES if axis.network]
+"""The axes sorted by the matrix's own order of their values (profile, tcp)."""
+BY_VALUE = [axis.field for axis in AXES if not axis.network and not axis.optional]
+"""The axes sorted by value (an optional axis keeps the matrix's order)."""
 PHASES = ["forward_s", "backward_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]
 
 
@@ -223,12 +228,12 @@ def cells_frame(
         frame[column] = pd.to_numeric(frame[column]) if column in frame else math.nan
     for column in VARIANT_KEYS:
         frame[column] = frame[column].fillna("") if column in frame else ""
-    for column, axis in (("profile", "profiles"), ("tcp", "tcp")):
-        order = _axis_order(spec, frame, column, axis)
-        frame[f"_{column}"] = frame[column].map(order.index)
-    keys = ["_profile", "_tcp", "dp_degree", "micro_batch", "engine", "dp_mode", "repeat"]
-    frame = frame.sort_values(keys, kind="stable")  # the variants stay in the matrix's order
-    return frame.drop(columns=["_profile", "_tcp"]).reset_index(drop=True)
+    for axis in NETWORK:
+        order = _axis_order(spec, frame, axis.field, axis.key)
+        frame[f"_{axis.field}"] = frame[axis.field].map(order.index)
+    network = [f"_{axis.field}" for axis in NETWORK]
+    frame = frame.sort_values([*network, *BY_VALUE, REPEAT], kind="stable")
+    return frame.drop(columns=network).reset_index(drop=True)
 
 
 def _axis_order(spec: dict, frame: pd.DataFrame, column: str, axis: str) -> list[str]:
@@ -281,8 +286,6 @@ def _pool(group: pd.DataFrame) -> dict:
 
 def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per point (repeats pooled), with throughput, phases, slowdown and efficiency."""
-    order = cells["profile"].drop_duplicates().tolist()
-    tcp_order = cells["tcp"].drop_duplicates().tolist()
     groups = cells.groupby(POINT_KEYS, sort=False, dropna=False)
     points = pd.DataFrame([dict(zip(POINT_KEYS, key, strict=True)) | _pool(g) for key, g in groups])
     numeric = ["iter_mean_s", "iter_std_s", "samples_per_iteration", "tokens_per_iteration"]
@@ -301,11 +304,13 @@ def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     points["prediction_error"] = points["predicted_s"] / points["iter_mean_s"] - 1
     path_bps = points["probe_bps"].fillna(points["rate_bps"])
     points["bdp_bytes"] = path_bps * points["rtt_ms"] / 1000 / 8
-    points["_order"] = points["profile"].map(order.index)
-    points["_tcp"] = points["tcp"].map(tcp_order.index)
-    keys = ["_order", "_tcp", "dp_degree", "micro_batch", "engine", "dp_mode"]
-    points = points.sort_values(keys, kind="stable")  # the variants stay in the matrix's order
-    return points.drop(columns=["_order", "_tcp"]).reset_index(drop=True)
+    network = [f"_{axis.field}" for axis in NETWORK]
+    for axis in NETWORK:  # in the order the cells (sorted by the matrix) hold them
+        points[f"_{axis.field}"] = points[axis.field].map(
+            cells[axis.field].drop_duplicates().tolist().index
+        )
+    points = points.sort_values([*network, *BY_VALUE], kind="stable")
+    return points.drop(columns=network).reset_index(drop=True)
 
 
 def is_baseline(points: pd.DataFrame) -> pd.Series:
@@ -319,7 +324,7 @@ def _baseline(points: pd.DataFrame, column: str, by_dp: bool) -> pd.Series:
 
     by_dp: the same DP degree (slowdown); otherwise the smallest DP degree measured there
     (per-host efficiency). Always with the same TCP setting."""
-    keys = ["tcp", "micro_batch", "engine", "dp_mode", *VARIANT_KEYS]
+    keys = [key for key in POINT_KEYS if key not in ("profile", "dp_degree")]
     keys += ["dp_degree"] if by_dp else []
     base = points[is_baseline(points) & points[column].notna()]
     if not by_dp:

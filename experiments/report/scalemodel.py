@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from experiments.axes import scale_axes
 from experiments.report.tables import DASH, fmt_ratio, fmt_seconds, variant_labels
 
-KEYS = ["tcp", "dp_degree", "micro_batch", "dp_mode"]
+KEYS = [axis.field for axis in scale_axes() if axis.field != "profile"]
+"""A scale cell's coordinates but its (lab or target) profile."""
 
 
 def scale_rows(scale: dict) -> pd.DataFrame:

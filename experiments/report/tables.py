@@ -11,6 +11,7 @@ import math
 
 import pandas as pd
 
+from experiments.axes import label_order
 from experiments.report.data import is_baseline
 
 DASH = "—"
@@ -90,29 +91,21 @@ def fmt_share(value: float | None) -> str:
 
 
 def variant_labels(points: pd.DataFrame) -> pd.Series:
-    """Each point's column label: its DP degree, plus whichever of micro-batch, engine, DP mode,
-    layout, precision, recompute and the hosts' TCP setting take more than one value in these
-    results."""
+    """Each point's column label: its DP degree, plus each other axis that takes more than one
+    value in these results (`experiments.axes`: the configuration's, then the network's), and
+    the compute where it varies."""
 
     def varies(column: str) -> bool:
         return column in points and points[column].nunique() > 1
 
+    labelled = [
+        axis
+        for axis in label_order()
+        if axis.label is not None and (axis.always_labelled or varies(axis.field))
+    ]
+
     def label(row) -> str:
-        parts = [f"DP {row.dp_degree}"]
-        if varies("micro_batch"):
-            parts.append(f"mb {row.micro_batch}")
-        if varies("engine"):
-            parts.append(str(row.engine))
-        if varies("dp_mode") and row.dp_degree > 1:
-            parts.append(str(row.dp_mode))
-        if varies("layout"):
-            parts.append(str(row.layout))
-        if varies("dtype"):
-            parts.append(str(row.dtype))
-        if varies("recompute"):
-            parts.append("recompute" if row.recompute else "stored activations")
-        if varies("tcp"):
-            parts.append(f"TCP {row.tcp}")
+        parts = [text for axis in labelled if (text := axis.label(row)) is not None]
         if varies("compute"):
             parts.append(str(row.compute))
         return " · ".join(parts)

@@ -14,25 +14,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.distributed as dist
 
+from trainer.config import GpipeSchedule
 from trainer.layout import Layout, Position
 from trainer.partition import Stage
-from trainer.timing import Clock
+from trainer.timing import Clock, PipelineTimes
 
-SCHEDULES = ("gpipe", "reference")
-
-
-@dataclass
-class PipelineTimes:
-    """Seconds one stage spent computing and blocked on transfers in one iteration."""
-
-    forward_s: float = 0.0
-    backward_s: float = 0.0
-    comm_wait_s: float = 0.0
+SCHEDULES = get_args(GpipeSchedule)
 
 
 class GPipe:
