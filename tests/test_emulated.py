@@ -98,7 +98,7 @@ def test_a_stage_holds_for_its_time_within_two_percent():
             "gpipe",
             "emulate.forward_ms",
         ),
-        ({"scale": 0.1, "forward_ms": [-1], "backward_ms": [1]}, "gpipe", "emulate.forward_ms.0"),
+        ({"scale": 0.1, "forward_ms": [-1], "backward_ms": [1]}, "gpipe", "emulate.forward_ms[0]"),
         ({"scale": 0.1, "forward_ms": [1], "backward_ms": [1]}, "pipelining-gpipe", "emulate"),
         ({"scale": 0.1, "forward_ms": [1]}, "gpipe", "emulate.backward_ms"),
     ],
