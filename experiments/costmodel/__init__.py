@@ -3,4 +3,4 @@ costs), `schedule` and `barrier` (how the pipeline and gloo's barrier play out),
 iteration time and its parts), `collectives` (what each DP mode's sync and each ring inside a
 stage cost), `calibrate` (per-stage compute measured here or on the reference) and
 `fromresults` (which measured cell calibrates which), `predict` (a matrix's cells) and
-`simulate` (a world-wide fleet); `cli` is `wanlab predict`."""
+`simulate` (a world-wide fleet); `wanlab predict` is experiments/cli/predict.py."""
