@@ -19,6 +19,7 @@ from experiments.costmodel.calibrate import (
     workload_of,
 )
 from experiments.costmodel.network import DEFAULT_NATIVE, Native
+from experiments.costmodel.tcp import SEGMENT_HEADER_BYTES
 from experiments.results import CELLS, CellRecord, Summary
 from inventory.errors import ConfigError
 from netem.profile import Profile
@@ -26,12 +27,15 @@ from trainer.config import load_config
 
 
 def native_from_probe(probe: list[dict] | None, fallback: Native) -> Native:
-    """Native latency (half the median RTT) and rate from an unshaped cell's probe."""
+    """Native latency (half the median RTT), rate and MTU (its segment's payload and headers)
+    from an unshaped cell's probe."""
     rtts = [p["rtt_ms_median"] for p in probe or [] if p.get("rtt_ms_median")]
     rates = [p["throughput_bps"] for p in probe or [] if p.get("throughput_bps")]
+    segments = [p["mss_bytes"] for p in probe or [] if p.get("mss_bytes")]
     latency = statistics.median(rtts) / 2 / 1000 if rtts else fallback.latency_s
     rate = statistics.median(rates) if rates else fallback.rate_bps
-    return Native(latency_s=latency, rate_bps=rate)
+    mtu = min(segments) + SEGMENT_HEADER_BYTES if segments else fallback.mtu
+    return Native(latency_s=latency, rate_bps=rate, mtu=mtu)
 
 
 def _profile_of(record: CellRecord) -> Profile | None:
@@ -155,7 +159,7 @@ class ResultsCalibration:
             workload = workload_of(config)
             stages = without_stage_collectives(stages, workload, profile, native)
             rate = fit_native_rate(workload, stages, profile, native, measured)
-            native = Native(latency_s=native.latency_s, rate_bps=rate)
+            native = replace(native, rate_bps=rate)
             return from_stage_times(workload, stages, source, native)
         if stages is not None:
             return from_stage_times(workload_of(config), stages, source, native)
