@@ -18,7 +18,7 @@ from experiments.costmodel.analytic import (
     with_stage_collectives,
 )
 from experiments.costmodel.calibrate import from_flops, workload_of
-from experiments.costmodel.fromresults import ResultsCalibration
+from experiments.costmodel.fromresults import ResultsCalibration, native_from_probe
 from experiments.costmodel.network import (
     MACHINE_BYTES_PER_S,
     MACHINE_LATENCY_S,
@@ -380,3 +380,15 @@ def test_a_fitted_rate_above_the_devices_peak_is_refused(tmp_path):
     assert "\n" not in str(caught.value)
     # the description as it is fits below the peak
     assert load_reference().calibration().flops_per_s < 15.7e12
+
+
+def test_the_native_mtu_comes_from_the_hosts_facts_then_the_probes_segment():
+    """A probe's segment of 1,448 B is an MTU of 1,448 + 20 (IP) + 20 (TCP) + 12 (timestamps)
+    = 1,500; the hosts' interfaces, where recorded, say it first (the smallest of them)."""
+    probe = [{"rtt_ms_median": 0.1, "throughput_bps": 1e9, "mss_bytes": 1448}]
+    fallback = Native(mtu=1234)
+    assert native_from_probe(probe, fallback).mtu == 1500
+    assert native_from_probe(probe, fallback, [9001, 9001, None]).mtu == 9001
+    assert native_from_probe(probe, fallback, [9001, 1500]).mtu == 1500
+    assert native_from_probe([{"rtt_ms_median": 0.1}], fallback).mtu == 1234
+    assert native_from_probe(None, fallback, [9001]).mtu == 9001

@@ -109,6 +109,29 @@ def test_preset_applied_then_reset_restores(lab, tmp_path, preset):
 
 
 @root_only
+def test_the_agent_reads_the_interfaces_mtu_beside_the_tcp_settings(lab, tmp_path):
+    """The MTU sets TCP's segment, so the hosts' facts carry it: set with `ip link`, read back
+    by the agent and by `ip link show` (the independent reader)."""
+    ns = lab.hosts[0].name
+
+    def shown_mtu() -> int:
+        argv = ["ip", "-n", ns, "-j", "link", "show", "dev", LAB_IFNAME]
+        shown = subprocess.run(argv, capture_output=True, text=True, check=True)
+        return json.loads(shown.stdout)[0]["mtu"]
+
+    before = shown_mtu()
+    set_mtu = ["ip", "-n", ns, "link", "set", "dev", LAB_IFNAME, "mtu"]
+    try:
+        subprocess.run([*set_mtu, "9001"], check=True)
+        [shown] = agent(ns, tmp_path, tcp_request("tcp-show"))
+        assert shown["mtu"] == shown_mtu() == 9001
+    finally:
+        subprocess.run([*set_mtu, str(before)], check=True)
+    [shown] = agent(ns, tmp_path, tcp_request("tcp-show"))
+    assert shown["mtu"] == shown_mtu() == before
+
+
+@root_only
 def test_lease_expiry_restores(lab, tmp_path):
     ns = lab.hosts[0].name
     before = as_read(ns)

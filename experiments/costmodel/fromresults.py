@@ -26,15 +26,21 @@ from netem.profile import Profile
 from trainer.config import load_config
 
 
-def native_from_probe(probe: list[dict] | None, fallback: Native) -> Native:
-    """Native latency (half the median RTT), rate and MTU (its segment's payload and headers)
-    from an unshaped cell's probe."""
+def native_from_probe(
+    probe: list[dict] | None, fallback: Native, mtus: list[int] | None = None
+) -> Native:
+    """Native latency (half the median RTT) and rate from an unshaped cell's probe; the MTU
+    the smallest of the hosts' interfaces (`mtus`, read beside their TCP settings), else the
+    probe's segment with its headers."""
     rtts = [p["rtt_ms_median"] for p in probe or [] if p.get("rtt_ms_median")]
     rates = [p["throughput_bps"] for p in probe or [] if p.get("throughput_bps")]
     segments = [p["mss_bytes"] for p in probe or [] if p.get("mss_bytes")]
     latency = statistics.median(rtts) / 2 / 1000 if rtts else fallback.latency_s
     rate = statistics.median(rates) if rates else fallback.rate_bps
     mtu = min(segments) + SEGMENT_HEADER_BYTES if segments else fallback.mtu
+    known = [m for m in mtus or [] if m]
+    if known:
+        mtu = min(known)
     return Native(latency_s=latency, rate_bps=rate, mtu=mtu)
 
 
@@ -151,7 +157,8 @@ class ResultsCalibration:
         profile = _profile_of(record)
         native = self.fallback
         if profile is not None and profile.is_default:
-            native = native_from_probe(record.network.probe, self.fallback)
+            mtus = list(record.network.mtu.values())
+            native = native_from_probe(record.network.probe, self.fallback, mtus)
         source = f"measured cell {record.cell_id}"
         stages = stage_times(record.summary, config.pipeline)
         measured = record.summary.iteration_s
