@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from experiments.costmodel.analytic import evaluate
-from experiments.costmodel.calibrate import reference_calibration, workload_of
+from experiments.costmodel.calibrate import workload_of
 from experiments.costmodel.fromresults import ResultsCalibration, stage_times
 from experiments.costmodel.predict import measured_cells, predict_config
+from experiments.costmodel.reference import reference_calibration
 from experiments.costmodel.simulate import explore, random_placements, world_scenario
 from experiments.matrix import load_matrix
 from experiments.report.data import load_results

@@ -78,6 +78,8 @@ class CellNetwork(BaseModel):
     """The TCP settings the cell set (`netem.tcp.TcpSettings`); None: the hosts' own."""
     tcp: dict[str, dict[str, Any] | None] = {}
     """Per host, its TCP settings as read back once the cell's were applied."""
+    mtu: dict[str, int | None] = {}
+    """Per host, its interface's MTU, read beside its TCP settings."""
     probe: list[dict[str, Any]] = []
     probe_from_earlier_cell: bool = False
 

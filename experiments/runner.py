@@ -281,6 +281,7 @@ class MatrixRunner:
         record.timing.apply_s = time.monotonic() - started
         record.network.applied = {n: a.get("shaping") for n, a in applied.items()}
         record.network.tcp = {n: a.get("tcp") for n, a in tcp.items()}
+        record.network.mtu = {n: a.get("mtu") for n, a in tcp.items()}
         failures = [
             f"{what}{n}: {a.get('error') or 'read-back differs'}"
             for what, answers in (("", applied), ("TCP settings on ", tcp))

@@ -29,11 +29,11 @@ from experiments.axes import AXES, product_order, scale_axes
 from experiments.costmodel.analytic import StageCompute
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.predict import predict_config, tcp_for
-from experiments.costmodel.tcp import MSS_BYTES, receive_window
+from experiments.costmodel.tcp import DEFAULT_MTU, mss_of, payload_share, receive_window
 from experiments.lab.fleet import MAX_HOSTS
 from experiments.matrix import Cell, MatrixSpec
 from experiments.results import CellRecord
-from experiments.scalegroups import dimensionless_groups, profile_rate_bps
+from experiments.scalegroups import dimensionless_groups, payload_bps
 from experiments.scalespec import with_factor
 from inventory.errors import ConfigError
 from inventory.names import NAME_LENGTH
@@ -62,6 +62,8 @@ class Lab:
     ceiling_bps: float
     receive_share: float | None = None
     max_hosts: int = MAX_HOSTS
+    mtu: int = DEFAULT_MTU
+    """The lab's interface MTU: its segment, and the payload share of its shaped rates."""
     delays_whole: bool = False
     """True where a delay d is d one-way in all: the lab's delay node takes its own hop out of
     every delay it applies (netem/mailbox.py), so its own hop is not taken off again here."""
@@ -77,6 +79,15 @@ class Lab:
         if delay_ms == 0:
             return self.latency_s
         return delay_ms / 1000 + (0.0 if self.delays_whole else self.latency_s)
+
+    @property
+    def mss(self) -> int:
+        """The lab's TCP segment."""
+        return mss_of(self.mtu)
+
+    def rate_bps(self, payload_bps: float) -> float:
+        """The shaped rate at which the lab carries `payload_bps` of data."""
+        return payload_bps / payload_share(self.mtu)
 
     def tcp(self, settings: TcpSettings) -> dict:
         """`settings` on the lab's hosts, as the cost model takes them."""
@@ -200,7 +211,7 @@ def scale_factor(spec: MatrixSpec, calibration: Calibration, lab: Lab, rate_bps:
     at most HEADROOM of the lab; within that, the largest s at which every TCP setting's initial
     window is a whole number of segments, where there is one."""
     most = min(1.0, HEADROOM * lab.ceiling_bps / (spec.max_world_size * rate_bps))
-    segments = [_initial_segments(setting, calibration) for setting in spec.tcp.values()]
+    segments = [_initial_segments(setting, calibration, lab) for setting in spec.tcp.values()]
     whole = sorted(
         {k / n for n in segments for k in range(1, math.floor(n * most) + 1)}, reverse=True
     )
@@ -210,10 +221,18 @@ def scale_factor(spec: MatrixSpec, calibration: Calibration, lab: Lab, rate_bps:
     return most
 
 
-def _initial_segments(setting: TcpSettings | None, calibration: Calibration) -> int:
-    """The target's initial window in segments, over all sockets of a connection."""
+def _initial_segments(setting: TcpSettings | None, calibration: Calibration, lab: Lab) -> float:
+    """The target's initial window over all sockets of a pipeline hop's connection, in the lab's
+    segments (the target's segments may be larger: its MTU)."""
     known = tcp_for(setting, calibration.tcp) or {}
-    return (known.get("initcwnd") or KERNEL_INITCWND) * calibration.sockets
+    initial = (known.get("initcwnd") or KERNEL_INITCWND) * _hop_sockets(calibration)
+    return initial * mss_of(calibration.native.mtu) / lab.mss
+
+
+def _hop_sockets(calibration: Calibration) -> int:
+    """Sockets of the target's pipeline hop (its backend's sockets × point-to-point channels);
+    the lab's gloo carries every connection on one."""
+    return calibration.backend.sockets * calibration.backend.p2p_channels
 
 
 def derive(
@@ -252,15 +271,15 @@ def derive(
     tcp_names = {f"scaled-{name}": name for name in spec.tcp}
     scales = {}
     for name, profile in profiles.items():
-        s = scale_factor(spec, calibration, lab, profile_rate_bps(profile, calibration))
+        s = scale_factor(spec, calibration, lab, lab.rate_bps(payload_bps(profile, calibration)))
         tcp = {
             lab_name: _scaled_tcp(tcp_for(spec.tcp[target], calibration.tcp), calibration,
                                   lab, s, source)
             for lab_name, target in tcp_names.items()
         }  # fmt: skip
         scaled = _scaled_profile(profile, calibration, lab, s)
-        scales[name] = ProfileScale(s, scaled, _scaled_tensors(first, s), tcp)
-        _check_tensors(spec, scales[name].lab_trainer(trainer), source)
+        scales[name] = ProfileScale(s, scaled, _scaled_tensors(first, calibration, s), tcp)
+        _check_tensors(spec, scales[name].lab_trainer(trainer), lab, source)
     if len({scale.profile.short() for scale in scales.values()}) != len(profiles):
         raise ConfigError(source, "axes.profiles", "two profiles scale to the same lab profile")
     lab_tcp = {target: lab_name for lab_name, target in tcp_names.items()}
@@ -317,23 +336,29 @@ def _emulated_trainer(
     return trainer
 
 
-def _scaled_tensors(config: TrainerConfig, s: float) -> dict:
-    """The trainer fields that size the gradient chains' pieces and buckets, × s."""
-    tensors = {"ps_chunk_kb": round(max(MIN_CHUNK_KB, config.ps_chunk_kb * s), 3)}
+def _scaled_tensors(config: TrainerConfig, calibration: Calibration, s: float) -> dict:
+    """The trainer fields that size the gradient chains' pieces and buckets, × s: the piece is
+    the target backend's collective step where it has one (NCCL's), else the trainer's."""
+    step = calibration.backend_for(config).collective_step_bytes
+    chunk_kb = step / 1024 if step is not None else config.ps_chunk_kb
+    tensors = {"ps_chunk_kb": round(max(MIN_CHUNK_KB, chunk_kb * s), 3)}
     if config.ps_bucket_mb:
         tensors["ps_bucket_mb"] = config.ps_bucket_mb * s
     return tensors
 
 
 def _scaled_profile(profile: Profile, calibration: Calibration, lab: Lab, s: float) -> Profile:
-    """The target's one-way latency (native hop plus delay) as the lab's delay; rate × s."""
+    """The target's one-way latency (native hop plus delay) as the lab's delay; its data rate
+    × s, at the rate that carries it through the lab's shaper."""
     delay_ms = lab.delay_ms_for(calibration.native.latency_s + profile.delay_ms / 1000)
     return profile.model_copy(
         update={
             "name": None,
             "delay_ms": delay_ms,
             "jitter_ms": min(profile.jitter_ms, delay_ms),
-            "rate_bps": int(max(1000, round(profile_rate_bps(profile, calibration) * s, -3))),
+            "rate_bps": int(
+                max(1000, round(lab.rate_bps(payload_bps(profile, calibration) * s), -3))
+            ),
             "limit": None,
         }
     )
@@ -342,7 +367,7 @@ def _scaled_profile(profile: Profile, calibration: Calibration, lab: Lab, s: flo
 def _scaled_tcp(
     known: dict | None, calibration: Calibration, lab: Lab, s: float, source: str
 ) -> TcpSettings:
-    """The target's TCP (its connections of `calibration.sockets` sockets behind the backend's
+    """The target's TCP (a pipeline hop's sockets, `_hop_sockets`, behind the backend's
     buffer) as one lab socket with every buffer scaled by s. The receive buffer is sized for
     the lab's kernel: it offers the target's window times s. The lab's backend (gloo) has no
     buffer of its own: its send buffer takes the target's backend buffer too, where that leaves
@@ -352,19 +377,19 @@ def _scaled_tcp(
             source, "axes.tcp", "the target's TCP buffers are unknown: give a TCP setting "
             "(e.g. a preset) or calibrate on hosts whose settings were recorded",
         )  # fmt: skip
-    sockets = calibration.sockets
+    sockets = _hop_sockets(calibration)
     highs = {name: known[name][2] * sockets * s for name in ("rmem", "wmem")}
     adv_win_scale = known.get("adv_win_scale", 1)
     receive = receive_window(highs["rmem"], adv_win_scale, known.get("receive_share"))
     if lab.receive_share:
         highs["rmem"] = receive / lab.receive_share
-    with_backend = highs["wmem"] + calibration.backend_buffer_bytes * s
+    with_backend = highs["wmem"] + calibration.backend.p2p_buffer_bytes * s
     if min(receive, with_backend) == min(receive, highs["wmem"]):
         highs["wmem"] = with_backend
     buffers = {}
     for name, high in highs.items():
         scaled = round(high)
-        if scaled < MIN_WINDOW_SEGMENTS * MSS_BYTES:
+        if scaled < MIN_WINDOW_SEGMENTS * lab.mss:
             raise ConfigError(
                 source, f"tcp {name}", f"{known[name][2]} B × {sockets} sockets × s = {scaled} B,"
                 f" under {MIN_WINDOW_SEGMENTS} segments: the lab cannot carry so small a window",
@@ -372,6 +397,7 @@ def _scaled_tcp(
         low, default, _ = known[name]
         buffers[name] = (min(low, scaled), min(default, scaled), scaled)
     initial = (known.get("initcwnd") or KERNEL_INITCWND) * sockets * s
+    initial *= mss_of(calibration.native.mtu) / lab.mss  # in the lab's segments
     return TcpSettings(
         congestion_control=known.get("congestion_control"),
         adv_win_scale=known.get("adv_win_scale"),
@@ -381,10 +407,10 @@ def _scaled_tcp(
     )
 
 
-def _check_tensors(spec: MatrixSpec, trainer: dict, source: str) -> None:
+def _check_tensors(spec: MatrixSpec, trainer: dict, lab: Lab, source: str) -> None:
     for cell in spec.cells():
         config = TrainerConfig(**spec.trainer_config(cell).model_dump() | trainer)
-        segments = workload_of(config).activation_bytes / MSS_BYTES
+        segments = workload_of(config).activation_bytes / lab.mss
         if segments < MIN_TENSOR_SEGMENTS:
             raise ConfigError(
                 source, "axes.micro_batches", f"a scaled activation of micro-batch "

@@ -8,7 +8,7 @@ import math
 
 from experiments.costmodel.calibrate import Calibration, workload_of
 from experiments.costmodel.predict import tcp_for
-from experiments.costmodel.tcp import tcp_side
+from experiments.costmodel.tcp import mss_of, payload_share, tcp_side
 from netem.profile import Profile
 from netem.tree import burst_bytes
 from trainer.config import TrainerConfig
@@ -19,9 +19,13 @@ GROUP_TOLERANCE = 0.02
 """A group counts as kept when the lab's value is within this of the target's."""
 
 
-def profile_rate_bps(profile: Profile, calibration: Calibration) -> float:
-    """The rate of `profile`'s links: its own, else the native network's."""
-    return float(profile.rate_bps or calibration.native.rate_bps)
+def payload_bps(profile: Profile, calibration: Calibration) -> float:
+    """The data rate of the target's hop under `profile`: its shaped rate's payload share at the
+    target's MTU (the shaper counts headers), at most the native rate (payload, as probed)."""
+    native = calibration.native
+    if profile.rate_bps is None:
+        return float(native.rate_bps)
+    return min(profile.rate_bps * payload_share(native.mtu), native.rate_bps)
 
 
 def dimensionless_groups(
@@ -29,7 +33,7 @@ def dimensionless_groups(
 ):
     """The dimensionless groups that shape the slowdown curve, target against lab, per profile
     (and TCP setting where it matters), with the cost model's own TCP terms."""
-    target_work = workload_of(target_config)
+    target_work = calibration.workload_for(target_config)
     forward_s = float(compute.forward_s[0])
     target_largest = max(float(b.max()) for b in target_work.sync_buckets)
     rows = []
@@ -38,8 +42,8 @@ def dimensionless_groups(
         lab_work = workload_of(lab_config)
         lab_largest = max(float(b.max()) for b in lab_work.sync_buckets)
         target_p, lab_p, tcp = spec.targets[target_name], scale.profile, scale.tcp
-        t_rate = profile_rate_bps(target_p, calibration) / 8
-        l_rate = lab_p.rate_bps / 8
+        t_rate = payload_bps(target_p, calibration) / 8
+        l_rate = lab_p.rate_bps * payload_share(lab.mtu) / 8
         t_lat = calibration.native.latency_s + target_p.delay_ms / 1000
         l_lat = lab.one_way_s(lab_p.delay_ms)
         pairs = [
@@ -51,16 +55,20 @@ def dimensionless_groups(
             ("sync chunk / largest gradient", target_work.chunk_bytes / target_largest,
              lab_work.chunk_bytes / lab_largest),
         ]  # fmt: skip
-        if target_p.rate_bps is not None:  # what a shaped link lets through at once after idle
+        if target_p.rate_bps is not None:  # the data a shaped link lets through at once
+            target_burst = burst_bytes(target_p.rate_bps) * payload_share(calibration.native.mtu)
+            lab_burst = burst_bytes(lab_p.rate_bps) * payload_share(lab.mtu)
             pairs.append((
                 "shaper burst / activation",
-                burst_bytes(target_p.rate_bps) / target_work.activation_bytes,
-                burst_bytes(lab_p.rate_bps) / lab_work.activation_bytes,
+                target_burst / target_work.activation_bytes,
+                lab_burst / lab_work.activation_bytes,
             ))  # fmt: skip
         for lab_tcp, target_tcp in tcp_names.items():
             known = tcp_for(spec.tcp[target_tcp], calibration.tcp)
-            t_side = tcp_side([known], calibration.sockets, calibration.backend_buffer_bytes)
-            l_side = tcp_side([lab.tcp(tcp[lab_tcp])])
+            t_side = tcp_side(
+                [known], mss=mss_of(calibration.native.mtu), backend=calibration.backend
+            )
+            l_side = tcp_side([lab.tcp(tcp[lab_tcp])], mss=lab.mss)
             t_window, l_window = float(t_side.window(ONE, ONE)), float(l_side.window(ONE, ONE))
             t_buffered, l_buffered = (
                 float(t_side.buffered_bytes(ONE)),

@@ -210,6 +210,7 @@ class Agent:
         asked = settings.model_dump(exclude_none=True)
         return {
             "tcp": actual.model_dump(mode="json"),
+            "mtu": tcp.interface_mtu(ifname),
             "matches": actual.model_dump(include=set(asked)) == asked,
             "lease_until": state["lease_until"],
         }
@@ -220,6 +221,7 @@ class Agent:
         state = self.state.read(self.state.tcp)
         return {
             "tcp": tcp.read(ifname).model_dump(mode="json"),
+            "mtu": tcp.interface_mtu(ifname),
             "congestion_controls": tcp.congestion_controls(),
             "changed": sorted(state["originals"].get("sysctls", {})) if state else [],
             "lease_until": None if state is None else state.get("lease_until"),

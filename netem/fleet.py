@@ -251,6 +251,7 @@ class FleetNetem:
                 **{f"{kind}_congestion_control": controls[kind] for kind in TCP_CONTROL_KINDS},
                 "machines_namespace": controls["machines_namespace"],
                 **{key: settings[key] for key in TCP_SETTINGS_SHOWN},
+                "mtu": answer.get("mtu"),
             }
         return facts
 

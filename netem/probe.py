@@ -165,7 +165,10 @@ def serve(bind: str, port: int, for_s: float, warmup_s: float) -> None:
 
 
 def measure_rtt(address: str, port: int, count: int = 50, gap_s: float = 0.005) -> dict[str, float]:
-    """Median/min/max of `count` 1-byte TCP round trips (after one unmeasured warm-up).
+    """Median/min/max of `count` 1-byte TCP round trips (after one unmeasured warm-up), and the
+    payload the kernel puts in a segment on that path (`mss_bytes`: its MTU less the IP and
+    TCP headers and options; never above half the peer's first window, so loopback's 65,536
+    reads as 32,768).
 
     A ping leaves as soon as the previous one is answered, or `gap_s` after it if that comes
     first: on a fast link they run back to back, on a slow one they overlap on the connection
@@ -200,12 +203,14 @@ def measure_rtt(address: str, port: int, count: int = 50, gap_s: float = 0.005) 
                 echoed.extend([time.perf_counter()] * len(data))
             elif time.monotonic() > deadline:
                 raise TimeoutError(f"no echo from {address}:{port} within 30 s")
+        mss = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
     samples = [(back - out) * 1000 for out, back in zip(sent, echoed, strict=True)]
     return {
         "rtt_ms_median": statistics.median(samples),
         "rtt_ms_min": min(samples),
         "rtt_ms_max": max(samples),
         "samples": count,
+        "mss_bytes": mss,
     }
 
 

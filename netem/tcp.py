@@ -6,6 +6,7 @@ a connection idle longer than its RTO starts again from the initial window
 (`tcp_slow_start_after_idle`), and that initial window (the routes' `initcwnd`). All of them
 are per network namespace; they are read and written here in the caller's own namespace, the
 sysctls through /proc/sys and `initcwnd` through netlink on the routes out of the interface.
+Beside them it reads the interface's MTU, which sets TCP's segment (`interface_mtu`).
 """
 
 from __future__ import annotations
@@ -153,6 +154,15 @@ def read(ifname: str) -> TcpSettings:
     with IPRoute() as ipr:
         windows = [r["metrics"].get("initcwnd", KERNEL_INITCWND) for r in _routes(ipr, ifname)]
     return TcpSettings(**values, initcwnd=min(windows) if windows else None)
+
+
+def interface_mtu(ifname: str) -> int:
+    """The MTU of `ifname` in this namespace (netlink's IFLA_MTU, as `ip link` shows it)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise TcpError(f"no interface {ifname}")
+        return int(ipr.get_links(found[0])[0].get_attr("IFLA_MTU"))
 
 
 # -- writing ---------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from experiments.costmodel.analytic import Hops, StageCompute, _run_pipeline, evaluate, predict
-from experiments.costmodel.barrier import dissemination_barrier
-from experiments.costmodel.calibrate import from_flops, reference_calibration
+from experiments.costmodel.barrier import dissemination_barrier, rounds
+from experiments.costmodel.calibrate import from_flops, workload_of
 from experiments.costmodel.collectives import _chain_sync
 from experiments.costmodel.network import (
     TCP_PAYLOAD_SHARE,
@@ -18,8 +18,17 @@ from experiments.costmodel.network import (
     pair_network,
     uniform_network,
 )
+from experiments.costmodel.reference import load_reference, storage_mib
 from experiments.costmodel.simulate import explore, world_scenario
-from experiments.costmodel.tcp import MSS_BYTES, receive_window, start_window, tcp_side, wire_s
+from experiments.costmodel.tcp import (
+    MSS_BYTES,
+    mss_of,
+    payload_share,
+    receive_window,
+    start_window,
+    tcp_side,
+    wire_s,
+)
 from experiments.costmodel.workload import Workload, make_workload
 from netem.pairs import pair_matrix_from_data
 from netem.profile import BUILTIN, parse_profile
@@ -322,16 +331,19 @@ def test_workload_sizes_match_the_model():
 
 
 def test_reference_calibration_reproduces_the_reference_cell():
-    calibration = reference_calibration()
-    config = TrainerConfig(model="gpt3-xl", batch=64, pipeline=12, recompute=True)
+    reference = load_reference()
+    calibration = reference.calibration()
+    config = reference.config()
     workload = calibration.workload_for(config)
     assert workload.schedule == "reference"
     network = uniform_network(12, BUILTIN["default"], calibration.native)
-    network = network.with_tcp(tcp_side([calibration.tcp] * 12, calibration.sockets))
+    network = network.with_tcp(calibration.tcp_for(config, calibration.tcp, 12))
     result = predict(workload, calibration.compute_for(workload), network)
     assert result.iteration_s == pytest.approx(15.16, rel=1e-5)
     assert calibration.tcp["rmem"][2] == 6 * 2**20 and calibration.tcp["slow_start_after_idle"]
     assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
+    # physical: below a V100's fp32 peak (with an LM head of 50,257 tokens it took 17 TFLOP/s)
+    assert calibration.flops_per_s < calibration.peak_flops_per_s == 15.7e12
 
 
 @pytest.mark.parametrize("dp_mode", ["ps", "sharded-ps", "ps-star", "allreduce"])
@@ -412,20 +424,29 @@ def test_each_links_first_send_of_an_iteration_ramps_up_and_the_rest_do_not():
     assert done[False][0, 0, 0] == pytest.approx(notice + 2 * (3 * warm + alpha))
 
 
-def test_the_reference_schedule_waits_between_phases_and_for_each_last_stage_send():
-    """Two stages, M = 3, t_b = 1 s, each gradient 0.5 s on the wire: our last stage computes
-    its backwards back to back while its sends trail (done at 3 + 0.5); the reference's waits
-    for each send before its next backward (3 × 1.5)."""
-    net = Network(np.zeros((2, 2)), np.full((2, 2), 2.0), np.full(2, 1e30))
-    hops = Hops(net, np.array([[[0]]]), np.array([[[1]]]), size=1.0)
-    compute = times(2, 0.0, 1.0)
-    ours = _run_pipeline(toy_workload(2, 1, 3), compute, hops, np.zeros((2, 1, 1)))
+def test_the_reference_schedule_waits_between_phases_and_for_each_middle_stage_send():
+    """Three stages, M = 2, t_f = 1 s, t_b = 0, every message 0.5 s on the wire, no buffers
+    (a send completes as its last byte leaves), no latency.
+
+    Ours: stage 1 gets m0 at 1.5, computes to 2.5, sends to 3.0; gets m1 at 2.5 and computes
+    it at once (to 3.5), sends 3.5-4.0; stage 2 computes m0 3.0-4.0 and m1 4.0-5.0. Backwards
+    (free): stage 2 sends at 5.0-5.5 and 5.5-6.0; stage 1 passes them on 5.5-6.0 and 6.0-6.5:
+    done at 6.5.
+
+    The reference's backend runs a receive after the previous send: stage 1 computes m1 only
+    once send(m0) has completed (3.0), to 4.0, sends 4.0-4.5; stage 2 computes m1 4.5-5.5.
+    Everyone leaves the barrier at 5.5; stage 2 sends 5.5-6.0 and 6.0-6.5, stage 1 passes the
+    first on at 6.0-6.5 and the second once that send completed and it arrived (6.5), to 7.0."""
+    net = Network(np.zeros((3, 3)), np.full((3, 3), 2.0), np.full(3, 1e30))
+    hosts = np.arange(3).reshape(3, 1, 1)
+    hops = Hops(net, hosts[:-1], hosts[1:], size=1.0)
+    compute = times(3, 1.0, 0.0)
+    ours = _run_pipeline(toy_workload(3, 1, 2), compute, hops, np.zeros((3, 1, 1)))
     theirs = _run_pipeline(
-        toy_workload(2, 1, 3, schedule="reference"), compute, hops, np.zeros((2, 1, 1))
+        toy_workload(3, 1, 2, schedule="reference"), compute, hops, np.zeros((3, 1, 1))
     )
-    forward_end = 3 * 0.5  # three activations of 0.5 s each reach stage 1
-    assert ours[1, 0, 0] == pytest.approx(forward_end + 3 * 1.0 + 0.5)
-    assert theirs[1, 0, 0] == pytest.approx(forward_end + 3 * (1.0 + 0.5))
+    assert ours[:, 0, 0] == pytest.approx([6.5, 6.5, 6.0])
+    assert theirs[:, 0, 0] == pytest.approx([7.0, 7.0, 6.5])
 
 
 def test_every_socket_of_a_connection_starts_from_its_own_initial_window():
@@ -449,10 +470,11 @@ def test_a_send_completes_once_its_rest_fits_in_the_senders_buffers():
     hops = Hops(net, hosts[:-1], hosts[1:], size)
     buffered = 400_000 * 2 + 100_000  # two sockets' send buffers, and the backend's buffer
     beta = rate_bps * TCP_PAYLOAD_SHARE / 8
-    assert hops.backward_send_s(0, np.inf) == pytest.approx((size - buffered) / beta, rel=1e-6)
+    sent = hops.send_s(hosts[1], hosts[0], np.inf)
+    assert sent == pytest.approx((size - buffered) / beta, rel=1e-6)
     assert hops.backward_wire(0, np.inf) == pytest.approx(size / beta, rel=1e-6)
     small = Hops(net, hosts[:-1], hosts[1:], buffered - 1)
-    assert small.backward_send_s(0, np.inf) == pytest.approx(0.0)
+    assert small.send_s(hosts[1], hosts[0], np.inf) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("tensor", [2, 4])
@@ -521,3 +543,101 @@ def test_fully_sharded_gathers_and_reduce_scatter_cost_rings_over_the_replicas()
     assert result.parts["reduce_scatter"] == pytest.approx(ring(stage_bytes, blocks + 1))
     assert result.parts["compute"] == pytest.approx(micro * (t_f + t_b))
     assert sum(result.parts.values()) == pytest.approx(result.iteration_s)
+
+
+# -- the reference's inputs, worked by hand (issue 30) ------------------------------------------
+
+
+def test_a_flat_ps_is_one_reduce_and_one_broadcast_of_the_stage_in_the_backends_steps():
+    """The reference's sync at DP 4: each stage's whole gradient in one bucket, moved in NCCL's
+    512 KiB steps (4 MiB buffer / 8 steps)."""
+    reference = load_reference()
+    calibration = reference.calibration()
+    workload = calibration.workload_for(reference.config(dp_degree=4))
+    assert workload.chunk_bytes == 524_288  # 4,194,304 / 8
+    assert [len(b) for b in workload.sync_buckets] == [1] * 12
+    assert workload.sync_buckets[0][0] == 164_298_752 * 4  # stage 0's whole gradient, fp32
+
+    # By hand, one stage of 4 replicas (a chain 3 → 2 → 1 → 0, then back), a gradient of
+    # N = 4 MiB = 4,194,304 B in steps of c = 524,288 B, α = 10 ms, β = 1 Gbit/s = 125e6 B/s:
+    #   c/β = 524,288 / 125e6 = 4.194304 ms; (N − c)/β = 3,670,016 / 125e6 = 29.360128 ms
+    #   reduce    = α (the receives' notice) + 3 × (c/β + α) + (N − c)/β
+    #             = 10 + 3 × 14.194304 + 29.360128 = 81.943040 ms
+    #   broadcast = 3 × (c/β + α) + (N − c)/β = 42.582912 + 29.360128 = 71.943040 ms
+    #   sync      = 153.886080 ms
+    one_stage = replace(
+        workload, layout=Layout(1, 4), sync_buckets=(np.array([4_194_304.0]),),
+        stage_params=np.array([1_048_576.0]),
+    )  # fmt: skip
+    net = uniform_network(4, BUILTIN["default"], Native(latency_s=0.010, rate_bps=1e9))
+    result = predict(one_stage, times(1, 0.0, 0.0), net)
+    assert result.parts["ps_sync"] == pytest.approx(0.153886080, rel=1e-9)
+    # per bucket instead (wanlab's `ps` of 8 buckets of 512 KiB): each bucket's reduce and
+    # broadcast fill the chain anew, 3 × (c/β + α) each way, and only the first reduce waits
+    # for the notice: 8 × 2 × 42.582912 + 10 = 691.326592 ms
+    per_bucket = replace(one_stage, sync_buckets=(np.full(8, 524_288.0),))
+    filled = predict(per_bucket, times(1, 0.0, 0.0), net).parts["ps_sync"]
+    assert filled == pytest.approx(0.691326592, rel=1e-9)
+
+
+def test_an_mtu_of_9001_gives_jumbo_segments_a_larger_initial_window_and_payload_share():
+    """MSS = MTU − 20 (IP) − 20 (TCP) − 12 (timestamps); the initial window is 10 of them on
+    each of NCCL's 16 sockets; a shaper counting frames of MTU + 14 bytes leaves MSS of them."""
+    assert (mss_of(1500), mss_of(9001)) == (1448, 8949)
+    assert payload_share(9001) == pytest.approx(8949 / 9015)
+    assert payload_share(1500) == TCP_PAYLOAD_SHARE == pytest.approx(1448 / 1514)
+    reference = load_reference()
+    calibration = reference.calibration()
+    side = calibration.tcp_for(reference.config(), calibration.tcp, 2)
+    assert side.initial_bytes(np.array(0)) == 10 * 8949 * 16 == 1_431_840
+    jumbo = uniform_network(2, BUILTIN["d50b1"], Native(mtu=9001))
+    assert jumbo.bytes_per_s[0, 1] == pytest.approx(1e9 * 8949 / 9015 / 8)
+    # a cold 16 MiB activation at 100.1 ms round trip: slow start from 1.43 MB covers it in
+    # 1.43 + 2.86 + 5.73 + 11.45 MB (4 rounds, the last at the line rate); from 10 × 1,448 B
+    # × 16 = 232 kB it takes 7 (232 kB × (2^7 − 1) = 29.4 MB ≥ 16.8 MB > 232 kB × 63)
+    size, rtt = 2048 * 2048 * 4, 2 * (50e-3 + 50e-6)
+    src, dst = np.array([0]), np.array([1])
+    cold = jumbo.with_tcp(side).wire_s(size, src, dst)
+    beta = jumbo.bytes_per_s[0, 1]
+    assert cold == pytest.approx(3 * rtt + (size - 7 * 1_431_840) / beta)
+    small = uniform_network(2, BUILTIN["d50b1"], Native(mtu=1500))
+    ethernet = replace(side, initial_window_bytes=side.initial_window_bytes * 1448 / 8949)
+    small_beta = small.bytes_per_s[0, 1]
+    slow = small.with_tcp(ethernet).wire_s(size, src, dst)
+    assert slow == pytest.approx(6 * rtt + (size - 63 * 231_680) / small_beta)
+
+
+def test_the_48_rank_barrier_takes_six_rounds_of_a_round_trip():
+    """gloo's dissemination barrier over W ranks: ⌈log2 W⌉ rounds (d = 1, 2, 4, …, 32 at
+    W = 48), each a notice and the data (2α) when all enter together. The reference's phase
+    barrier is over the world: at DP 4 (48 ranks) 12α, at DP 1 (12 ranks) 8α."""
+    assert (rounds(12), rounds(48)) == (4, 6)
+    alpha = 0.01
+    latency = np.full((48, 48), alpha)
+    left = dissemination_barrier(latency, np.arange(48)[None], np.zeros((1, 48)))
+    assert left[0] == pytest.approx([12 * alpha] * 48)
+    for replicas, world_rounds in ((12, 4), (48, 6)):  # one-stage pipelines: W = replicas
+        workload = toy_workload(1, replicas, 1, schedule="reference", dp_mode="ps", params=1.0)
+        net = Network(np.full((48, 48), alpha), np.full((48, 48), 1e30), np.full(48, 1e30))
+        result = predict(workload, times(1, 0.0, 0.0), net)
+        assert result.parts["barrier"] == pytest.approx(2 * world_rounds * alpha)
+
+
+def test_the_reference_printed_sizes_come_from_its_shapes():
+    """The reference printed floored MiB (bytes // 1024 // 1024) of fp32: a 1 × 2048 × 2048
+    activation, stage 0 (embedding 28,998 × 2,048, positions 2,048 × 2,048, two blocks) and the
+    last stage (two blocks, pooler 2,048 × 2,048 and 2 classes); a middle stage prints 384."""
+    config = load_reference().config()
+    assert storage_mib(config) == {
+        "activation_mib": 16,
+        "first_stage_mib": 626,
+        "last_stage_mib": 400,
+    }
+    block = 12 * 2048**2 + 13 * 2048
+    first = (28_998 + 2048) * 2048 + 2 * block
+    last = 2 * block + 2048**2 + 2048 + 2 * 2048 + 2
+    workload = workload_of(config)
+    assert list(workload.stage_params[[0, 1, -1]]) == [first, 2 * block, last]
+    assert (first, last) == (164_298_752, 104_916_994)
+    assert 2 * block * 4 // 2**20 == 384
+    assert config.gpt.n_params() == 1_276_381_186

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,12 @@ from typer.testing import CliRunner
 
 from experiments.cli.predict import predict
 from experiments.costmodel.analytic import (
-    OPTIMIZER_BYTES_PER_PARAM,
     StageCompute,
     rank_order_placement,
     with_stage_collectives,
 )
-from experiments.costmodel.calibrate import from_flops, reference_calibration, workload_of
-from experiments.costmodel.fromresults import ResultsCalibration
+from experiments.costmodel.calibrate import from_flops, workload_of
+from experiments.costmodel.fromresults import ResultsCalibration, native_from_probe
 from experiments.costmodel.network import (
     MACHINE_BYTES_PER_S,
     MACHINE_LATENCY_S,
@@ -27,6 +27,13 @@ from experiments.costmodel.network import (
     uniform_network,
 )
 from experiments.costmodel.predict import predict_config, predict_matrix
+from experiments.costmodel.reference import (
+    FEEDS,
+    REFERENCE_FILE,
+    load_reference,
+    measured,
+    reference_calibration,
+)
 from experiments.matrix import load_matrix
 from experiments.results import CellRecord, ResultsStore
 from inventory.errors import ConfigError
@@ -188,7 +195,7 @@ def test_a_cell_without_step_times_is_fitted_on_its_total(tmp_path):
     record["trainer"] = config.model_dump(mode="json", exclude={"out", "iface"})
     calibration = ResultsCalibration([CellRecord.model_validate(record)]).for_cell(record["params"])
     workload = workload_of(config)
-    optimizer = workload.stage_params.sum() * OPTIMIZER_BYTES_PER_PARAM / 900e9
+    optimizer = workload.stage_params.sum() * 28 / 900e9  # AdamW: 28 B per parameter
     work = workload.n_micro * (workload.forward_flops + workload.backward_flops).sum()
     assert calibration.flops_per_s == pytest.approx(work / (0.05 - optimizer), rel=1e-5)
 
@@ -288,3 +295,100 @@ def test_a_fully_sharded_cells_gathers_are_taken_out_of_its_measured_compute(tmp
     kept = calibration.compute_for(workload)
     np.testing.assert_allclose(kept.forward_s, own.forward_s, rtol=1e-9)
     np.testing.assert_allclose(kept.backward_s, own.backward_s, rtol=1e-9)
+
+
+def test_explain_prints_every_input_of_the_reference_with_its_source_and_term():
+    seed = Path(__file__).parent.parent / "experiments/matrices/seed-gpt3xl.toml"
+    run = CliRunner().invoke(mounted(), [str(seed), "--calibrate", "reference", "--explain"])
+    assert run.exit_code == 0, run.output
+    text = run.output
+    reference = load_reference()
+    for key, entry in reference.description.inputs().items():
+        assert f"  {key} = " in text, key
+        assert f"feeds: {FEEDS[key]}" in text, key
+        assert entry.source in text, key
+    assert "MSS 8949 B; initial window 89490 B per socket, 1431840 B per connection" in text
+    assert "TFLOP/s, 62% of the peak 15.7" in text
+    # the reference's DP 1 row within 10 % in every cell, calibrated on its default alone
+    rows = predict_matrix(load_matrix(seed), lambda params: reference.calibration())
+    for row in rows:
+        cell = measured(reference)[row["params"]["profile"], row["params"]["dp_degree"]]
+        if cell.dp_degree == 1:
+            error = row["predicted_iteration_s"] / cell.iteration_s - 1
+            assert abs(error) < 0.10, (cell, error)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("value = 400\n", "value = 384\n", "storage.last_stage_mib.value"),
+        ("value = 28998\n", "value = 50257\n", "storage.first_stage_mib.value"),
+        ("value = 15.7e12\n", "value = 5e12\n", "device.peak_flops"),
+        ('[model.heads]\nvalue = 16', '[model.heads]\nvalue = 24', "model.heads.value"),
+        ('[barrier.group]\nvalue = "world"', '[barrier.group]\nvalue = "pipeline"',
+         "barrier.group.value"),
+        ('source = "nccl: src/transport/net_socket.cc', 'source = "somewhere: net_socket.cc',
+         "backend.sockets.source"),
+        ("[tcp.rto_min_s]\n", '[tcp.ssthresh]\nvalue = 1\nsource = "linux: x"\n[tcp.rto_min_s]\n',
+         "tcp.ssthresh"),
+    ],
+)  # fmt: skip
+def test_a_description_that_does_not_hold_together_is_refused(tmp_path, old, new, field):
+    text = REFERENCE_FILE.read_text()
+    assert old in text
+    path = tmp_path / "reference.toml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(ConfigError) as caught:
+        load_reference(path).calibration()
+    assert (caught.value.file, caught.value.field) == (str(path), field)
+
+
+def test_the_references_times_stand_only_beside_the_cells_it_ran():
+    matrices = Path(__file__).parent.parent / "experiments/matrices"
+    for name, beside in (("seed-gpt3xl", 10), ("seed-baselines", 0)):
+        run = CliRunner().invoke(
+            mounted(), [str(matrices / f"{name}.toml"), "--calibrate", "reference", "--json"]
+        )
+        assert run.exit_code == 0, run.output
+        rows = json.loads(run.output[run.output.index("[") :])
+        assert sum("measured_iteration_s" in row for row in rows) == beside, name
+
+
+def test_a_fitted_rate_above_the_devices_peak_is_refused(tmp_path):
+    """The reference with wanlab's former inputs (a language-model head over GPT-2's 50,257
+    tokens) needs a compute rate above a V100's fp32 peak to give its default DP 1 time: the
+    calibration refuses it, naming the peak. Sizes by hand, to pass the description's own check:
+    a block is 12·2048² + 13·2048 = 50,358,272 parameters; stage 0 holds (50,257 + 2,048) ×
+    2,048 + 2 blocks = 207,837,184 (× 4 B // 2²⁰ = 792 MiB), the last stage 2 blocks + the final
+    norm 2·2,048 + 50,257 × 2,048 = 203,646,976 (776 MiB)."""
+    text = REFERENCE_FILE.read_text()
+    for old, new in (
+        ('[trainer.head]\nvalue = "classification"', '[trainer.head]\nvalue = "lm"'),
+        ("[trainer.vocab_size]\nvalue = 28998", "[trainer.vocab_size]\nvalue = 50257"),
+        ("[storage.first_stage_mib]\nvalue = 626", "[storage.first_stage_mib]\nvalue = 792"),
+        ("[storage.last_stage_mib]\nvalue = 400", "[storage.last_stage_mib]\nvalue = 776"),
+    ):
+        assert old in text
+        text = text.replace(old, new, 1)
+    path = tmp_path / "reference.toml"
+    path.write_text(text)
+    reference = load_reference(path)  # the description holds together
+    with pytest.raises(ConfigError) as caught:
+        reference.calibration()
+    assert (caught.value.file, caught.value.field) == (str(path), "device.peak_flops")
+    assert re.search(r"the fitted compute rate, 1[6-7]\.\d\d TFLOP/s, exceeds", str(caught.value))
+    assert "\n" not in str(caught.value)
+    # the description as it is fits below the peak
+    assert load_reference().calibration().flops_per_s < 15.7e12
+
+
+def test_the_native_mtu_comes_from_the_hosts_facts_then_the_probes_segment():
+    """A probe's segment of 1,448 B is an MTU of 1,448 + 20 (IP) + 20 (TCP) + 12 (timestamps)
+    = 1,500; the hosts' interfaces, where recorded, say it first (the smallest of them)."""
+    probe = [{"rtt_ms_median": 0.1, "throughput_bps": 1e9, "mss_bytes": 1448}]
+    fallback = Native(mtu=1234)
+    assert native_from_probe(probe, fallback).mtu == 1500
+    assert native_from_probe(probe, fallback, [9001, 9001, None]).mtu == 9001
+    assert native_from_probe(probe, fallback, [9001, 1500]).mtu == 1500
+    assert native_from_probe([{"rtt_ms_median": 0.1}], fallback).mtu == 1234
+    assert native_from_probe(None, fallback, [9001]).mtu == 9001

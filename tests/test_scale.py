@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from experiments.costmodel.calibrate import reference_calibration, workload_of
+from experiments.costmodel.calibrate import workload_of
+from experiments.costmodel.reference import reference_calibration
 from experiments.costmodel.tcp import MSS_BYTES, receive_window
 from experiments.matrix import load_matrix
 from experiments.scale import (
@@ -28,6 +29,21 @@ SEED = ROOT / "experiments" / "matrices" / "seed-gpt3xl.toml"
 LAB = Lab(latency_s=0.35e-3, ceiling_bps=500e6, receive_share=0.72)  # a kernel from 6.6
 
 
+LAB_SHARE = 1448 / 1514
+"""The payload share of the lab's shaped rate (MTU 1,500)."""
+
+
+def payload_bps(profile, calibration) -> float:
+    """The target hop's data rate: its shaped rate's payload at MTU 9,001, at most native."""
+    native = calibration.native.rate_bps
+    return native if profile.rate_bps is None else min(profile.rate_bps * 8949 / 9015, native)
+
+
+def lab_rate_per_s(profile, calibration) -> float:
+    """The lab's shaped rate per unit of s that carries the target's data rate."""
+    return payload_bps(profile, calibration) / LAB_SHARE
+
+
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory):
     spec, calibration = load_matrix(SEED), reference_calibration()
@@ -40,14 +56,14 @@ def scaled(tmp_path_factory):
 def test_each_profiles_factor_fits_every_rank_sending_at_once_into_the_lab(scaled):
     spec, calibration, model, lab = scaled
     for name, scale in model.scales.items():
-        rate = spec.targets[name].rate_bps or calibration.native.rate_bps
+        rate = lab_rate_per_s(spec.targets[name], calibration)
         most = HEADROOM * LAB.ceiling_bps / (48 * rate)
         assert scale.factor <= most * (1 + 1e-9)
         # lowered only to make the initial window whole, which costs less than half of it
         assert scale.factor > most / 2
     # the unshaped network's initial window is a fraction of a segment at any s the lab carries
     assert model.scales["default"].factor == pytest.approx(
-        HEADROOM * 500e6 / (48 * calibration.native.rate_bps)
+        HEADROOM * 500e6 / (48 * calibration.native.rate_bps / LAB_SHARE)
     )
     for cell in lab.cells():
         peak = lab.max_world_size * lab.targets[cell.profile].rate_bps
@@ -56,7 +72,10 @@ def test_each_profiles_factor_fits_every_rank_sending_at_once_into_the_lab(scale
 
 def test_a_profiles_factor_makes_the_targets_initial_window_whole_where_it_can(scaled):
     spec, calibration, model, lab = scaled
-    segments = 10 * calibration.sockets  # the reference's hosts: initcwnd 10, 16 sockets
+    # the reference's hosts: initcwnd 10 of 8,949-byte segments (MTU 9,001) on 16 sockets,
+    # in the lab's 1,448-byte segments
+    initial_bytes = 10 * 8949 * 16
+    segments = initial_bytes / MSS_BYTES
     activation = workload_of(spec.trainer_config(spec.cells()[0])).activation_bytes
     whole = 0
     for lab_cell, scale_cell in zip(lab.cells(), lab.scale.cells, strict=True):
@@ -65,12 +84,12 @@ def test_a_profiles_factor_makes_the_targets_initial_window_whole_where_it_can(s
             continue  # under one segment at the most the lab carries: reported, not kept
         whole += 1
         initcwnd = lab.tcp_settings(lab_cell).initcwnd
-        assert initcwnd == pytest.approx(segments * s, abs=1e-9)
+        assert initcwnd == pytest.approx(segments * s, abs=1e-6)
         lab_activation = workload_of(lab.trainer_config(lab_cell)).activation_bytes
         assert initcwnd * MSS_BYTES / lab_activation == pytest.approx(
-            segments * MSS_BYTES / activation, rel=1e-3
+            initial_bytes / activation, rel=1e-3
         )
-    assert whole == 4  # the 1 Gbit/s profiles (d10b1, d50b1) at both DP degrees
+    assert whole == 8  # every shaped profile at both DP degrees (the unshaped one is too fast)
 
 
 def test_topology_schedule_and_compute_are_the_targets(scaled):
@@ -99,8 +118,8 @@ def test_every_transfer_and_window_takes_the_targets_time(scaled):
     target_work = workload_of(spec.trainer_config(spec.cells()[0]))
     ubuntu = calibration.tcp
     target_window = min(receive_window(ubuntu["rmem"][2], ubuntu["adv_win_scale"]),
-                        ubuntu["wmem"][2]) * calibration.sockets  # fmt: skip
-    sends = ubuntu["wmem"][2] * calibration.sockets + calibration.backend_buffer_bytes
+                        ubuntu["wmem"][2]) * calibration.backend.sockets  # fmt: skip
+    sends = ubuntu["wmem"][2] * calibration.backend.sockets + calibration.backend.p2p_buffer_bytes
     for lab_cell, scale_cell in zip(lab.cells(), lab.scale.cells, strict=True):
         target_name = scale_cell.target_profile
         s = model.scales[target_name].factor
@@ -112,12 +131,13 @@ def test_every_transfer_and_window_takes_the_targets_time(scaled):
         assert window == pytest.approx(target_window * s, rel=1e-4)
         assert lab_tcp.wmem[2] == pytest.approx(sends * s, abs=1)
         target, local = spec.targets[target_name], parse_profile(lab_cell.profile)
-        target_rate = target.rate_bps or calibration.native.rate_bps
+        target_rate = payload_bps(target, calibration)  # what carries data: MTU 9,001
+        lab_rate = local.rate_bps * LAB_SHARE  # the lab's shaper counts 1,514-byte frames
         # an activation hop and a stage's gradients take the same seconds in both
         hop = target_work.activation_bytes * 8 / target_rate
-        assert lab_work.activation_bytes * 8 / local.rate_bps == pytest.approx(hop, rel=2e-3)
+        assert lab_work.activation_bytes * 8 / lab_rate == pytest.approx(hop, rel=2e-3)
         sync = target_work.grad_bytes * 8 / target_rate
-        assert lab_work.grad_bytes * 8 / local.rate_bps == pytest.approx(sync, rel=2e-3)
+        assert lab_work.grad_bytes * 8 / lab_rate == pytest.approx(sync, rel=2e-3)
         # the one-way latency is the target's wherever the lab's own hop is shorter
         target_latency = calibration.native.latency_s + target.delay_ms / 1000
         if target_latency > LAB.latency_s:
@@ -141,15 +161,16 @@ def test_the_groups_say_what_the_lab_cannot_keep(scaled):
     assert kept[("d50b1", "window / bandwidth-delay product")]
     # the lab's one socket buffers what the target's 16 sockets and NCCL's buffer held
     assert all(kept[(p, "send buffers / activation")] for p in spec.axes.profiles)
-    # 160 initial segments × s is under one segment at 10 Gbit/s: the lab starts with more
-    # than its share there; at 1 Gbit/s the factor makes it exactly one segment
+    # 16 sockets' initial windows of 10 jumbo segments are 988.8 of the lab's segments: × s
+    # under one at 10 Gbit/s, where the lab starts with more than its share; from 5 Gbit/s on
+    # the factor makes them whole
     assert not kept[("default", "initial window / activation")]
-    assert kept[("d50b1", "initial window / activation")]
+    assert all(kept[(p, "initial window / activation")] for p in ("d1b5", "d5b2", "d50b1"))
     [lab_tcp] = lab.tcp.values()  # [tcp]: the baseline profile's factor
-    assert lab_tcp.initcwnd == 1 and 10 * 16 * model.scales["default"].factor < 1
-    # a gradient chain's 256 KiB pieces would scale to a few hundred bytes; the lab sends more
+    assert lab_tcp.initcwnd == 1 and 10 * 16 * 8949 / 1448 * model.scales["default"].factor < 1
+    # NCCL's 512 KiB steps would scale to a few KiB; the lab's chains send larger pieces
     for scale in model.scales.values():
-        assert scale.tensors["ps_chunk_kb"] == MIN_CHUNK_KB and 256 * scale.factor < MIN_CHUNK_KB
+        assert scale.tensors["ps_chunk_kb"] == MIN_CHUNK_KB and 512 * scale.factor < MIN_CHUNK_KB
     assert not kept[("d50b1", "sync chunk / largest gradient")]
     # HTB's burst is 4 ms at the rate, at least two frames: the larger factor of a slower
     # profile keeps two frames within 4 ms at its lab rate
@@ -184,6 +205,8 @@ def write_target(tmp_path: Path, profiles: list[str], engines=("gpipe",)) -> Pat
         'profiles = ["default", "d1b5", "d5b2", "d10b1", "d50b1"]',
         "profiles = " + repr(profiles).replace("'", '"'),
     ).replace('engines = ["gpipe"]', "engines = " + repr(list(engines)).replace("'", '"'))
+    if tuple(engines) != ("gpipe",):  # the reference's schedule is the gpipe engine's
+        text = text.replace('gpipe_schedule = "reference"\n', "")
     path.write_text(text)
     return path
 

@@ -109,6 +109,53 @@ def test_preset_applied_then_reset_restores(lab, tmp_path, preset):
 
 
 @root_only
+def test_the_agent_reads_the_interfaces_mtu_beside_the_tcp_settings(lab, tmp_path):
+    """The MTU sets TCP's segment, so the hosts' facts carry it: set with `ip link`, read back
+    by the agent and by `ip link show` (the independent reader)."""
+    ns = lab.hosts[0].name
+
+    def shown_mtu() -> int:
+        argv = ["ip", "-n", ns, "-j", "link", "show", "dev", LAB_IFNAME]
+        shown = subprocess.run(argv, capture_output=True, text=True, check=True)
+        return json.loads(shown.stdout)[0]["mtu"]
+
+    before = shown_mtu()
+    set_mtu = ["ip", "-n", ns, "link", "set", "dev", LAB_IFNAME, "mtu"]
+    try:
+        subprocess.run([*set_mtu, "9001"], check=True)
+        [shown] = agent(ns, tmp_path, tcp_request("tcp-show"))
+        assert shown["mtu"] == shown_mtu() == 9001
+    finally:
+        subprocess.run([*set_mtu, str(before)], check=True)
+    [shown] = agent(ns, tmp_path, tcp_request("tcp-show"))
+    assert shown["mtu"] == shown_mtu() == before
+
+
+@root_only
+@pytest.mark.parametrize(("mtu", "mss"), [(1500, 1448), (9001, 8949)])
+def test_the_probe_reads_the_segment_its_paths_mtu_gives(lab, mtu, mss):
+    """MSS = MTU − 20 (IPv4) − 20 (TCP) − 12 (timestamps): 1,500 − 52 = 1,448 and
+    9,001 − 52 = 8,949, as the probe reads it on the namespace's loopback set to that MTU."""
+    ns = lab.hosts[0].name
+    set_mtu = ["ip", "-n", ns, "link", "set", "dev", "lo", "mtu"]
+    script = (
+        "import threading\nfrom netem.probe import measure_rtt, open_server, serve_on\n"
+        "server = open_server('127.0.0.1', 0)\nport = server.getsockname()[1]\n"
+        "threading.Thread(target=serve_on, args=(server, 20, 0), daemon=True).start()\n"
+        "print(measure_rtt('127.0.0.1', port, count=3)['mss_bytes'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        subprocess.run([*set_mtu, str(mtu)], check=True)
+        argv = in_netns(ns, [sys.executable, "-c", script])
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        subprocess.run([*set_mtu, "65536"], check=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == mss
+
+
+@root_only
 def test_lease_expiry_restores(lab, tmp_path):
     ns = lab.hosts[0].name
     before = as_read(ns)

@@ -8,15 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from trainer_workers import launch_cli, one_data_parallel_step, pipeline_gradients, spawn
 
+from experiments.launch import trainer_flags
 from experiments.localranks import REPO, finish, free_port
 from inventory.errors import ConfigError
 from inventory.ports import port_open
-from trainer.__main__ import rendezvous_store
+from trainer.__main__ import overrides_from, parse_args, rendezvous_store
 from trainer.config import TrainerConfig, check_world, load_config
 from trainer.data import TokenSource
 from trainer.dataparallel import make_buckets
@@ -58,8 +60,9 @@ def test_layers_split_evenly_or_as_given():
         split_layers(4, 2, [1, 1])
 
 
-def test_stages_hold_the_full_models_weights_under_its_names():
-    cfg = CONFIGS["tiny"]
+@pytest.mark.parametrize("head", ["lm", "classification"])
+def test_stages_hold_the_full_models_weights_under_its_names(head):
+    cfg = replace(CONFIGS["tiny"], head=head)
     full = dict(GPT(cfg, seed=SEED).named_parameters())
     seen = {}
     for s in range(3):
@@ -73,9 +76,11 @@ def test_stages_hold_the_full_models_weights_under_its_names():
     assert sum(p.numel() for p in full.values()) == cfg.n_params()
 
 
-@pytest.mark.parametrize("n_stages", [3])
-def test_pipelined_loss_and_gradients_equal_the_full_models(tmp_path, n_stages):
-    base = dict(model="tiny", pipeline=n_stages, batch=2 * n_stages, seed=SEED, seq_len=16)
+@pytest.mark.parametrize("n_stages, head", [(3, "lm"), (3, "classification")])
+def test_pipelined_loss_and_gradients_equal_the_full_models(tmp_path, n_stages, head):
+    base = dict(
+        model="tiny", pipeline=n_stages, batch=2 * n_stages, seed=SEED, seq_len=16, head=head
+    )
     micro_counts = [1, n_stages, 2 * n_stages]
     spawn(pipeline_gradients, n_stages, str(tmp_path), base, micro_counts)
 
@@ -136,6 +141,48 @@ def test_one_data_parallel_step_equals_one_step_on_the_concatenated_batch(
                 torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6)
         names = {name for r in ranks for name in r["params"]}
         assert names == expected.keys(), label
+
+
+# The reference's configuration in miniature: a classification head, a vocabulary of its own,
+# the flat central PS (on chunked chains and on the backend's reduce and broadcast), the
+# reference's schedule with a middle stage (its waits for the previous send) and SGD.
+REFERENCE_VARIANTS = [
+    ("reference-flat", {"ps_flat": True, "ps_chunk_kb": 4}, False),
+    ("reference-flat-backend", {"ps_flat": True}, True),
+]
+
+
+def test_the_reference_configuration_steps_as_the_unpartitioned_model(tmp_path):
+    base = dict(
+        model="tiny", head="classification", vocab_size=70, pipeline=3, dp_degree=2, batch=4,
+        micro_batch=2, seed=SEED, seq_len=16, optimizer="sgd", lr=0.5, dp_mode="ps",
+        gpipe_schedule="reference",
+    )  # fmt: skip
+    cfg = TrainerConfig(**base)
+    spawn(one_data_parallel_step, cfg.world_size, str(tmp_path), base, REFERENCE_VARIANTS)
+
+    expected_grads, expected = reference_step(cfg)
+    assert expected["head.fc.weight"].shape == (2, 32)
+    assert expected["embed.wte.weight"].shape == (70, 32)
+    for label, _, _ in REFERENCE_VARIANTS:
+        ranks = [torch.load(tmp_path / f"{label}-r{r}.pt") for r in range(cfg.world_size)]
+        for saved in ranks:
+            for name, param in saved["params"].items():
+                torch.testing.assert_close(
+                    saved["grads"][name], expected_grads[name], rtol=1e-5, atol=1e-7
+                )
+                torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6)
+        assert {name for r in ranks for name in r["params"]} == expected.keys(), label
+
+
+def test_a_flat_ps_is_one_bucket_of_the_whole_stage():
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (10, 10, 30, 5, 5)]
+    flat = TrainerConfig(model="tiny", dp_mode="ps", ps_flat=True)
+    assert [[p.numel() for p in b] for b in make_buckets(params, flat.ps_bucket_bytes)] == [
+        [10, 10, 30, 5, 5]
+    ]
+    with pytest.raises(ConfigError, match="ps_bucket_mb"):
+        load_config(None, {"model": "tiny", "ps_flat": True, "ps_bucket_mb": 1.0})
 
 
 TENSOR_VARIANTS = [
@@ -420,3 +467,15 @@ def test_workers_build_before_go_and_join_their_process_group_only_after(tmp_pat
         for worker in workers:
             worker.stdin.close()
             worker.wait(timeout=30)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_the_runners_flags_give_the_rank_the_same_configuration(flat):
+    """What the runner passes to `python -m trainer` reads back as the configuration it was
+    made from, the reference's fields (head, vocabulary, flat sync, schedule) included."""
+    config = TrainerConfig(
+        model="tiny", head="classification", vocab_size=70, ps_flat=flat, recompute=flat,
+        optimizer="sgd", gpipe_schedule="reference", pipeline=2, batch=4,
+    )  # fmt: skip
+    args = parse_args(trainer_flags(config))
+    assert load_config(None, overrides_from(args)) == config

@@ -54,7 +54,7 @@ def one_data_parallel_step(rank, world_size, port, out_dir, base, variants):
         if collectives:
             trainer.sync = make_gradient_sync(
                 cfg.dp_mode, trainer.module, cfg.layout, trainer.position,
-                bucket_bytes=int(cfg.ps_bucket_mb * 2**20), collectives=True,
+                bucket_bytes=cfg.ps_bucket_bytes, collectives=True,
             )  # fmt: skip
         trainer.step(0)
         named = list(trainer.module.named_parameters())

@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML file with TrainerConfig fields")
     for name, field in TrainerConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        if name == "recompute":
+        if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif name == "layers":
             parser.add_argument(flag, help="layers per stage, comma-separated, e.g. 2,1,1")

@@ -5,7 +5,9 @@ Every validation failure is an `inventory.errors.ConfigError` naming the source 
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -41,6 +43,9 @@ Engine = Literal["gpipe", "pipelining-gpipe", "pipelining-1f1b"]
 (trainer/engines.py)."""
 GpipeSchedule = Literal["gpipe", "reference"]
 """Engine `gpipe`'s schedule: wanlab's, or the reference system's (trainer/gpipe.py)."""
+HeadKind = Literal["lm", "classification"]
+"""What the last stage ends in: a language-model head, or the reference's classification head
+(trainer/model.py)."""
 DType = Literal["fp32", "fp16", "bf16"]
 """The precision a stage computes and sends activations in."""
 DP_MODES: tuple[str, ...] = get_args(DpMode)
@@ -80,6 +85,11 @@ class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = "tiny"
+    head: HeadKind | None = None
+    """The model's head over the named model's (`lm`): `classification` ends the last stage in
+    a pooler and 2 logits (trainer/model.py)."""
+    vocab_size: int | None = Field(None, ge=2, le=2**24, strict=True)
+    """The embedding's rows over the named model's vocabulary."""
     batch: int = Field(8, ge=1, strict=True)
     micro_batch: int = Field(1, ge=1, strict=True)
     pipeline: int = Field(1, ge=1, strict=True)
@@ -91,6 +101,9 @@ class TrainerConfig(BaseModel):
     """`ps`/`sharded-ps`: gradients per reduce-and-broadcast, in MiB (0: one per tensor)."""
     ps_chunk_kb: float = Field(256, ge=1, le=65536, allow_inf_nan=False, strict=True)
     """`ps`/`sharded-ps` on gloo: the piece each hop of the chain forwards at a time, in KiB."""
+    ps_flat: StrictBool = False
+    """`ps`/`sharded-ps`: one bucket of the stage's whole gradient (flattened into one tensor),
+    so `ps` is one reduce and one broadcast, chunked as any bucket is."""
     engine: Engine = "gpipe"
     gpipe_schedule: GpipeSchedule = "gpipe"
     layers: list[StrictInt] | None = None
@@ -116,7 +129,7 @@ class TrainerConfig(BaseModel):
     def _consistent(self) -> TrainerConfig:
         if self.model not in CONFIGS:
             raise FieldProblem("model", f"unknown model {self.model!r}; known: {sorted(CONFIGS)}")
-        gpt = CONFIGS[self.model]
+        gpt = self.gpt
         if self.batch % self.micro_batch:
             raise FieldProblem(
                 "micro_batch", f"micro-batch {self.micro_batch} does not divide batch {self.batch}"
@@ -167,6 +180,8 @@ class TrainerConfig(BaseModel):
                 f"pipelining-1f1b needs micro-batches ≥ stages: batch {self.batch} / "
                 f"micro-batch {self.micro_batch} = {self.n_micro} < pipeline {self.pipeline}",
             )
+        if self.ps_flat and self.ps_bucket_mb:
+            raise FieldProblem("ps_bucket_mb", "ps_flat is one bucket of the whole stage: no size")
         if self.tensor > 1:
             if gpt.n_head % self.tensor:
                 raise FieldProblem(
@@ -196,13 +211,20 @@ class TrainerConfig(BaseModel):
 
     @property
     def gpt(self) -> GPTConfig:
-        """The model's shape."""
-        return CONFIGS[self.model]
+        """The model's shape: the named model's, with this head and vocabulary where given."""
+        given = {"head": self.head, "vocab_size": self.vocab_size}
+        return replace(CONFIGS[self.model], **{k: v for k, v in given.items() if v is not None})
 
     @property
     def seq(self) -> int:
         """Tokens per sequence."""
         return self.seq_len or self.gpt.block_size
+
+    @property
+    def ps_bucket_bytes(self) -> float:
+        """Gradient bytes per bucket of a `ps` chain: 0 for one per tensor, infinite for one of
+        the whole stage (`ps_flat`)."""
+        return math.inf if self.ps_flat else int(self.ps_bucket_mb * 2**20)
 
     @property
     def n_micro(self) -> int:

@@ -58,8 +58,9 @@ def unflatten(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
         offset += p.numel()
 
 
-def bucket_spans(sizes: list[int], bucket_bytes: int) -> list[range]:
-    """Consecutive items (of `sizes` bytes) grouped up to `bucket_bytes` each (0: one per item)."""
+def bucket_spans(sizes: list[int], bucket_bytes: float) -> list[range]:
+    """Consecutive items (of `sizes` bytes) grouped up to `bucket_bytes` each (0: one per item;
+    infinite: all in one)."""
     spans: list[range] = []
     start, total = 0, 0
     for index, size in enumerate(sizes):
@@ -72,8 +73,9 @@ def bucket_spans(sizes: list[int], bucket_bytes: int) -> list[range]:
     return spans
 
 
-def make_buckets(params: list[nn.Parameter], bucket_bytes: int) -> list[list[nn.Parameter]]:
-    """The parameters in buckets of up to `bucket_bytes` of gradient (0: one per tensor)."""
+def make_buckets(params: list[nn.Parameter], bucket_bytes: float) -> list[list[nn.Parameter]]:
+    """The parameters in buckets of up to `bucket_bytes` of gradient (0: one per tensor;
+    infinite: one for all)."""
     sizes = [p.numel() * p.element_size() for p in params]
     return [params[span.start : span.stop] for span in bucket_spans(sizes, bucket_bytes)]
 
@@ -317,7 +319,7 @@ def make_gradient_sync(
     layout: Layout,
     position: Position,
     *,
-    bucket_bytes: int = 0,
+    bucket_bytes: float = 0,
     chunk_bytes: int = 256 * 1024,
     collectives: bool | None = None,
 ) -> GradientSync:

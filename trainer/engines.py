@@ -57,12 +57,9 @@ def make_engine(
             shape = stage.activation_shape(cfg.micro_batch)
         else:
             shape = (cfg.micro_batch, cfg.seq, cfg.gpt.n_embd)
-        group = None
-        if cfg.gpipe_schedule == "reference":
-            group = pipeline_group(cfg.layout, position)
         return GPipe(
             stage, cfg.layout, position, shape, device, compute_dtype, loss_scale,
-            cfg.gpipe_schedule, group,
+            cfg.gpipe_schedule,
         )  # fmt: skip
     if cfg.engine not in LIBRARY_SCHEDULES:
         raise ValueError(f"unknown engine {cfg.engine!r}; known: {', '.join(ENGINES)}")

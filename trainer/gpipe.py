@@ -5,9 +5,11 @@ iteration's phase is posted up front with `irecv`, and every send is an `isend`,
 run while the stage computes; a stage blocks only when the tensor it needs next has not arrived.
 Gradients accumulate in the stage's parameters over the micro-batches.
 
-The `reference` schedule is the reference system's GPipe: the same steps, plus a barrier of the
-pipeline's ranks between the forwards and the backwards, and the last stage waiting for each
-backward send to leave before its next backward.
+The `reference` schedule is the reference system's GPipe: the same steps, plus a barrier of
+every rank of the world between the forwards and the backwards (entered once the rank's
+forward sends have completed), and a middle stage taking its next input only once its previous
+send has completed (its backend, NCCL, runs a communicator's kernels in launch order, and it
+launches each receive after the previous send).
 """
 
 from __future__ import annotations
@@ -40,13 +42,11 @@ class GPipe:
         compute_dtype: torch.dtype = torch.float32,
         loss_scale: float = 1.0,
         schedule: str = "gpipe",
-        pipeline_group: dist.ProcessGroup | None = None,
     ):
-        """`schedule` is `gpipe` or `reference`; the latter's barrier runs over
-        `pipeline_group` (None: the whole world)."""
+        """`schedule` is `gpipe` or `reference`."""
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
-        self.reference, self.pipeline_group = schedule == "reference", pipeline_group
+        self.reference = schedule == "reference"
         self.stage, self.device = stage, device
         self.act_shape = act_shape
         self.wire_dtype = compute_dtype
@@ -83,6 +83,12 @@ class GPipe:
         work.wait()
         times.comm_wait_s += self.clock() - start
 
+    def _after_previous_send(self, sends: list, times: PipelineTimes) -> None:
+        """Under the reference schedule a middle stage takes its next input only once its
+        previous send has completed (a gloo work is waited for once: it leaves the list)."""
+        if self.reference and self.prev is not None and self.next is not None and sends:
+            self._wait(sends.pop()[1], times)
+
     def run(
         self, tokens: list[torch.Tensor] | None, targets: list[torch.Tensor] | None, n_micro: int
     ) -> tuple[float | None, PipelineTimes]:
@@ -95,6 +101,7 @@ class GPipe:
             if self.prev is None:
                 x = tokens[m]
             else:
+                self._after_previous_send(sends, times)
                 buf, work = received.pop(m)
                 self._wait(work, times)
                 x = buf.float().requires_grad_()
@@ -111,9 +118,12 @@ class GPipe:
             inputs.append(x)
             outputs.append(y)
 
-        if self.reference:
+        if self.reference:  # the forwards end with their sends, as a device synchronize does
+            for _, work in sends:
+                self._wait(work, times)
+            sends.clear()
             start = self.clock()
-            dist.barrier(group=self.pipeline_group)
+            dist.barrier()
             times.comm_wait_s += self.clock() - start
         backward_order = range(n_micro - 1, -1, -1)
         grads = self._post_receives(self.next, n_micro, n_micro, backward_order)
@@ -126,6 +136,7 @@ class GPipe:
                 start = self.clock()
                 (outputs[m] * self.loss_scale).backward()
             else:
+                self._after_previous_send(sends, times)
                 buf, work = grads.pop(m)
                 self._wait(work, times)
                 start = self.clock()
@@ -134,8 +145,6 @@ class GPipe:
                 wire = inputs[m].grad.to(self.wire_dtype)
                 sends.append((wire, dist.isend(wire, dst=self.prev, tag=n_micro + m)))
             times.backward_s += self.clock() - start
-            if self.reference and self.next is None and self.prev is not None:
-                self._wait(sends.pop()[1], times)  # a gloo work must be waited for once
             inputs[m] = outputs[m] = None
         for _, work in sends:
             self._wait(work, times)

@@ -26,13 +26,34 @@ class GPTConfig:
     block_size: int
     vocab_size: int = 50257
     bias: bool = True
+    head: str = "lm"
+    """What the last stage ends in: `lm` (final norm and an untied projection to the
+    vocabulary, next-token loss) or `classification` (a pooler d × d with tanh on the last
+    token, then `n_classes` logits: one label per sequence)."""
+    n_classes: int = 2
+    """Classes of the `classification` head."""
+
+    def head_sizes(self) -> list[int]:
+        """Element count of each parameter tensor of the head, in its own order."""
+        d = self.n_embd
+        if self.head == "classification":
+            c = self.n_classes
+            return [d * d, d, c * d, c] if self.bias else [d * d, c * d]
+        return ([d, d] if self.bias else [d]) + [self.vocab_size * d]
+
+    def head_flops_per_sequence(self, seq_len: int) -> float:
+        """Forward FLOPs of the head for one sequence: every token through the vocabulary
+        projection (`lm`), or one token through the pooler and the classes."""
+        d = self.n_embd
+        if self.head == "classification":
+            return 2.0 * (d * d + d * self.n_classes)
+        return 2.0 * self.vocab_size * d * seq_len
 
     def n_params(self) -> int:
         """Parameter count (embeddings and an untied head included)."""
         d, v, t = self.n_embd, self.vocab_size, self.block_size
         per_block = 12 * d * d + (13 * d if self.bias else 2 * d)
-        final_norm = 2 * d if self.bias else d
-        return 2 * v * d + t * d + self.n_layer * per_block + final_norm
+        return v * d + t * d + self.n_layer * per_block + sum(self.head_sizes())
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward plus backward FLOPs per token: 6·N + 12·L·d·T."""
@@ -116,10 +137,37 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln_f(x))
 
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy."""
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+class ClassificationHead(nn.Module):
+    """A pooler (d × d, tanh) on the last token, then one logit per class. The last token is
+    the one a causal decoder lets see the whole sequence."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_classes = cfg.n_classes
+        self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, cfg.n_classes, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.pooler(x[:, -1])))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy against each sequence's label: the class of the token that
+        follows it (its id modulo the classes), so the next-token data serves as labels."""
+        return F.cross_entropy(logits.float(), targets[:, -1] % self.n_classes)
+
+
+HEADS = {"lm": Head, "classification": ClassificationHead}
+
+
+def make_head(cfg: GPTConfig) -> nn.Module:
+    """The last stage's head for `cfg.head`."""
+    return HEADS[cfg.head](cfg)
 
 
 def init_parameters(module: nn.Module, cfg: GPTConfig, seed: int) -> None:
@@ -146,7 +194,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.embed = Embedding(cfg)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.head = Head(cfg)
+        self.head = make_head(cfg)
         init_parameters(self, cfg, seed)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -155,4 +203,4 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x)
         logits = self.head(x)
-        return logits, (lm_loss(logits, targets) if targets is not None else None)
+        return logits, (self.head.loss(logits, targets) if targets is not None else None)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from trainer.model import Block, Embedding, GPTConfig, Head, init_parameters, lm_loss
+from trainer.model import Block, Embedding, GPTConfig, init_parameters, make_head
 
 
 def split_layers(n_layer: int, n_stages: int, layers: list[int] | None = None) -> list[range]:
@@ -41,15 +41,14 @@ def stage_tensor_sizes(gpt: GPTConfig, layers: list[range], tensor: int = 1) -> 
     """Element count of each parameter tensor of each stage (of one tensor-parallel shard), in
     the stage's own order."""
     d, v, t = gpt.n_embd, gpt.vocab_size, gpt.block_size
-    norm = [d, d] if gpt.bias else [d]
     stages = [block_sizes(gpt, tensor) * len(own) for own in layers]
     stages[0] = [v * d, t * d] + stages[0]
-    stages[-1] = stages[-1] + norm + [v * d]
+    stages[-1] = stages[-1] + gpt.head_sizes()
     return stages
 
 
 class Stage(nn.Module):
-    """One pipeline stage: the embedding on the first, the final norm and head on the last.
+    """One pipeline stage: the embedding on the first, the head on the last.
 
     Parameter names are those of the full model (`embed.*`, `h.<global index>.*`, `head.*`).
     """
@@ -69,7 +68,7 @@ class Stage(nn.Module):
         own = split_layers(cfg.n_layer, n_stages, layers)[stage]
         self.embed = Embedding(cfg) if self.is_first else None
         self.h = nn.ModuleDict({str(i): Block(cfg) for i in own})
-        self.head = Head(cfg) if self.is_last else None
+        self.head = make_head(cfg) if self.is_last else None
         init_parameters(self, cfg, seed)
 
     def _run(self, fn, *args):
@@ -85,4 +84,4 @@ class Stage(nn.Module):
             x = self._run(block, x)
         if self.head is None:
             return x
-        return self._run(lambda y, t: lm_loss(self.head(y), t), x, targets)
+        return self._run(lambda y, t: self.head.loss(self.head(y), t), x, targets)

@@ -17,7 +17,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from trainer.model import lm_loss
 from trainer.partition import Stage
 from trainer.timing import PipelineTimes
 
@@ -72,7 +71,7 @@ class PipeliningSchedule:
         )
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return lm_loss(logits, targets) / self.n_micro * self.loss_scale
+        return self.stage.head.loss(logits, targets) / self.n_micro * self.loss_scale
 
     def run(
         self, tokens: list[torch.Tensor] | None, targets: list[torch.Tensor] | None, n_micro: int

@@ -23,14 +23,19 @@ from experiments.cli.common import (
 from experiments.costmodel.analytic import DEFAULT_FLOPS
 from experiments.costmodel.calibrate import (
     MIN_NATIVE_RATE_BPS,
-    REFERENCE_FILE,
     Calibration,
     from_flops,
 )
-from experiments.costmodel.calibrate import reference_calibration as calibrate_on_reference
 from experiments.costmodel.fromresults import ResultsCalibration
-from experiments.costmodel.network import Native
+from experiments.costmodel.network import DEFAULT_NATIVE, Native
 from experiments.costmodel.predict import measured_cells, predict_matrix, store_predictions
+from experiments.costmodel.reference import (
+    REFERENCE_FILE,
+    Reference,
+    explain,
+    load_reference,
+    measured,
+)
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import CELLS, ResultsStore
 from inventory.errors import ConfigError, check_option, parsed_option
@@ -61,11 +66,19 @@ def predict(
         typer.Option(help="FLOP/s per device when not calibrated (default: a V100-class fp32)."),
     ] = DEFAULT_FLOPS,
     native_latency: Annotated[
-        str, typer.Option(help="One-way latency of an unshaped hop (unless a probe says).")
-    ] = "50us",
+        str | None,
+        typer.Option(
+            help="One-way latency of an unshaped hop (unless a probe or the reference's "
+            "description says; default 50us)."
+        ),
+    ] = None,
     native_rate: Annotated[
-        str, typer.Option(help="Line rate of an unshaped host (unless a probe says).")
-    ] = "10gbit",
+        str | None,
+        typer.Option(
+            help="Line rate of an unshaped host (unless a probe or the reference's description "
+            "says; default 10gbit)."
+        ),
+    ] = None,
     inventory: Annotated[
         str | None,
         typer.Option(
@@ -78,6 +91,14 @@ def predict(
     store: Annotated[
         bool, typer.Option(help="Write predictions.jsonl into the --calibrate results folder.")
     ] = False,
+    explain_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help=f"With --calibrate {REFERENCE}: print every input of the reference's "
+            "description with its source and the term it feeds.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ):
     """Predict every cell's iteration time and its parts with the analytic cost model."""
@@ -87,25 +108,34 @@ def predict(
     for option, given in (("--calibrate-cell", calibrate_cell is not None), ("--store", store)):
         if given and not from_results:
             raise ConfigError(None, option, "only with --calibrate RESULTS (a results folder)")
+    if explain_inputs and calibrate != REFERENCE:
+        raise ConfigError(None, "--explain", f"only with --calibrate {REFERENCE}")
     if from_results and not os.path.isfile(Path(calibrate) / CELLS):
         raise ConfigError(calibrate, "--calibrate", f"no {CELLS} there: not a results folder")
     spec = load_matrix(matrix)
-    results = None
+    results = reference = None
     if calibrate is None:
-        calibration_for = _always(from_flops(flops, native=native))
+        calibration_for = _always(from_flops(flops, native=native or DEFAULT_NATIVE))
     elif calibrate == REFERENCE:
-        calibration_for = _always(calibrate_on_reference(native))
+        reference = load_reference()
+        calibration_for = _always(reference.calibration(native))
     else:
         results = ResultsStore(calibrate)
         calibration_for = ResultsCalibration(
-            results.records(), native, calibrate_cell, calibrate
+            results.records(), native or DEFAULT_NATIVE, calibrate_cell, calibrate
         ).for_cell
     fleet = _fleet(spec, inventory)
-    measured = measured_cells(results.records()) if results is not None else None
-    rows = predict_matrix(spec, calibration_for, fleet, measured)
+    finished = measured_cells(results.records()) if results is not None else None
+    rows = predict_matrix(spec, calibration_for, fleet, finished)
+    if reference is not None:
+        _beside_reference(rows, spec, reference)
     if store:
         written = store_predictions(results.directory, rows)
         (notes if as_json else console).print(f"predictions in {written}", highlight=False)
+    if explain_inputs:
+        first = spec.trainer_config(spec.cells()[0])
+        lines = explain(reference, calibration_for({}), first)
+        (notes if as_json else console).print("\n".join(lines), highlight=False, soft_wrap=True)
     if as_json:
         print_json(rows)
         return
@@ -113,14 +143,33 @@ def predict(
     console.print(f"calibration: {rows[0]['calibration']['source']}", highlight=False)
 
 
+def _beside_reference(rows: list[dict], spec: MatrixSpec, reference: Reference) -> None:
+    """The reference's measured time beside each cell it measured: the same profile and DP
+    degree, and the configuration the reference ran."""
+    cells = measured(reference)
+    configs = {cell.cell_id: spec.trainer_config(cell) for cell in spec.cells()}
+    for row in rows:
+        cell = cells.get((row["params"]["profile"], row["params"]["dp_degree"]))
+        if cell is not None and reference.ran(configs[row["cell_id"]]):
+            row["measured_iteration_s"] = cell.iteration_s
+            row["error"] = row["predicted_iteration_s"] / cell.iteration_s - 1
+            row["measured_source"] = cell.source
+
+
 def _always(calibration: Calibration):
     return lambda params: calibration
 
 
-def _native(latency: str, rate: str) -> Native:
+def _native(latency: str | None, rate: str | None) -> Native | None:
+    """The options' native network; None when neither is given (the default, or the
+    reference's own)."""
+    if latency is None and rate is None:
+        return None
     return Native(
-        latency_s=parsed_option("--native-latency", latency, parse_time_s, *NATIVE_LATENCY_S),
-        rate_bps=parsed_option("--native-rate", rate, parse_rate_bps, *NATIVE_RATE_BPS),
+        latency_s=parsed_option(
+            "--native-latency", latency or "50us", parse_time_s, *NATIVE_LATENCY_S
+        ),
+        rate_bps=parsed_option("--native-rate", rate or "10gbit", parse_rate_bps, *NATIVE_RATE_BPS),
     )
 
 

@@ -19,9 +19,11 @@ from experiments.cli.common import (
     print_json,
     print_table,
 )
-from experiments.costmodel.calibrate import Calibration, from_flops, reference_calibration
+from experiments.costmodel.calibrate import Calibration, from_flops
 from experiments.costmodel.fromresults import ResultsCalibration
 from experiments.costmodel.predict import measured_cells
+from experiments.costmodel.reference import reference_calibration
+from experiments.costmodel.tcp import SEGMENT_HEADER_BYTES
 from experiments.matrix import MatrixSpec, load_matrix
 from experiments.results import CellRecord, ResultsStore
 from experiments.scale import (
@@ -226,4 +228,5 @@ def _lab(
         ceiling_bps = min(row["throughput_bps"] for row in rows)
     if share is None:
         share = statistics.median(row["receive_share"] for row in rows)
-    return Lab(latency_s, ceiling_bps, share, delays_whole=delays_whole)
+    mtu = min(row["mss_bytes"] for row in rows) + SEGMENT_HEADER_BYTES
+    return Lab(latency_s, ceiling_bps, share, mtu=mtu, delays_whole=delays_whole)

@@ -48,8 +48,6 @@ DEFAULT_FLOPS = 14e12
 (its data-sheet peak is 15.7). Nobody measured it for this model: calibrate when you can."""
 DEFAULT_MEMORY_BYTES_PER_S = 900e9
 """Memory bandwidth the optimizer step is bound by, uncalibrated: a V100's 900 GB/s."""
-OPTIMIZER_BYTES_PER_PARAM = 28
-"""AdamW reads parameter, gradient and two moments (16 B) and writes three of them (12 B)."""
 SYNC_PARTS = {"allreduce": "allreduce", "fsdp": "reduce_scatter"}
 """The part a DP mode's sync is reported as (`ps_sync` for the others)."""
 STEADY_PASSES = 2
@@ -78,7 +76,7 @@ def compute_from_flops(
     return StageCompute(
         forward_s=workload.forward_flops / flops_per_s,
         backward_s=workload.backward_flops / flops_per_s,
-        optimizer_s=workload.stage_params * OPTIMIZER_BYTES_PER_PARAM / memory_bytes_per_s,
+        optimizer_s=workload.optimizer_bytes / memory_bytes_per_s,
     )
 
 
@@ -155,14 +153,25 @@ def evaluate(
     compute = _with_gathers(workload, with_tensor, network, hosts)  # = with_stage_collectives
     free = _run_pipeline(workload, compute, None, np.zeros(hosts.shape))
     opt = compute.optimizer_s.reshape(-1, 1, 1)
+
+    crossing = []  # what the phase barrier adds to rank 0 beyond the last rank's arrival
+
+    def world_barrier(arrive: np.ndarray) -> np.ndarray:
+        leave = dissemination_barrier(network.latency_s, host_of, _by_rank(arrive, order))
+        crossing.append(leave[:, 0] - arrive.max(axis=(0, 2)))
+        return _by_stage(leave, order)
+
     leave = np.zeros(host_of.shape)
     for _ in range(STEADY_PASSES):
+        crossing.clear()
         start = leave - leave[:, :1]  # from rank 0's start, as rank 0 times the iteration
-        done = _run_pipeline(workload, compute, hops, _by_stage(start, order))
+        done = _run_pipeline(workload, compute, hops, _by_stage(start, order), world_barrier)
         sync_end = gradient_sync(workload, network, hosts, done)
         entry = sync_end + opt
         leave = dissemination_barrier(network.latency_s, host_of, _by_rank(entry, order))
-    total = leave[:, 0]
+    # the reference's clock stops at rank 0's own end; ours as it leaves the closing barrier
+    total = _by_rank(entry, order)[:, 0] if workload.schedule == "reference" else leave[:, 0]
+    phase_barrier = crossing[0] if crossing else 0.0
 
     compute_part, tensor_busy, busy = (
         _busiest_stage(workload, times, hosts.shape) for times in (pure, with_tensor, compute)
@@ -177,10 +186,10 @@ def evaluate(
         **({"tensor_allreduce": tensor_busy - compute_part} if layout.tensor > 1 else {}),
         **({"fsdp_allgather": busy - tensor_busy} if _gathers(workload) else {}),
         "bubble": np.maximum(no_transfer_end - busy, 0.0),  # ≥ 0 but for rounding
-        "activation_transfer": pipeline_end - no_transfer_end,
+        "activation_transfer": pipeline_end - no_transfer_end - phase_barrier,
         "optimizer": optimizer_end - pipeline_end,
         sync_name: work_end - optimizer_end,
-        "barrier": total - work_end,
+        "barrier": total - work_end + phase_barrier,
     }
     forward = hops.forward_latency + network.wire_s(hops.size, hops.senders, hops.receivers, 0.0)
     backward = hops.backward_latency + network.wire_s(hops.size, hops.receivers, hops.senders, 0.0)
@@ -300,10 +309,9 @@ class Hops:
         """Wire time of a gradient from stage s + 1 to s."""
         return self.network.wire_s(self.size, self.receivers[s], self.senders[s], idle_s)
 
-    def backward_send_s(self, s: int, idle_s) -> np.ndarray:
-        """From a gradient's first byte leaving stage s + 1 until its send completes: the wire
-        time of what the sender's buffers cannot hold."""
-        src, dst = self.receivers[s], self.senders[s]
+    def send_s(self, src: np.ndarray, dst: np.ndarray, idle_s) -> np.ndarray:
+        """From a message's first byte leaving `src` until its send completes: the wire time of
+        what the sender's buffers (its backend's and its sockets') cannot hold."""
         unbuffered = np.maximum(self.size - self.network.buffered_bytes(src), 0.0)
         return self.network.wire_s(unbuffered, src, dst, idle_s)
 
@@ -314,7 +322,11 @@ def _hops(workload: Workload, network: Network, hosts: np.ndarray) -> Hops:
 
 
 def _run_pipeline(
-    workload: Workload, compute: StageCompute, hops: Hops | None, start: np.ndarray | None = None
+    workload: Workload,
+    compute: StageCompute,
+    hops: Hops | None,
+    start: np.ndarray | None = None,
+    barrier=None,
 ) -> np.ndarray:
     """When each stage of each pipeline is done (its last step and its last send).
 
@@ -325,8 +337,12 @@ def _run_pipeline(
     first send of the iteration follows a long idle; later ones follow the gap since its last.
 
     Under the `reference` schedule (the reference system's GPipe) every rank waits in a barrier
-    between its forwards and its backwards, and the last stage waits for each backward send to
-    complete before its next backward (until what is left of it fits in the sender's buffers).
+    of the whole world between its forwards and its backwards, entered once its forwards are
+    computed and sent (`barrier`: when each rank leaves it, given when each entered; None: all
+    leave as the last enters, as on a free network). Its backend runs a communicator's kernels
+    one after another in launch order, and a middle stage launches each receive after the
+    previous send: its next step waits until that send completes (until what is left of it fits
+    in the sender's buffers).
     """
     n_stages, n_micro = workload.layout.stages, workload.n_micro
     if start is None:
@@ -344,28 +360,39 @@ def _run_pipeline(
     t_f, t_b = compute.forward_s, compute.backward_s
     last = n_stages - 1
     reference = workload.schedule == "reference"
+    sent = np.full(free.shape, -np.inf)  # when each stage's last send completed
     crossed = False
     for s, backward, m in _steps(workload.schedule, n_stages, n_micro):
         if backward and reference and not crossed:
-            free = _phase_barrier(hops, np.maximum(free, egress))
+            arrive = np.maximum(free, egress)
+            everyone = arrive.max(axis=(0, 2), keepdims=True)
+            free = barrier(arrive) if barrier else np.broadcast_to(everyone, arrive.shape)
+            free = free.copy()
             crossed = True
+        serial = reference and hops is not None and 0 < s < last
         if not backward:
-            free[s] = np.maximum(free[s], forward_in[s, m]) + t_f[s]
+            ready = np.maximum(free[s], forward_in[s, m])
+            free[s] = (np.maximum(ready, sent[s]) if serial else ready) + t_f[s]
             if s < last:
                 leaves = np.maximum(np.maximum(free[s], egress[s]), receiver_ready[s])
-                wire = hops.forward_wire(s, leaves - forward_done[s]) if hops else 0.0
+                idle = leaves - forward_done[s]
+                wire = hops.forward_wire(s, idle) if hops else 0.0
                 egress[s] = forward_done[s] = leaves + wire
                 forward_in[s + 1, m] = egress[s] + fw_lat[s]
+                if serial:
+                    sent[s] = leaves + hops.send_s(hops.senders[s], hops.receivers[s], idle)
         else:
-            free[s] = np.maximum(free[s], backward_in[s, m]) + t_b[s]
+            ready = np.maximum(free[s], backward_in[s, m])
+            free[s] = (np.maximum(ready, sent[s]) if serial else ready) + t_b[s]
             if s > 0:
                 leaves = np.maximum(free[s], egress[s])
                 idle = leaves - backward_done[s - 1]
                 wire = hops.backward_wire(s - 1, idle) if hops else 0.0
                 egress[s] = backward_done[s - 1] = leaves + wire
                 backward_in[s - 1, m] = egress[s] + bw_lat[s - 1]
-                if reference and s == last and hops:
-                    free[s] = np.maximum(free[s], leaves + hops.backward_send_s(s - 1, idle))
+                if serial:
+                    src, dst = hops.receivers[s - 1], hops.senders[s - 1]
+                    sent[s] = leaves + hops.send_s(src, dst, idle)
     return np.maximum(free, egress)
 
 
@@ -376,14 +403,3 @@ def _steps(schedule: str, n_stages: int, n_micro: int) -> list:
         return list(op_order(schedule, n_stages, n_micro))
     steps = op_order("gpipe", n_stages, n_micro)
     return [op for op in steps if not op[1]] + [op for op in steps if op[1]]
-
-
-def _phase_barrier(hops: Hops | None, arrive: np.ndarray) -> np.ndarray:
-    """When every rank of a pipeline leaves a barrier all of them entered at `arrive` (S, K, D):
-    the last to arrive, plus a dissemination barrier's ⌈log2 S⌉ rounds of the slowest hop."""
-    n_stages = arrive.shape[0]
-    if n_stages == 1:
-        return arrive
-    rounds = int(np.ceil(np.log2(n_stages)))
-    slowest = np.maximum(hops.forward_latency, hops.backward_latency).max(axis=0) if hops else 0.0
-    return np.broadcast_to(arrive.max(axis=0) + rounds * slowest, arrive.shape).copy()

@@ -18,6 +18,9 @@ import math
 
 import numpy as np
 
+ALGORITHM = "dissemination"
+"""The barrier this module plays (gloo's: gloo/barrier.cc)."""
+
 
 def rounds(world: int) -> int:
     """Rounds of the dissemination barrier among `world` ranks."""

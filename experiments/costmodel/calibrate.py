@@ -11,45 +11,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
-from pydantic import ValidationError
 
 from experiments.costmodel.analytic import (
     DEFAULT_FLOPS,
     DEFAULT_MEMORY_BYTES_PER_S,
-    OPTIMIZER_BYTES_PER_PARAM,
     StageCompute,
     compute_from_flops,
     predict,
     rank_order_placement,
     with_stage_collectives,
 )
+from experiments.costmodel.backend import GLOO, NCCL_DEFAULT, Backend
 from experiments.costmodel.network import DEFAULT_NATIVE, Native, Network, uniform_network
-from experiments.costmodel.tcp import tcp_side
+from experiments.costmodel.tcp import TcpSide, mss_of, tcp_side
 from experiments.costmodel.workload import Workload, make_workload
-from inventory.errors import ConfigError, config_error
-from inventory.tomlfile import read_toml
-from netem.profile import BUILTIN, Profile
-from netem.tcp import PRESETS
+from netem.profile import Profile
 from trainer.config import TrainerConfig
 
-REFERENCE_FILE = Path(__file__).with_name("reference.toml")
 FIT_TOLERANCE = 1e-6
 FIT_ROUNDS = 100
 MIN_NATIVE_RATE_BPS = 1e5
 """The slowest native rate a calibration may fit: 100 kbit/s."""
-REFERENCE_SOCKETS = 16
-"""Sockets per connection of the reference's backend: NCCL's socket transport opens 2 threads ×
-8 sockets on an AWS network adapter, so a connection has 16 windows."""
-REFERENCE_BACKEND_BUFFER = 4 * 2**20
-"""NCCL's staging buffer per connection (NCCL_BUFFSIZE, 4 MiB by default): a send's kernel
-ends once the rest of it is there."""
-REFERENCE_RING_STEP_LATENCIES = 1
-"""NCCL's ring steps wait one one-way latency: its receivers hand out credit ahead."""
-REFERENCE_TCP = "ubuntu-2022"
-"""The reference hosts' TCP: their Ubuntu's defaults (cubic, 6 MiB/4 MiB buffer maxima)."""
 
 
 def workload_of(config: TrainerConfig) -> Workload:
@@ -66,10 +50,11 @@ def workload_of(config: TrainerConfig) -> Workload:
         dp_mode=config.dp_mode,
         schedule=_schedule_of(config),
         layers=config.layers,
-        bucket_bytes=int(config.ps_bucket_mb * 2**20),
+        bucket_bytes=config.ps_bucket_bytes,
         chunk_bytes=int(config.ps_chunk_kb * 1024),
         tensor_scale=config.emulate.scale if config.emulate is not None else 1.0,
         tensor=config.tensor,
+        optimizer=config.optimizer,
     )
 
 
@@ -102,26 +87,39 @@ class Calibration:
     tcp: dict | None = None
     """The hosts' own TCP settings (`netem.tcp.TcpSettings` fields) where known: the recorded
     ones of the cell calibrated on, or the reference hosts' preset."""
-    sockets: int = 1
-    """Sockets per connection (gloo: 1)."""
-    backend_buffer_bytes: float = 0.0
-    """What the backend holds of a send before its sockets do (gloo: none)."""
+    backend: Backend = GLOO
+    """The hosts' backend where the config does not name its device (`backend_for`)."""
     gpipe_schedule: str = "gpipe"
     """How the GPipe engine is modelled: wanlab's (`gpipe`) or the reference system's
-    (`reference`: a barrier between the forwards and the backwards, and the last stage waiting
-    for each backward send)."""
-    ring_step_latencies: int = 2
-    """One-way latencies a ring collective's step waits where the config does not name its
-    device: gloo's 2, NCCL's 1 (`Workload`)."""
+    (`reference`: a barrier of every rank between the forwards and the backwards, and the
+    iteration timed to rank 0's own end)."""
+    peak_flops_per_s: float | None = None
+    """The device's peak for the precision where known: the fitted rate stays below it."""
+
+    def backend_for(self, config: TrainerConfig) -> Backend:
+        """The backend `config` runs on: gloo on a CPU, NCCL on CUDA (this calibration's NCCL
+        where it describes one), else this calibration's."""
+        if config.device == "cpu":
+            return GLOO
+        if config.device == "cuda" and self.backend.name != "nccl":
+            return NCCL_DEFAULT
+        return self.backend
 
     def workload_for(self, config: TrainerConfig) -> Workload:
-        """The cost model's view of `config`, with this calibration's GPipe schedule; its ring
-        steps are NCCL's for a CUDA config, gloo's for a CPU one, else the calibration's."""
-        steps = {"cuda": 1, "cpu": 2}.get(config.device, self.ring_step_latencies)
-        workload = replace(workload_of(config), ring_step_latencies=steps)
+        """The cost model's view of `config`, with this calibration's GPipe schedule and its
+        backend's ring steps and collective steps."""
+        backend = self.backend_for(config)
+        workload = replace(workload_of(config), ring_step_latencies=backend.ring_step_latencies)
+        if backend.collective_step_bytes is not None:
+            workload = replace(workload, chunk_bytes=backend.collective_step_bytes)
         if workload.schedule == "gpipe":
             return replace(workload, schedule=self.gpipe_schedule)
         return workload
+
+    def tcp_for(self, config: TrainerConfig, tcp: dict | None, n_hosts: int) -> TcpSide | None:
+        """The hosts' TCP as `config`'s backend uses it (None: unknown, the ideal network)."""
+        return tcp_side([tcp] * n_hosts, mss=mss_of(self.native.mtu),
+                        backend=self.backend_for(config))  # fmt: skip
 
     def compute_for(self, workload: Workload) -> StageCompute:
         """Stage times of `workload`: the measured ones when the partition matches, else FLOPs."""
@@ -138,11 +136,11 @@ class Calibration:
             "memory_bytes_per_s": self.memory_bytes_per_s,
             "native_latency_s": self.native.latency_s,
             "native_rate_bps": self.native.rate_bps,
+            "native_mtu": self.native.mtu,
             "tcp": self.tcp,
-            "sockets": self.sockets,
-            "backend_buffer_bytes": self.backend_buffer_bytes,
+            "backend": self.backend.describe(),
             "gpipe_schedule": self.gpipe_schedule,
-            "ring_step_latencies": self.ring_step_latencies,
+            "peak_flops_per_s": self.peak_flops_per_s,
         }
 
 
@@ -171,7 +169,7 @@ def from_stage_times(
     """Measured per-stage times, with the FLOP and memory rates they imply."""
     work = workload.n_micro * (workload.forward_flops + workload.backward_flops)
     busy = workload.n_micro * (stages.forward_s + stages.backward_s)
-    moved = workload.stage_params.sum() * OPTIMIZER_BYTES_PER_PARAM
+    moved = workload.optimizer_bytes.sum()
     optimizer = stages.optimizer_s.sum()
     memory = moved / optimizer if optimizer > 0 else DEFAULT_MEMORY_BYTES_PER_S
     return Calibration(
@@ -214,21 +212,17 @@ def from_total(
     native: Native,
     memory_bytes_per_s: float = DEFAULT_MEMORY_BYTES_PER_S,
     tcp: dict | None = None,
-    sockets: int = 1,
+    backend: Backend = GLOO,
     gpipe_schedule: str = "gpipe",
-    backend_buffer_bytes: float = 0.0,
-    ring_step_latencies: int = 2,
 ) -> Calibration:
     """Fit the FLOP rate to one cell's measured iteration time (its network uniform `profile`,
-    its hosts' TCP `tcp` over `sockets` sockets per connection where known, its GPipe run as
-    `gpipe_schedule`)."""
+    its hosts' TCP `tcp` under `backend` where known, its GPipe run as `gpipe_schedule`)."""
     calibration = Calibration(
         f"{source} (fitted)", DEFAULT_FLOPS, memory_bytes_per_s, native, tcp=tcp,
-        sockets=sockets, gpipe_schedule=gpipe_schedule, backend_buffer_bytes=backend_buffer_bytes,
-        ring_step_latencies=ring_step_latencies,
+        backend=backend, gpipe_schedule=gpipe_schedule,
     )  # fmt: skip
     network = uniform_network(config.world_size, profile, native)
-    network = network.with_tcp(tcp_side([tcp] * config.world_size, sockets, backend_buffer_bytes))
+    network = network.with_tcp(calibration.tcp_for(config, tcp, config.world_size))
     workload = calibration.workload_for(config)
     return replace(
         calibration, flops_per_s=fit_flops(workload, network, measured_s, memory_bytes_per_s)
@@ -284,58 +278,3 @@ def without_stage_collectives(
         np.maximum(stages.backward_s - backward, stages.backward_s / 10),
         stages.optimizer_s,
     )
-
-
-@dataclass(frozen=True)
-class ReferenceMeasurement:
-    """One measured cell of the reference experiment."""
-
-    name: str
-    source: str
-    device: str
-    profile: str
-    iteration_s: float
-    config: TrainerConfig
-
-
-def load_reference(path: Path = REFERENCE_FILE) -> list[ReferenceMeasurement]:
-    """The reference measurements (see reference.toml)."""
-    file = str(path)
-    data = read_toml(path)
-    found = []
-    for index, entry in enumerate(data.get("measurement", [])):
-        where = f"measurement[{index}]"
-        try:
-            config = TrainerConfig(**entry["trainer"])
-            found.append(
-                ReferenceMeasurement(
-                    name=entry["name"],
-                    source=entry["source"],
-                    device=entry["device"],
-                    profile=entry["profile"],
-                    iteration_s=float(entry["iteration_s"]),
-                    config=config,
-                )
-            )
-        except KeyError as missing:
-            raise ConfigError(file, f"{where}.{missing.args[0]}", "missing") from None
-        except ValidationError as error:
-            raise config_error(error, file, prefix=f"{where}.trainer") from None
-    if not found:
-        raise ConfigError(file, "measurement", "no measurement")
-    return found
-
-
-def reference_calibration(native: Native = DEFAULT_NATIVE) -> Calibration:
-    """Calibrated on the reference experiment's first measurement."""
-    ref = load_reference()[0]
-    if ref.profile not in BUILTIN:
-        raise ConfigError(str(REFERENCE_FILE), "measurement[0].profile", "not a built-in profile")
-    source = f"{ref.source}: {ref.name}, {ref.iteration_s:g} s"
-    tcp = PRESETS[REFERENCE_TCP].model_dump()
-    return from_total(
-        ref.config, BUILTIN[ref.profile], ref.iteration_s, source, native,
-        tcp=tcp, sockets=REFERENCE_SOCKETS, gpipe_schedule="reference",
-        backend_buffer_bytes=REFERENCE_BACKEND_BUFFER,
-        ring_step_latencies=REFERENCE_RING_STEP_LATENCIES,
-    )  # fmt: skip

@@ -95,6 +95,7 @@ def gradient_sync(workload: Workload, network: Network, hosts: np.ndarray, done:
     done = np.broadcast_to(done, hosts.shape).astype(float)
     if dp_degree == 1:
         return done
+    network = network.for_collectives()
     if workload.dp_mode in ("ps", "sharded-ps"):
         return _chain_sync(workload, network, hosts, done)
     size = workload.grad_bytes.reshape(-1, 1)

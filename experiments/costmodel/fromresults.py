@@ -19,19 +19,29 @@ from experiments.costmodel.calibrate import (
     workload_of,
 )
 from experiments.costmodel.network import DEFAULT_NATIVE, Native
+from experiments.costmodel.tcp import SEGMENT_HEADER_BYTES
 from experiments.results import CELLS, CellRecord, Summary
 from inventory.errors import ConfigError
 from netem.profile import Profile
 from trainer.config import load_config
 
 
-def native_from_probe(probe: list[dict] | None, fallback: Native) -> Native:
-    """Native latency (half the median RTT) and rate from an unshaped cell's probe."""
+def native_from_probe(
+    probe: list[dict] | None, fallback: Native, mtus: list[int] | None = None
+) -> Native:
+    """Native latency (half the median RTT) and rate from an unshaped cell's probe; the MTU
+    the smallest of the hosts' interfaces (`mtus`, read beside their TCP settings), else the
+    probe's segment with its headers."""
     rtts = [p["rtt_ms_median"] for p in probe or [] if p.get("rtt_ms_median")]
     rates = [p["throughput_bps"] for p in probe or [] if p.get("throughput_bps")]
+    segments = [p["mss_bytes"] for p in probe or [] if p.get("mss_bytes")]
     latency = statistics.median(rtts) / 2 / 1000 if rtts else fallback.latency_s
     rate = statistics.median(rates) if rates else fallback.rate_bps
-    return Native(latency_s=latency, rate_bps=rate)
+    mtu = min(segments) + SEGMENT_HEADER_BYTES if segments else fallback.mtu
+    known = [m for m in mtus or [] if m]
+    if known:
+        mtu = min(known)
+    return Native(latency_s=latency, rate_bps=rate, mtu=mtu)
 
 
 def _profile_of(record: CellRecord) -> Profile | None:
@@ -147,7 +157,8 @@ class ResultsCalibration:
         profile = _profile_of(record)
         native = self.fallback
         if profile is not None and profile.is_default:
-            native = native_from_probe(record.network.probe, self.fallback)
+            mtus = list(record.network.mtu.values())
+            native = native_from_probe(record.network.probe, self.fallback, mtus)
         source = f"measured cell {record.cell_id}"
         stages = stage_times(record.summary, config.pipeline)
         measured = record.summary.iteration_s
@@ -155,7 +166,7 @@ class ResultsCalibration:
             workload = workload_of(config)
             stages = without_stage_collectives(stages, workload, profile, native)
             rate = fit_native_rate(workload, stages, profile, native, measured)
-            native = Native(latency_s=native.latency_s, rate_bps=rate)
+            native = replace(native, rate_bps=rate)
             return from_stage_times(workload, stages, source, native)
         if stages is not None:
             return from_stage_times(workload_of(config), stages, source, native)

@@ -15,7 +15,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from experiments.costmodel.tcp import TcpSide, path_cap, start_window, wire_s
+from experiments.costmodel.tcp import (
+    DEFAULT_MTU,
+    TcpSide,
+    path_cap,
+    payload_share,
+    start_window,
+    wire_s,
+)
 from netem.pairs import PairMatrix
 from netem.profile import Profile
 
@@ -23,9 +30,9 @@ DEFAULT_NATIVE_LATENCY_S = 50e-6
 """One-way latency of an unshaped hop when nothing better is known (a LAN: 0.05 ms)."""
 DEFAULT_NATIVE_RATE_BPS = 10e9
 """Line rate of an unshaped host when nothing better is known: 10 Gbit/s."""
-TCP_PAYLOAD_SHARE = 1448 / 1514
-"""Share of a shaped rate left for data: the shaper counts whole Ethernet frames (1,514 B at a
-1,500 B MTU), of which TCP carries 1,448 B (less IPv4 20 B, TCP 20 B, timestamps 12 B)."""
+TCP_PAYLOAD_SHARE = payload_share(DEFAULT_MTU)
+"""Share of a shaped rate left for data at a 1,500-byte MTU: the shaper counts whole Ethernet
+frames (1,514 B), of which TCP carries 1,448 B (less IPv4 20 B, TCP 20 B, timestamps 12 B)."""
 LOOPBACK_BYTES_PER_S = 1e12
 """A host talking to itself: no latency, practically unlimited bandwidth."""
 MACHINE_LATENCY_S = 10e-6
@@ -41,6 +48,9 @@ class Native:
 
     latency_s: float = DEFAULT_NATIVE_LATENCY_S
     rate_bps: float = DEFAULT_NATIVE_RATE_BPS
+    mtu: int = DEFAULT_MTU
+    """The hosts' interface MTU: it sets TCP's segment (MSS), so the initial window in bytes and
+    the share of a shaped rate left for data."""
 
 
 DEFAULT_NATIVE = Native()
@@ -92,6 +102,10 @@ class Network:
         """The same network with these hosts' TCP settings."""
         return replace(self, tcp=tcp)
 
+    def for_collectives(self) -> Network:
+        """The same network as a collective's links see it (the backend's channels)."""
+        return self if self.tcp is None else replace(self, tcp=self.tcp.for_collectives())
+
     def on_machines(self, machine_of: Sequence[str]) -> Network:
         """The same network where ranks i and j with machine_of[i] == machine_of[j] share a
         machine: they reach each other at `MACHINE_LATENCY_S` and `MACHINE_BYTES_PER_S`."""
@@ -111,7 +125,7 @@ def _egress(native: Native, shape: Profile | None) -> tuple[float, float]:
     latency = native.latency_s + (shape.delay_ms / 1000 if shape else 0.0)
     if shape is None or shape.rate_bps is None:
         return latency, native.rate_bps / 8
-    return latency, min(shape.rate_bps * TCP_PAYLOAD_SHARE, native.rate_bps) / 8
+    return latency, min(shape.rate_bps * payload_share(native.mtu), native.rate_bps) / 8
 
 
 def _with_loopback(latency: np.ndarray, rate: np.ndarray, native: Native) -> Network:

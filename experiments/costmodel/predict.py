@@ -15,7 +15,6 @@ from pathlib import Path
 from experiments.costmodel.analytic import predict
 from experiments.costmodel.calibrate import Calibration, emulated_compute
 from experiments.costmodel.network import Network, pair_network, uniform_network
-from experiments.costmodel.tcp import tcp_side
 from experiments.matrix import MatrixSpec
 from experiments.results import CellRecord
 from inventory.errors import ConfigError
@@ -69,9 +68,7 @@ def predict_config(
     workload = calibration.workload_for(config)
     tcp = tcp_for(tcp_setting, calibration.tcp)
     network = network_for(target, config.world_size, calibration, hosts)
-    network = network.with_tcp(
-        tcp_side([tcp] * network.n_hosts, calibration.sockets, calibration.backend_buffer_bytes)
-    )
+    network = network.with_tcp(calibration.tcp_for(config, tcp, network.n_hosts))
     if config.emulate is not None:
         compute = emulated_compute(config)
     else:

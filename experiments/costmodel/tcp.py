@@ -24,13 +24,36 @@ the ideal A/β on the wire.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from experiments.costmodel.backend import Backend
 from netem.probe import adv_win_share
 
-MSS_BYTES = 1448
+DEFAULT_MTU = 1500
+"""An interface's MTU where nothing else is known (Ethernet's)."""
+SEGMENT_HEADER_BYTES = 52
+"""What a segment carries besides payload inside the MTU: IPv4 20 B, TCP 20 B and the
+timestamps option 12 B (on by default: Linux `tcp_timestamps = 1`; `tcp_mtu_to_mss` takes the
+options' length off)."""
+FRAME_HEADER_BYTES = 14
+"""The Ethernet header a shaper counts on top of the MTU (netem's rate counts
+`qdisc_pkt_len`: MAC, IP and TCP headers of every segment; no preamble or FCS)."""
+
+
+def mss_of(mtu: int) -> int:
+    """Payload per segment at `mtu`: 1,448 B at 1,500, 8,949 B at 9,001."""
+    return mtu - SEGMENT_HEADER_BYTES
+
+
+def payload_share(mtu: int) -> float:
+    """Share of a shaped rate left for data at `mtu`: payload over the frame the shaper counts
+    (1,448/1,514 at 1,500; 8,949/9,015 at 9,001)."""
+    return mss_of(mtu) / (mtu + FRAME_HEADER_BYTES)
+
+
+MSS_BYTES = mss_of(DEFAULT_MTU)
 """Payload per segment at a 1,500-byte MTU with timestamps."""
 RTO_MIN_S = 0.2
 """Linux's smallest retransmission timeout; an idle connection's RTO is about R + this."""
@@ -48,6 +71,23 @@ class TcpSide:
     backend_buffer_bytes: float = 0.0
     """What a backend holds of a send in its own buffer before the sockets take it (NCCL's
     staging buffer; gloo writes straight into the socket)."""
+    collective_sockets: int | None = None
+    """Sockets of a collective's link (its channels' together); None: as `sockets`."""
+    collective_buffer_bytes: float | None = None
+    """The backend's buffer of a collective's link (its channels' together); None: as
+    `backend_buffer_bytes`."""
+
+    def for_collectives(self) -> TcpSide:
+        """The same hosts as a collective's links see them: its sockets and buffers."""
+        return replace(
+            self,
+            sockets=self.collective_sockets or self.sockets,
+            backend_buffer_bytes=(
+                self.backend_buffer_bytes
+                if self.collective_buffer_bytes is None
+                else self.collective_buffer_bytes
+            ),
+        )
 
     def buffered_bytes(self, src: np.ndarray) -> np.ndarray:
         """The most of a message still unsent when its send completes: the backend's buffer
@@ -72,11 +112,16 @@ def receive_window(rmem_max: float, adv_win_scale: int, share: float | None = No
 
 
 def tcp_side(
-    settings: list[dict | None], sockets: int = 1, backend_buffer_bytes: float = 0.0
+    settings: list[dict | None],
+    sockets: int = 1,
+    backend_buffer_bytes: float = 0.0,
+    mss: int = MSS_BYTES,
+    backend: Backend | None = None,
 ) -> TcpSide | None:
     """Per-host TCP from recorded or preset settings (`netem.tcp.TcpSettings` fields), over
-    `sockets` sockets per connection behind a backend buffer; None when no host's are known
-    (the ideal network)."""
+    `sockets` sockets per connection behind a backend buffer (or `backend`'s: its point-to-point
+    and collective links), segments of `mss` bytes; None when no host's are known (the ideal
+    network)."""
     if not any(settings):
         return None
     unknown = float("inf")
@@ -87,12 +132,21 @@ def tcp_side(
         share, scale = one.get("receive_share"), one.get("adv_win_scale", 1)
         receive.append(receive_window(rmem[2], scale, share) if rmem else unknown)
         send.append(wmem[2] if wmem else unknown)
-        initial.append((one.get("initcwnd") or 10) * MSS_BYTES)
+        initial.append((one.get("initcwnd") or 10) * mss)
         restart.append(bool(one.get("slow_start_after_idle", False)))
-    return TcpSide(
+    side = TcpSide(
         np.array(receive), np.array(send), np.array(initial), np.array(restart), sockets,
         backend_buffer_bytes,
     )  # fmt: skip
+    if backend is None:
+        return side
+    return replace(
+        side,
+        sockets=backend.sockets * backend.p2p_channels,
+        backend_buffer_bytes=backend.p2p_buffer_bytes * backend.p2p_channels,
+        collective_sockets=backend.sockets * backend.collective_channels,
+        collective_buffer_bytes=backend.collective_buffer_bytes * backend.collective_channels,
+    )
 
 
 def path_cap(window: np.ndarray, rate: np.ndarray, rtt_s: np.ndarray) -> np.ndarray:

@@ -1,10 +1,12 @@
 """What one training iteration computes and moves, stage by stage, derived from its configuration.
 
 FLOPs are counted per token as matrix multiplies: a block's forward is 2·(12·d²) for its
-weights plus 4·d·T for attention scores and their weighted sum; the head's forward is 2·V·d;
-the embedding is a lookup and counts nothing. Backward is twice the forward; activation
-recompute adds one more forward to the backward. Summed over the stages this is the usual
-6·N + 12·L·d·T less the share of 6·N of what is not multiplied: embeddings, biases, norms.
+weights plus 4·d·T for attention scores and their weighted sum; a language-model head's
+forward is 2·V·d per token, a classification head's 2·(d² + d·classes) per sequence (one
+token through its pooler); the embedding is a lookup and counts nothing. Backward is twice
+the forward; activation recompute adds one more forward to the backward. Summed over the
+stages this is the usual 6·N + 12·L·d·T less the share of 6·N of what is not multiplied:
+embeddings, biases, norms.
 
 Under tensor parallelism of degree T (trainer/tensorparallel.py) a rank computes 1/T of each
 block (the head is replicated) and holds one shard's parameters; each block all-reduces its
@@ -27,6 +29,10 @@ WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 """Bytes per activation element on the wire: activations travel in the compute dtype."""
 GRAD_BYTES = 4
 """Bytes per gradient element in the sync: parameters (and so gradients) stay fp32."""
+OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "sgd": 12}
+"""Memory an optimizer step moves per fp32 parameter: AdamW reads parameter, gradient and two
+moments (16 B) and writes three of them (12 B); SGD without momentum reads parameter and
+gradient and writes the parameter."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class Workload:
     """Transformer blocks per stage (`fsdp` shards and gathers each block on its own)."""
     block_params: float = 0.0
     """Parameters of one block (of one tensor shard)."""
+    optimizer: str = "adamw"
+    """The optimizer each stage steps (`OPTIMIZER_BYTES_PER_PARAM`)."""
 
     def tensor_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """(forward, backward) all-reduces per micro-batch of each stage (zeros when T = 1)."""
@@ -66,6 +74,11 @@ class Workload:
             zeros = np.zeros(self.layout.stages)
             return zeros, zeros
         return self.tensor_allreduces
+
+    @property
+    def optimizer_bytes(self) -> np.ndarray:
+        """Bytes each stage's optimizer step moves through memory."""
+        return self.stage_params * OPTIMIZER_BYTES_PER_PARAM[self.optimizer]
 
     @property
     def grad_bytes(self) -> np.ndarray:
@@ -80,7 +93,7 @@ def stage_forward_flops_per_token(
     d = gpt.n_embd
     per_block = (2 * 12 * d * d + 4 * d * seq) / tensor
     flops = np.array([len(own) * per_block for own in layers], dtype=float)
-    flops[-1] += 2 * gpt.vocab_size * d
+    flops[-1] += gpt.head_flops_per_sequence(seq) / seq
     return flops
 
 
@@ -97,10 +110,11 @@ def make_workload(
     dp_mode: str = "ps",
     schedule: str = "gpipe",
     layers: list[int] | None = None,
-    bucket_bytes: int = 0,
+    bucket_bytes: float = 0,
     chunk_bytes: int = 256 * 1024,
     tensor_scale: float = 1.0,
     tensor: int = 1,
+    optimizer: str = "adamw",
 ) -> Workload:
     """The workload of `pipeline` stages × `dp_degree` replicas, `batch` sequences per pipeline.
 
@@ -142,4 +156,5 @@ def make_workload(
         tensor_allreduces=allreduces,
         stage_blocks=blocks,
         block_params=float(sum(scaled_count(n, tensor_scale) for n in block_sizes(gpt, tensor))),
+        optimizer=optimizer,
     )
