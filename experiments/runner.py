@@ -84,6 +84,7 @@ class MatrixRunner:
         self.host_facts: dict[str, dict] = {}
         self.probes: dict[tuple[str, str], list[dict]] = {}  # by (profile, tcp), once per run
         self.heartbeat: Heartbeat | None = None  # renews the shaped hosts' leases
+        self.shaped: list[str] = []  # the hosts the current cell shaped
 
     def check_inputs(self, resume: bool = False) -> None:
         """Everything that can be checked without touching a host: raises ConfigError."""
@@ -254,6 +255,7 @@ class MatrixRunner:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
                 self.heartbeat = None
+            self._check_still_shaped(netem, record)
             reset_started = time.monotonic()
             netem.reset()
             timing.reset_s = time.monotonic() - reset_started
@@ -274,10 +276,10 @@ class MatrixRunner:
             tcp = netem.show_tcp(used)
         else:
             tcp = netem.apply_tcp(settings, lease_s=lease_s, names=used)
-        shaped = [name for name, answer in applied.items() if answer.get("lease_until")]
+        self.shaped = [name for name, answer in applied.items() if answer.get("lease_until")]
         tcp_set = [name for name, answer in tcp.items() if answer.get("lease_until")]
-        if shaped or tcp_set:
-            self.heartbeat = netem.heartbeat(lease_s, shaped, tcp_set)
+        if self.shaped or tcp_set:
+            self.heartbeat = netem.heartbeat(lease_s, self.shaped, tcp_set)
         record.timing.apply_s = time.monotonic() - started
         record.network.applied = {n: a.get("shaping") for n, a in applied.items()}
         record.network.tcp = {n: a.get("tcp") for n, a in tcp.items()}
@@ -289,6 +291,26 @@ class MatrixRunner:
             if not a.get("ok") or a.get("matches") is False
         ]
         return "apply: " + "; ".join(failures) if failures else None
+
+    def _check_still_shaped(self, netem: FleetNetem, record: CellRecord) -> None:
+        """Fail a cell whose hosts no longer held its network when it ended: a lease that
+        lapsed (renewals that fell behind) or a tree changed by someone else means the times
+        were not measured on the profile. The summary is kept; the reason says why."""
+        shaped, self.shaped = self.shaped, []
+        if not shaped or record.status != "ok":
+            return
+        lost = [
+            name
+            for name, answer in netem.show(shaped).items()
+            if not answer.get("ok") or answer.get("matches_applied") is not True
+        ]
+        if lost:
+            record.status = "failed"
+            record.reason = (
+                f"the network was no longer as applied on {', '.join(lost)} when the cell ended "
+                "(its lease lapsed or something else changed its qdiscs): the times are not "
+                "the profile's; raise [timeouts] lease_s if renewals fell behind"
+            )
 
     def _probe_once(self, cell: Cell, config, netem: FleetNetem, record: CellRecord) -> None:
         """Probe the shaped network, once per profile, TCP setting and run (the ranks join

@@ -186,9 +186,9 @@ class FleetNetem:
                     answers[name]["rolled_back"] = True
         return dict(sorted(answers.items()))
 
-    def show(self) -> Requests:
-        """What every host's kernel holds, with counters and lease."""
-        return self._shape("show")
+    def show(self, names: list[str] | None = None) -> Requests:
+        """What every host's (or `names'`) kernel holds, with counters and lease."""
+        return self._shape("show", names)
 
     def reset(self, force: bool = False) -> Requests:
         """Restore every host's interface, and the TCP settings wanlab changed, to what they

@@ -232,6 +232,37 @@ def test_host_killed_mid_cell_fails_that_cell_only(local_fleet, tmp_path):
     assert workers_left(local_fleet) == []
 
 
+def test_a_cell_whose_network_changed_mid_cell_fails_and_keeps_its_times(local_fleet, tmp_path):
+    """A host whose qdiscs are no longer the applied ones when the cell ends (here removed by
+    `tc` while the ranks train; a lapsed lease looks the same) fails the cell with that
+    reason: its times were not measured on the profile. The summary is kept, and the hosts are
+    reset as after any cell."""
+    matrix = write_matrix(tmp_path, "changed", ["250mbit"], [2], iterations=150)
+    out = tmp_path / "results"
+    cells = local_fleet.workdir(local_fleet.host(3)) / "cells"
+    run = start_run(matrix, out)
+    try:
+
+        def training() -> bool:
+            logs = list(cells.glob("250mbit_dp2*/rank3/rank-3.jsonl"))
+            return bool(logs) and logs[0].read_text().count("\n") >= 2
+
+        wait_for(training, 240, "the cell's ranks training")
+        h1 = local_fleet.host(1).netns
+        subprocess.run(["ip", "netns", "exec", h1, "tc", "qdisc", "del", "dev", "eth0", "root"],
+                       check=True)  # fmt: skip
+        output, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, output
+    (record,) = records(out)
+    assert record["status"] == "failed"
+    assert "no longer as applied on h1" in record["reason"], record["reason"]
+    assert record["summary"]["timed_iterations"] > 0  # nothing measured is lost
+    assert root_kinds(local_fleet) == ["noqueue"] * 4
+
+
 def test_controller_killed_mid_cell_hosts_revert_within_the_lease(local_fleet, tmp_path):
     """SIGKILL leaves no clean-up to run: the hosts' agents must revert by themselves when the
     heartbeat stops (lease 10 s here, the default is 30 s), and the ranks must end with their
