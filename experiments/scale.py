@@ -53,6 +53,12 @@ handed on by a rank process: with 48 ranks on this machine's 2 cores, 1 KiB piec
 5 ms each and made a GPT-3 XL stage's sync 2.3 times slower than 256 KiB ones."""
 
 
+LAB_LEASE_S = 300.0
+"""The shaping lease a scale model's cells run with: the lab runs every rank of the target on
+a few cores, and renewals to a delay node shaping 48 hosts fell behind the default 30 s lease
+(the hosts reverted mid-cell); the runner fails a cell whose network lapsed either way."""
+
+
 @dataclass(frozen=True)
 class Lab:
     """What the lab measured: one-way latency of an unshaped hop, the most it forwards, and the
@@ -184,7 +190,7 @@ def scaled_matrix(
         },
         "tcp": _tcp_tables(base.tcp),
         "probe": {"seconds": 1.0, "count": 10},
-        "timeouts": {"cell_s": spec.timeouts.cell_s},
+        "timeouts": {"cell_s": spec.timeouts.cell_s, "lease_s": LAB_LEASE_S},
         "scale": {
             "target": str(spec.source.resolve()),
             "calibration": calibration.source,

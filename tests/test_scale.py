@@ -70,6 +70,12 @@ def test_each_profiles_factor_fits_every_rank_sending_at_once_into_the_lab(scale
         assert peak <= HEADROOM * LAB.ceiling_bps * 1.001
 
 
+def test_the_scale_models_cells_hold_their_shaping_for_the_labs_long_iterations(scaled):
+    spec, _, _, lab = scaled
+    assert spec.timeouts.lease_s == 30.0  # the target's own
+    assert lab.timeouts.lease_s == 300.0  # the most a matrix may ask for
+
+
 def test_a_profiles_factor_makes_the_targets_initial_window_whole_where_it_can(scaled):
     spec, calibration, model, lab = scaled
     # the reference's hosts: initcwnd 10 of 8,949-byte segments (MTU 9,001) on 16 sockets,
