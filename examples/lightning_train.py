@@ -2,8 +2,9 @@
 
 Each host starts one process with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK and
 LOCAL_RANK=0 in the environment (GLOO_SOCKET_IFNAME names the interface gloo talks over;
-OMP_NUM_THREADS=1 on small hosts). Rank 0 prints one JSON line per step through the
-`StepTimes` callback beside this file.
+OMP_NUM_THREADS=1 on small hosts). Nothing in it knows about wanlab: under wanlab, the
+callback it ships (registered through Lightning's callbacks_factory entry point) prints one JSON
+line per step on rank 0.
 
     python lightning_train.py --steps 20 --hidden 512 --layers 4
 """
@@ -13,7 +14,6 @@ import os
 
 import lightning as L
 import torch
-from lightning_steptimes import StepTimes
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -70,7 +70,6 @@ def main():
         num_nodes=args.num_nodes,
         strategy="ddp",
         max_steps=args.steps,
-        callbacks=[StepTimes()],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

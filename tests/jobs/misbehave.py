@@ -9,7 +9,7 @@ MODE: `ok` (every rank prints STEPS JSON step lines on rank 0), `hang` (rank 0 p
 leaves a child in a new session and a double-forked daemon behind, then sleeps), `crash` (rank 1
 prints `boom` and exits 3; the others sleep as a rank blocked in a collective would), `silent`
 (exits 0, printing only other lines), `short` (rank 0 prints 3 of STEPS), `abortexit` (every step,
-then rank 1 aborts).
+then rank 1 aborts a second later).
 """
 
 import json
@@ -49,6 +49,7 @@ def main() -> None:
     if mode == "crash":
         time.sleep(3600)
     if mode == "abortexit" and rank == 1:
+        time.sleep(1)  # rank 0 has printed every step meanwhile
         os.abort()
 
 
