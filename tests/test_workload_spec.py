@@ -4,7 +4,9 @@ naming its field, before any host is touched."""
 import pytest
 
 from experiments.matrix import cell_count, load_matrix
+from experiments.workload.ranks import check_together
 from inventory.errors import ConfigError
+from inventory.models import Host
 
 BASE = """
 [matrix]
@@ -120,3 +122,12 @@ def test_trainer_is_no_workload_name(tmp_path):
     path = write(tmp_path)
     path.write_text(path.read_text() + '\n[workloads.trainer]\ncommand = ["x"]\n')
     assert refusal(path).field == "workloads.trainer"
+
+
+def test_a_workload_needs_each_hosts_ranks_together():
+    hosts = [Host(name=name, address="127.0.0.1", slots=2) for name in ("h0", "h1")]
+    check_together([hosts[0], hosts[0], hosts[1], hosts[1]], "m.toml")
+    with pytest.raises(ConfigError) as caught:
+        check_together([hosts[0], hosts[1], hosts[0], hosts[1]], "m.toml")
+    assert caught.value.field == "placement"
+    assert "h0's ranks together (ranks 0 and 2)" in caught.value.message

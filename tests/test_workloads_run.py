@@ -17,6 +17,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -295,3 +296,36 @@ def test_each_misbehaving_job_fails_only_its_cell_with_the_reason(failures):
     assert cells["crash"]["workload"]["processes"][1]["tail"] == ["boom"]
     assert after["qdiscs"] == ["noqueue"] * 4
     assert after["left"] == []
+
+
+def test_a_controller_killed_mid_cell_leaves_no_job_running(local_fleet, tmp_path):
+    """SIGKILL leaves no clean-up to run on the controller: each job host sees its SSH session
+    end and kills its tree, and the hosts' agents revert the shaping when the lease runs out."""
+    copy_jobs(tmp_path, "misbehave.py")
+    tables = MISBEHAVE.format(mode="hang", cell_s=120)
+    text = FAILURES.format(shaped=SHAPED, tables=tables)
+    text = text[: text.index("[workloads.ddp]")]
+    text = text.replace('["hang", "crash", "silent", "short", "abortexit", "ddp"]', '["hang"]')
+    matrix = tmp_path / "dead.toml"
+    matrix.write_text(text.replace("cell_s = 120\n", "cell_s = 120\nlease_s = 10\n", 1))
+    argv = [sys.executable, "-c", "from experiments.cli import main; main()", "run", str(matrix),
+            "-o", str(tmp_path / "out"), "-i", "local"]  # fmt: skip
+    run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(job_processes(local_fleet, ("misbehave",))) < 4:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.2)
+        run.kill()
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    deadline = time.monotonic() + 15
+    while job_processes(local_fleet, ("misbehave", "trainer.jobhost")):
+        assert time.monotonic() < deadline, job_processes(local_fleet, ("misbehave",))
+        time.sleep(0.2)
+    deadline = time.monotonic() + 20
+    while root_kinds(local_fleet) != ["noqueue"] * 4:
+        assert time.monotonic() < deadline, root_kinds(local_fleet)
+        time.sleep(0.2)

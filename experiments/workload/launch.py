@@ -39,12 +39,17 @@ LIGHTNING_FOLDER = Path(__file__).parent / "ship" / "lightning"
 LIGHTNING_PATH = ".wanlab-lightning"
 """Where, in a Lightning workload's workdir, the step-time callback and its entry point go."""
 VERSIONS = (
-    "import importlib.metadata as m, json, sys\n"
+    "import importlib.metadata as m, json, os, sys\n"
     "def v(name):\n"
     "    try:\n        return m.version(name)\n"
     "    except m.PackageNotFoundError:\n        return None\n"
-    "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
+    "folders = [os.path.join(p, 'bin') for p in (sys.prefix, sys.base_prefix)]\n"
+    "print(json.dumps({'versions': {n: v(n) for n in sys.argv[1:]}, "
+    "'path': list(dict.fromkeys(folders))}))"
 )
+"""Run by the workload's interpreter on each host: the versions of its distributions, and the
+`bin` folders of its environment and of the interpreter it was made from (an activated
+environment's PATH: `ninja`, `torchrun` and `deepspeed` live there)."""
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Prepared:
     """A workload made ready on its hosts: versions read, files shipped, prepare run."""
 
     versions: dict[str, dict] = field(default_factory=dict)
+    path: dict[str, list[str]] = field(default_factory=dict)
+    """Host → the folders that lead the jobs' PATH."""
     failed: dict[str, str] = field(default_factory=dict)
     """Host → why the workload cannot run there."""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -123,7 +130,9 @@ class JobLauncher:
         for host in todo:
             try:
                 self._ship(workload, host)
-                prepared.versions[host.name] = self._versions(workload, host)
+                read = self._versions(workload, host)
+                prepared.versions[host.name] = read["versions"]
+                prepared.path[host.name] = read["path"]
             except (RuntimeError, OSError, paramiko.SSHException) as error:
                 prepared.failed[host.name] = f"shipping its files failed on {host.name}: {error}"
         ready_hosts = [h for h in todo if h.name not in prepared.failed]
@@ -225,8 +234,7 @@ class JobLauncher:
         return json.loads(out)
 
     def _run_request(self, specs: list[dict], workload: WorkloadSpec, host: Host, limit_s: float):
-        python = workload_python(workload, host)
-        path = [str(PurePosixPath(python).parent)] if "/" in python else []
+        path = self.prepared.get(workload.name, Prepared()).path.get(host.name, [])
         pythonpath = []
         if workload.table.timing == "lightning":
             pythonpath = [f"{workdir(workload, host)}/{LIGHTNING_PATH}"]
