@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from trainer import proctree
-from trainer.jobhost import BOOT, MARK
+from trainer.jobhost import BOOT, MARK, MAX_LINE, _split_lines
 
 REPO = Path(__file__).resolve().parents[1]
 MISBEHAVE = str(REPO / "tests" / "jobs" / "misbehave.py")
@@ -121,3 +121,10 @@ def test_stop_ends_a_job_host_by_its_file_and_spares_a_recycled_pid(tmp_path):
     assert bystander.poll() is None, "a PID that is no job host is never killed"
     bystander.kill()
     bystander.wait()
+
+
+def test_output_is_split_on_carriage_returns_and_long_lines_are_cut():
+    lines, rest = _split_lines(b"b 40%\rbar 80%\n{", b"progress: a")
+    assert lines == [b"progress: ab 40%", b"bar 80%"] and rest == b"{"
+    lines, rest = _split_lines(b"y" * (70 * 1024), b"")
+    assert [len(line) for line in lines] == [MAX_LINE] and len(rest) == 70 * 1024 - MAX_LINE

@@ -27,6 +27,7 @@ import json
 import os
 import queue
 import random
+import re
 import secrets
 import signal
 import socket
@@ -46,6 +47,7 @@ MAX_LINE = 64 * 1024
 STRIPPED = ("TORCHELASTIC_", "SLURM_", "OMPI_", "PMI_", "PMIX_")
 """Launcher and scheduler variables a session may carry that change how jobs find their ranks:
 removed unless the workload sets them."""
+_LINE_END = re.compile(rb"[\r\n]")
 _print_lock = threading.Lock()
 
 
@@ -98,15 +100,9 @@ def job_environment(
 
 
 def _split_lines(data: bytes, pending: bytes) -> tuple[list[bytes], bytes]:
-    """Complete lines (ended by \\n or \\r) and the rest; a line is cut at MAX_LINE bytes."""
-    pending += data
-    lines = []
-    start = 0
-    for index, byte in enumerate(pending):
-        if byte in (10, 13):
-            lines.append(pending[start:index])
-            start = index + 1
-    rest = pending[start:]
+    """Complete lines (ended by \\n or \\r: a progress bar's updates are lines) and the rest;
+    a line is cut at MAX_LINE bytes."""
+    *lines, rest = _LINE_END.split(pending + data)
     while len(rest) > MAX_LINE:
         lines.append(rest[:MAX_LINE])
         rest = rest[MAX_LINE:]
