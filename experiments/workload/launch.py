@@ -63,7 +63,6 @@ class JobResult:
     """Rank 0's environment as wanlab set it (the workload's own `env` by name only)."""
     placement: dict[int, str]
     seconds: float
-    shape_reason: str | None = None
 
 
 @dataclass
@@ -286,7 +285,6 @@ class JobLauncher:
         from `shape` ends the cell), probe, start the job, wait, stop, decide."""
         placement = {rank: host.name for rank, host in enumerate(hosts)}
         unique = list({host.name: host for host in hosts}.values())
-        started = time.monotonic()
         failed = [self.prepared.get(workload.name, Prepared()).failed.get(h.name) for h in unique]
         failed = [why for why in failed if why]
         if failed:
@@ -302,7 +300,7 @@ class JobLauncher:
         reason = shape()
         if reason is not None:
             self._stop_streams(list(ready))
-            return JobResult(Outcome(False, reason, None, None), [], {}, placement, 0.0, reason)
+            return JobResult(Outcome(False, reason, None, None), [], {}, placement, 0.0)
         probe()
         plan = processes(workload, cell_values, hosts, ready, run_name)
         started = time.monotonic()
@@ -397,9 +395,7 @@ class JobLauncher:
         for name in names:
             self._close(name)
         hosts = {h.name: h for h in self.fleet.hosts}
-        self.ssh.run(
-            lambda h: self._stop_command(h), hosts=[n for n in names if n in hosts], timeout=STOP_S
-        )
+        self.ssh.run(self._stop_command, hosts=[n for n in names if n in hosts], timeout=STOP_S)
 
     def _stop_command(self, host: Host) -> list[str]:
         return [host.python, "-c", BOOT, self.code[host.name], "stop", self._pid_file(host)]
