@@ -264,7 +264,7 @@ def test_deepspeed_reports_its_phases_and_the_others_do_not(run):
 
 def test_predict_says_workloads_are_not_modelled(run):
     _, out, _, _, _ = run
-    result = wanlab("predict", str(out / "matrix.toml"), timeout=120)
+    result = wanlab("predict", str(out.parent / "jobs.toml"), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("not modelled") == 6
 
