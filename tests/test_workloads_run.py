@@ -264,9 +264,13 @@ def test_deepspeed_reports_its_phases_and_the_others_do_not(run):
 
 def test_predict_says_workloads_are_not_modelled(run):
     _, out, _, _, _ = run
-    result = wanlab("predict", str(out.parent / "jobs.toml"), timeout=120)
+    result = wanlab("predict", str(out.parent / "jobs.toml"), "--json", timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("not modelled") == 6
+    rows = json.loads(result.stdout)
+    assert [r.get("why") for r in rows if r.get("modelled") is False] == [
+        f"workload {name}: not modelled" for name in ("ddp", "lightning", "deepspeed") * 2
+    ]
+    assert all("predicted_iteration_s" in r for r in rows if r["params"]["workload"] == "trainer")
 
 
 def test_nothing_is_left_running_or_shaped(run):
