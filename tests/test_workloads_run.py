@@ -207,7 +207,9 @@ def test_each_rank_had_the_environment_a_job_needs(run):
         assert env["OMP_NUM_THREADS"] == "1"  # 2 CPUs shared by 2 ranks on one kernel
         assert env["GLOO_SOCKET_IFNAME"] == "eth0"
         assert env["LOCAL_RANK"] == "0" and env["WORLD_SIZE"] == "2" and env["RANK"] == "0"
-        assert [p["code"] for p in record["workload"]["processes"]] == [0, 0]
+        timing, other = record["workload"]["processes"]
+        assert timing["code"] == 0  # the other rank exited 0, or was stopped once all was timed
+        assert other["code"] == 0 or other["stopped"], other
         versions = record["workload"]["versions"]
         assert all(v["torch"].startswith("2.13.0") for v in versions.values())
     ds = records(out)[f"{SHAPED}|dp2|mb32|workload=deepspeed|r0"]["workload"]

@@ -33,7 +33,7 @@ from trainer.jobhost import BOOT, MARK
 READY_S = 120.0
 STOP_S = 15.0
 """How long a job host has to report its processes after a stop before it is killed by PID."""
-LINGER_S = 10.0
+LINGER_S = 30.0
 """How long other processes may run on once the timing rank has exited."""
 LIGHTNING_FOLDER = Path(__file__).parent / "ship" / "lightning"
 LIGHTNING_PATH = ".wanlab-lightning"
