@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(openssh-server openssh-client iproute2 ethtool kmod user-mode-linux patchelf iperf3 procps util-linux chromium)
+# g++ and the Python headers: DeepSpeed compiles its CPU ops when a job first loads them
+packages=(openssh-server openssh-client iproute2 ethtool kmod user-mode-linux patchelf iperf3 procps util-linux chromium g++ python3-dev)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -21,7 +22,7 @@ PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
     "$PYTHON" -m pip install -q --disable-pip-version-check torch==2.13.0
 fi
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev]"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev,workloads]"
 echo "wanlab installed: $(command -v wanlab)"
 # The delay node's kernel: the packaged one panics on some CPUs (AMX), so fetch the newer one
 # into wanlab's own folder and prove by a boot that it runs here.

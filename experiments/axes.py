@@ -56,6 +56,8 @@ NO_NEUTRAL = _Marker("NO_NEUTRAL")
 """An axis's `neutral` when every cell names a value of its own."""
 Degree = Annotated[int, Field(ge=1, le=MAX_WORLD_SIZE, strict=True)]
 """A DP degree or micro-batch size of an axis."""
+TRAINER = "trainer"
+"""The workloads axis's value for wanlab's own trainer (`experiments.workload` runs the others)."""
 REPEAT = "repeat"
 """A cell's coordinate that is not an axis: which repeat of its point it is."""
 
@@ -103,6 +105,9 @@ class Axis:
     column)."""
     former_field: str | None = None
     """What records written before the coordinate was renamed call it."""
+    trainer_only: bool = False
+    """Means nothing to a workload (`experiments.workload`): a workload's cell takes None
+    there and is not multiplied by it."""
 
     @property
     def optional(self) -> bool:
@@ -123,13 +128,25 @@ class Axis:
         return {name: value for name in self.owns}
 
     def id_part(self, value: Any) -> str | None:
-        """Its part of a cell id (None for the neutral value)."""
-        return None if self.has_neutral and value == self.neutral else self.id_text(value)
+        """Its part of a cell id (None for the neutral value, and for None: a workload's cell
+        on a trainer-only axis)."""
+        if value is None or self.has_neutral and value == self.neutral:
+            return None
+        return self.id_text(value)
 
 
 def _layout_fields(layout: str) -> dict[str, int]:
     tensor, pipeline = parse_shape(layout)
     return {"tensor": tensor, "pipeline": pipeline}
+
+
+def _workload_label(row) -> str | None:
+    return None if row.workload == TRAINER else str(row.workload)
+
+
+def _text(value: Any) -> str | None:
+    """A trainer-only value as a report's label: nothing where a workload's cell has none."""
+    return None if value is None or value == "" else str(value)
 
 
 def _recompute_column(params: dict) -> str | None:
@@ -154,13 +171,20 @@ AXES: tuple[Axis, ...] = (
         scale_kept=True, column=("mb", lambda p: p["micro_batch"]),
     ),
     Axis(
-        "engines", "engine", str, ["gpipe"], owns=("engine",), label=lambda row: str(row.engine),
-        match=2, column=("engine", lambda p: f"{p['engine']}/{p['dp_mode']}"),
+        "workloads", "workload", str, [TRAINER], neutral=TRAINER,
+        id_text=lambda v: f"workload={v}", label=_workload_label, match=0,
+        column=("workload", lambda p: None if p.get("workload", TRAINER) == TRAINER
+                else p["workload"]),
+    ),
+    Axis(
+        "engines", "engine", str, ["gpipe"], owns=("engine",), label=lambda row: _text(row.engine),
+        match=2, trainer_only=True,
+        column=("engine", lambda p: f"{p['engine']}/{p['dp_mode']}" if p["engine"] else None),
     ),
     Axis(
         "dp_modes", "dp_mode", str, ["ps"], owns=("dp_mode",),
-        label=lambda row: str(row.dp_mode) if row.dp_degree > 1 else None, match=2,
-        scale_kept=True,
+        label=lambda row: _text(row.dp_mode) if row.dp_degree > 1 else None, match=2,
+        scale_kept=True, trainer_only=True,
     ),
     Axis(
         "tcp", "tcp", str, [HOST], neutral=HOST, network=True, id_text=lambda v: f"tcp={v}",
@@ -168,18 +192,22 @@ AXES: tuple[Axis, ...] = (
     ),
     Axis(
         "layouts", "layout", str, None, neutral=None, owns=("tensor", "pipeline", "layers"),
-        trainer=_layout_fields, check=parse_shape, label=lambda row: str(row.layout), match=1,
+        trainer=_layout_fields, check=parse_shape, label=lambda row: _text(row.layout), match=1,
         column=("layout", lambda p: p.get("layout")),
+        trainer_only=True,
     ),
     Axis(
         "dtypes", "dtype", str, None, item=DType, neutral=None, owns=("dtype",),
-        label=lambda row: str(row.dtype), match=1, column=("dtype", lambda p: p.get("dtype")),
+        label=lambda row: _text(row.dtype), match=1, column=("dtype", lambda p: p.get("dtype")),
+        trainer_only=True,
     ),
     Axis(
         "recompute", "recompute", bool, None, item=StrictBool, neutral=None,
         id_text=lambda v: "recompute" if v else "stored", owns=("recompute",),
-        label=lambda row: "recompute" if row.recompute else "stored activations", match=1,
+        label=lambda row: None if row.recompute in (None, "") else
+        ("recompute" if row.recompute else "stored activations"), match=1,
         column=("recompute", _recompute_column),
+        trainer_only=True,
     ),
 )  # fmt: skip
 """Every axis, in the record's order."""
@@ -264,7 +292,7 @@ def _coordinate_fields(kind: Callable[[Axis], Any]) -> dict[str, Any]:
         if axis is None:
             fields[name] = (int, 0)
         elif not axis.has_neutral:
-            fields[name] = (kind(axis), ...)
+            fields[name] = (kind(axis) | None if axis.trainer_only else kind(axis), ...)
         else:
             fields[name] = (kind(axis) | None if axis.neutral is None else kind(axis), axis.neutral)
     return fields

@@ -42,7 +42,6 @@ cell_s = 600
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import re
@@ -54,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from experiments.axes import (
     AXES,
+    TRAINER,
     axes_model,
     cell_class,
     owner_of,
@@ -61,6 +61,8 @@ from experiments.axes import (
 )
 from experiments.placement import Placement, place_ranks
 from experiments.scalespec import ScaledProfile, ScaleOrigin, check_scale, with_factor
+from experiments.workload.spec import WorkloadSpec, check_axis, load_workloads
+from experiments.workload.template import render
 from inventory.errors import ConfigError, config_error
 from inventory.models import Fleet, Host
 from inventory.names import Name
@@ -68,8 +70,11 @@ from inventory.tomlfile import read_toml
 from netem.fleet import Target, load_target
 from netem.tcp import HOST, PRESETS, TcpSettings
 from trainer.config import TrainerConfig, load_config
+from trainer.layout import Layout
 
-_TOP_LEVEL = ("matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts", "scale")
+_TOP_LEVEL = (
+    "matrix", "trainer", "axes", "tcp", "placement", "probe", "timeouts", "scale", "workloads",
+)  # fmt: skip
 _TCP_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
 DEFAULT_MAX_CELLS = 10_000
 MAX_CELLS = 100_000
@@ -119,14 +124,25 @@ Cell = cell_class(__name__)
 def matrix_cells(axes: Axes, repeats: int) -> list[Cell]:
     """Every cell of these axes, profiles outermost (so a profile is applied once for its
     cells), then TCP settings, repeats innermost: the one order the runner, `--resume` and the
-    reports share."""
+    reports share. A workload's cells (`axes.workloads`) take None on the trainer-only axes
+    and are not multiplied by them."""
     order = product_order()
-    values = (getattr(axes, axis.key) or [None] for axis in order)
-    fields = [*(axis.field for axis in order), "repeat"]
-    return [
-        Cell(**dict(zip(fields, cell, strict=True)))
-        for cell in itertools.product(*values, range(repeats))
-    ]
+    cells: list[Cell] = []
+
+    def fill(index: int, chosen: dict[str, Any]) -> None:
+        if index == len(order):
+            cells.extend(Cell(**chosen, repeat=repeat) for repeat in range(repeats))
+            return
+        axis = order[index]
+        if axis.trainer_only and chosen.get("workload", TRAINER) != TRAINER:
+            values = [None]
+        else:
+            values = getattr(axes, axis.key) or [None]
+        for value in values:
+            fill(index + 1, {**chosen, axis.field: value})
+
+    fill(0, {})
+    return cells
 
 
 @dataclass(frozen=True)
@@ -146,10 +162,26 @@ class MatrixSpec:
     """Which host runs which rank (`experiments.placement`)."""
     scale: ScaleOrigin | None = None
     """Set in a scale model (`experiments.scale`): the target it stands for."""
+    workloads: dict[str, WorkloadSpec] = field(default_factory=dict)
+    """The [workloads.NAME] tables (`experiments.workload`)."""
+
+    def workload(self, cell: Cell) -> WorkloadSpec | None:
+        """The user's job a cell runs (None: the built-in trainer)."""
+        return self.workloads.get(cell.workload)
+
+    def layout(self, cell: Cell) -> Layout:
+        """The cell's ranks: the trainer's layout, or a workload's DP degree of single ranks."""
+        if self.workload(cell) is not None:
+            return Layout(stages=1, dp_degree=cell.dp_degree)
+        return self.trainer_config(cell).layout
 
     def place(self, cell: Cell, fleet: Fleet) -> list[Host]:
         """The host of each rank of `cell`, rank order."""
-        return place_ranks(self.trainer_config(cell), fleet, self.placement, str(self.source))
+        return place_ranks(self.layout(cell), fleet, self.placement, str(self.source))
+
+    def trainer_cells(self) -> list[Cell]:
+        """The cells that run the built-in trainer."""
+        return [cell for cell in self.cells() if cell.workload == TRAINER]
 
     def cells(self) -> list[Cell]:
         """Every cell, profiles outermost (so a profile is applied once for its cells)."""
@@ -183,7 +215,7 @@ class MatrixSpec:
     @property
     def max_world_size(self) -> int:
         """The most ranks any cell needs."""
-        return max(self.trainer_config(cell).world_size for cell in self.cells())
+        return max(self.layout(cell).world_size for cell in self.cells())
 
 
 def _section(data: dict, name: str, model: type[BaseModel], file: str) -> BaseModel:
@@ -215,8 +247,16 @@ def _resolve_profiles(specs: list[str], base: Path, file: str) -> dict[str, Targ
 
 
 def cell_count(axes: Axes, repeats: int) -> int:
-    """How many cells `axes` make with `repeats`, without making them."""
-    return repeats * math.prod(len(getattr(axes, axis.key) or [None]) for axis in product_order())
+    """How many cells `axes` make with `repeats`, without making them: the trainer's cells
+    multiplied by every axis, each workload's by the axes that are not the trainer's only."""
+
+    def product(chosen) -> int:
+        return math.prod(len(getattr(axes, a.key) or [None]) for a in product_order() if chosen(a))
+
+    shared = product(lambda a: not a.trainer_only and a.key != "workloads")
+    trainer_cells = product(lambda a: a.trainer_only) if TRAINER in axes.workloads else 0
+    workloads = len([name for name in axes.workloads if name != TRAINER])
+    return repeats * shared * (trainer_cells + workloads)
 
 
 def check_cell_count(header: MatrixHeader, axes: Axes, file: str) -> None:
@@ -269,10 +309,16 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     targets = _resolve_profiles(axes.profiles, path.parent, file)
     tcp = _tcp_settings(data.get("tcp", {}), axes.tcp, file)
     placement = _section(data, "placement", Placement, file)
+    workloads = load_workloads(data.get("workloads", {}), path.parent, file)
+    check_axis(workloads, axes, file)
     scale = _section(data, "scale", ScaleOrigin, file) if "scale" in data else None
     if scale is not None:
+        if workloads:
+            raise ConfigError(file, "workloads", "a scale model emulates the built-in trainer only")
         check_scale(scale, trainer, axes, tcp, file)
-    spec = MatrixSpec(path, header, trainer, axes, probe, timeouts, targets, tcp, placement, scale)
+    spec = MatrixSpec(
+        path, header, trainer, axes, probe, timeouts, targets, tcp, placement, scale, workloads
+    )
     _check_cells(spec, file)
     return spec
 
@@ -310,6 +356,24 @@ def _check_cells(spec: MatrixSpec, file: str) -> None:
         return getattr(spec.axes, axis.key) is not None
 
     for cell in spec.cells():
+        workload = spec.workload(cell)
+        if workload is not None and isinstance(workload.table.batch, str):
+            values = {
+                "dp_degree": cell.dp_degree,
+                "world_size": cell.dp_degree,
+                "micro_batch": cell.micro_batch,
+                "repeat": cell.repeat,
+                "iterations": workload.table.iterations,
+                "warmup": workload.table.warmup,
+            }
+            text = render(workload.table.batch, values)
+            if not text.isdigit() or int(text) < 1:
+                raise ConfigError(
+                    file,
+                    f"workloads.{workload.name}.batch",
+                    f"gives {text!r} in cell {cell.cell_id}: not a whole number >= 1",
+                )
+    for cell in spec.trainer_cells():
         if cell.repeat > 0:
             continue  # a cell's repeats share its configuration
         try:

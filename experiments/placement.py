@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inventory.errors import ConfigError
 from inventory.models import Fleet, Host
-from trainer.config import TrainerConfig
+from trainer.layout import Layout
 
 
 class Placement(BaseModel):
@@ -57,17 +57,15 @@ class Placement(BaseModel):
         return "rank map" if self.by == "ranks" else "inventory order"
 
 
-def place_ranks(
-    config: TrainerConfig, fleet: Fleet, placement: Placement, source: str
-) -> list[Host]:
+def place_ranks(layout: Layout, fleet: Fleet, placement: Placement, source: str) -> list[Host]:
     """The host of every rank of a cell, rank order; ConfigError (naming `source`, the matrix
     file, or the inventory) when the fleet cannot hold it."""
-    world = config.world_size
+    world = layout.world_size
     room = sum(host.slots for host in fleet.hosts)
     if world > room:
         raise ConfigError(
             str(fleet.source), "hosts",
-            f"a cell needs {world} ranks (layout {config.layout.describe()}) but the "
+            f"a cell needs {world} ranks (layout {layout.describe()}) but the "
             f"inventory has {_slots_phrase(fleet.hosts)}",
         )  # fmt: skip
     if placement.by == "order":
@@ -90,7 +88,7 @@ def place_ranks(
                 f"names {full[0]!r} more often than its {known[full[0]].slots} slot(s)",
             )  # fmt: skip
         return [known[name] for name in placement.ranks[:world]]
-    return _by_label(config, fleet, placement, source)
+    return _by_label(layout, fleet, placement, source)
 
 
 def rank_slots(hosts: list[Host]) -> list[Host]:
@@ -105,7 +103,7 @@ def _slots_phrase(hosts: list[Host]) -> str:
     return f"{room} slots on {len(hosts)} hosts"
 
 
-def _by_label(config: TrainerConfig, fleet: Fleet, placement: Placement, source: str) -> list[Host]:
+def _by_label(layout: Layout, fleet: Fleet, placement: Placement, source: str) -> list[Host]:
     groups: dict[str, list[Host]] = {}
     for host in fleet.hosts:
         if placement.label not in host.labels:
@@ -119,7 +117,6 @@ def _by_label(config: TrainerConfig, fleet: Fleet, placement: Placement, source:
             f"more; {fleet.source} has only {placement.label} {next(iter(groups))!r}",
         )  # fmt: skip
     free = list(groups.values())
-    layout = config.layout
     stages, width = layout.stages, layout.tensor
     ranks: dict[int, Host] = {}
     for replica in range(layout.dp_degree):
@@ -148,4 +145,4 @@ def _by_label(config: TrainerConfig, fleet: Fleet, placement: Placement, source:
         for stage, shards in enumerate(chosen):
             for shard, host in enumerate(shards):
                 ranks[layout.rank(stage, replica, shard)] = host
-    return [ranks[rank] for rank in range(config.world_size)]
+    return [ranks[rank] for rank in range(layout.world_size)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from experiments.matrix import MatrixSpec
 from inventory.models import Fleet
 from netem.fleet import dry_run
@@ -12,14 +14,15 @@ def plan_rows(spec: MatrixSpec, fleet: Fleet) -> list[dict]:
     matrix's placement puts them)."""
     rows = []
     for cell in spec.cells():
-        config = spec.trainer_config(cell)
+        workload = spec.workload(cell)
         hosts = spec.place(cell, fleet)
         rows.append(
             {
                 "cell": cell.cell_id,
-                "world": config.world_size,
-                "micro_batches": config.n_micro,
+                "world": spec.layout(cell).world_size,
+                "micro_batches": "—" if workload else spec.trainer_config(cell).n_micro,
                 "hosts": " ".join(h.name for h in hosts),
+                "runs": shlex.join(workload.table.command) if workload else "trainer",
             }
         )
     return rows

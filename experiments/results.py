@@ -150,6 +150,9 @@ class CellRecord(BaseModel):
     placement_rule: str | None = None
     """How the matrix placed the ranks (`experiments.placement.Placement.describe`)."""
     timing: CellTiming = Field(default_factory=CellTiming)
+    workload: dict[str, Any] | None = None
+    """A workload's cell (`experiments.workload`): its command, each rank's exit, the versions
+    read on its hosts (None: the built-in trainer's cell, whose configuration is `trainer`)."""
     started_at: str | None = None
     finished_at: str | None = None
 

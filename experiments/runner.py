@@ -28,6 +28,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from experiments.launch import TrainerLauncher, WorkerLost
 from experiments.matrix import Cell, MatrixSpec
 from experiments.results import CellNetwork, CellRecord, ResultsStore, Summary
+from experiments.workload.launch import JobLauncher, JobResult
+from experiments.workload.ranks import check_together, workdir
 from inventory.check import check_fleet
 from inventory.errors import ConfigError, HostsUnreachable
 from inventory.models import Fleet
@@ -90,7 +92,9 @@ class MatrixRunner:
         """Everything that can be checked without touching a host: raises ConfigError."""
         self.store.check_for_run(resume)
         for cell in self.spec.cells():
-            self.spec.place(cell, self.fleet)
+            hosts = self.spec.place(cell, self.fleet)
+            if self.spec.workload(cell) is not None:
+                check_together(hosts, str(self.spec.source))
         for target in self.spec.targets.values():
             trees_for(target, self.fleet.hosts)  # pair matrices name hosts of this fleet
 
@@ -116,9 +120,11 @@ class MatrixRunner:
             if held:
                 raise HostsUnreachable("in use by another controller", held)
             launcher = TrainerLauncher(self.fleet, netem.ssh)
+            jobs = JobLauncher(self.fleet, netem.ssh, launcher.code)
             try:
                 self._start_workers(todo, launcher)
-                self._run_cells(todo, netem, launcher, outcome)
+                self._prepare_workloads(todo, jobs)
+                self._run_cells(todo, netem, (launcher, jobs), outcome)
             except KeyboardInterrupt:
                 outcome.interrupted = True
                 self.console.print(
@@ -127,6 +133,7 @@ class MatrixRunner:
             finally:
                 with interrupts_held(), FleetSSH(self.fleet) as control:
                     launcher.stop_all(control)
+                    jobs.stop_all(control)
                     netem.reset()
         return outcome
 
@@ -169,6 +176,7 @@ class MatrixRunner:
         A host whose worker will not start is left to the cells that need it: each of them
         tries again and records the reason if it fails.
         """
+        todo = [cell for cell in todo if self.spec.workload(cell) is None]
         if not todo:
             return
         widest = max(todo, key=lambda cell: self.spec.trainer_config(cell).world_size)
@@ -181,7 +189,19 @@ class MatrixRunner:
             )
             launcher.stop_all()
 
-    def _run_cells(self, todo, netem, launcher, outcome: RunOutcome) -> None:
+    def _prepare_workloads(self, todo: list[Cell], jobs: JobLauncher) -> None:
+        """Ship each workload's files, read its versions and run its prepare command on every
+        host its cells use, before the first cell (a host where that fails fails only the
+        cells that need it, with the reason)."""
+        for name, workload in self.spec.workloads.items():
+            cells = [cell for cell in todo if cell.workload == name]
+            hosts = {h.name: h for cell in cells for h in self.spec.place(cell, self.fleet)}
+            if hosts:
+                self.console.print(f"preparing workload {name} on {len(hosts)} host(s)",
+                                   highlight=False)  # fmt: skip
+                jobs.prepare(workload, list(hosts.values()), self.host_facts)
+
+    def _run_cells(self, todo, netem, launchers, outcome: RunOutcome) -> None:
         columns = [
             TextColumn("{task.description}", markup=False),
             BarColumn(),
@@ -193,7 +213,10 @@ class MatrixRunner:
             task = progress.add_task("starting", total=len(todo))
             for number, cell in enumerate(todo, start=1):
                 progress.update(task, description=cell.cell_id)
-                record = self.run_cell(cell, netem, launcher)
+                if self.spec.workload(cell) is None:
+                    record = self.run_cell(cell, netem, launchers[0])
+                else:
+                    record = self.run_workload_cell(cell, netem, launchers[1])
                 self.store.append(record)
                 outcome.ran.append(cell.cell_id)
                 if record.status != "ok":
@@ -252,16 +275,59 @@ class MatrixRunner:
                 record.reason = launched.reason
             return record
         finally:
-            if self.heartbeat is not None:
-                self.heartbeat.stop()
-                self.heartbeat = None
-            self._check_still_shaped(netem, record)
-            reset_started = time.monotonic()
-            netem.reset()
-            timing.reset_s = time.monotonic() - reset_started
-            timing.cell_s = time.monotonic() - started
-            record.finished_at = _now()
-            record.finish_timing()
+            self._end_cell(netem, record, started)
+
+    def run_workload_cell(self, cell: Cell, netem: FleetNetem, jobs: JobLauncher) -> CellRecord:
+        """A workload's cell: start its job hosts, shape, probe, run the job, collect, reset."""
+        workload = self.spec.workload(cell)
+        record = CellRecord(
+            cell_id=cell.cell_id,
+            matrix=self.spec.header.name,
+            params=cell.params(),
+            trainer={},
+            network=CellNetwork(
+                setting=describe_target(self.spec.targets[cell.profile]),
+                tcp_setting=_tcp_setting(self.spec.tcp_settings(cell)),
+            ),
+            hosts=self.host_facts,
+            started_at=_now(),
+        )
+        started = time.monotonic()
+        timing = record.timing
+
+        def shape() -> str | None:
+            timing.connect_s = time.monotonic() - started
+            return self._shape(cell, netem, record)
+
+        def probe() -> None:
+            self._probe_once(cell, None, netem, record)
+
+        run_name = _run_name(cell)
+        values = {
+            **cell.params(), "world_size": cell.dp_degree, "cell_id": cell.cell_id,
+            "run": run_name, "workload": workload.name, "iterations": workload.table.iterations,
+            "warmup": workload.table.warmup,
+        }  # fmt: skip
+        cell_s = workload.table.cell_s or self.spec.timeouts.cell_s
+        try:
+            hosts = self.spec.place(cell, self.fleet)
+            result = jobs.run(
+                workload, values, hosts, run_name, cell_s, self.host_facts, shape, probe
+            )
+            timing.train_s = result.seconds
+            record.placement = result.placement
+            record.placement_rule = self.spec.placement.describe()
+            record.workload = _workload_record(workload, values, hosts, result, jobs)
+            outcome = result.outcome
+            if outcome.summary is not None and outcome.summary["phases"]["total_s"]["mean"] > 0:
+                record.summary = Summary.model_validate(outcome.summary)
+            if outcome.ok and record.summary is not None:
+                record.status = "ok"
+            else:
+                record.reason = outcome.reason or "no step timed"
+            return record
+        finally:
+            self._end_cell(netem, record, started)
 
     def _shape(self, cell: Cell, netem: FleetNetem, record: CellRecord) -> str | None:
         """Apply the cell's network and TCP settings and compare the read-back; a failure's
@@ -291,6 +357,20 @@ class MatrixRunner:
             if not a.get("ok") or a.get("matches") is False
         ]
         return "apply: " + "; ".join(failures) if failures else None
+
+    def _end_cell(self, netem: FleetNetem, record: CellRecord, started: float) -> None:
+        """Stop renewing, check the network held, reset the hosts and close the record's
+        timing: how every cell ends, however it ended."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+        self._check_still_shaped(netem, record)
+        reset_started = time.monotonic()
+        netem.reset()
+        record.timing.reset_s = time.monotonic() - reset_started
+        record.timing.cell_s = time.monotonic() - started
+        record.finished_at = _now()
+        record.finish_timing()
 
     def _check_still_shaped(self, netem: FleetNetem, record: CellRecord) -> None:
         """Fail a cell whose hosts no longer held its network when it ended: a lease that
@@ -342,6 +422,27 @@ class MatrixRunner:
         )
 
 
+def _workload_record(workload, values: dict, hosts, result: JobResult, jobs: JobLauncher) -> dict:
+    """What a workload cell's record keeps of its job."""
+    table = workload.table
+    prepared = jobs.prepared.get(workload.name)
+    used = list(dict.fromkeys(host.name for host in hosts))
+    return {
+        "name": workload.name,
+        "timing": table.timing,
+        "pattern": table.pattern,
+        "iterations": table.iterations,
+        "warmup": table.warmup,
+        "batch": workload.batch(values),
+        "command": table.command,
+        "workdir": {host.name: workdir(workload, host) for host in hosts},
+        "env": result.env,
+        "versions": {name: (prepared.versions.get(name) if prepared else None) for name in used},
+        "processes": result.processes,
+        "exit_note": result.outcome.note,
+    }
+
+
 def _tcp_setting(settings: TcpSettings | None) -> dict | None:
     return None if settings is None else settings.model_dump(mode="json", exclude_none=True)
 
@@ -352,9 +453,11 @@ def cell_line(record: CellRecord, number: int, total: int) -> str:
     if not record.ok:
         return f"{where} [red]failed[/red]: {escape(str(record.reason))}"
     summary = record.summary
+    note = (record.workload or {}).get("exit_note")
     return (
         f"{where} ok: {summary.iteration_s:.3f} s per iteration "
         f"(mean of {summary.timed_iterations}), cell {record.timing.cell_s:.1f} s"
+        + (f" [yellow]({escape(note)})[/yellow]" if note else "")
     )
 
 
@@ -369,7 +472,7 @@ def check_gpus(spec: MatrixSpec, fleet: Fleet, host_facts: dict[str, dict]) -> N
     if spec.trainer.get("device") != "cuda":
         return
     needed: dict[str, int] = {}
-    for cell in spec.cells():
+    for cell in spec.trainer_cells():
         for name, ranks in Counter(host.name for host in spec.place(cell, fleet)).items():
             needed[name] = max(needed.get(name, 0), ranks)
     short = [

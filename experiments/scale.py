@@ -261,6 +261,10 @@ def derive(
         raise ConfigError(source, "axes.engines", "a scale model emulates engine 'gpipe' only")
     if spec.trainer.get("emulate") is not None:
         raise ConfigError(source, "trainer.emulate", "is already a scale model")
+    if spec.workloads:
+        raise ConfigError(
+            source, "axes.workloads", "a scale model emulates the built-in trainer only"
+        )
     for axis in AXES:
         if axis.optional and not axis.scale_kept and getattr(spec.axes, axis.key) is not None:
             raise ConfigError(

@@ -222,21 +222,22 @@ def test_a_scale_model_refuses_a_matrix_that_varies_the_seed(with_seed):
 
 def test_the_table_orders_are_todays():
     """Without the new entry the rules over the table give the orders the code spelled out
-    before the table (record, product and id, calibration)."""
+    before the table (record, product and id, calibration), with the workload (issue 31)
+    beside the micro-batch."""
     assert record_order() == [
-        "profile", "dp_degree", "micro_batch", "engine", "dp_mode", "repeat", "tcp", "layout",
-        "dtype", "recompute",
+        "profile", "dp_degree", "micro_batch", "engine", "dp_mode", "repeat", "workload", "tcp",
+        "layout", "dtype", "recompute",
     ]  # fmt: skip
     assert point_keys() == [
-        "profile", "tcp", "dp_degree", "micro_batch", "engine", "dp_mode", "layout", "dtype",
-        "recompute",
+        "profile", "tcp", "dp_degree", "micro_batch", "workload", "engine", "dp_mode", "layout",
+        "dtype", "recompute",
     ]  # fmt: skip
     variant = ("layout", "dtype", "recompute")
     assert match_tiers() == [
-        ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant, "repeat"),
-        ("dp_degree", "micro_batch", "engine", "dp_mode", "tcp", *variant),
-        ("dp_degree", "micro_batch", "engine", "dp_mode", *variant),
-        ("dp_degree", "micro_batch", *variant),
-        ("dp_degree", "micro_batch"),
+        ("dp_degree", "micro_batch", "workload", "engine", "dp_mode", "tcp", *variant, "repeat"),
+        ("dp_degree", "micro_batch", "workload", "engine", "dp_mode", "tcp", *variant),
+        ("dp_degree", "micro_batch", "workload", "engine", "dp_mode", *variant),
+        ("dp_degree", "micro_batch", "workload", *variant),
+        ("dp_degree", "micro_batch", "workload"),
     ]
     assert [axis.key for axis in AXES if axis.optional] == ["layouts", "dtypes", "recompute"]

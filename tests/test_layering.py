@@ -30,6 +30,10 @@ INNER_IMPORTS = {
     ("trainer.worker", "trainer.__main__"): "the same",
     ("trainer.dataparallel", "trainer.fullyshard"): "torch.distributed.fsdp adds about a second "
     "to every rank's start-up; only fsdp needs it",
+    ("experiments.workload.ship.lightning.wanlab_steptimes", "lightning.pytorch.callbacks"): "a "
+    "job imports one of the two Lightning packages; the factory its entry point names imports it",
+    ("experiments.workload.ship.lightning.wanlab_steptimes", "pytorch_lightning.callbacks"): "the "
+    "same",
     ("trainer.engines", "trainer.pipelining"): "the library schedules add seconds to every "
     "rank's start-up; only their engines need them",
 }

@@ -21,7 +21,7 @@ FLEET = Fleet(name="geo", hosts=HOSTS)
 
 def placed(placement: Placement, pipeline: int, dp_degree: int) -> list[str]:
     config = TrainerConfig(model="tiny", pipeline=pipeline, dp_degree=dp_degree)
-    return [host.name for host in place_ranks(config, FLEET, placement, "m.toml")]
+    return [host.name for host in place_ranks(config.layout, FLEET, placement, "m.toml")]
 
 
 def pipelines(names: list[str], stages: int) -> list[list[str]]:
@@ -87,7 +87,7 @@ MACHINES = Fleet(
 
 def on_machines(placement: Placement, **layout) -> list[str]:
     config = TrainerConfig(model="cpu-small", **layout)
-    return [host.name for host in place_ranks(config, MACHINES, placement, "m.toml")]
+    return [host.name for host in place_ranks(config.layout, MACHINES, placement, "m.toml")]
 
 
 def test_ranks_fill_each_hosts_slots_so_tensor_groups_stay_on_one_machine():

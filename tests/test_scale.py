@@ -289,3 +289,18 @@ def test_a_profile_with_its_own_factor_is_checked_like_the_rest(scaled, tmp_path
     with pytest.raises(ConfigError) as caught:
         load_matrix(path)
     assert caught.value.field == field.format(p=profile)
+
+
+def test_a_target_with_a_users_job_is_refused(tmp_path):
+    path = write_target(tmp_path, ["default"])
+    (tmp_path / "job.py").write_text("")
+    text = path.read_text().replace(
+        'dp_modes = ["ps"]', 'dp_modes = ["ps"]\nworkloads = ["trainer", "job"]'
+    )
+    path.write_text(
+        text
+        + '\n[workloads.job]\ncommand = ["{python}", "job.py"]\ntiming = "jsonl"\niterations = 3\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        derive(load_matrix(path), reference_calibration(), LAB)
+    assert caught.value.field == "axes.workloads"

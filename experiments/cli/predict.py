@@ -140,7 +140,9 @@ def predict(
         print_json(rows)
         return
     print_table(f"predicted: {spec.header.name}", [_flat(row) for row in rows], _columns(rows))
-    console.print(f"calibration: {rows[0]['calibration']['source']}", highlight=False)
+    modelled = [row for row in rows if "calibration" in row]
+    if modelled:
+        console.print(f"calibration: {modelled[0]['calibration']['source']}", highlight=False)
 
 
 def _beside_reference(rows: list[dict], spec: MatrixSpec, reference: Reference) -> None:
@@ -186,6 +188,8 @@ def _fleet(spec: MatrixSpec, option: str | None) -> Fleet | None:
 
 
 def _flat(row: dict) -> dict:
+    if row.get("modelled") is False:
+        return {**predict_columns(row["params"]), "predicted s": "not modelled"}
     flat = {
         **predict_columns(row["params"]),
         "predicted s": f"{row['predicted_iteration_s']:.3f}",

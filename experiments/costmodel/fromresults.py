@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from experiments.axes import match_tiers
+from experiments.axes import AXES, match_tiers
 from experiments.costmodel.analytic import StageCompute
 from experiments.costmodel.calibrate import (
     Calibration,
@@ -132,6 +132,8 @@ class ResultsCalibration:
         unshaped = [
             r for r in self.records if _profile_of(r) is not None and _profile_of(r).is_default
         ]
+        # coordinates a caller leaves out are those of a cell from before their axis
+        params = {a.field: a.neutral for a in AXES if a.has_neutral} | params
         for keys in match_tiers():
             for record in unshaped:
                 if all(getattr(record.params, k) == params.get(k) for k in keys):

@@ -89,6 +89,9 @@ def predict_matrix(
     for cell in spec.cells():
         params = cell.params()
         row = {"cell_id": cell.cell_id, "params": params}
+        if spec.workload(cell) is not None:  # a user's job: nothing to model it from
+            rows.append(row | {"modelled": False, "why": f"workload {cell.workload}: not modelled"})
+            continue
         hosts = spec.place(cell, fleet) if fleet is not None else None
         row |= predict_config(
             spec.trainer_config(cell), spec.targets[cell.profile], calibration_for(params), hosts,

@@ -37,8 +37,9 @@ from inventory.tomlfile import parse_toml, read_text
 from netem.probe import MIN_WINDOW_RTTS
 
 BASELINE = "default"
-VARIANT_KEYS = variant_keys()
-"""Axes a matrix may leave out: empty in the frames where it did."""
+VARIANT_KEYS = variant_keys() + [a.field for a in AXES if a.trainer_only and not a.optional]
+"""Axes a matrix may leave out, and those a workload's cell has no value on: empty in the
+frames where it has none."""
 POINT_KEYS = point_keys()
 NETWORK = [axis for axis in AXES if axis.network]
 """The axes sorted by the matrix's own order of their values (profile, tcp)."""
@@ -155,6 +156,14 @@ def _network_columns(network: CellNetwork) -> dict:
 def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
     """One cell record flattened to the report's columns (timings in seconds)."""
     trainer = record.trainer
+    workload = record.workload
+    if workload is None:
+        samples = (trainer.get("batch") or 0) * (trainer.get("dp_degree") or 1)
+        width = (trainer.get("pipeline") or 1) * (trainer.get("tensor") or 1)
+    else:  # a user's job: one data-parallel group; samples only where the matrix says
+        batch = workload.get("batch")
+        samples = batch * record.params.dp_degree if batch else math.nan
+        width = record.params.dp_degree
     row = {
         "cell_id": record.cell_id,
         "status": "ok" if record.ok else "failed",
@@ -163,7 +172,7 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
         **_network_columns(record.network),
         "batch": trainer.get("batch"),
         "pipeline": trainer.get("pipeline"),
-        "samples_per_iteration": (trainer.get("batch") or 0) * (trainer.get("dp_degree") or 1),
+        "samples_per_iteration": samples,
         "predicted_s": predictions.get(record.cell_id),
         "compute": compute_label(trainer),
     }
@@ -173,6 +182,7 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
     phases = summary.phases
     total = phases["total_s"]
     placement = record.placement or {}
+    unmeasured = 0.0 if workload is None else math.nan  # a workload's job says what it timed
     row |= {
         "iter_mean_s": total["mean"],
         "iter_std_s": total.get("std"),
@@ -182,12 +192,10 @@ def cell_row(record: CellRecord, predictions: dict[str, float]) -> dict:
         "timed_iterations": summary.timed_iterations,
         "world_size": summary.world_size,
         "hosts": len(set(placement.values())) or summary.world_size,
-        "placement": _pipelines(
-            placement, (trainer.get("pipeline") or 1) * (trainer.get("tensor") or 1)
-        ),
+        "placement": _pipelines(placement, width),
         "placement_rule": record.placement_rule,
         "tokens_per_iteration": summary.tokens_per_iteration,
-        **{phase: (phases.get(phase) or {}).get("mean", 0.0) for phase in PHASES},
+        **{phase: (phases.get(phase) or {}).get("mean", unmeasured) for phase in PHASES},
     }
     return row
 
@@ -279,7 +287,7 @@ def _pool(group: pd.DataFrame) -> dict:
         "hosts": ok["hosts"].max(),
         "samples_per_iteration": ok["samples_per_iteration"].iloc[0],
         "tokens_per_iteration": ok["tokens_per_iteration"].iloc[0],
-        **{phase: (ok[phase] * weights).sum() / weights.sum() for phase in PHASES},
+        **{phase: (ok[phase] * weights).sum(min_count=1) / weights.sum() for phase in PHASES},
     }
     return out
 
@@ -295,7 +303,8 @@ def points_frame(cells: pd.DataFrame) -> pd.DataFrame:
     points["tokens_s"] = points["tokens_per_iteration"] / points["iter_mean_s"]
     points["samples_s_per_host"] = points["samples_s"] / points["hosts"]
     points["compute_s"] = points["forward_s"] + points["backward_s"]
-    accounted = points[["compute_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]].sum(axis=1)
+    parts = points[["compute_s", "comm_wait_s", "ps_sync_s", "optimizer_s"]]
+    accounted = parts.sum(axis=1, skipna=False)  # a phase not measured leaves idle unknown
     points["idle_s"] = (points["iter_mean_s"] - accounted).clip(lower=0)
     points["baseline_s"] = _baseline(points, "iter_mean_s", by_dp=True)
     points["slowdown"] = points["iter_mean_s"] / points["baseline_s"]

@@ -205,7 +205,10 @@ def phase_table(points: pd.DataFrame) -> pd.DataFrame:
         values = {"iteration": fmt_seconds(total)}
         for name, column in PHASE_COLUMNS.items():
             part = getattr(point, column)
-            values[name] = f"{fmt_seconds(part)} ({fmt_share(part / total)})"
+            if _absent(part):  # a workload's job did not time this phase
+                values[name] = "not measured"
+            else:
+                values[name] = f"{fmt_seconds(part)} ({fmt_share(part / total)})"
         return values
 
     return _point_rows(points, phases)
