@@ -207,9 +207,14 @@ def test_each_rank_had_the_environment_a_job_needs(run):
         assert env["OMP_NUM_THREADS"] == "1"  # 2 CPUs shared by 2 ranks on one kernel
         assert env["GLOO_SOCKET_IFNAME"] == "eth0"
         assert env["LOCAL_RANK"] == "0" and env["WORLD_SIZE"] == "2" and env["RANK"] == "0"
-        timing, other = record["workload"]["processes"]
-        assert timing["code"] == 0  # the other rank exited 0, or was stopped once all was timed
-        assert other["code"] == 0 or other["stopped"], other
+        # Each rank exited 0 or, once every step was timed, was stopped by wanlab or died at
+        # exit (gloo can abort a rank whose peer closed first: DeepSpeed's rank 1 did so once
+        # in a CI run) -- and then the record's note names that rank.
+        note = record["workload"]["exit_note"] or ""
+        for process in record["workload"]["processes"]:
+            assert (
+                process["code"] == 0 or process["stopped"] or f"rank {process['rank']} " in note
+            ), (process, note)
         versions = record["workload"]["versions"]
         assert all(v["torch"].startswith("2.13.0") for v in versions.values())
     ds = records(out)[f"{SHAPED}|dp2|mb32|workload=deepspeed|r0"]["workload"]
