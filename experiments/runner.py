@@ -239,18 +239,7 @@ class MatrixRunner:
         under test (see `trainer.train.train`).
         """
         config = self.spec.trainer_config(cell)
-        record = CellRecord(
-            cell_id=cell.cell_id,
-            matrix=self.spec.header.name,
-            params=cell.params(),
-            trainer=config.model_dump(mode="json", exclude={"out", "iface"}),
-            network=CellNetwork(
-                setting=describe_target(self.spec.targets[cell.profile]),
-                tcp_setting=_tcp_setting(self.spec.tcp_settings(cell)),
-            ),
-            hosts=self.host_facts,
-            started_at=_now(),
-        )
+        record = self._new_record(cell, config.model_dump(mode="json", exclude={"out", "iface"}))
         started = time.monotonic()
         timing = record.timing
 
@@ -280,18 +269,7 @@ class MatrixRunner:
     def run_workload_cell(self, cell: Cell, netem: FleetNetem, jobs: JobLauncher) -> CellRecord:
         """A workload's cell: start its job hosts, shape, probe, run the job, collect, reset."""
         workload = self.spec.workload(cell)
-        record = CellRecord(
-            cell_id=cell.cell_id,
-            matrix=self.spec.header.name,
-            params=cell.params(),
-            trainer={},
-            network=CellNetwork(
-                setting=describe_target(self.spec.targets[cell.profile]),
-                tcp_setting=_tcp_setting(self.spec.tcp_settings(cell)),
-            ),
-            hosts=self.host_facts,
-            started_at=_now(),
-        )
+        record = self._new_record(cell, {})
         started = time.monotonic()
         timing = record.timing
 
@@ -357,6 +335,21 @@ class MatrixRunner:
             if not a.get("ok") or a.get("matches") is False
         ]
         return "apply: " + "; ".join(failures) if failures else None
+
+    def _new_record(self, cell: Cell, trainer: dict) -> CellRecord:
+        """A cell's record as it starts: its coordinates, network setting and hosts."""
+        return CellRecord(
+            cell_id=cell.cell_id,
+            matrix=self.spec.header.name,
+            params=cell.params(),
+            trainer=trainer,
+            network=CellNetwork(
+                setting=describe_target(self.spec.targets[cell.profile]),
+                tcp_setting=_tcp_setting(self.spec.tcp_settings(cell)),
+            ),
+            hosts=self.host_facts,
+            started_at=_now(),
+        )
 
     def _end_cell(self, netem: FleetNetem, record: CellRecord, started: float) -> None:
         """Stop renewing, check the network held, reset the hosts and close the record's
